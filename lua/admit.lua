@@ -1,0 +1,157 @@
+-- admit.lua: move waiting sessions of one event into checkout, atomically.
+-- version: 1
+--
+-- One call does, for one event: read the capacity settings (per-event config hash
+-- over the defaults), count the slots in use, look at the head of the priority lane
+-- and then of the queue, drop every member that may not be admitted, and for each
+-- admitted session: SADD to processing, HSET status/admitted_at/checkout_expires_at,
+-- refresh the session TTL, record the slot deadline and an outbox entry.
+-- Everything is read and checked first; writes happen only after all checks passed.
+--
+-- KEYS[1]  queue        ZSET  member = session id, score = join time (ms)
+-- KEYS[2]  priority     ZSET  same shape, admitted before the queue
+-- KEYS[3]  processing   SET   sessions holding a checkout slot
+-- KEYS[4]  config       HASH  optional overrides: max_concurrent, batch_size, paused,
+--                             new_users_per_minute
+-- KEYS[5]  outbox       ZSET  member = JSON entry, score = when it is due (ms)
+-- KEYS[6]  deadlines    ZSET  member = session id, score = checkout deadline (ms)
+-- KEYS[7]  rate         HASH  minute = epoch minute, count = admitted in that minute
+--
+-- ARGV[1]  session key prefix; a session hash is ARGV[1] .. session id. Keys built
+--          here are in the event's hash slot in the cluster layout.
+-- ARGV[2]  event id (a session whose event_id field names another event is skipped)
+-- ARGV[3]  default max_concurrent
+-- ARGV[4]  default batch_size
+-- ARGV[5]  now, ms since the epoch
+-- ARGV[6]  admitted_at, RFC 3339 (the same instant as ARGV[5], whole seconds)
+-- ARGV[7]  checkout deadline, ms since the epoch (= token exp * 1000)
+-- ARGV[8]  checkout_expires_at, RFC 3339 (the same instant as ARGV[7])
+-- ARGV[9]  session TTL, ms
+-- ARGV[10] outbox lease, ms: new entries are due at now + lease, so the admitting
+--          worker publishes them and other replicas only take over if it dies
+-- ARGV[11] hard cap on admissions per call (bounds the work of one call)
+-- ARGV[12] hard cap on members examined per call (admitted + skipped)
+--
+-- Reply: { {admitted, skipped, in_use, capacity, batch, paused, rate_left},
+--          {invalid config field names...},
+--          {outbox entries of the admitted sessions, in admission order...} }
+--   rate_left is -1 when no per-minute cap is configured.
+--   An outbox entry is the JSON array [session_id, user_id, admitted_ms, deadline_ms].
+-- Error replies: WRONGTYPE from SCARD/ZCARD when processing, queue, priority, outbox
+--   or deadlines hold the wrong type (nothing is written then).
+
+local queue, priority, processing, config, outbox, deadlines, rate =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local session_prefix, event_id = ARGV[1], ARGV[2]
+local now_ms, admitted_at = ARGV[5], ARGV[6]
+local deadline_ms, expires_at = ARGV[7], ARGV[8]
+local ttl_ms, lease_ms = tonumber(ARGV[9]), tonumber(ARGV[10])
+local max_admit, max_scan = tonumber(ARGV[11]), tonumber(ARGV[12])
+
+-- Validate: settings from the config hash, falling back to the defaults.
+local invalid = {}
+local function setting(value, name, default, min)
+  if value == false or value == nil or value == '' then return default end
+  local n = tonumber(value)
+  if n == nil or n < min or n ~= math.floor(n) then
+    invalid[#invalid + 1] = name
+    return default
+  end
+  return n
+end
+
+local cfg = redis.pcall('HMGET', config, 'max_concurrent', 'batch_size', 'paused',
+  'new_users_per_minute')
+if cfg.err then
+  invalid[#invalid + 1] = 'config'
+  cfg = {}
+end
+local capacity = setting(cfg[1], 'max_concurrent', tonumber(ARGV[3]), 0)
+local batch = setting(cfg[2], 'batch_size', tonumber(ARGV[4]), 0)
+local paused = setting(cfg[3], 'paused', 0, 0)
+if paused > 1 then invalid[#invalid + 1] = 'paused'; paused = 0 end
+local per_minute = setting(cfg[4], 'new_users_per_minute', -1, 0)
+
+local in_use = redis.call('SCARD', processing)
+redis.call('ZCARD', outbox)
+redis.call('ZCARD', deadlines)
+
+local minute = math.floor(tonumber(now_ms) / 60000)
+local rate_count = 0
+local rate_left = -1
+if per_minute >= 0 then
+  local r = redis.pcall('HMGET', rate, 'minute', 'count')
+  if not r.err and tonumber(r[1]) == minute then rate_count = tonumber(r[2]) or 0 end
+  rate_left = math.max(per_minute - rate_count, 0)
+end
+
+local want = math.min(capacity - in_use, batch, max_admit)
+if rate_left >= 0 then want = math.min(want, rate_left) end
+if paused == 1 or want <= 0 then
+  return { {0, 0, in_use, capacity, batch, paused, rate_left}, invalid, {} }
+end
+
+-- Validate: walk the lanes in order and decide for each member, without writing.
+local admitted, users, dropped, seen = {}, {}, {}, {}
+local examined = 0
+for _, lane in ipairs({priority, queue}) do
+  local offset = 0
+  while #admitted < want and examined < max_scan do
+    local n = math.min(want - #admitted, max_scan - examined)
+    local members = redis.call('ZRANGE', lane, offset, offset + n - 1)
+    if #members == 0 then break end
+    offset = offset + #members
+    for _, sid in ipairs(members) do
+      examined = examined + 1
+      if not seen[sid] then
+        seen[sid] = true
+        local h = redis.pcall('HMGET', session_prefix .. sid, 'status', 'user_id', 'event_id')
+        if not h.err and h[1] == 'queued' and h[2] and h[2] ~= ''
+            and (not h[3] or h[3] == '' or h[3] == event_id) then
+          admitted[#admitted + 1] = sid
+          users[#users + 1] = h[2]
+        else
+          dropped[#dropped + 1] = sid
+        end
+      end
+    end
+  end
+end
+
+-- Mutate.
+local taken = {}
+for _, sid in ipairs(dropped) do taken[#taken + 1] = sid end
+for _, sid in ipairs(admitted) do taken[#taken + 1] = sid end
+if #taken > 0 then
+  redis.call('ZREM', queue, unpack(taken))
+  redis.call('ZREM', priority, unpack(taken))
+end
+
+local entries = {}
+if #admitted > 0 then
+  redis.call('SADD', processing, unpack(admitted))
+  local due = tonumber(now_ms) + lease_ms
+  local outbox_args, deadline_args = {}, {}
+  for i, sid in ipairs(admitted) do
+    local key = session_prefix .. sid
+    redis.call('HSET', key, 'status', 'admitted', 'admitted_at', admitted_at,
+      'checkout_expires_at', expires_at)
+    redis.call('PEXPIRE', key, ttl_ms)
+    local entry = '[' .. cjson.encode(sid) .. ',' .. cjson.encode(users[i]) .. ','
+      .. now_ms .. ',' .. deadline_ms .. ']'
+    entries[i] = entry
+    outbox_args[#outbox_args + 1] = due
+    outbox_args[#outbox_args + 1] = entry
+    deadline_args[#deadline_args + 1] = deadline_ms
+    deadline_args[#deadline_args + 1] = sid
+  end
+  redis.call('ZADD', outbox, unpack(outbox_args))
+  redis.call('ZADD', deadlines, unpack(deadline_args))
+  if per_minute >= 0 then
+    redis.call('HSET', rate, 'minute', minute, 'count', rate_count + #admitted)
+    redis.call('PEXPIRE', rate, 120000)
+  end
+end
+
+return { {#admitted, #dropped, in_use + #admitted, capacity, batch, paused,
+  rate_left < 0 and -1 or (rate_left - #admitted)}, invalid, entries }

@@ -1,0 +1,23 @@
+//! waitroom-worker: admits users from a ticketing waiting room into checkout.
+//!
+//! The file tree is the architecture:
+//! - [`settings`]: flags, environment variables and their checks.
+//! - [`keys`]: the Redis key contract, in the default and the cluster layout.
+//! - [`scripts`]: the Lua scripts of `lua/`, one Rust module each.
+//! - [`worker`]: the admission loop; [`delivery`]: token, patch, publish, acknowledge.
+//! - [`outbox`], [`publisher`], [`token`]: the outbox, Kafka, the checkout token.
+//! - [`store`], [`retry`], [`shutdown`], [`stats`], [`clock`]: plumbing.
+
+pub mod clock;
+pub mod delivery;
+pub mod keys;
+pub mod outbox;
+pub mod publisher;
+pub mod retry;
+pub mod scripts;
+pub mod settings;
+pub mod shutdown;
+pub mod stats;
+pub mod store;
+pub mod token;
+pub mod worker;

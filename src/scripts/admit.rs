@@ -1,0 +1,146 @@
+//! Calls `lua/admit.lua`: one atomic admission step for one event.
+
+use std::time::Duration;
+
+use redis::Value;
+use redis::aio::ConnectionLike;
+
+use super::{Script, ScriptError};
+use crate::clock;
+use crate::keys::Keys;
+
+const NAME: &str = "admit";
+
+pub fn script() -> Script {
+    Script::new(NAME, include_str!("../../lua/admit.lua"))
+}
+
+/// Most sessions one call may admit, whatever the settings say: bounds how long one
+/// call holds Redis (and stays well inside Lua's `unpack` limit).
+pub const MAX_ADMIT_PER_CALL: u64 = 1000;
+
+/// What one admission step needs besides the keys.
+#[derive(Debug, Clone)]
+pub struct AdmitArgs {
+    pub default_max_concurrent: u64,
+    pub default_batch_size: u64,
+    pub now_ms: u64,
+    pub checkout_window: Duration,
+    pub session_ttl: Duration,
+    pub outbox_lease: Duration,
+}
+
+/// What the step did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdmitOutcome {
+    pub admitted: u64,
+    /// Members dropped from the lanes: missing hash, not `queued`, no user, other event.
+    pub skipped: u64,
+    /// Slots in use after the step.
+    pub in_use: u64,
+    pub capacity: u64,
+    pub batch: u64,
+    pub paused: bool,
+    /// Admissions left in this minute under `new_users_per_minute`, if one is set.
+    pub rate_left: Option<u64>,
+    /// Config hash fields that were invalid (their defaults were used).
+    pub invalid_config: Vec<String>,
+    /// Outbox entries of the admitted sessions, in admission order.
+    pub entries: Vec<Vec<u8>>,
+}
+
+/// Run one admission step for `event`.
+pub async fn admit<C: ConnectionLike + Send>(
+    script: &Script,
+    conn: &mut C,
+    keys: &Keys,
+    event: &str,
+    a: &AdmitArgs,
+) -> Result<AdmitOutcome, ScriptError> {
+    let deadline = clock::deadline_ms(a.now_ms, a.checkout_window);
+    let k = [
+        keys.queue(event),
+        keys.priority(event),
+        keys.processing(event),
+        keys.config(event),
+        keys.outbox(event),
+        keys.deadlines(event),
+        keys.rate(event),
+    ];
+    let argv = [
+        keys.session_prefix(event),
+        event.to_owned(),
+        a.default_max_concurrent.to_string(),
+        a.default_batch_size.to_string(),
+        a.now_ms.to_string(),
+        clock::rfc3339_seconds(a.now_ms),
+        deadline.to_string(),
+        clock::rfc3339_seconds(deadline),
+        a.session_ttl.as_millis().max(1).to_string(),
+        a.outbox_lease.as_millis().to_string(),
+        MAX_ADMIT_PER_CALL.to_string(),
+        (2 * MAX_ADMIT_PER_CALL).to_string(),
+    ];
+    let keys_ref: Vec<&str> = k.iter().map(String::as_str).collect();
+    let argv_ref: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let reply: Value = script.invoke(conn, &keys_ref, &argv_ref).await?;
+    parse(reply)
+}
+
+fn bad(detail: impl Into<String>) -> ScriptError {
+    ScriptError::Reply {
+        script: NAME,
+        detail: detail.into(),
+    }
+}
+
+fn parse(reply: Value) -> Result<AdmitOutcome, ScriptError> {
+    let Value::Array(parts) = reply else {
+        return Err(bad("not an array"));
+    };
+    let [
+        Value::Array(counts),
+        Value::Array(invalid),
+        Value::Array(entries),
+    ] = parts.as_slice()
+    else {
+        return Err(bad("want 3 arrays"));
+    };
+    let nums: Vec<i64> = counts
+        .iter()
+        .map(|v| match v {
+            Value::Int(i) => Ok(*i),
+            _ => Err(bad("counts must be integers")),
+        })
+        .collect::<Result<_, _>>()?;
+    let [
+        admitted,
+        skipped,
+        in_use,
+        capacity,
+        batch,
+        paused,
+        rate_left,
+    ] = nums.as_slice()
+    else {
+        return Err(bad("want 7 counts"));
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Ok(b.clone()),
+        _ => Err(bad("want bulk strings")),
+    };
+    Ok(AdmitOutcome {
+        admitted: (*admitted).max(0) as u64,
+        skipped: (*skipped).max(0) as u64,
+        in_use: (*in_use).max(0) as u64,
+        capacity: (*capacity).max(0) as u64,
+        batch: (*batch).max(0) as u64,
+        paused: *paused == 1,
+        rate_left: (*rate_left >= 0).then_some(*rate_left as u64),
+        invalid_config: invalid
+            .iter()
+            .map(|v| text(v).map(|b| String::from_utf8_lossy(&b).into_owned()))
+            .collect::<Result<_, _>>()?,
+        entries: entries.iter().map(text).collect::<Result<_, _>>()?,
+    })
+}

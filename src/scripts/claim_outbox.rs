@@ -1,0 +1,29 @@
+//! Calls `lua/claim_outbox.lua`: take due outbox entries under a lease.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+
+use super::{Script, ScriptError};
+
+pub fn script() -> Script {
+    Script::new("claim_outbox", include_str!("../../lua/claim_outbox.lua"))
+}
+
+/// Claim up to `limit` entries of `outbox_key` due at `now_ms`; they are due again at
+/// `now_ms + lease` unless acknowledged or rescheduled first.
+pub async fn claim<C: ConnectionLike + Send>(
+    script: &Script,
+    conn: &mut C,
+    outbox_key: &str,
+    now_ms: u64,
+    lease: Duration,
+    limit: u64,
+) -> Result<Vec<Vec<u8>>, ScriptError> {
+    let now = now_ms.to_string();
+    let lease = lease.as_millis().to_string();
+    let limit = limit.to_string();
+    script
+        .invoke(conn, &[outbox_key], &[&now, &lease, &limit])
+        .await
+}

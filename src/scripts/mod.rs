@@ -1,0 +1,187 @@
+//! The Lua scripts in `lua/` and how they are called.
+//!
+//! Each script is one state transition, and has exactly one module here that builds
+//! its KEYS and ARGV and reads its reply; the two read side by side. Scripts are
+//! called with EVALSHA by a SHA1 computed here from the embedded source. Redis forgets
+//! scripts on restart, failover and `SCRIPT FLUSH`; on NOSCRIPT the source is loaded
+//! again and the call repeated, so a vanished cache never stops the worker.
+
+pub mod admit;
+pub mod claim_outbox;
+pub mod set_tokens;
+
+use redis::aio::ConnectionLike;
+use redis::{ErrorKind, FromRedisValue, RedisError, ServerErrorKind};
+use thiserror::Error;
+
+/// What can go wrong calling a script.
+#[derive(Debug, Error)]
+pub enum ScriptError {
+    #[error("redis: {0}")]
+    Redis(#[from] RedisError),
+    #[error("script {script}: SCRIPT LOAD returned sha {got}, expected {expected}")]
+    ShaMismatch {
+        script: &'static str,
+        expected: String,
+        got: String,
+    },
+    #[error("script {script}: unexpected reply: {detail}")]
+    Reply {
+        script: &'static str,
+        detail: String,
+    },
+}
+
+impl ScriptError {
+    /// Whether the call may succeed if simply tried again (a dropped connection, a
+    /// timeout, a server that is loading or busy).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ScriptError::Redis(e) => crate::retry::is_transient(e),
+            _ => false,
+        }
+    }
+}
+
+/// One Lua script: its source, version and SHA1.
+#[derive(Debug, Clone)]
+pub struct Script {
+    name: &'static str,
+    version: u32,
+    source: &'static str,
+    sha: String,
+}
+
+impl Script {
+    /// `source` must carry a `-- version: N` line in its header.
+    pub fn new(name: &'static str, source: &'static str) -> Self {
+        let version = source
+            .lines()
+            .take_while(|l| l.starts_with("--"))
+            .find_map(|l| l.strip_prefix("-- version:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let sha = sha1_smol::Sha1::from(source).digest().to_string();
+        Script {
+            name,
+            version,
+            source,
+            sha,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    pub fn sha(&self) -> &str {
+        &self.sha
+    }
+
+    /// SCRIPT LOAD the source and check that Redis computed the same SHA.
+    pub async fn load<C: ConnectionLike + Send>(&self, conn: &mut C) -> Result<(), ScriptError> {
+        let got: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(self.source)
+            .query_async(conn)
+            .await?;
+        if got != self.sha {
+            return Err(ScriptError::ShaMismatch {
+                script: self.name,
+                expected: self.sha.clone(),
+                got,
+            });
+        }
+        Ok(())
+    }
+
+    /// EVALSHA, loading the script first if Redis does not know it.
+    pub async fn invoke<C, T>(
+        &self,
+        conn: &mut C,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<T, ScriptError>
+    where
+        C: ConnectionLike + Send,
+        T: FromRedisValue,
+    {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.sha).arg(keys.len()).arg(keys).arg(args);
+        match cmd.query_async(conn).await {
+            Err(e) if is_noscript(&e) => {
+                tracing::warn!(script = self.name, sha = %self.sha, "script missing from Redis cache, reloading");
+                self.load(conn).await?;
+                Ok(cmd.query_async(conn).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+}
+
+fn is_noscript(e: &RedisError) -> bool {
+    matches!(e.kind(), ErrorKind::Server(ServerErrorKind::NoScript)) || e.code() == Some("NOSCRIPT")
+}
+
+/// Every script the worker uses, built once.
+#[derive(Debug, Clone)]
+pub struct Scripts {
+    pub admit: Script,
+    pub claim_outbox: Script,
+    pub set_tokens: Script,
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Scripts {
+    pub fn new() -> Self {
+        Scripts {
+            admit: admit::script(),
+            claim_outbox: claim_outbox::script(),
+            set_tokens: set_tokens::script(),
+        }
+    }
+
+    pub fn all(&self) -> [&Script; 3] {
+        [&self.admit, &self.claim_outbox, &self.set_tokens]
+    }
+
+    /// Load every script (at start-up, so a broken script fails fast) and log
+    /// name, version and SHA of each.
+    pub async fn load_all<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+    ) -> Result<(), ScriptError> {
+        for s in self.all() {
+            s.load(conn).await?;
+            tracing::info!(
+                script = s.name(),
+                version = s.version(),
+                sha = s.sha(),
+                "script loaded"
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_script_has_a_version_and_a_sha() {
+        for s in Scripts::new().all() {
+            assert!(s.version() >= 1, "{} has no version line", s.name());
+            assert_eq!(s.sha().len(), 40);
+        }
+    }
+}

@@ -1,0 +1,531 @@
+//! Command-line flags, their environment variables, and the checked settings.
+//!
+//! Every setting is a flag and an environment variable; durations read as humantime
+//! (`1s`, `250ms`, `2h`). Parsing (clap) catches malformed values; [`RunArgs::settings`]
+//! then checks what only makes sense together and names the setting it refuses.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use jsonwebtoken::Algorithm;
+use thiserror::Error;
+
+use crate::keys::{KeyLayout, Keys};
+use crate::token::{Signer, TokenError};
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 250ms, 1s, 15m, 2h)"))
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err("expected key=value".to_owned()),
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "waitroom-worker",
+    version,
+    about = "Admits users from a ticketing waiting room into checkout"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the admission worker until SIGTERM or SIGINT.
+    Run(Box<RunArgs>),
+}
+
+/// Where Redis is and how its keys are named; shared by every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    /// Redis URL (redis:// or rediss://; a password in it is never logged).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Prefix of every key.
+    #[arg(long, env = "QUEUE_KEY_PREFIX", default_value = "waitroom")]
+    pub key_prefix: String,
+    /// Key layout: `default`, or `cluster` (every key of an event in one hash slot).
+    #[arg(long, env = "QUEUE_KEY_LAYOUT", default_value = "default")]
+    pub key_layout: KeyLayout,
+    /// How long a Redis command may take before it counts as failed.
+    #[arg(long, env = "REDIS_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub redis_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+
+    /// Kafka bootstrap servers, comma separated.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+    /// Extra librdkafka setting, repeatable (e.g. security.protocol=SASL_SSL).
+    #[arg(long = "kafka-config", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub kafka_config: Vec<(String, String)>,
+    /// Topic of the admission messages.
+    #[arg(long, env = "QUEUE_READY_TOPIC", default_value = "QUEUE_READY")]
+    pub ready_topic: String,
+    /// How long Kafka may take to acknowledge a message before it is retried (message.timeout.ms).
+    #[arg(long, env = "QUEUE_PUBLISH_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub publish_timeout: Duration,
+
+    /// Event to serve, repeatable; `<prefix>:active_events` is read every cycle as well.
+    #[arg(long = "event", value_name = "ID")]
+    pub events: Vec<String>,
+    /// Time between admission cycles.
+    #[arg(long, env = "QUEUE_PROCESS_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub process_interval: Duration,
+    /// Users in checkout per event, unless the event's config hash says otherwise.
+    #[arg(long, env = "QUEUE_DEFAULT_MAX_CONCURRENT", default_value_t = 100)]
+    pub max_concurrent: u64,
+    /// Users admitted per cycle per event, unless the event's config hash says otherwise.
+    #[arg(long, env = "QUEUE_DEFAULT_RELEASE_RATE", default_value_t = 10)]
+    pub batch_size: u64,
+    /// TTL given to a session hash on every state change.
+    #[arg(long, env = "QUEUE_SESSION_TTL", default_value = "2h", value_parser = duration)]
+    pub session_ttl: Duration,
+    /// How long an admitted user holds the slot; the token expires at the same instant.
+    #[arg(long, env = "QUEUE_CHECKOUT_WINDOW", default_value = "15m", value_parser = duration)]
+    pub checkout_window: Duration,
+
+    /// `iss` of the checkout tokens.
+    #[arg(long, env = "QUEUE_JWT_ISSUER", default_value = "waitroom")]
+    pub jwt_issuer: String,
+    /// `aud` of the checkout tokens.
+    #[arg(long, env = "QUEUE_JWT_AUDIENCE", default_value = "checkout")]
+    pub jwt_audience: String,
+    /// Signing algorithm: HS256, RS256, ES256 or EdDSA.
+    #[arg(long, env = "QUEUE_JWT_ALGORITHM", default_value = "HS256")]
+    pub jwt_algorithm: String,
+    /// HS256 secret (at least 32 bytes). Prefer the environment or a file: a flag shows in `ps`.
+    #[arg(long, env = "QUEUE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// File holding the HS256 secret (trailing newline ignored).
+    #[arg(long, env = "QUEUE_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// PEM private key for RS256, ES256 or EdDSA.
+    #[arg(long, env = "QUEUE_JWT_PRIVATE_KEY_FILE")]
+    pub jwt_private_key_file: Option<PathBuf>,
+    /// `kid` header naming the key, for verifiers that rotate keys.
+    #[arg(long, env = "QUEUE_JWT_KID")]
+    pub jwt_kid: Option<String>,
+
+    /// Tries of a failed Redis operation within a cycle.
+    #[arg(long, env = "QUEUE_RETRY_ATTEMPTS", default_value_t = 3)]
+    pub retry_attempts: u32,
+    /// First retry delay; doubles on each retry.
+    #[arg(long, env = "QUEUE_RETRY_DELAY", default_value = "1s", value_parser = duration)]
+    pub retry_delay: Duration,
+    /// Longest delay between two publish attempts of one outbox entry.
+    #[arg(long, env = "QUEUE_RETRY_MAX_DELAY", default_value = "30s", value_parser = duration)]
+    pub retry_max_delay: Duration,
+    /// How long a graceful shutdown may take before the process exits anyway.
+    #[arg(long, env = "QUEUE_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub shutdown_timeout: Duration,
+    /// Longest one cycle may run; what is left is picked up by the next one.
+    #[arg(long, env = "QUEUE_MAX_PROCESSING_TIME", default_value = "30s", value_parser = duration)]
+    pub max_processing_time: Duration,
+    /// How long an outbox entry stays with the worker publishing it before another
+    /// replica may take it over; must exceed the publish timeout.
+    #[arg(long, env = "QUEUE_OUTBOX_LEASE", default_value = "30s", value_parser = duration)]
+    pub outbox_lease: Duration,
+    /// Most outbox entries one event drains per cycle.
+    #[arg(long, env = "QUEUE_OUTBOX_BATCH", default_value_t = 1000)]
+    pub outbox_batch: u64,
+}
+
+/// A setting that was refused, with the flag and variable that set it.
+#[derive(Debug, Error)]
+pub enum SettingsError {
+    #[error("{setting}: {reason}")]
+    Invalid {
+        setting: &'static str,
+        reason: String,
+    },
+    #[error("{setting}: {source}")]
+    Token {
+        setting: &'static str,
+        #[source]
+        source: TokenError,
+    },
+}
+
+fn invalid(setting: &'static str, reason: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        setting,
+        reason: reason.into(),
+    }
+}
+
+/// Everything `run` needs, checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub redis_url: String,
+    pub redis_timeout: Duration,
+    pub keys: Keys,
+    pub kafka_brokers: String,
+    pub kafka_config: Vec<(String, String)>,
+    pub ready_topic: String,
+    pub publish_timeout: Duration,
+    pub events: Vec<String>,
+    pub process_interval: Duration,
+    pub max_concurrent: u64,
+    pub batch_size: u64,
+    pub session_ttl: Duration,
+    pub checkout_window: Duration,
+    pub signer: Signer,
+    pub retry_attempts: u32,
+    pub retry_delay: Duration,
+    pub retry_max_delay: Duration,
+    pub shutdown_timeout: Duration,
+    pub max_processing_time: Duration,
+    pub outbox_lease: Duration,
+    pub outbox_batch: u64,
+}
+
+impl RedisArgs {
+    pub fn keys(&self) -> Result<Keys, SettingsError> {
+        let p = self.key_prefix.trim();
+        if p.is_empty() || p.contains(['{', '}', ' ']) {
+            return Err(invalid(
+                "--key-prefix (QUEUE_KEY_PREFIX)",
+                "must be non-empty, without spaces or braces",
+            ));
+        }
+        if !(self.redis_url.starts_with("redis://")
+            || self.redis_url.starts_with("rediss://")
+            || self.redis_url.starts_with("unix://"))
+        {
+            return Err(invalid(
+                "--redis-url (REDIS_URL)",
+                "must start with redis://, rediss:// or unix://",
+            ));
+        }
+        if self.redis_timeout.is_zero() {
+            return Err(invalid(
+                "--redis-timeout (REDIS_TIMEOUT)",
+                "must be above zero",
+            ));
+        }
+        Ok(Keys::new(p, self.key_layout))
+    }
+}
+
+impl RunArgs {
+    /// Check the flags together and build the signer.
+    pub fn settings(&self) -> Result<Settings, SettingsError> {
+        let keys = self.redis.keys()?;
+        if self.kafka_brokers.trim().is_empty() {
+            return Err(invalid(
+                "--kafka-brokers (KAFKA_BROKERS)",
+                "must name at least one broker",
+            ));
+        }
+        if self.ready_topic.trim().is_empty() {
+            return Err(invalid(
+                "--ready-topic (QUEUE_READY_TOPIC)",
+                "must not be empty",
+            ));
+        }
+        if self.process_interval < Duration::from_millis(10) {
+            return Err(invalid(
+                "--process-interval (QUEUE_PROCESS_INTERVAL)",
+                "must be at least 10ms",
+            ));
+        }
+        if self.max_concurrent == 0 {
+            return Err(invalid(
+                "--max-concurrent (QUEUE_DEFAULT_MAX_CONCURRENT)",
+                "must be at least 1",
+            ));
+        }
+        let cap = crate::scripts::admit::MAX_ADMIT_PER_CALL;
+        if self.batch_size == 0 || self.batch_size > cap {
+            return Err(invalid(
+                "--batch-size (QUEUE_DEFAULT_RELEASE_RATE)",
+                format!("must be between 1 and {cap}"),
+            ));
+        }
+        if self.checkout_window < Duration::from_secs(1) {
+            return Err(invalid(
+                "--checkout-window (QUEUE_CHECKOUT_WINDOW)",
+                "must be at least 1s",
+            ));
+        }
+        if self.session_ttl <= self.checkout_window {
+            return Err(invalid(
+                "--session-ttl (QUEUE_SESSION_TTL)",
+                "must be longer than the checkout window, or sessions vanish mid-checkout",
+            ));
+        }
+        if self.retry_attempts == 0 {
+            return Err(invalid(
+                "--retry-attempts (QUEUE_RETRY_ATTEMPTS)",
+                "must be at least 1",
+            ));
+        }
+        if self.retry_delay.is_zero() {
+            return Err(invalid(
+                "--retry-delay (QUEUE_RETRY_DELAY)",
+                "must be above zero",
+            ));
+        }
+        if self.retry_max_delay < self.retry_delay {
+            return Err(invalid(
+                "--retry-max-delay (QUEUE_RETRY_MAX_DELAY)",
+                "must not be below --retry-delay",
+            ));
+        }
+        if self.shutdown_timeout.is_zero() {
+            return Err(invalid(
+                "--shutdown-timeout (QUEUE_SHUTDOWN_TIMEOUT)",
+                "must be above zero",
+            ));
+        }
+        if self.max_processing_time.is_zero() {
+            return Err(invalid(
+                "--max-processing-time (QUEUE_MAX_PROCESSING_TIME)",
+                "must be above zero",
+            ));
+        }
+        if self.publish_timeout < Duration::from_millis(100) {
+            return Err(invalid(
+                "--publish-timeout (QUEUE_PUBLISH_TIMEOUT)",
+                "must be at least 100ms",
+            ));
+        }
+        if self.outbox_lease <= self.publish_timeout {
+            return Err(invalid(
+                "--outbox-lease (QUEUE_OUTBOX_LEASE)",
+                "must be longer than --publish-timeout, or a replica may publish what another still waits on",
+            ));
+        }
+        if self.outbox_batch == 0 || self.outbox_batch > 10_000 {
+            return Err(invalid(
+                "--outbox-batch (QUEUE_OUTBOX_BATCH)",
+                "must be between 1 and 10000",
+            ));
+        }
+        let mut events = Vec::new();
+        for e in &self.events {
+            if e.is_empty() || e.contains(['{', '}']) {
+                return Err(invalid(
+                    "--event",
+                    format!("{e:?} is not a valid event id (empty or has braces)"),
+                ));
+            }
+            if !events.contains(e) {
+                events.push(e.clone());
+            }
+        }
+        Ok(Settings {
+            redis_url: self.redis.redis_url.clone(),
+            redis_timeout: self.redis.redis_timeout,
+            keys,
+            kafka_brokers: self.kafka_brokers.clone(),
+            kafka_config: self.kafka_config.clone(),
+            ready_topic: self.ready_topic.clone(),
+            publish_timeout: self.publish_timeout,
+            events,
+            process_interval: self.process_interval,
+            max_concurrent: self.max_concurrent,
+            batch_size: self.batch_size,
+            session_ttl: self.session_ttl,
+            checkout_window: self.checkout_window,
+            signer: self.signer()?,
+            retry_attempts: self.retry_attempts,
+            retry_delay: self.retry_delay,
+            retry_max_delay: self.retry_max_delay,
+            shutdown_timeout: self.shutdown_timeout,
+            max_processing_time: self.max_processing_time,
+            outbox_lease: self.outbox_lease,
+            outbox_batch: self.outbox_batch,
+        })
+    }
+
+    fn signer(&self) -> Result<Signer, SettingsError> {
+        let alg: Algorithm = match self.jwt_algorithm.as_str() {
+            "HS256" => Algorithm::HS256,
+            "RS256" => Algorithm::RS256,
+            "ES256" => Algorithm::ES256,
+            "EdDSA" => Algorithm::EdDSA,
+            other => {
+                return Err(invalid(
+                    "--jwt-algorithm (QUEUE_JWT_ALGORITHM)",
+                    format!("{other:?} is not one of HS256, RS256, ES256, EdDSA"),
+                ));
+            }
+        };
+        let iss = self.jwt_issuer.as_str();
+        let aud = self.jwt_audience.as_str();
+        if iss.is_empty() || aud.is_empty() {
+            return Err(invalid(
+                "--jwt-issuer / --jwt-audience",
+                "must not be empty",
+            ));
+        }
+        if alg != Algorithm::HS256 {
+            let path = self.jwt_private_key_file.as_ref().ok_or_else(|| {
+                invalid(
+                    "--jwt-private-key-file (QUEUE_JWT_PRIVATE_KEY_FILE)",
+                    format!("required for {}", self.jwt_algorithm),
+                )
+            })?;
+            let pem = std::fs::read(path).map_err(|e| {
+                invalid(
+                    "--jwt-private-key-file (QUEUE_JWT_PRIVATE_KEY_FILE)",
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
+            return Signer::asymmetric(alg, &pem, self.jwt_kid.clone(), iss, aud).map_err(
+                |source| SettingsError::Token {
+                    setting: "--jwt-private-key-file (QUEUE_JWT_PRIVATE_KEY_FILE)",
+                    source,
+                },
+            );
+        }
+        let (setting, secret): (&'static str, Vec<u8>) =
+            match (&self.jwt_secret, &self.jwt_secret_file) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        "QUEUE_JWT_SECRET / --jwt-secret-file",
+                        "set one of them, not both",
+                    ));
+                }
+                (Some(s), None) => ("QUEUE_JWT_SECRET", s.as_bytes().to_vec()),
+                (None, Some(path)) => {
+                    let mut bytes = std::fs::read(path).map_err(|e| {
+                        invalid(
+                            "--jwt-secret-file (QUEUE_JWT_SECRET_FILE)",
+                            format!("{}: {e}", path.display()),
+                        )
+                    })?;
+                    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                        bytes.pop();
+                    }
+                    ("--jwt-secret-file (QUEUE_JWT_SECRET_FILE)", bytes)
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        "QUEUE_JWT_SECRET / --jwt-secret-file",
+                        "an HS256 secret of at least 32 bytes is required",
+                    ));
+                }
+            };
+        Signer::hs256(&secret, iss, aud).map_err(|source| SettingsError::Token { setting, source })
+    }
+}
+
+/// `redis://user:secret@host/` → `redis://user:***@host/`, for logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map(|(u, _)| u).unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Settings, String> {
+        let mut full = vec![
+            "waitroom-worker",
+            "run",
+            "--jwt-secret",
+            "0123456789abcdef0123456789abcdef",
+        ];
+        full.extend_from_slice(args);
+        let cli = Cli::try_parse_from(full).map_err(|e| e.to_string())?;
+        let Command::Run(run) = cli.command;
+        run.settings().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_the_seeds() {
+        let s = parse(&[]).expect("defaults are valid");
+        assert_eq!(s.process_interval, Duration::from_secs(1));
+        assert_eq!(s.max_concurrent, 100);
+        assert_eq!(s.batch_size, 10);
+        assert_eq!(s.session_ttl, Duration::from_secs(7200));
+        assert_eq!(s.checkout_window, Duration::from_secs(900));
+        assert_eq!(s.retry_attempts, 3);
+        assert_eq!(s.retry_delay, Duration::from_secs(1));
+        assert_eq!(s.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(s.max_processing_time, Duration::from_secs(30));
+        assert_eq!(s.ready_topic, "QUEUE_READY");
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--process-interval", "soon"], "--process-interval"),
+            (&["--batch-size", "0"], "--batch-size"),
+            (&["--batch-size", "-3"], "--batch-size"),
+            (&["--max-concurrent", "0"], "--max-concurrent"),
+            (
+                &["--checkout-window", "2h", "--session-ttl", "1h"],
+                "--session-ttl",
+            ),
+            (
+                &["--outbox-lease", "5s", "--publish-timeout", "10s"],
+                "--outbox-lease",
+            ),
+            (&["--key-layout", "ring"], "--key-layout"),
+            (&["--redis-url", "http://x"], "--redis-url"),
+            (&["--jwt-algorithm", "none"], "--jwt-algorithm"),
+            (&["--jwt-algorithm", "RS256"], "--jwt-private-key-file"),
+        ];
+        for (args, setting) in cases {
+            let err = parse(args).expect_err("must be refused");
+            assert!(err.contains(setting), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn short_secret_refused() {
+        let cli = Cli::try_parse_from(["waitroom-worker", "run", "--jwt-secret", "tooshort"])
+            .expect("parses");
+        let Command::Run(run) = cli.command;
+        let err = run.settings().expect_err("refused").to_string();
+        assert!(
+            err.contains("QUEUE_JWT_SECRET") && err.contains("32"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("tooshort"),
+            "the secret must not be echoed: {err}"
+        );
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("redis://:hunter2@host:6379/0"),
+            "redis://:***@host:6379/0"
+        );
+        assert_eq!(redact_url("rediss://u:p@h"), "rediss://u:***@h");
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
+}

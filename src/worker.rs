@@ -1,0 +1,390 @@
+//! The admission loop: every interval, for every active event, publish what the
+//! outbox still holds, then admit the next batch.
+//!
+//! Errors are isolated the way the seed asks: a bad session costs itself (the admit
+//! script drops it), a failing event is logged and skipped, and a Redis or Kafka
+//! failure is logged, counted and retried on the next cycle; nothing ends the loop
+//! but the shutdown signal.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::clock;
+use crate::delivery::{Delivery, DeliveryError, DeliveryPolicy};
+use crate::outbox;
+use crate::publisher::Publisher;
+use crate::retry::{self, Backoff};
+use crate::scripts::admit::{self, AdmitArgs, AdmitOutcome};
+use crate::scripts::claim_outbox;
+use crate::scripts::{ScriptError, Scripts};
+use crate::settings::{Settings, redact_url};
+use crate::shutdown::Shutdown;
+use crate::stats::Stats;
+use crate::store::{self, RedisConn};
+
+/// Why one event's step failed.
+#[derive(Debug, Error)]
+pub enum EventError {
+    #[error("claiming outbox entries: {0}")]
+    Claim(#[source] ScriptError),
+    #[error("admitting: {0}")]
+    Admit(#[source] ScriptError),
+    #[error("moving unreadable outbox entries aside: {0}")]
+    Quarantine(#[source] redis::RedisError),
+    #[error(transparent)]
+    Delivery(#[from] DeliveryError),
+}
+
+impl EventError {
+    /// Whether Redis itself seems unreachable (then the rest of the cycle is skipped).
+    fn is_connection(&self) -> bool {
+        match self {
+            EventError::Claim(e) | EventError::Admit(e) => e.is_transient(),
+            EventError::Quarantine(e) => retry::is_transient(e),
+            EventError::Delivery(DeliveryError::Tokens(e)) => e.is_transient(),
+        }
+    }
+}
+
+/// What one event's step did.
+#[derive(Debug, Default, Clone)]
+pub struct EventReport {
+    pub republished: usize,
+    pub admit: AdmitOutcome,
+}
+
+/// The worker: its connection, scripts, producer and settings.
+pub struct Worker {
+    settings: Settings,
+    conn: RedisConn,
+    scripts: Arc<Scripts>,
+    delivery: Delivery,
+    stats: Arc<Stats>,
+    /// Last invalid config fields reported per event, so each change is logged once.
+    invalid_seen: HashMap<String, Vec<String>>,
+}
+
+impl Worker {
+    /// Connect to Redis (retrying until it answers or shutdown is signalled), load
+    /// the scripts and create the producer.
+    pub async fn start(
+        settings: Settings,
+        shutdown: &mut Shutdown,
+    ) -> Result<Option<Worker>, StartError> {
+        let stats = Arc::new(Stats::default());
+        Stats::add(&stats.started_at_ms, clock::now_ms());
+        let scripts = Arc::new(Scripts::new());
+        let backoff = Backoff {
+            first: settings.retry_delay,
+            max: settings.retry_max_delay,
+        };
+        let mut attempt = 0;
+        let conn = loop {
+            attempt += 1;
+            let result = async {
+                let mut conn = store::connect(&settings.redis_url, settings.redis_timeout).await?;
+                scripts.load_all(&mut conn).await?;
+                Ok::<_, ScriptError>(conn)
+            }
+            .await;
+            match result {
+                Ok(c) => break c,
+                Err(ScriptError::Redis(e)) if retry::is_transient(&e) => {
+                    let wait = backoff.delay(attempt);
+                    tracing::warn!(redis_url = %redact_url(&settings.redis_url), error = %e, retry_in = ?wait, "redis not reachable at start-up");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.recv() => return Ok(None),
+                    }
+                }
+                Err(e) => return Err(StartError::Redis(e)),
+            }
+        };
+        let publisher = Arc::new(
+            Publisher::new(
+                &settings.kafka_brokers,
+                &settings.kafka_config,
+                &settings.ready_topic,
+                settings.publish_timeout,
+            )
+            .map_err(StartError::Kafka)?,
+        );
+        let delivery = Delivery::new(
+            conn.clone(),
+            scripts.clone(),
+            settings.keys.clone(),
+            settings.signer.clone(),
+            publisher,
+            stats.clone(),
+            DeliveryPolicy {
+                attempts: settings.retry_attempts,
+                backoff,
+                publish_retry: backoff,
+            },
+        );
+        Ok(Some(Worker {
+            settings,
+            conn,
+            scripts,
+            delivery,
+            stats,
+            invalid_seen: HashMap::new(),
+        }))
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Run cycles until `shutdown` fires; then finish the cycle in flight, flush
+    /// Kafka and wait for in-flight acknowledgements (bounded by the shutdown
+    /// timeout). Unacknowledged entries stay in the outbox for the next worker.
+    pub async fn run(mut self, mut shutdown: Shutdown) {
+        tracing::info!(
+            events = ?self.settings.events,
+            interval = ?self.settings.process_interval,
+            max_concurrent = self.settings.max_concurrent,
+            batch_size = self.settings.batch_size,
+            "Queue processor started successfully"
+        );
+        let mut ticker = tokio::time::interval(self.settings.process_interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut failures: u32 = 0;
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.recv() => break,
+                _ = ticker.tick() => {}
+            }
+            let deadline = self.settings.max_processing_time;
+            let ok = match tokio::time::timeout(deadline, self.cycle()).await {
+                Ok(ok) => ok,
+                Err(_) => {
+                    tracing::warn!(max_processing_time = ?deadline, "cycle cut at the max processing time; the rest waits for the next cycle");
+                    Stats::add(&self.stats.errors, 1);
+                    false
+                }
+            };
+            Stats::add(&self.stats.cycles, 1);
+            if ok {
+                failures = 0;
+            } else {
+                // Back off while Redis is away, but keep listening for shutdown.
+                failures = failures.saturating_add(1);
+                let wait = Backoff {
+                    first: self.settings.retry_delay,
+                    max: self.settings.retry_max_delay,
+                }
+                .delay(failures)
+                .saturating_sub(self.settings.process_interval);
+                if !wait.is_zero() {
+                    tokio::select! {
+                        _ = shutdown.recv() => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+        tracing::info!("Queue processor stopping: flushing Kafka and settling in-flight messages");
+        self.delivery.finish(self.settings.shutdown_timeout).await;
+        tracing::info!("Queue processor stopped");
+    }
+
+    /// The events to serve: those given on the command line and the members of
+    /// `<prefix>:active_events`, sorted and without duplicates.
+    async fn active_events(&mut self) -> Result<Vec<String>, redis::RedisError> {
+        let key = self.settings.keys.active_events();
+        let members: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
+            .arg(&key)
+            .query_async(&mut self.conn)
+            .await?;
+        let mut set: BTreeSet<String> = self.settings.events.iter().cloned().collect();
+        for m in members {
+            match String::from_utf8(m) {
+                Ok(e) if !e.is_empty() && !e.contains(['{', '}']) => {
+                    set.insert(e);
+                }
+                Ok(e) => tracing::warn!(event_id = %e, key = %key, "ignoring an invalid event id"),
+                Err(_) => tracing::warn!(key = %key, "ignoring an event id that is not UTF-8"),
+            }
+        }
+        Ok(set.into_iter().collect())
+    }
+
+    /// One pass over every event. Returns false when Redis looked unreachable.
+    pub async fn cycle(&mut self) -> bool {
+        let started = Instant::now();
+        let events = match self.active_events().await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "reading active events failed");
+                Stats::add(&self.stats.errors, 1);
+                if retry::is_transient(&e) {
+                    return false;
+                }
+                self.settings.events.clone()
+            }
+        };
+        tracing::debug!(
+            event_count = events.len(),
+            "Processing queues for active events"
+        );
+        let mut ok = true;
+        for event in &events {
+            match self.process_event(event).await {
+                Ok(_) => {}
+                Err(e) => {
+                    Stats::add(&self.stats.errors, 1);
+                    tracing::error!(event_id = %event, error = %e, "processing event failed, skipping it this cycle");
+                    if e.is_connection() {
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+        }
+        self.stats
+            .last_processed_ms
+            .store(clock::now_ms(), std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(elapsed = ?started.elapsed(), "cycle done");
+        ok
+    }
+
+    /// Publish the event's due outbox entries, then admit its next batch.
+    pub async fn process_event(&mut self, event: &str) -> Result<EventReport, EventError> {
+        let s = &self.settings;
+        let attempts = s.retry_attempts;
+        let backoff = Backoff {
+            first: s.retry_delay,
+            max: s.retry_max_delay,
+        };
+
+        // 1. What earlier attempts (or a dead worker) left in the outbox.
+        let outbox_key = s.keys.outbox(event);
+        let now = clock::now_ms();
+        let claimed = retry::with_retries(attempts, backoff, ScriptError::is_transient, || {
+            let mut conn = self.conn.clone();
+            let (script, key) = (&self.scripts.claim_outbox, &outbox_key);
+            async move {
+                claim_outbox::claim(script, &mut conn, key, now, s.outbox_lease, s.outbox_batch)
+                    .await
+            }
+        })
+        .await
+        .map_err(EventError::Claim)?;
+        let (claimed, bad) = outbox::parse_all(claimed);
+        if !bad.is_empty() {
+            tracing::error!(event_id = %event, count = bad.len(), key = %s.keys.outbox_invalid(event), "unreadable outbox entries moved aside");
+            Stats::add(&self.stats.outbox_invalid, bad.len() as u64);
+            outbox::quarantine(
+                &mut self.conn,
+                &outbox_key,
+                &s.keys.outbox_invalid(event),
+                &bad,
+                now,
+            )
+            .await
+            .map_err(EventError::Quarantine)?;
+        }
+        let republished = claimed.len();
+        if republished > 0 {
+            tracing::info!(event_id = %event, count = republished, "Publishing pending admissions from the outbox");
+            Stats::add(&self.stats.outbox_claimed, republished as u64);
+            self.delivery.dispatch(event, claimed).await?;
+        }
+
+        // 2. The next batch.
+        let args = AdmitArgs {
+            default_max_concurrent: s.max_concurrent,
+            default_batch_size: s.batch_size,
+            now_ms: clock::now_ms(),
+            checkout_window: s.checkout_window,
+            session_ttl: s.session_ttl,
+            outbox_lease: s.outbox_lease,
+        };
+        let outcome = retry::with_retries(attempts, backoff, ScriptError::is_transient, || {
+            let mut conn = self.conn.clone();
+            let (script, keys, args) = (&self.scripts.admit, &s.keys, &args);
+            async move { admit::admit(script, &mut conn, keys, event, args).await }
+        })
+        .await
+        .map_err(EventError::Admit)?;
+        let invalid = outcome.invalid_config.clone();
+        self.report_invalid_config(event, &invalid);
+        let s = &self.settings;
+        tracing::debug!(event_id = %event, batch_size = outcome.batch, in_use = outcome.in_use, capacity = outcome.capacity, "Processing queue batch");
+        if outcome.skipped > 0 {
+            Stats::add(&self.stats.skipped, outcome.skipped);
+            tracing::warn!(event_id = %event, skipped = outcome.skipped, "dropped queue members that cannot be admitted (missing session, not queued, no user, other event)");
+        }
+        if outcome.admitted > 0 {
+            Stats::add(&self.stats.admitted, outcome.admitted);
+            tracing::info!(event_id = %event, user_count = outcome.admitted, "Admitting users to checkout");
+            let (entries, bad) = outbox::parse_all(outcome.entries.clone());
+            if !bad.is_empty() {
+                tracing::error!(event_id = %event, count = bad.len(), "admitted sessions with unreadable ids; moved aside");
+                Stats::add(&self.stats.outbox_invalid, bad.len() as u64);
+                outbox::quarantine(
+                    &mut self.conn,
+                    &outbox_key,
+                    &s.keys.outbox_invalid(event),
+                    &bad,
+                    now,
+                )
+                .await
+                .map_err(EventError::Quarantine)?;
+            }
+            self.delivery.dispatch(event, entries).await?;
+            tracing::info!(
+                event_id = %event,
+                attempted = outcome.admitted + outcome.skipped,
+                admitted = outcome.admitted,
+                "Batch processing completed"
+            );
+        }
+        Ok(EventReport {
+            republished,
+            admit: outcome,
+        })
+    }
+
+    fn report_invalid_config(&mut self, event: &str, invalid: &[String]) {
+        let seen = self
+            .invalid_seen
+            .get(event)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        if seen != invalid {
+            if !invalid.is_empty() {
+                tracing::warn!(event_id = %event, fields = ?invalid, key = %self.settings.keys.config(event), "invalid per-event config values; using the defaults for them");
+            }
+            self.invalid_seen.insert(event.to_owned(), invalid.to_vec());
+        }
+    }
+
+    /// Messages queued and not yet settled.
+    pub fn in_flight(&self) -> usize {
+        self.delivery.in_flight()
+    }
+}
+
+/// Why the worker could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("redis: {0}")]
+    Redis(#[source] ScriptError),
+    #[error("kafka producer: {0}")]
+    Kafka(#[source] rdkafka::error::KafkaError),
+}
+
+/// Wait `d`, or less if shutdown fires first.
+pub async fn sleep_or_shutdown(d: Duration, shutdown: &mut Shutdown) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = shutdown.recv() => {}
+    }
+}

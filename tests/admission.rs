@@ -1,0 +1,486 @@
+//! Admission core against a real redis-server and librdkafka's mock cluster.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use support::*;
+use waitroom_worker::clock;
+use waitroom_worker::keys::Keys;
+use waitroom_worker::scripts::Scripts;
+use waitroom_worker::scripts::admit::{self, AdmitArgs};
+use waitroom_worker::shutdown;
+use waitroom_worker::stats::Stats;
+use waitroom_worker::token::{Signer, Verifier};
+use waitroom_worker::worker::Worker;
+
+const EVENT: &str = "concert-2024";
+
+async fn start_worker(settings: waitroom_worker::settings::Settings) -> Worker {
+    let (_t, mut l) = shutdown::channel();
+    Worker::start(settings, &mut l)
+        .await
+        .expect("worker starts")
+        .expect("not shut down")
+}
+
+async fn outbox_empty(conn: &mut redis::aio::MultiplexedConnection, k: &Keys, event: &str) {
+    let key = k.outbox(event);
+    eventually(Duration::from_secs(20), "the outbox to drain", || {
+        let mut c = conn.clone();
+        let key = key.clone();
+        async move { (zcard(&mut c, &key).await == 0).then_some(()) }
+    })
+    .await;
+}
+
+/// The seed's walk-through: 150 queued, 50 already in checkout, capacity 100:
+/// exactly 50 admitted, in queue order, with their fields, tokens that verify and
+/// one QUEUE_READY each with the seed's fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_walkthrough_admits_exactly_the_free_slots_in_order() {
+    let redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    let t0 = clock::now_ms() - 60_000;
+    let queued = enqueue(&mut conn, EVENT, "session", 150, t0).await;
+    let mut p = redis::pipe();
+    for i in 0..50 {
+        p.cmd("SADD")
+            .arg(k.processing(EVENT))
+            .arg(format!("busy-{i}"))
+            .ignore();
+    }
+    p.query_async::<()>(&mut conn)
+        .await
+        .expect("fill processing");
+
+    let mut w = start_worker(settings(
+        &redis.url(),
+        &kafka.bootstrap,
+        &["--event", EVENT],
+    ))
+    .await;
+    // Default batch 10: five cycles fill the 50 free slots; more cycles change nothing.
+    for _ in 0..8 {
+        assert!(w.cycle().await);
+    }
+    assert_eq!(scard(&mut conn, &k.processing(EVENT)).await, 100);
+    assert_eq!(zcard(&mut conn, &k.queue(EVENT)).await, 100);
+    outbox_empty(&mut conn, &k, EVENT).await;
+
+    let admitted = &queued[..50];
+    let verifier = Verifier::hs256(SECRET.as_bytes(), "waitroom", "checkout").expect("verifier");
+    for sid in admitted {
+        let is_member: bool = redis::cmd("SISMEMBER")
+            .arg(k.processing(EVENT))
+            .arg(sid)
+            .query_async(&mut conn)
+            .await
+            .expect("SISMEMBER");
+        assert!(is_member, "{sid} should hold a slot");
+        let h = hgetall(&mut conn, &k.session(EVENT, sid)).await;
+        assert_eq!(h["status"], "admitted");
+        assert!(h["admitted_at"].ends_with('Z') && h["checkout_expires_at"].ends_with('Z'));
+        let claims = verifier
+            .verify(&h["checkout_token"])
+            .expect("token verifies");
+        assert_eq!(claims.sid, *sid);
+        assert_eq!(claims.eid, EVENT);
+        assert_eq!(claims.sub, h["user_id"]);
+        assert_eq!(
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_secs(claims.exp)
+            )
+            .to_string(),
+            h["checkout_expires_at"],
+            "token exp must be the checkout deadline"
+        );
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(k.session(EVENT, sid))
+            .query_async(&mut conn)
+            .await
+            .expect("PTTL");
+        assert!(ttl > 0, "admitted session has a TTL");
+    }
+    for sid in &queued[50..] {
+        let h = hgetall(&mut conn, &k.session(EVENT, sid)).await;
+        assert_eq!(h["status"], "queued", "{sid} must still wait");
+    }
+
+    let mut reader = TopicReader::new(&kafka.bootstrap, TOPIC);
+    let msgs = reader.read_until(50, Duration::from_secs(20)).to_vec();
+    let order: Vec<String> = msgs.iter().map(|m| m.key.clone()).collect();
+    assert_eq!(order, admitted.to_vec(), "published in queue order");
+    for m in &msgs {
+        let v = m.value.as_object().expect("object");
+        let fields: Vec<&str> = v.keys().map(String::as_str).collect();
+        for f in [
+            "session_id",
+            "user_id",
+            "event_id",
+            "checkout_token",
+            "admitted_at",
+            "expires_at",
+            "timestamp",
+        ] {
+            assert!(fields.contains(&f), "message lacks {f}: {v:?}");
+        }
+        assert_eq!(v["session_id"], m.key.as_str());
+        assert_eq!(v["event_id"], EVENT);
+        let h = hgetall(&mut conn, &k.session(EVENT, &m.key)).await;
+        assert_eq!(v["checkout_token"], h["checkout_token"].as_str());
+        assert_eq!(v["admitted_at"], h["admitted_at"].as_str());
+        assert_eq!(v["expires_at"], h["checkout_expires_at"].as_str());
+        assert_eq!(m.message_id.len(), 40, "stable message id header");
+    }
+    assert_eq!(Stats::get(&w.stats().admitted), 50);
+}
+
+/// Capacity holds over many cycles with two workers at once, while slots are
+/// freed under them; no session is admitted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_holds_with_two_workers_and_no_session_is_admitted_twice() {
+    let redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    let users = 400;
+    enqueue(&mut conn, EVENT, "s", users, clock::now_ms()).await;
+    let flags = [
+        "--event",
+        EVENT,
+        "--max-concurrent",
+        "20",
+        "--batch-size",
+        "7",
+    ];
+    let (trigger, listener) = shutdown::channel();
+    let mut handles = Vec::new();
+    let mut stats = Vec::new();
+    for _ in 0..2 {
+        let w = start_worker(settings(&redis.url(), &kafka.bootstrap, &flags)).await;
+        stats.push(w.stats());
+        handles.push(tokio::spawn(w.run(listener.clone())));
+    }
+
+    // A checkout stand-in: frees random slots; a monitor watches the count.
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let freed = Arc::new(AtomicU64::new(0));
+    let checkout = {
+        let (mut c, stop, peak, freed, key) = (
+            conn.clone(),
+            stop.clone(),
+            peak.clone(),
+            freed.clone(),
+            k.processing(EVENT),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let n = scard(&mut c, &key).await;
+                peak.fetch_max(n, Ordering::Relaxed);
+                let popped: Vec<String> = redis::cmd("SPOP")
+                    .arg(&key)
+                    .arg(3)
+                    .query_async(&mut c)
+                    .await
+                    .expect("SPOP");
+                freed.fetch_add(popped.len() as u64, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let queue_key = k.queue(EVENT);
+    eventually(Duration::from_secs(60), "the queue to empty", || {
+        let mut c = conn.clone();
+        let key = queue_key.clone();
+        async move { (zcard(&mut c, &key).await == 0).then_some(()) }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    checkout.await.expect("checkout task");
+    trigger.trigger();
+    for h in handles {
+        h.await.expect("worker ends");
+    }
+    outbox_empty(&mut conn, &k, EVENT).await;
+    assert!(
+        peak.load(Ordering::Relaxed) <= 20,
+        "processing peaked at {}",
+        peak.load(Ordering::Relaxed)
+    );
+    let total: u64 = stats.iter().map(|s| Stats::get(&s.admitted)).sum();
+    assert_eq!(
+        total, users as u64,
+        "every user admitted exactly once across both workers"
+    );
+    assert!(
+        stats.iter().all(|s| Stats::get(&s.admitted) > 0),
+        "both workers shared the work"
+    );
+
+    let mut reader = TopicReader::new(&kafka.bootstrap, TOPIC);
+    reader.read_until(users, Duration::from_secs(30));
+    let by = reader.by_session();
+    assert_eq!(by.len(), users, "one message per admitted session");
+    assert!(
+        by.values().all(|v| v.len() == 1),
+        "no duplicate without a crash"
+    );
+}
+
+/// Members whose session hash is missing, not `queued`, lacks a user or belongs to
+/// another event are dropped from the queue, take no slot, and are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_sessions_are_dropped_and_take_no_slot() {
+    let redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    let t0 = clock::now_ms();
+    let good = enqueue(&mut conn, EVENT, "good", 3, t0 + 100).await;
+    let bad: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        ("missing", vec![]),
+        ("admitted", vec![("status", "admitted"), ("user_id", "u")]),
+        ("completed", vec![("status", "completed"), ("user_id", "u")]),
+        ("no-user", vec![("status", "queued")]),
+        (
+            "other-event",
+            vec![
+                ("status", "queued"),
+                ("user_id", "u"),
+                ("event_id", "another"),
+            ],
+        ),
+    ];
+    let mut p = redis::pipe();
+    for (i, (sid, fields)) in bad.iter().enumerate() {
+        for (f, v) in fields {
+            p.cmd("HSET")
+                .arg(k.session(EVENT, sid))
+                .arg(*f)
+                .arg(*v)
+                .ignore();
+        }
+        p.cmd("ZADD")
+            .arg(k.queue(EVENT))
+            .arg(t0 + i as u64)
+            .arg(*sid)
+            .ignore();
+    }
+    // A session key of the wrong type must not break the call.
+    p.cmd("SET")
+        .arg(k.session(EVENT, "string-key"))
+        .arg("x")
+        .ignore();
+    p.cmd("ZADD")
+        .arg(k.queue(EVENT))
+        .arg(t0 + 50)
+        .arg("string-key")
+        .ignore();
+    p.query_async::<()>(&mut conn).await.expect("setup");
+
+    let mut w = start_worker(settings(
+        &redis.url(),
+        &kafka.bootstrap,
+        &["--event", EVENT],
+    ))
+    .await;
+    assert!(w.cycle().await);
+    assert_eq!(
+        zcard(&mut conn, &k.queue(EVENT)).await,
+        0,
+        "all dropped or admitted"
+    );
+    let members: HashSet<String> = redis::cmd("SMEMBERS")
+        .arg(k.processing(EVENT))
+        .query_async(&mut conn)
+        .await
+        .expect("SMEMBERS");
+    assert_eq!(members, good.iter().cloned().collect::<HashSet<_>>());
+    assert_eq!(Stats::get(&w.stats().skipped), 6);
+    assert_eq!(Stats::get(&w.stats().admitted), 3);
+    let h = hgetall(&mut conn, &k.session(EVENT, "completed")).await;
+    assert_eq!(
+        h["status"], "completed",
+        "a skipped session's hash is left as it was"
+    );
+}
+
+/// A flushed script cache (or a restarted Redis) does not stop admissions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_flush_between_cycles_does_not_stop_admissions() {
+    let redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    enqueue(&mut conn, EVENT, "s", 30, clock::now_ms()).await;
+    let mut w = start_worker(settings(
+        &redis.url(),
+        &kafka.bootstrap,
+        &["--event", EVENT],
+    ))
+    .await;
+    assert!(w.cycle().await);
+    assert_eq!(scard(&mut conn, &k.processing(EVENT)).await, 10);
+    redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("SCRIPT FLUSH");
+    assert!(w.cycle().await);
+    assert_eq!(scard(&mut conn, &k.processing(EVENT)).await, 20);
+    redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("SCRIPT FLUSH");
+    assert!(w.cycle().await);
+    assert_eq!(scard(&mut conn, &k.processing(EVENT)).await, 30);
+    outbox_empty(&mut conn, &k, EVENT).await;
+    let mut reader = TopicReader::new(&kafka.bootstrap, TOPIC);
+    assert_eq!(reader.read_until(30, Duration::from_secs(20)).len(), 30);
+}
+
+/// With Kafka down, admissions go on and the outbox grows; when Kafka returns the
+/// outbox drains and every admitted session has its message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_outage_loses_nothing_and_the_outbox_drains_after() {
+    let redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    let ids = enqueue(&mut conn, EVENT, "s", 60, clock::now_ms()).await;
+    let mut w = start_worker(settings(
+        &redis.url(),
+        &kafka.bootstrap,
+        &["--event", EVENT],
+    ))
+    .await;
+    assert!(w.cycle().await);
+    outbox_empty(&mut conn, &k, EVENT).await;
+
+    kafka.brokers_down();
+    for _ in 0..3 {
+        assert!(w.cycle().await, "a Kafka outage is not a Redis failure");
+    }
+    assert_eq!(
+        scard(&mut conn, &k.processing(EVENT)).await,
+        40,
+        "admissions continued"
+    );
+    // Messages of the outage time out (publish timeout 1s) and stay in the outbox.
+    let outbox_key = k.outbox(EVENT);
+    eventually(
+        Duration::from_secs(20),
+        "failed publishes to be counted",
+        || {
+            let s = w.stats();
+            async move { (Stats::get(&s.publish_failures) >= 30).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(
+        zcard(&mut conn, &outbox_key).await,
+        30,
+        "the outbox holds every unpublished admission"
+    );
+
+    kafka.brokers_up();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while zcard(&mut conn, &outbox_key).await > 0 || zcard(&mut conn, &k.queue(EVENT)).await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "outbox did not drain after Kafka returned"
+        );
+        assert!(w.cycle().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    outbox_empty(&mut conn, &k, EVENT).await;
+    let mut reader = TopicReader::new(&kafka.bootstrap, TOPIC);
+    reader.read_until(60, Duration::from_secs(20));
+    let by = reader.by_session();
+    for sid in &ids {
+        assert!(by.contains_key(sid), "{sid} has no QUEUE_READY");
+    }
+}
+
+/// A worker that died between the admit call and the publish: the admissions sit in
+/// the outbox; the next worker publishes them, with the same token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admissions_of_a_dead_worker_are_published_by_the_next_one() {
+    let redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    let ids = enqueue(&mut conn, EVENT, "s", 5, clock::now_ms()).await;
+
+    // The "dead" worker: ran the admit script and nothing after it.
+    let scripts = Scripts::new();
+    let now = clock::now_ms();
+    let outcome = admit::admit(
+        &scripts.admit,
+        &mut conn,
+        &k,
+        EVENT,
+        &AdmitArgs {
+            default_max_concurrent: 100,
+            default_batch_size: 10,
+            now_ms: now,
+            checkout_window: Duration::from_secs(900),
+            session_ttl: Duration::from_secs(7200),
+            outbox_lease: Duration::from_millis(500),
+        },
+    )
+    .await
+    .expect("admit");
+    assert_eq!(outcome.admitted, 5);
+    assert_eq!(zcard(&mut conn, &k.outbox(EVENT)).await, 5);
+    for sid in &ids {
+        let h = hgetall(&mut conn, &k.session(EVENT, sid)).await;
+        assert!(
+            !h.contains_key("checkout_token"),
+            "the dead worker wrote no token"
+        );
+    }
+
+    let mut w = start_worker(settings(
+        &redis.url(),
+        &kafka.bootstrap,
+        &["--event", EVENT],
+    ))
+    .await;
+    let outbox_key = k.outbox(EVENT);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while zcard(&mut conn, &outbox_key).await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pending admissions were not published"
+        );
+        assert!(w.cycle().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        Stats::get(&w.stats().admitted),
+        0,
+        "nothing new was admitted"
+    );
+
+    let signer = Signer::hs256(SECRET.as_bytes(), "waitroom", "checkout").expect("signer");
+    let mut reader = TopicReader::new(&kafka.bootstrap, TOPIC);
+    let msgs = reader.read_until(5, Duration::from_secs(20)).to_vec();
+    for m in msgs {
+        let h = hgetall(&mut conn, &k.session(EVENT, &m.key)).await;
+        let deadline_ms = waitroom_worker::clock::deadline_ms(now, Duration::from_secs(900));
+        let expected = signer
+            .sign(&signer.claims(EVENT, &m.key, &h["user_id"], now, deadline_ms))
+            .expect("sign");
+        assert_eq!(h["checkout_token"], expected, "same admission, same token");
+        assert_eq!(m.value["checkout_token"], expected.as_str());
+    }
+}

@@ -1,0 +1,411 @@
+//! What the integration tests share: a private redis-server, librdkafka's mock
+//! Kafka cluster, a consumer of what the worker published, and helpers that write
+//! the queue exactly as the API would.
+//!
+//! Every test starts its own redis-server on a free loopback port and stops it; it
+//! never touches a Redis it did not start.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::mocking::MockCluster;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use redis::aio::MultiplexedConnection;
+use waitroom_worker::keys::{KeyLayout, Keys};
+use waitroom_worker::settings::{Cli, Command as Sub, Settings};
+
+pub const SECRET: &str = "test-secret-0123456789abcdef0123456789";
+pub const TOPIC: &str = "QUEUE_READY";
+
+/// A free TCP port on loopback (bound then released).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Poll `check` until it returns Some or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A redis-server of the test's own, on a free loopback port, in a temp dir.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+    appendonly: bool,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// With `appendonly`, data survives a restart.
+    pub fn start_with(appendonly: bool) -> Self {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("waitroom-test-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut s = RedisServer {
+            port,
+            child: None,
+            dir,
+            appendonly,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                if self.appendonly { "yes" } else { "no" },
+                "--dir",
+                self.dir.to_str().expect("utf-8 temp dir"),
+                "--daemonize",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (the test command installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let client = redis::Client::open(self.url()).expect("url");
+        loop {
+            if let Ok(mut c) = client.get_connection()
+                && redis::cmd("PING").query::<String>(&mut c).is_ok()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not come up on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn conn(&self) -> MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the test redis")
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+enum MockOp {
+    BrokerDown,
+    BrokerUp,
+    CreateTopic(String, i32),
+}
+
+/// librdkafka's mock cluster on a thread of its own (it is not `Send`).
+pub struct MockKafka {
+    pub bootstrap: String,
+    ops: Option<mpsc::Sender<(MockOp, mpsc::Sender<()>)>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MockKafka {
+    /// One broker with the QUEUE_READY topic (one partition, so order is total).
+    pub fn start() -> Self {
+        let (boot_tx, boot_rx) = mpsc::channel();
+        let (ops_tx, ops_rx) = mpsc::channel::<(MockOp, mpsc::Sender<()>)>();
+        let thread = std::thread::spawn(move || {
+            let cluster = MockCluster::new(1).expect("mock cluster");
+            cluster.create_topic(TOPIC, 1, 1).expect("create topic");
+            boot_tx
+                .send(cluster.bootstrap_servers())
+                .expect("send bootstrap");
+            for (op, done) in ops_rx {
+                match op {
+                    MockOp::BrokerDown => cluster.broker_down(-1).expect("broker down"),
+                    MockOp::BrokerUp => cluster.broker_up(-1).expect("broker up"),
+                    MockOp::CreateTopic(t, p) => {
+                        cluster.create_topic(&t, p, 1).expect("create topic")
+                    }
+                }
+                let _ = done.send(());
+            }
+        });
+        let bootstrap = boot_rx.recv().expect("mock cluster bootstrap servers");
+        MockKafka {
+            bootstrap,
+            ops: Some(ops_tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn op(&self, op: MockOp) {
+        let (tx, rx) = mpsc::channel();
+        if let Some(ops) = &self.ops {
+            ops.send((op, tx)).expect("mock thread alive");
+            rx.recv().expect("mock op done");
+        }
+    }
+
+    pub fn brokers_down(&self) {
+        self.op(MockOp::BrokerDown);
+    }
+
+    pub fn brokers_up(&self) {
+        self.op(MockOp::BrokerUp);
+    }
+
+    pub fn create_topic(&self, topic: &str, partitions: i32) {
+        self.op(MockOp::CreateTopic(topic.to_owned(), partitions));
+    }
+}
+
+impl Drop for MockKafka {
+    fn drop(&mut self) {
+        self.ops.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One QUEUE_READY message as read back.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub key: String,
+    pub value: serde_json::Value,
+    pub message_id: String,
+}
+
+/// Reads a topic from the beginning.
+pub struct TopicReader {
+    consumer: BaseConsumer,
+    pub messages: Vec<Published>,
+}
+
+impl TopicReader {
+    pub fn new(bootstrap: &str, topic: &str) -> Self {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "test-reader")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Beginning)
+            .expect("partition offset");
+        consumer.assign(&tpl).expect("assign");
+        TopicReader {
+            consumer,
+            messages: Vec::new(),
+        }
+    }
+
+    /// Read until `n` messages in all were seen, or fail after `timeout`.
+    pub fn read_until(&mut self, n: usize, timeout: Duration) -> &[Published] {
+        let deadline = Instant::now() + timeout;
+        while self.messages.len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "timed out: {} of {n} messages after {timeout:?}",
+                self.messages.len()
+            );
+            self.poll_once(Duration::from_millis(100));
+        }
+        &self.messages
+    }
+
+    /// Read whatever arrives within `d`.
+    pub fn read_for(&mut self, d: Duration) -> &[Published] {
+        let deadline = Instant::now() + d;
+        while Instant::now() < deadline {
+            self.poll_once(Duration::from_millis(50));
+        }
+        &self.messages
+    }
+
+    fn poll_once(&mut self, d: Duration) {
+        if let Some(Ok(m)) = self.consumer.poll(d) {
+            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+            let value =
+                serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON payload");
+            let message_id = m
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == "message-id"))
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+            self.messages.push(Published {
+                key,
+                value,
+                message_id,
+            });
+        }
+    }
+
+    /// Messages per session id.
+    pub fn by_session(&self) -> HashMap<String, Vec<Published>> {
+        let mut m: HashMap<String, Vec<Published>> = HashMap::new();
+        for p in &self.messages {
+            m.entry(p.key.clone()).or_default().push(p.clone());
+        }
+        m
+    }
+}
+
+/// Settings as `waitroom-worker run` would build them from these flags, on top of
+/// test defaults (fast interval, short publish timeout and lease).
+pub fn settings(redis_url: &str, brokers: &str, extra: &[&str]) -> Settings {
+    let mut args: Vec<String> = [
+        "waitroom-worker",
+        "run",
+        "--redis-url",
+        redis_url,
+        "--kafka-brokers",
+        brokers,
+        "--jwt-secret",
+        SECRET,
+        "--process-interval",
+        "20ms",
+        "--publish-timeout",
+        "1s",
+        "--outbox-lease",
+        "2s",
+        "--retry-delay",
+        "50ms",
+        "--retry-max-delay",
+        "500ms",
+        "--shutdown-timeout",
+        "5s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let cli = Cli::try_parse_from(args).expect("flags parse");
+    let Sub::Run(run) = cli.command;
+    run.settings().expect("settings valid")
+}
+
+pub fn keys() -> Keys {
+    Keys::new("waitroom", KeyLayout::Default)
+}
+
+/// Queue `n` sessions for `event` exactly as the API would: a hash with status
+/// `queued`, user, event and position, and a queue member scored by join time.
+/// Session ids are `<prefix>-<i>`, joined at `t0 + i` ms.
+pub async fn enqueue(
+    conn: &mut MultiplexedConnection,
+    event: &str,
+    prefix: &str,
+    n: usize,
+    t0: u64,
+) -> Vec<String> {
+    let k = keys();
+    let mut ids = Vec::with_capacity(n);
+    let mut p = redis::pipe();
+    for i in 0..n {
+        let sid = format!("{prefix}-{i:06}");
+        p.cmd("HSET")
+            .arg(k.session(event, &sid))
+            .arg("status")
+            .arg("queued")
+            .arg("user_id")
+            .arg(format!("user-{prefix}-{i}"))
+            .arg("event_id")
+            .arg(event)
+            .arg("position")
+            .arg(i + 1)
+            .ignore();
+        p.cmd("ZADD")
+            .arg(k.queue(event))
+            .arg(t0 + i as u64)
+            .arg(&sid)
+            .ignore();
+        ids.push(sid);
+    }
+    p.query_async::<()>(conn).await.expect("enqueue");
+    ids
+}
+
+pub async fn scard(conn: &mut MultiplexedConnection, key: &str) -> u64 {
+    redis::cmd("SCARD")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("SCARD")
+}
+
+pub async fn zcard(conn: &mut MultiplexedConnection, key: &str) -> u64 {
+    redis::cmd("ZCARD")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("ZCARD")
+}
+
+pub async fn hgetall(conn: &mut MultiplexedConnection, key: &str) -> HashMap<String, String> {
+    redis::cmd("HGETALL")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("HGETALL")
+}
