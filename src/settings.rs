@@ -479,7 +479,7 @@ mod tests {
         let cases: &[(&[&str], &str)] = &[
             (&["--process-interval", "soon"], "--process-interval"),
             (&["--batch-size", "0"], "--batch-size"),
-            (&["--batch-size", "-3"], "--batch-size"),
+            (&["--batch-size=-3"], "--batch-size"),
             (&["--max-concurrent", "0"], "--max-concurrent"),
             (
                 &["--checkout-window", "2h", "--session-ttl", "1h"],
