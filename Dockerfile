@@ -1,0 +1,16 @@
+# Builds the waitroom-worker binary (librdkafka is built from source by rdkafka-sys)
+# and runs it on a slim Debian.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY lua ./lua
+RUN cargo build --release --locked --bin waitroom-worker
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /src/target/release/waitroom-worker /usr/local/bin/waitroom-worker
+USER nobody
+ENTRYPOINT ["waitroom-worker"]
+CMD ["run"]

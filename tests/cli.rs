@@ -1,0 +1,148 @@
+//! The binary itself: settings refused at start, graceful shutdown on SIGTERM.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_waitroom-worker");
+
+fn run_with(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut c = Command::new(BIN);
+    c.arg("run").args(args);
+    for var in [
+        "QUEUE_JWT_SECRET",
+        "QUEUE_JWT_SECRET_FILE",
+        "QUEUE_PROCESS_INTERVAL",
+        "QUEUE_DEFAULT_MAX_CONCURRENT",
+        "QUEUE_DEFAULT_RELEASE_RATE",
+        "REDIS_URL",
+        "KAFKA_BROKERS",
+    ] {
+        c.env_remove(var);
+    }
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run the binary")
+}
+
+#[test]
+fn bad_settings_are_refused_with_a_message_naming_them() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[
+                ("QUEUE_JWT_SECRET", SECRET),
+                ("QUEUE_PROCESS_INTERVAL", "often"),
+            ],
+            "--process-interval",
+        ),
+        (
+            &[
+                ("QUEUE_JWT_SECRET", SECRET),
+                ("QUEUE_DEFAULT_MAX_CONCURRENT", "lots"),
+            ],
+            "--max-concurrent",
+        ),
+        (
+            &[
+                ("QUEUE_JWT_SECRET", SECRET),
+                ("QUEUE_DEFAULT_RELEASE_RATE", "0"),
+            ],
+            "QUEUE_DEFAULT_RELEASE_RATE",
+        ),
+        (&[("QUEUE_JWT_SECRET", "short-secret")], "at least 32"),
+        (&[], "QUEUE_JWT_SECRET"),
+        (
+            &[
+                ("QUEUE_JWT_SECRET", SECRET),
+                ("REDIS_URL", "localhost:6379"),
+            ],
+            "REDIS_URL",
+        ),
+    ];
+    for (env, needle) in cases {
+        let out = run_with(&[], env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{env:?} must be refused");
+        assert!(
+            stderr.contains(needle),
+            "{env:?}: stderr should name {needle}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("short-secret"),
+            "a secret must never be echoed: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn sigterm_shuts_down_gracefully_with_exit_zero() {
+    let redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--redis-url",
+            &redis.url(),
+            "--kafka-brokers",
+            &kafka.bootstrap,
+            "--event",
+            "e1",
+            "--process-interval",
+            "50ms",
+            "--shutdown-timeout",
+            "5s",
+        ])
+        .env("QUEUE_JWT_SECRET", SECRET)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn worker");
+    // Wait until it has loaded its scripts and started cycling.
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut c = client.get_connection().expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let loaded: Vec<bool> = redis::cmd("SCRIPT")
+            .arg("EXISTS")
+            .arg(waitroom_worker::scripts::Scripts::new().admit.sha())
+            .query(&mut c)
+            .expect("SCRIPT EXISTS");
+        if loaded == [true] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "worker never loaded its scripts");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sent = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let code = loop {
+        if let Some(code) = child.try_wait().expect("wait") {
+            break code;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(10),
+            "worker did not stop within its shutdown timeout"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    assert!(code.success(), "exit status {code:?}; stderr: {stderr}");
+    assert!(stderr.contains("Queue processor stopped"), "{stderr}");
+    assert!(!stderr.contains(SECRET), "the secret must never be logged");
+}
