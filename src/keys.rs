@@ -112,6 +112,11 @@ impl Keys {
         format!("{}:rate", self.event_base(event))
     }
 
+    /// SSCAN cursor of the reaper's sweep for slots without a deadline (STRING, worker-owned).
+    pub fn reap_cursor(&self, event: &str) -> String {
+        format!("{}:reap_cursor", self.event_base(event))
+    }
+
     /// Outbox entries that cannot be parsed, kept for an operator (ZSET, worker-owned).
     pub fn outbox_invalid(&self, event: &str) -> String {
         format!("{}:outbox:invalid", self.event_base(event))

@@ -5,14 +5,17 @@
 //! - [`keys`]: the Redis key contract, in the default and the cluster layout.
 //! - [`scripts`]: the Lua scripts of `lua/`, one Rust module each.
 //! - [`worker`]: the admission loop; [`delivery`]: token, patch, publish, acknowledge.
+//! - [`completions`]: the completion consumer; [`refill`]: freed slots wake admission.
 //! - [`outbox`], [`publisher`], [`token`]: the outbox, Kafka, the checkout token.
 //! - [`store`], [`retry`], [`shutdown`], [`stats`], [`clock`]: plumbing.
 
 pub mod clock;
+pub mod completions;
 pub mod delivery;
 pub mod keys;
 pub mod outbox;
 pub mod publisher;
+pub mod refill;
 pub mod retry;
 pub mod scripts;
 pub mod settings;

@@ -106,6 +106,25 @@ impl Publisher {
             .map_err(|(e, _)| PublishError::Kafka(e))
     }
 
+    /// Forward a message the worker could not use to a dead-letter topic, with the
+    /// reason in a `reason` header.
+    pub fn forward(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        reason: &str,
+    ) -> Result<DeliveryFuture, PublishError> {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "reason",
+            value: Some(reason.as_bytes()),
+        });
+        let record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(topic).payload(payload).headers(headers);
+        self.producer()
+            .send_result(record)
+            .map_err(|(e, _)| PublishError::Kafka(e))
+    }
+
     /// If the producer hit a fatal error, replace it with a fresh one. Returns
     /// whether it did.
     pub fn recover_if_fatal(&self) -> bool {

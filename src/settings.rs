@@ -77,6 +77,26 @@ pub struct RunArgs {
     #[arg(long, env = "QUEUE_PUBLISH_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub publish_timeout: Duration,
 
+    /// Topic of the checkout service's completion messages.
+    #[arg(
+        long,
+        env = "QUEUE_COMPLETED_TOPIC",
+        default_value = "CHECKOUT_COMPLETED"
+    )]
+    pub completed_topic: String,
+    /// Consumer group of the completion consumer (shared by the replicas).
+    #[arg(long, env = "QUEUE_CONSUMER_GROUP", default_value = "waitroom-worker")]
+    pub consumer_group: String,
+    /// Where completion messages that cannot be used are forwarded (off when unset).
+    #[arg(long, env = "QUEUE_DEAD_LETTER_TOPIC")]
+    pub dead_letter_topic: Option<String>,
+    /// Longest a broker may hold a fetch open (fetch.wait.max.ms); small = fast refill.
+    #[arg(long, env = "QUEUE_CONSUMER_FETCH_WAIT", default_value = "10ms", value_parser = duration)]
+    pub consumer_fetch_wait: Duration,
+    /// How soon a dead replica's partitions move to the others (session.timeout.ms).
+    #[arg(long, env = "QUEUE_CONSUMER_SESSION_TIMEOUT", default_value = "6s", value_parser = duration)]
+    pub consumer_session_timeout: Duration,
+
     /// Event to serve, repeatable; `<prefix>:active_events` is read every cycle as well.
     #[arg(long = "event", value_name = "ID")]
     pub events: Vec<String>,
@@ -175,6 +195,11 @@ pub struct Settings {
     pub kafka_config: Vec<(String, String)>,
     pub ready_topic: String,
     pub publish_timeout: Duration,
+    pub completed_topic: String,
+    pub consumer_group: String,
+    pub dead_letter_topic: Option<String>,
+    pub consumer_fetch_wait: Duration,
+    pub consumer_session_timeout: Duration,
     pub events: Vec<String>,
     pub process_interval: Duration,
     pub max_concurrent: u64,
@@ -233,6 +258,30 @@ impl RunArgs {
             return Err(invalid(
                 "--ready-topic (QUEUE_READY_TOPIC)",
                 "must not be empty",
+            ));
+        }
+        if self.completed_topic.trim().is_empty() {
+            return Err(invalid(
+                "--completed-topic (QUEUE_COMPLETED_TOPIC)",
+                "must not be empty",
+            ));
+        }
+        if self.consumer_group.trim().is_empty() {
+            return Err(invalid(
+                "--consumer-group (QUEUE_CONSUMER_GROUP)",
+                "must not be empty",
+            ));
+        }
+        if self.consumer_fetch_wait.is_zero() || self.consumer_fetch_wait > Duration::from_secs(5) {
+            return Err(invalid(
+                "--consumer-fetch-wait (QUEUE_CONSUMER_FETCH_WAIT)",
+                "must be between 1ms and 5s",
+            ));
+        }
+        if self.consumer_session_timeout < Duration::from_secs(1) {
+            return Err(invalid(
+                "--consumer-session-timeout (QUEUE_CONSUMER_SESSION_TIMEOUT)",
+                "must be at least 1s",
             ));
         }
         if self.process_interval < Duration::from_millis(10) {
@@ -334,6 +383,11 @@ impl RunArgs {
             kafka_config: self.kafka_config.clone(),
             ready_topic: self.ready_topic.clone(),
             publish_timeout: self.publish_timeout,
+            completed_topic: self.completed_topic.clone(),
+            consumer_group: self.consumer_group.clone(),
+            dead_letter_topic: self.dead_letter_topic.clone().filter(|t| !t.is_empty()),
+            consumer_fetch_wait: self.consumer_fetch_wait,
+            consumer_session_timeout: self.consumer_session_timeout,
             events,
             process_interval: self.process_interval,
             max_concurrent: self.max_concurrent,

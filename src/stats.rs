@@ -15,6 +15,12 @@ pub struct Stats {
     pub tokens_written: AtomicU64,
     pub outbox_claimed: AtomicU64,
     pub outbox_invalid: AtomicU64,
+    pub released: AtomicU64,
+    pub release_noop: AtomicU64,
+    pub completions_rejected: AtomicU64,
+    pub expired: AtomicU64,
+    pub adopted: AtomicU64,
+    pub refills: AtomicU64,
     pub errors: AtomicU64,
 }
 

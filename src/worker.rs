@@ -14,12 +14,15 @@ use thiserror::Error;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::clock;
+use crate::completions::{Completions, ConsumerSettings};
 use crate::delivery::{Delivery, DeliveryError, DeliveryPolicy};
 use crate::outbox;
 use crate::publisher::Publisher;
+use crate::refill::Refill;
 use crate::retry::{self, Backoff};
 use crate::scripts::admit::{self, AdmitArgs, AdmitOutcome};
 use crate::scripts::claim_outbox;
+use crate::scripts::reap::{self, Reaped};
 use crate::scripts::{ScriptError, Scripts};
 use crate::settings::{Settings, redact_url};
 use crate::shutdown::Shutdown;
@@ -33,6 +36,8 @@ pub enum EventError {
     Claim(#[source] ScriptError),
     #[error("admitting: {0}")]
     Admit(#[source] ScriptError),
+    #[error("reaping expired slots: {0}")]
+    Reap(#[source] ScriptError),
     #[error("moving unreadable outbox entries aside: {0}")]
     Quarantine(#[source] redis::RedisError),
     #[error(transparent)]
@@ -43,7 +48,7 @@ impl EventError {
     /// Whether Redis itself seems unreachable (then the rest of the cycle is skipped).
     fn is_connection(&self) -> bool {
         match self {
-            EventError::Claim(e) | EventError::Admit(e) => e.is_transient(),
+            EventError::Claim(e) | EventError::Admit(e) | EventError::Reap(e) => e.is_transient(),
             EventError::Quarantine(e) => retry::is_transient(e),
             EventError::Delivery(DeliveryError::Tokens(e)) => e.is_transient(),
         }
@@ -53,6 +58,7 @@ impl EventError {
 /// What one event's step did.
 #[derive(Debug, Default, Clone)]
 pub struct EventReport {
+    pub reaped: Reaped,
     pub republished: usize,
     pub admit: AdmitOutcome,
 }
@@ -64,6 +70,8 @@ pub struct Worker {
     scripts: Arc<Scripts>,
     delivery: Delivery,
     stats: Arc<Stats>,
+    refill: Arc<Refill>,
+    completions: Option<Completions>,
     /// Last invalid config fields reported per event, so each change is logged once.
     invalid_seen: HashMap<String, Vec<String>>,
 }
@@ -113,6 +121,27 @@ impl Worker {
             )
             .map_err(StartError::Kafka)?,
         );
+        let refill = Arc::new(Refill::default());
+        let completions = Completions::new(
+            ConsumerSettings {
+                brokers: settings.kafka_brokers.clone(),
+                extra: settings.kafka_config.clone(),
+                topic: settings.completed_topic.clone(),
+                group: settings.consumer_group.clone(),
+                fetch_wait: settings.consumer_fetch_wait,
+                session_timeout: settings.consumer_session_timeout,
+                dead_letter_topic: settings.dead_letter_topic.clone(),
+                session_ttl: settings.session_ttl,
+                backoff,
+            },
+            conn.clone(),
+            scripts.clone(),
+            settings.keys.clone(),
+            refill.clone(),
+            stats.clone(),
+            publisher.clone(),
+        )
+        .map_err(StartError::Kafka)?;
         let delivery = Delivery::new(
             conn.clone(),
             scripts.clone(),
@@ -132,12 +161,19 @@ impl Worker {
             scripts,
             delivery,
             stats,
+            refill,
+            completions: Some(completions),
             invalid_seen: HashMap::new(),
         }))
     }
 
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
+    }
+
+    /// The refill bell: the completion consumer rings it when it frees a slot.
+    pub fn refill(&self) -> Arc<Refill> {
+        self.refill.clone()
     }
 
     /// Run cycles until `shutdown` fires; then finish the cycle in flight, flush
@@ -151,17 +187,30 @@ impl Worker {
             batch_size = self.settings.batch_size,
             "Queue processor started successfully"
         );
+        let consumer = self
+            .completions
+            .take()
+            .map(|c| tokio::spawn(c.run(shutdown.clone())));
         let mut ticker = tokio::time::interval(self.settings.process_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let refill = self.refill.clone();
         let mut failures: u32 = 0;
         loop {
-            tokio::select! {
+            let full = tokio::select! {
                 biased;
                 _ = shutdown.recv() => break,
-                _ = ticker.tick() => {}
-            }
+                _ = ticker.tick() => true,
+                _ = refill.rung() => false,
+            };
             let deadline = self.settings.max_processing_time;
-            let ok = match tokio::time::timeout(deadline, self.cycle()).await {
+            let pass = async {
+                if full {
+                    self.cycle().await
+                } else {
+                    self.refill_pass().await
+                }
+            };
+            let ok = match tokio::time::timeout(deadline, pass).await {
                 Ok(ok) => ok,
                 Err(_) => {
                     tracing::warn!(max_processing_time = ?deadline, "cycle cut at the max processing time; the rest waits for the next cycle");
@@ -169,7 +218,9 @@ impl Worker {
                     false
                 }
             };
-            Stats::add(&self.stats.cycles, 1);
+            if full {
+                Stats::add(&self.stats.cycles, 1);
+            }
             if ok {
                 failures = 0;
             } else {
@@ -188,6 +239,9 @@ impl Worker {
                     }
                 }
             }
+        }
+        if let Some(c) = consumer {
+            let _ = tokio::time::timeout(self.settings.shutdown_timeout, c).await;
         }
         tracing::info!("Queue processor stopping: flushing Kafka and settling in-flight messages");
         self.delivery.finish(self.settings.shutdown_timeout).await;
@@ -254,16 +308,85 @@ impl Worker {
         ok
     }
 
-    /// Publish the event's due outbox entries, then admit its next batch.
+    /// Admit into the slots completions just freed, for the events they woke.
+    pub async fn refill_pass(&mut self) -> bool {
+        for event in self.refill.take() {
+            Stats::add(&self.stats.refills, 1);
+            if let Err(e) = self.admit_event(&event).await {
+                Stats::add(&self.stats.errors, 1);
+                tracing::error!(event_id = %event, error = %e, "refill failed; the next cycle retries");
+                if e.is_connection() {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Take back expired slots, publish the event's due outbox entries, then admit
+    /// its next batch.
     pub async fn process_event(&mut self, event: &str) -> Result<EventReport, EventError> {
+        let reaped = self.reap_event(event).await?;
+        let republished = self.drain_outbox(event).await?;
+        let admit = self.admit_event(event).await?;
+        Ok(EventReport {
+            reaped,
+            republished,
+            admit,
+        })
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff {
+            first: self.settings.retry_delay,
+            max: self.settings.retry_max_delay,
+        }
+    }
+
+    /// Return the slots whose checkout window has passed (bounded per call).
+    pub async fn reap_event(&mut self, event: &str) -> Result<Reaped, EventError> {
+        let s = &self.settings;
+        let now = clock::now_ms();
+        let reaped = retry::with_retries(
+            s.retry_attempts,
+            self.backoff(),
+            ScriptError::is_transient,
+            || {
+                let mut conn = self.conn.clone();
+                let (script, keys) = (&self.scripts.reap, &s.keys);
+                async move {
+                    reap::reap(
+                        script,
+                        &mut conn,
+                        keys,
+                        event,
+                        now,
+                        s.checkout_window,
+                        s.session_ttl,
+                    )
+                    .await
+                }
+            },
+        )
+        .await
+        .map_err(EventError::Reap)?;
+        if reaped.expired > 0 {
+            Stats::add(&self.stats.expired, reaped.expired);
+            tracing::info!(event_id = %event, expired = reaped.expired, "Expired checkout slots reclaimed");
+        }
+        if reaped.adopted > 0 {
+            Stats::add(&self.stats.adopted, reaped.adopted);
+            tracing::warn!(event_id = %event, adopted = reaped.adopted, "sessions in processing without a deadline were given one");
+        }
+        Ok(reaped)
+    }
+
+    /// Publish what earlier attempts (or a dead worker) left in the outbox.
+    pub async fn drain_outbox(&mut self, event: &str) -> Result<usize, EventError> {
         let s = &self.settings;
         let attempts = s.retry_attempts;
-        let backoff = Backoff {
-            first: s.retry_delay,
-            max: s.retry_max_delay,
-        };
+        let backoff = self.backoff();
 
-        // 1. What earlier attempts (or a dead worker) left in the outbox.
         let outbox_key = s.keys.outbox(event);
         let now = clock::now_ms();
         let claimed = retry::with_retries(attempts, backoff, ScriptError::is_transient, || {
@@ -296,8 +419,16 @@ impl Worker {
             Stats::add(&self.stats.outbox_claimed, republished as u64);
             self.delivery.dispatch(event, claimed).await?;
         }
+        Ok(republished)
+    }
 
-        // 2. The next batch.
+    /// Admit the event's next batch and publish it.
+    pub async fn admit_event(&mut self, event: &str) -> Result<AdmitOutcome, EventError> {
+        let s = &self.settings;
+        let attempts = s.retry_attempts;
+        let backoff = self.backoff();
+        let outbox_key = s.keys.outbox(event);
+        let now = clock::now_ms();
         let args = AdmitArgs {
             default_max_concurrent: s.max_concurrent,
             default_batch_size: s.batch_size,
@@ -346,10 +477,7 @@ impl Worker {
                 "Batch processing completed"
             );
         }
-        Ok(EventReport {
-            republished,
-            admit: outcome,
-        })
+        Ok(outcome)
     }
 
     fn report_invalid_config(&mut self, event: &str, invalid: &[String]) {

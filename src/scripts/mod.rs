@@ -8,6 +8,8 @@
 
 pub mod admit;
 pub mod claim_outbox;
+pub mod reap;
+pub mod release;
 pub mod set_tokens;
 
 use redis::aio::ConnectionLike;
@@ -133,6 +135,8 @@ pub struct Scripts {
     pub admit: Script,
     pub claim_outbox: Script,
     pub set_tokens: Script,
+    pub release: Script,
+    pub reap: Script,
 }
 
 impl Default for Scripts {
@@ -147,11 +151,19 @@ impl Scripts {
             admit: admit::script(),
             claim_outbox: claim_outbox::script(),
             set_tokens: set_tokens::script(),
+            release: release::script(),
+            reap: reap::script(),
         }
     }
 
-    pub fn all(&self) -> [&Script; 3] {
-        [&self.admit, &self.claim_outbox, &self.set_tokens]
+    pub fn all(&self) -> [&Script; 5] {
+        [
+            &self.admit,
+            &self.claim_outbox,
+            &self.set_tokens,
+            &self.release,
+            &self.reap,
+        ]
     }
 
     /// Load every script (at start-up, so a broken script fails fast) and log

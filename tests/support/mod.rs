@@ -28,6 +28,7 @@ use waitroom_worker::settings::{Cli, Command as Sub, Settings};
 
 pub const SECRET: &str = "test-secret-0123456789abcdef0123456789";
 pub const TOPIC: &str = "QUEUE_READY";
+pub const COMPLETED: &str = "CHECKOUT_COMPLETED";
 
 /// A free TCP port on loopback (bound then released).
 pub fn free_port() -> u16 {
@@ -174,6 +175,7 @@ impl MockKafka {
         let thread = std::thread::spawn(move || {
             let cluster = MockCluster::new(1).expect("mock cluster");
             cluster.create_topic(TOPIC, 1, 1).expect("create topic");
+            cluster.create_topic(COMPLETED, 2, 1).expect("create topic");
             boot_tx
                 .send(cluster.bootstrap_servers())
                 .expect("send bootstrap");
@@ -339,6 +341,15 @@ pub fn settings(redis_url: &str, brokers: &str, extra: &[&str]) -> Settings {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    // A flag given in `extra` replaces the test default (defaults come in pairs).
+    let mut i = 2;
+    while i + 1 < args.len() {
+        if extra.contains(&args[i].as_str()) {
+            args.drain(i..i + 2);
+        } else {
+            i += 2;
+        }
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     let cli = Cli::try_parse_from(args).expect("flags parse");
     let Sub::Run(run) = cli.command;
@@ -408,4 +419,82 @@ pub async fn hgetall(conn: &mut MultiplexedConnection, key: &str) -> HashMap<Str
         .query_async(conn)
         .await
         .expect("HGETALL")
+}
+
+/// Produces completion messages as the checkout service would.
+pub struct CheckoutService {
+    producer: rdkafka::producer::FutureProducer,
+}
+
+impl CheckoutService {
+    pub fn new(bootstrap: &str) -> Self {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("linger.ms", "0")
+            .create()
+            .expect("producer");
+        CheckoutService { producer }
+    }
+
+    /// Send a raw payload and wait for the broker's acknowledgement.
+    pub async fn send_raw(&self, key: &str, payload: &[u8]) {
+        let rec = rdkafka::producer::FutureRecord::to(COMPLETED)
+            .key(key)
+            .payload(payload);
+        self.producer
+            .send(rec, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("completion acknowledged");
+    }
+
+    pub async fn complete(&self, session: &str, event: Option<&str>, outcome: &str) {
+        let mut v = serde_json::json!({"session_id": session, "outcome": outcome});
+        if let Some(e) = event {
+            v["event_id"] = serde_json::Value::from(e);
+        }
+        self.send_raw(session, v.to_string().as_bytes()).await;
+    }
+}
+
+pub async fn smembers(conn: &mut MultiplexedConnection, key: &str) -> Vec<String> {
+    redis::cmd("SMEMBERS")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("SMEMBERS")
+}
+
+/// Counts the messages of a topic (payloads of any shape).
+pub struct TopicReaderRaw {
+    consumer: BaseConsumer,
+}
+
+impl TopicReaderRaw {
+    pub fn new(bootstrap: &str, topic: &str) -> Self {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "test-raw-reader")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Beginning)
+            .expect("offset");
+        consumer.assign(&tpl).expect("assign");
+        TopicReaderRaw { consumer }
+    }
+
+    /// Count messages until `n` were seen or `timeout` passed; returns the count.
+    pub fn count_until(&mut self, n: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        let mut seen = 0;
+        while seen < n && Instant::now() < deadline {
+            if let Some(Ok(_)) = self.consumer.poll(Duration::from_millis(100)) {
+                seen += 1;
+            }
+        }
+        seen
+    }
 }

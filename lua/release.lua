@@ -1,0 +1,44 @@
+-- release.lua: free the checkout slot of a session that finished checkout.
+-- version: 1
+--
+-- Idempotent: releasing a session that does not hold a slot changes nothing and
+-- replies 0, so a replayed or duplicate completion message is harmless.
+--
+-- KEYS[1]  processing  SET   sessions holding a checkout slot
+-- KEYS[2]  deadlines   ZSET  checkout deadlines (ms) of admitted sessions
+-- KEYS[3]  session     HASH  the session's hash
+--
+-- ARGV[1]  session id
+-- ARGV[2]  event id the completion names (checked against the hash's event_id)
+-- ARGV[3]  new status: completed, abandoned or failed
+-- ARGV[4]  now, RFC 3339 (stamped as ended_at)
+-- ARGV[5]  session TTL, ms (refreshed on the state change)
+--
+-- Reply: 1 released; 0 not in processing (nothing changed);
+--        -1 the hash names another event (nothing changed).
+-- Error replies: "ERR waitroom: bad status" for any other ARGV[3];
+--   WRONGTYPE when processing or deadlines hold the wrong type.
+
+local processing, deadlines, session = KEYS[1], KEYS[2], KEYS[3]
+local sid, event_id, status, now, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+
+if status ~= 'completed' and status ~= 'abandoned' and status ~= 'failed' then
+  return redis.error_reply('ERR waitroom: bad status')
+end
+
+local owner = redis.pcall('HGET', session, 'event_id')
+if type(owner) == 'string' and owner ~= '' and owner ~= event_id then
+  return -1
+end
+if redis.call('SISMEMBER', processing, sid) == 0 then
+  return 0
+end
+redis.call('ZCARD', deadlines)
+
+redis.call('SREM', processing, sid)
+redis.call('ZREM', deadlines, sid)
+if redis.call('EXISTS', session) == 1 and type(owner) ~= 'table' then
+  redis.call('HSET', session, 'status', status, 'ended_at', now)
+  redis.call('PEXPIRE', session, ttl)
+end
+return 1

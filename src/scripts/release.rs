@@ -1,0 +1,82 @@
+//! Calls `lua/release.lua`: free the slot of a session that finished checkout.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+
+use super::{Script, ScriptError};
+use crate::clock;
+use crate::keys::Keys;
+
+pub fn script() -> Script {
+    Script::new("release", include_str!("../../lua/release.lua"))
+}
+
+/// How a checkout ended, as the completion message says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Completed,
+    Abandoned,
+    Failed,
+}
+
+impl Outcome {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "completed" => Some(Outcome::Completed),
+            "abandoned" => Some(Outcome::Abandoned),
+            "failed" => Some(Outcome::Failed),
+            _ => None,
+        }
+    }
+
+    /// The session status it leads to.
+    pub fn status(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Abandoned => "abandoned",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// What a release did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// The slot was freed.
+    Freed,
+    /// The session held no slot (a duplicate, or already expired): nothing changed.
+    NotInProcessing,
+    /// The session's hash names another event: nothing changed.
+    OtherEvent,
+}
+
+pub async fn release<C: ConnectionLike + Send>(
+    script: &Script,
+    conn: &mut C,
+    keys: &Keys,
+    event: &str,
+    session: &str,
+    outcome: Outcome,
+    session_ttl: Duration,
+) -> Result<Released, ScriptError> {
+    let k = [
+        keys.processing(event),
+        keys.deadlines(event),
+        keys.session(event, session),
+    ];
+    let now = clock::rfc3339_seconds(clock::now_ms());
+    let ttl = session_ttl.as_millis().max(1).to_string();
+    let r: i64 = script
+        .invoke(
+            conn,
+            &[&k[0], &k[1], &k[2]],
+            &[session, event, outcome.status(), &now, &ttl],
+        )
+        .await?;
+    Ok(match r {
+        1 => Released::Freed,
+        -1 => Released::OtherEvent,
+        _ => Released::NotInProcessing,
+    })
+}
