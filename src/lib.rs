@@ -7,14 +7,19 @@
 //! - [`worker`]: the admission loop; [`delivery`]: token, patch, publish, acknowledge.
 //! - [`completions`]: the completion consumer; [`refill`]: freed slots wake admission.
 //! - [`outbox`], [`publisher`], [`token`]: the outbox, Kafka, the checkout token.
+//! - [`demo`], [`enqueue`], [`redis_server`], [`embedded_kafka`]: the demo and its parts.
 //! - [`store`], [`retry`], [`shutdown`], [`stats`], [`clock`]: plumbing.
 
 pub mod clock;
 pub mod completions;
 pub mod delivery;
+pub mod demo;
+pub mod embedded_kafka;
+pub mod enqueue;
 pub mod keys;
 pub mod outbox;
 pub mod publisher;
+pub mod redis_server;
 pub mod refill;
 pub mod retry;
 pub mod scripts;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use waitroom_worker::settings::{Cli, Command, Settings};
+use waitroom_worker::settings::{Cli, Command, Settings, redact_url};
 use waitroom_worker::shutdown;
 use waitroom_worker::worker::Worker;
 
@@ -42,6 +42,39 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => {
             let settings = args.settings().context("invalid setting")?;
             run(settings).await
+        }
+        Command::Enqueue(args) => {
+            let keys = args.redis.keys().context("invalid setting")?;
+            if args.event.is_empty() || args.event.contains(['{', '}']) {
+                anyhow::bail!("invalid setting: --event must be non-empty, without braces");
+            }
+            let mut conn =
+                waitroom_worker::store::connect(&args.redis.redis_url, args.redis.redis_timeout)
+                    .await
+                    .with_context(|| {
+                        format!("connecting to {}", redact_url(&args.redis.redis_url))
+                    })?;
+            let ids = waitroom_worker::enqueue::enqueue(
+                &mut conn,
+                &keys,
+                &args.event,
+                args.users,
+                args.session_ttl,
+            )
+            .await
+            .context("queueing users")?;
+            println!(
+                "queued {} users for {} (first {}, last {})",
+                ids.len(),
+                args.event,
+                ids.first().map(String::as_str).unwrap_or("-"),
+                ids.last().map(String::as_str).unwrap_or("-")
+            );
+            Ok(())
+        }
+        Command::Demo(args) => {
+            waitroom_worker::demo::run(args).await.context("demo")?;
+            Ok(())
         }
     }
 }

@@ -40,6 +40,25 @@ pub struct Cli {
 pub enum Command {
     /// Run the admission worker until SIGTERM or SIGINT.
     Run(Box<RunArgs>),
+    /// Queue N users for an event exactly as the API would (a load generator).
+    Enqueue(EnqueueArgs),
+    /// A flash sale on this machine: private redis-server, embedded Kafka, simulated checkout.
+    Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EnqueueArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// The event to queue users for (also added to `<prefix>:active_events`).
+    #[arg(long)]
+    pub event: String,
+    /// How many users.
+    #[arg(long, default_value_t = 1000)]
+    pub users: usize,
+    /// TTL of the session hashes.
+    #[arg(long, env = "QUEUE_SESSION_TTL", default_value = "2h", value_parser = duration)]
+    pub session_ttl: Duration,
 }
 
 /// Where Redis is and how its keys are named; shared by every subcommand.
@@ -509,7 +528,9 @@ mod tests {
         ];
         full.extend_from_slice(args);
         let cli = Cli::try_parse_from(full).map_err(|e| e.to_string())?;
-        let Command::Run(run) = cli.command;
+        let Command::Run(run) = cli.command else {
+            return Err("not run".into());
+        };
         run.settings().map_err(|e| e.to_string())
     }
 

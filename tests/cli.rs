@@ -146,3 +146,89 @@ fn sigterm_shuts_down_gracefully_with_exit_zero() {
     assert!(stderr.contains("Queue processor stopped"), "{stderr}");
     assert!(!stderr.contains(SECRET), "the secret must never be logged");
 }
+
+#[test]
+fn demo_runs_a_small_sale_to_completion() {
+    let out = Command::new(BIN)
+        .args([
+            "demo",
+            "--users",
+            "150",
+            "--capacity",
+            "20",
+            "--batch",
+            "10",
+            "--checkout-time",
+            "50ms",
+            "--checkout-window",
+            "2s",
+            "--interval",
+            "50ms",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the demo");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed: {stderr}");
+    assert!(stderr.contains("150 users through checkout"), "{stderr}");
+    assert!(stderr.contains("capacity never exceeded: true"), "{stderr}");
+    assert!(stderr.contains("0 tokens failed verification"), "{stderr}");
+}
+
+#[test]
+fn enqueue_writes_the_contract() {
+    let redis = RedisServer::start();
+    let out = Command::new(BIN)
+        .args([
+            "enqueue",
+            "--redis-url",
+            &redis.url(),
+            "--event",
+            "e9",
+            "--users",
+            "25",
+        ])
+        .output()
+        .expect("run enqueue");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut c = client.get_connection().expect("connect");
+    let members: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg("waitroom:e9:queue")
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query(&mut c)
+        .expect("ZRANGE");
+    assert_eq!(members.len(), 25);
+    let now = waitroom_worker::clock::now_ms() as f64;
+    for (i, (sid, score)) in members.iter().enumerate() {
+        assert!(
+            (now - score).abs() < 60_000.0,
+            "score is the join time in ms"
+        );
+        let h: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(format!("waitroom:session:{sid}"))
+            .query(&mut c)
+            .expect("HGETALL");
+        assert_eq!(h["status"], "queued");
+        assert_eq!(h["event_id"], "e9");
+        assert_eq!(h["position"], (i + 1).to_string());
+        assert!(h["user_id"].starts_with("user-"));
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(format!("waitroom:session:{sid}"))
+            .query(&mut c)
+            .expect("PTTL");
+        assert!(ttl > 0);
+    }
+    let active: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("waitroom:active_events")
+        .query(&mut c)
+        .expect("SMEMBERS");
+    assert_eq!(active, ["e9"]);
+}

@@ -352,7 +352,9 @@ pub fn settings(redis_url: &str, brokers: &str, extra: &[&str]) -> Settings {
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     let cli = Cli::try_parse_from(args).expect("flags parse");
-    let Sub::Run(run) = cli.command;
+    let Sub::Run(run) = cli.command else {
+        panic!("not a run command")
+    };
     run.settings().expect("settings valid")
 }
 
