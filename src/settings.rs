@@ -579,7 +579,9 @@ mod tests {
     fn short_secret_refused() {
         let cli = Cli::try_parse_from(["waitroom-worker", "run", "--jwt-secret", "tooshort"])
             .expect("parses");
-        let Command::Run(run) = cli.command;
+        let Command::Run(run) = cli.command else {
+            panic!("not run");
+        };
         let err = run.settings().expect_err("refused").to_string();
         assert!(
             err.contains("QUEUE_JWT_SECRET") && err.contains("32"),
