@@ -572,7 +572,7 @@ async fn two_workers_release_and_reap_without_double_work() {
                     let n: usize = sid.trim_start_matches("s-").parse().unwrap_or(0);
                     if n % 3 != 2 && done.insert(sid.clone()) {
                         checkout.complete(&sid, Some(EVENT), "completed").await;
-                        if n % 5 == 0 {
+                        if n.is_multiple_of(5) {
                             checkout.complete(&sid, Some(EVENT), "completed").await;
                         }
                     }
