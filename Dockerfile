@@ -12,5 +12,6 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/waitroom-worker /usr/local/bin/waitroom-worker
 USER nobody
+EXPOSE 9090
 ENTRYPOINT ["waitroom-worker"]
 CMD ["run"]

@@ -1,5 +1,5 @@
 -- admit.lua: move waiting sessions of one event into checkout, atomically.
--- version: 1
+-- version: 2
 --
 -- One call does, for one event: read the capacity settings (per-event config hash
 -- over the defaults), count the slots in use, look at the head of the priority lane
@@ -15,7 +15,8 @@
 --                             new_users_per_minute
 -- KEYS[5]  outbox       ZSET  member = JSON entry, score = when it is due (ms)
 -- KEYS[6]  deadlines    ZSET  member = session id, score = checkout deadline (ms)
--- KEYS[7]  rate         HASH  minute = epoch minute, count = admitted in that minute
+-- KEYS[7]  rate         HASH  minute = epoch minute, count = admitted in that minute,
+--                             prev = admitted in the minute before
 --
 -- ARGV[1]  session key prefix; a session hash is ARGV[1] .. session id. Keys built
 --          here are in the event's hash slot in the cluster layout.
@@ -32,10 +33,12 @@
 -- ARGV[11] hard cap on admissions per call (bounds the work of one call)
 -- ARGV[12] hard cap on members examined per call (admitted + skipped)
 --
--- Reply: { {admitted, skipped, in_use, capacity, batch, paused, rate_left},
+-- Reply: { {admitted, skipped, in_use, capacity, batch, paused, rate_left,
+--           queue_length, outbox_depth},
 --          {invalid config field names...},
 --          {outbox entries of the admitted sessions, in admission order...} }
---   rate_left is -1 when no per-minute cap is configured.
+--   rate_left is -1 when no per-minute cap is configured; queue_length counts both
+--   lanes after the call; outbox_depth is the outbox's size after the call.
 --   An outbox entry is the JSON array [session_id, user_id, admitted_ms, deadline_ms].
 -- Error replies: WRONGTYPE from SCARD/ZCARD when processing, queue, priority, outbox
 --   or deadlines hold the wrong type (nothing is written then).
@@ -77,18 +80,28 @@ redis.call('ZCARD', outbox)
 redis.call('ZCARD', deadlines)
 
 local minute = math.floor(tonumber(now_ms) / 60000)
-local rate_count = 0
+local rate_count, rate_prev = 0, 0
+local r = redis.pcall('HMGET', rate, 'minute', 'count', 'prev')
+if not r.err then
+  local m = tonumber(r[1])
+  if m == minute then
+    rate_count, rate_prev = tonumber(r[2]) or 0, tonumber(r[3]) or 0
+  elseif m == minute - 1 then
+    rate_prev = tonumber(r[2]) or 0
+  end
+end
 local rate_left = -1
-if per_minute >= 0 then
-  local r = redis.pcall('HMGET', rate, 'minute', 'count')
-  if not r.err and tonumber(r[1]) == minute then rate_count = tonumber(r[2]) or 0 end
-  rate_left = math.max(per_minute - rate_count, 0)
+if per_minute >= 0 then rate_left = math.max(per_minute - rate_count, 0) end
+
+local function lengths()
+  return redis.call('ZCARD', queue) + redis.call('ZCARD', priority), redis.call('ZCARD', outbox)
 end
 
 local want = math.min(capacity - in_use, batch, max_admit)
 if rate_left >= 0 then want = math.min(want, rate_left) end
 if paused == 1 or want <= 0 then
-  return { {0, 0, in_use, capacity, batch, paused, rate_left}, invalid, {} }
+  local q, o = lengths()
+  return { {0, 0, in_use, capacity, batch, paused, rate_left, q, o}, invalid, {} }
 end
 
 -- Validate: walk the lanes in order and decide for each member, without writing.
@@ -147,11 +160,10 @@ if #admitted > 0 then
   end
   redis.call('ZADD', outbox, unpack(outbox_args))
   redis.call('ZADD', deadlines, unpack(deadline_args))
-  if per_minute >= 0 then
-    redis.call('HSET', rate, 'minute', minute, 'count', rate_count + #admitted)
-    redis.call('PEXPIRE', rate, 120000)
-  end
+  redis.call('HSET', rate, 'minute', minute, 'count', rate_count + #admitted, 'prev', rate_prev)
+  redis.call('PEXPIRE', rate, 120000)
 end
 
+local q, o = lengths()
 return { {#admitted, #dropped, in_use + #admitted, capacity, batch, paused,
-  rate_left < 0 and -1 or (rate_left - #admitted)}, invalid, entries }
+  rate_left < 0 and -1 or (rate_left - #admitted), q, o}, invalid, entries }

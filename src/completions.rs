@@ -155,7 +155,7 @@ impl Completions {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::warn!(error = %e, "completion consumer error");
-                    Stats::add(&self.stats.errors, 1);
+                    self.stats.error("kafka");
                     tokio::select! {
                         _ = shutdown.recv() => break,
                         _ = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -203,7 +203,7 @@ impl Completions {
                     return true;
                 }
                 Err(e) if e.is_transient() => {
-                    Stats::add(&self.stats.errors, 1);
+                    self.stats.error("redis");
                     let wait = self.settings.backoff.delay(attempt);
                     tracing::warn!(session_id = %c.session_id, error = %e, retry_in = ?wait, "release failed, retrying");
                     tokio::select! {
@@ -212,7 +212,7 @@ impl Completions {
                     }
                 }
                 Err(e) => {
-                    Stats::add(&self.stats.errors, 1);
+                    self.stats.error("release");
                     tracing::error!(session_id = %c.session_id, error = %e, "release failed, skipping the message");
                     return true;
                 }
@@ -256,7 +256,7 @@ impl Completions {
         .await?;
         match r {
             Released::Freed => {
-                Stats::add(&self.stats.released, 1);
+                self.stats.event_released(&event);
                 tracing::info!(event_id = %event, session_id = %c.session_id, outcome = outcome.status(), "Checkout slot released");
                 Ok(Ok(event))
             }

@@ -121,7 +121,7 @@ impl Delivery {
                 }),
                 Err(e) => {
                     tracing::error!(event_id = event, session_id = %entry.session_id, error = %e, "signing checkout token failed");
-                    Stats::add(&self.stats.errors, 1);
+                    self.stats.error("sign");
                     unsigned.push(entry);
                 }
             }
@@ -215,7 +215,7 @@ impl Delivery {
                 // The entries stay claimed; their lease runs out and they are published
                 // again (a duplicate the message id lets consumers drop).
                 tracing::error!(event_id = %event, error = %e, "could not settle outbox entries");
-                Stats::add(&stats.errors, 1);
+                stats.error("redis");
             }
         });
         Ok(())

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser};
+use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -50,6 +51,9 @@ pub struct DemoArgs {
     /// Checkout window: how long an abandoned slot stays taken.
     #[arg(long, default_value = "5s", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
     pub checkout_window: Duration,
+    /// Show the worker's logs (RUST_LOG, default info) instead of warnings only.
+    #[arg(long)]
+    pub verbose: bool,
     /// Admission interval.
     #[arg(long, default_value = "100ms", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
     pub interval: Duration,
@@ -81,6 +85,9 @@ pub struct Summary {
     pub expired: u64,
     pub peak: u64,
     pub bad_tokens: u64,
+    /// Slot freed by a completion -> next admission, seconds (p50, p99).
+    pub refill_p50: Option<f64>,
+    pub refill_p99: Option<f64>,
 }
 
 /// A tiny xorshift: the demo needs variety, not cryptography.
@@ -146,6 +153,8 @@ pub async fn run(a: DemoArgs) -> Result<Summary, DemoError> {
         "100ms",
         "--retry-max-delay",
         "1s",
+        "--http-addr",
+        "127.0.0.1:0",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -173,6 +182,9 @@ pub async fn run(a: DemoArgs) -> Result<Summary, DemoError> {
         .map_err(|e| DemoError::Worker(e.to_string()))?
         .ok_or_else(|| DemoError::Worker("stopped before it started".into()))?;
     let stats = worker.stats();
+    if let Some(addr) = worker.http_addr() {
+        eprintln!("demo: worker endpoint http://{addr}/status (also /metrics, /healthz, /readyz)");
+    }
     let worker_task = tokio::spawn(worker.run(listener.clone()));
 
     // The checkout service.
@@ -235,11 +247,21 @@ pub async fn run(a: DemoArgs) -> Result<Summary, DemoError> {
         })
     };
 
-    // Progress until everyone is through.
+    // Progress until everyone is through: a bar on a terminal (indicatif), plain
+    // lines twice a second otherwise (logs, CI).
     let started = Instant::now();
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = if tty {
+        let style = ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30.cyan/blue}] {pos}/{len} admitted ({per_sec}) {msg}",
+        )
+        .map(|s| s.progress_chars("#>-"))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        ProgressBar::new(a.users as u64).with_style(style)
+    } else {
+        ProgressBar::hidden()
+    };
     let mut peak = 0u64;
-    let mut last = (Instant::now(), 0u64);
     let mut ticker = tokio::time::interval(Duration::from_millis(50));
     let mut printed = Instant::now();
     loop {
@@ -257,43 +279,41 @@ pub async fn run(a: DemoArgs) -> Result<Summary, DemoError> {
         peak = peak.max(in_checkout);
         let admitted = Stats::get(&stats.admitted);
         let done = queued == 0 && in_checkout == 0 && admitted as usize >= a.users;
-        if printed.elapsed() >= Duration::from_millis(500) || done {
-            let rate = (admitted - last.1) as f64 / last.0.elapsed().as_secs_f64().max(1e-3);
-            last = (Instant::now(), admitted);
+        let msg = format!(
+            "| queued {queued} | in checkout {in_checkout}/{} | completed {} | expired {}",
+            a.capacity,
+            Stats::get(&stats.released),
+            Stats::get(&stats.expired),
+        );
+        bar.set_position(admitted);
+        bar.set_message(msg.clone());
+        if !tty && (printed.elapsed() >= Duration::from_millis(500) || done) {
             printed = Instant::now();
-            let bar_len = 30usize;
-            let filled = (admitted as usize * bar_len / a.users.max(1)).min(bar_len);
-            let line = format!(
-                "[{}{}] {:>5.1}s queued {:>6} | in checkout {:>4}/{} | admitted {:>6} ({:>6.0}/s) | completed {:>6} | expired {:>5}",
-                "#".repeat(filled),
-                "-".repeat(bar_len - filled),
+            eprintln!(
+                "{:>5.1}s admitted {admitted}/{} {msg}",
                 started.elapsed().as_secs_f64(),
-                queued,
-                in_checkout,
-                a.capacity,
-                admitted,
-                rate,
-                Stats::get(&stats.released),
-                Stats::get(&stats.expired),
+                a.users
             );
-            if tty {
-                eprint!("\r{line}");
-            } else {
-                eprintln!("{line}");
-            }
         }
         if done {
             break;
         }
     }
-    if tty {
-        eprintln!();
-    }
+    bar.finish();
     let seconds = started.elapsed().as_secs_f64();
     trigger.trigger();
     let _ = worker_task.await;
     let _ = checkout.await;
+    let mut samples = stats.refill_samples();
+    samples.sort_by(f64::total_cmp);
+    let pct = |q: f64| {
+        (!samples.is_empty()).then(|| {
+            samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1]
+        })
+    };
     let summary = Summary {
+        refill_p50: pct(0.5),
+        refill_p99: pct(0.99),
         users: a.users,
         seconds,
         admitted: Stats::get(&stats.admitted),
@@ -315,9 +335,15 @@ pub async fn run(a: DemoArgs) -> Result<Summary, DemoError> {
         summary.peak <= a.capacity,
         summary.bad_tokens,
     );
-    eprintln!(
-        "demo: refill latency is measured by `cargo test --release --test refill_latency -- --ignored --nocapture` (BENCHMARKS.md)"
-    );
+    match (summary.refill_p50, summary.refill_p99) {
+        (Some(p50), Some(p99)) => eprintln!(
+            "demo: refill latency (slot freed by a completion -> next admission): p50 {:.2} ms, p99 {:.2} ms over {} refills",
+            p50 * 1e3,
+            p99 * 1e3,
+            samples.len()
+        ),
+        _ => eprintln!("demo: no refill measured (no completion freed a slot while users waited)"),
+    }
     if summary.peak > a.capacity {
         return Err(DemoError::CapacityExceeded {
             peak: summary.peak,

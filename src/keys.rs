@@ -69,6 +69,16 @@ impl Keys {
         format!("{}:active_events", self.prefix)
     }
 
+    /// Live workers (ZSET: id -> last heartbeat ms, worker-owned).
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.prefix)
+    }
+
+    /// One worker's heartbeat (HASH with a TTL, worker-owned).
+    pub fn worker(&self, id: &str) -> String {
+        format!("{}:worker:{}", self.prefix, id)
+    }
+
     /// The part every per-event key starts with: `<prefix>:<event>` or `<prefix>:{<event>}`.
     fn event_base(&self, event: &str) -> String {
         match self.layout {

@@ -7,7 +7,9 @@
 //! - [`worker`]: the admission loop; [`delivery`]: token, patch, publish, acknowledge.
 //! - [`completions`]: the completion consumer; [`refill`]: freed slots wake admission.
 //! - [`outbox`], [`publisher`], [`token`]: the outbox, Kafka, the checkout token.
+//! - [`report`]: the `status` and `inspect` views.
 //! - [`demo`], [`enqueue`], [`redis_server`], [`embedded_kafka`]: the demo and its parts.
+//! - [`http`]: health, readiness, status and metrics; [`heartbeat`]: live replicas in Redis.
 //! - [`store`], [`retry`], [`shutdown`], [`stats`], [`clock`]: plumbing.
 
 pub mod clock;
@@ -16,11 +18,14 @@ pub mod delivery;
 pub mod demo;
 pub mod embedded_kafka;
 pub mod enqueue;
+pub mod heartbeat;
+pub mod http;
 pub mod keys;
 pub mod outbox;
 pub mod publisher;
 pub mod redis_server;
 pub mod refill;
+pub mod report;
 pub mod retry;
 pub mod scripts;
 pub mod settings;

@@ -6,16 +6,25 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use waitroom_worker::settings::{Cli, Command, Settings, redact_url};
+use waitroom_worker::settings::{Cli, Command, RedisArgs, Settings, redact_url};
 use waitroom_worker::shutdown;
 use waitroom_worker::worker::Worker;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The demo draws its own progress; the worker's per-user log lines would drown it,
+    // so it logs warnings only unless asked (--verbose), whatever RUST_LOG says.
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| EnvFilter::try_new(v).ok());
+    let filter = match (&cli.command, from_env) {
+        (Command::Demo(d), _) if !d.verbose => EnvFilter::new("warn"),
+        (_, Some(f)) => f,
+        (_, None) => EnvFilter::new("info"),
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -72,11 +81,63 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Status(args) => {
+            let keys = args.redis.keys().context("invalid setting")?;
+            let mut conn = connect(&args.redis).await?;
+            let s = waitroom_worker::report::status(
+                &mut conn,
+                &keys,
+                &args.events,
+                args.max_concurrent,
+                args.process_interval,
+            )
+            .await
+            .context("reading status")?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&s).context("encoding JSON")?
+                );
+            } else {
+                print!("{}", waitroom_worker::report::render_status(&s));
+            }
+            Ok(())
+        }
+        Command::Inspect(args) => {
+            let keys = args.redis.keys().context("invalid setting")?;
+            if keys.layout() == waitroom_worker::keys::KeyLayout::Cluster && args.event.is_none() {
+                anyhow::bail!("invalid setting: --event is required with --key-layout cluster");
+            }
+            let mut conn = connect(&args.redis).await?;
+            let v = waitroom_worker::report::inspect(
+                &mut conn,
+                &keys,
+                &args.session,
+                args.event.as_deref(),
+            )
+            .await
+            .context("reading the session")?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v).context("encoding JSON")?
+                );
+            } else {
+                print!("{}", waitroom_worker::report::render_session(&v));
+            }
+            Ok(())
+        }
         Command::Demo(args) => {
             waitroom_worker::demo::run(args).await.context("demo")?;
             Ok(())
         }
     }
+}
+
+async fn connect(r: &RedisArgs) -> anyhow::Result<waitroom_worker::store::RedisConn> {
+    waitroom_worker::store::connect(&r.redis_url, r.redis_timeout)
+        .await
+        .with_context(|| format!("connecting to {}", redact_url(&r.redis_url)))
 }
 
 async fn run(settings: Settings) -> anyhow::Result<()> {

@@ -152,9 +152,14 @@ impl Publisher {
         self.producer().flush(timeout)
     }
 
-    /// Ask the brokers for the topic's metadata: is Kafka reachable?
+    /// Ask the brokers for the topic's metadata: is Kafka reachable? A fresh client
+    /// asks, so the answer is about the brokers now, not about the long-lived
+    /// producer's connection state (which may sit in reconnect backoff).
     pub fn check(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer()
+        let mut config = self.config.clone();
+        config.set("enable.idempotence", "false");
+        let probe: rdkafka::producer::BaseProducer = config.create()?;
+        probe
             .client()
             .fetch_metadata(Some(&self.topic), timeout)
             .map(|_| ())

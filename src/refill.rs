@@ -2,15 +2,17 @@
 //! waiting for the next tick. Wakes are coalesced: a burst of releases marks the
 //! event once, and one admit call refills every slot freed meanwhile.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// Events with freed slots, and a bell for the admission loop.
 #[derive(Debug, Default)]
 pub struct Refill {
-    dirty: Mutex<BTreeSet<String>>,
+    /// Event -> when it was first woken since the last pass (for the latency).
+    dirty: Mutex<BTreeMap<String, Instant>>,
     bell: Notify,
 }
 
@@ -21,7 +23,8 @@ impl Refill {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        if d.insert(event.to_owned()) {
+        if !d.contains_key(event) {
+            d.insert(event.to_owned(), Instant::now());
             self.bell.notify_one();
         }
     }
@@ -31,8 +34,9 @@ impl Refill {
         self.bell.notified().await;
     }
 
-    /// Take the woken events (each once, however many releases it had).
-    pub fn take(&self) -> Vec<String> {
+    /// Take the woken events (each once, however many releases it had), with when
+    /// each was first woken.
+    pub fn take(&self) -> Vec<(String, Instant)> {
         let mut d = match self.dirty.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -53,7 +57,8 @@ mod tests {
         }
         r.wake("b");
         r.rung().await;
-        assert_eq!(r.take(), vec!["a".to_owned(), "b".to_owned()]);
+        let events: Vec<String> = r.take().into_iter().map(|(e, _)| e).collect();
+        assert_eq!(events, vec!["a".to_owned(), "b".to_owned()]);
         assert!(r.take().is_empty());
     }
 }

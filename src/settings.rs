@@ -42,8 +42,44 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Queue N users for an event exactly as the API would (a load generator).
     Enqueue(EnqueueArgs),
+    /// One screen per event: queue, oldest wait, slots, paused, outbox, admissions, live workers.
+    Status(StatusArgs),
+    /// Where one session stands: its hash, queue position, slot, deadline, outbox.
+    Inspect(InspectArgs),
     /// A flash sale on this machine: private redis-server, embedded Kafka, simulated checkout.
     Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// Only these events (repeatable; default: every member of `<prefix>:active_events`).
+    #[arg(long = "event", value_name = "ID")]
+    pub events: Vec<String>,
+    /// Capacity shown for events without a `max_concurrent` override.
+    #[arg(long, env = "QUEUE_DEFAULT_MAX_CONCURRENT", default_value_t = 100)]
+    pub max_concurrent: u64,
+    /// The workers' interval (how recent a heartbeat must be to count as live).
+    #[arg(long, env = "QUEUE_PROCESS_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub process_interval: Duration,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// The session id.
+    pub session: String,
+    /// The event (needed with the cluster layout; else read from the session hash).
+    #[arg(long)]
+    pub event: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -115,6 +151,13 @@ pub struct RunArgs {
     /// How soon a dead replica's partitions move to the others (session.timeout.ms).
     #[arg(long, env = "QUEUE_CONSUMER_SESSION_TIMEOUT", default_value = "6s", value_parser = duration)]
     pub consumer_session_timeout: Duration,
+
+    /// Address of the HTTP endpoint (/healthz, /readyz, /status, /metrics); `off` disables it.
+    #[arg(long, env = "QUEUE_HTTP_ADDR", default_value = "127.0.0.1:9090")]
+    pub http_addr: String,
+    /// This worker's id in heartbeats (default `<host>-<pid>`).
+    #[arg(long, env = "QUEUE_WORKER_ID")]
+    pub worker_id: Option<String>,
 
     /// Event to serve, repeatable; `<prefix>:active_events` is read every cycle as well.
     #[arg(long = "event", value_name = "ID")]
@@ -219,6 +262,8 @@ pub struct Settings {
     pub dead_letter_topic: Option<String>,
     pub consumer_fetch_wait: Duration,
     pub consumer_session_timeout: Duration,
+    pub http_addr: Option<std::net::SocketAddr>,
+    pub worker_id: Option<String>,
     pub events: Vec<String>,
     pub process_interval: Duration,
     pub max_concurrent: u64,
@@ -382,6 +427,23 @@ impl RunArgs {
                 "must be between 1 and 10000",
             ));
         }
+        let http_addr = match self.http_addr.trim() {
+            "" | "off" => None,
+            a => Some(a.parse().map_err(|_| {
+                invalid(
+                    "--http-addr (QUEUE_HTTP_ADDR)",
+                    format!("{a:?} is not host:port (e.g. 127.0.0.1:9090) or off"),
+                )
+            })?),
+        };
+        if let Some(id) = &self.worker_id
+            && (id.is_empty() || id.contains([' ', '{', '}']))
+        {
+            return Err(invalid(
+                "--worker-id (QUEUE_WORKER_ID)",
+                "must be non-empty, without spaces or braces",
+            ));
+        }
         let mut events = Vec::new();
         for e in &self.events {
             if e.is_empty() || e.contains(['{', '}']) {
@@ -407,6 +469,8 @@ impl RunArgs {
             dead_letter_topic: self.dead_letter_topic.clone().filter(|t| !t.is_empty()),
             consumer_fetch_wait: self.consumer_fetch_wait,
             consumer_session_timeout: self.consumer_session_timeout,
+            http_addr,
+            worker_id: self.worker_id.clone(),
             events,
             process_interval: self.process_interval,
             max_concurrent: self.max_concurrent,
@@ -568,6 +632,7 @@ mod tests {
             (&["--redis-url", "http://x"], "--redis-url"),
             (&["--jwt-algorithm", "none"], "--jwt-algorithm"),
             (&["--jwt-algorithm", "RS256"], "--jwt-private-key-file"),
+            (&["--http-addr", "nine-oh-nine-oh"], "--http-addr"),
         ];
         for (args, setting) in cases {
             let err = parse(args).expect_err("must be refused");

@@ -1,35 +1,315 @@
-//! Counters the worker keeps about itself (the seed's GetStatus figures and more).
+//! What the worker knows about itself: counters (the seed's GetStatus figures and
+//! more), per-event gauges from the last cycle, and the Prometheus registry that
+//! exports them. Every module that counts holds an `Arc<Stats>`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+use std::sync::atomic::AtomicU64;
 
-/// Process-wide counters; cheap to bump from any task.
-#[derive(Debug, Default)]
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+type Labels = Vec<(String, String)>;
+
+fn event_label(event: &str) -> Labels {
+    vec![("event_id".to_owned(), event.to_owned())]
+}
+
+/// Figures of one event as the last pass over it saw them.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct EventSnapshot {
+    pub queue_length: u64,
+    pub slots_in_use: u64,
+    pub capacity: u64,
+    pub batch_size: u64,
+    pub paused: bool,
+    pub outbox_depth: u64,
+    pub admitted_total: u64,
+    pub updated_ms: u64,
+}
+
 pub struct Stats {
     pub started_at_ms: AtomicU64,
     pub last_processed_ms: AtomicU64,
-    pub cycles: AtomicU64,
-    pub admitted: AtomicU64,
-    pub skipped: AtomicU64,
-    pub published: AtomicU64,
-    pub publish_failures: AtomicU64,
-    pub tokens_written: AtomicU64,
-    pub outbox_claimed: AtomicU64,
-    pub outbox_invalid: AtomicU64,
-    pub released: AtomicU64,
-    pub release_noop: AtomicU64,
-    pub completions_rejected: AtomicU64,
-    pub expired: AtomicU64,
-    pub adopted: AtomicU64,
-    pub refills: AtomicU64,
-    pub errors: AtomicU64,
+    /// When the loop last went round (even a failed cycle): liveness.
+    pub last_loop_ms: AtomicU64,
+    pub cycles: Counter,
+    pub admitted: Counter,
+    pub skipped: Counter,
+    pub published: Counter,
+    pub publish_failures: Counter,
+    pub tokens_written: Counter,
+    pub outbox_claimed: Counter,
+    pub outbox_invalid: Counter,
+    pub released: Counter,
+    pub release_noop: Counter,
+    pub completions_rejected: Counter,
+    pub expired: Counter,
+    pub adopted: Counter,
+    pub refills: Counter,
+    pub errors: Counter,
+    errors_by_kind: Family<Labels, Counter>,
+    event_admitted: Family<Labels, Counter>,
+    event_skipped: Family<Labels, Counter>,
+    event_released: Family<Labels, Counter>,
+    event_expired: Family<Labels, Counter>,
+    queue_length: Family<Labels, Gauge>,
+    slots_in_use: Family<Labels, Gauge>,
+    capacity: Family<Labels, Gauge>,
+    outbox_depth: Family<Labels, Gauge>,
+    pub cycle_duration: Histogram,
+    pub refill_latency: Histogram,
+    events: RwLock<BTreeMap<String, EventSnapshot>>,
+    refill_samples: RwLock<Vec<f64>>,
+    registry: Registry,
 }
 
+impl std::fmt::Debug for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stats")
+            .field("admitted", &self.admitted.get())
+            .field("errors", &self.errors.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Most refill latency samples kept for summaries (the histogram has them all).
+const MAX_SAMPLES: usize = 100_000;
+
 impl Stats {
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+    pub fn new() -> Self {
+        let s = Stats {
+            started_at_ms: AtomicU64::new(0),
+            last_processed_ms: AtomicU64::new(0),
+            last_loop_ms: AtomicU64::new(0),
+            cycles: Counter::default(),
+            admitted: Counter::default(),
+            skipped: Counter::default(),
+            published: Counter::default(),
+            publish_failures: Counter::default(),
+            tokens_written: Counter::default(),
+            outbox_claimed: Counter::default(),
+            outbox_invalid: Counter::default(),
+            released: Counter::default(),
+            release_noop: Counter::default(),
+            completions_rejected: Counter::default(),
+            expired: Counter::default(),
+            adopted: Counter::default(),
+            refills: Counter::default(),
+            errors: Counter::default(),
+            errors_by_kind: Family::default(),
+            event_admitted: Family::default(),
+            event_skipped: Family::default(),
+            event_released: Family::default(),
+            event_expired: Family::default(),
+            queue_length: Family::default(),
+            slots_in_use: Family::default(),
+            capacity: Family::default(),
+            outbox_depth: Family::default(),
+            cycle_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            refill_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            events: RwLock::new(BTreeMap::new()),
+            refill_samples: RwLock::new(Vec::new()),
+            registry: Registry::default(),
+        };
+        let mut r = Registry::with_prefix("waitroom");
+        r.register("cycles", "Full admission cycles run", s.cycles.clone());
+        r.register(
+            "admitted",
+            "Sessions admitted into checkout",
+            s.event_admitted.clone(),
+        );
+        r.register(
+            "skipped",
+            "Queue members dropped as not admissible",
+            s.event_skipped.clone(),
+        );
+        r.register(
+            "released",
+            "Checkout slots freed by completions",
+            s.event_released.clone(),
+        );
+        r.register(
+            "expired",
+            "Checkout slots taken back after the window",
+            s.event_expired.clone(),
+        );
+        r.register(
+            "adopted",
+            "Processing members without a deadline given one",
+            s.adopted.clone(),
+        );
+        r.register(
+            "release_noop",
+            "Completions for sessions holding no slot",
+            s.release_noop.clone(),
+        );
+        r.register(
+            "completions_rejected",
+            "Completion messages skipped as unusable",
+            s.completions_rejected.clone(),
+        );
+        r.register(
+            "published",
+            "QUEUE_READY messages acknowledged by Kafka",
+            s.published.clone(),
+        );
+        r.register(
+            "publish_failures",
+            "QUEUE_READY messages not acknowledged (retried)",
+            s.publish_failures.clone(),
+        );
+        r.register(
+            "outbox_claimed",
+            "Outbox entries claimed for re-publishing",
+            s.outbox_claimed.clone(),
+        );
+        r.register(
+            "outbox_invalid",
+            "Unreadable outbox entries moved aside",
+            s.outbox_invalid.clone(),
+        );
+        r.register(
+            "tokens_written",
+            "Checkout tokens written into session hashes",
+            s.tokens_written.clone(),
+        );
+        r.register(
+            "refills",
+            "Refill passes woken by completions",
+            s.refills.clone(),
+        );
+        r.register("errors", "Errors by kind", s.errors_by_kind.clone());
+        r.register(
+            "queue_length",
+            "Waiting sessions (queue and priority lane)",
+            s.queue_length.clone(),
+        );
+        r.register(
+            "slots_in_use",
+            "Sessions holding a checkout slot",
+            s.slots_in_use.clone(),
+        );
+        r.register(
+            "capacity",
+            "Checkout slots of the event",
+            s.capacity.clone(),
+        );
+        r.register(
+            "outbox_depth",
+            "Admissions not yet acknowledged by Kafka",
+            s.outbox_depth.clone(),
+        );
+        r.register(
+            "cycle_duration_seconds",
+            "Duration of a full admission cycle",
+            s.cycle_duration.clone(),
+        );
+        r.register(
+            "refill_latency_seconds",
+            "From a slot freed by a completion to the admission that refilled it",
+            s.refill_latency.clone(),
+        );
+        Stats { registry: r, ..s }
     }
 
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
+    pub fn add(counter: &Counter, n: u64) {
+        counter.inc_by(n);
+    }
+
+    pub fn get(counter: &Counter) -> u64 {
+        counter.get()
+    }
+
+    /// Count an error of `kind` (redis, kafka, event, completion, timeout...).
+    pub fn error(&self, kind: &str) {
+        self.errors.inc();
+        self.errors_by_kind
+            .get_or_create(&vec![("kind".to_owned(), kind.to_owned())])
+            .inc();
+    }
+
+    pub fn event_admitted(&self, event: &str, admitted: u64, skipped: u64) {
+        Stats::add(&self.admitted, admitted);
+        Stats::add(&self.skipped, skipped);
+        self.event_admitted
+            .get_or_create(&event_label(event))
+            .inc_by(admitted);
+        self.event_skipped
+            .get_or_create(&event_label(event))
+            .inc_by(skipped);
+    }
+
+    pub fn event_released(&self, event: &str) {
+        self.released.inc();
+        self.event_released.get_or_create(&event_label(event)).inc();
+    }
+
+    pub fn event_expired(&self, event: &str, n: u64) {
+        Stats::add(&self.expired, n);
+        self.event_expired
+            .get_or_create(&event_label(event))
+            .inc_by(n);
+    }
+
+    /// Record what the last pass saw of `event`.
+    pub fn observe_event(&self, event: &str, mut snap: EventSnapshot) {
+        let l = event_label(event);
+        self.queue_length
+            .get_or_create(&l)
+            .set(snap.queue_length as i64);
+        self.slots_in_use
+            .get_or_create(&l)
+            .set(snap.slots_in_use as i64);
+        self.capacity.get_or_create(&l).set(snap.capacity as i64);
+        self.outbox_depth
+            .get_or_create(&l)
+            .set(snap.outbox_depth as i64);
+        snap.admitted_total = self.event_admitted.get_or_create(&l).get();
+        if let Ok(mut m) = self.events.write() {
+            m.insert(event.to_owned(), snap);
+        }
+    }
+
+    /// The last pass's figures of every event.
+    pub fn events(&self) -> BTreeMap<String, EventSnapshot> {
+        self.events.read().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    pub fn observe_refill(&self, seconds: f64) {
+        self.refill_latency.observe(seconds);
+        if let Ok(mut v) = self.refill_samples.write()
+            && v.len() < MAX_SAMPLES
+        {
+            v.push(seconds);
+        }
+    }
+
+    /// Refill latency samples (seconds), for summaries.
+    pub fn refill_samples(&self) -> Vec<f64> {
+        self.refill_samples
+            .read()
+            .map(|v| v.clone())
+            .unwrap_or_default()
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode_prometheus(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
     }
 }

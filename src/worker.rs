@@ -16,6 +16,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::clock;
 use crate::completions::{Completions, ConsumerSettings};
 use crate::delivery::{Delivery, DeliveryError, DeliveryPolicy};
+use crate::heartbeat::{self, Identity};
+use crate::http::{self, HttpState};
 use crate::outbox;
 use crate::publisher::Publisher;
 use crate::refill::Refill;
@@ -26,7 +28,7 @@ use crate::scripts::reap::{self, Reaped};
 use crate::scripts::{ScriptError, Scripts};
 use crate::settings::{Settings, redact_url};
 use crate::shutdown::Shutdown;
-use crate::stats::Stats;
+use crate::stats::{EventSnapshot, Stats};
 use crate::store::{self, RedisConn};
 
 /// Why one event's step failed.
@@ -72,6 +74,8 @@ pub struct Worker {
     stats: Arc<Stats>,
     refill: Arc<Refill>,
     completions: Option<Completions>,
+    identity: Identity,
+    http: Option<(tokio::net::TcpListener, Arc<HttpState>)>,
     /// Last invalid config fields reported per event, so each change is logged once.
     invalid_seen: HashMap<String, Vec<String>>,
 }
@@ -84,7 +88,9 @@ impl Worker {
         shutdown: &mut Shutdown,
     ) -> Result<Option<Worker>, StartError> {
         let stats = Arc::new(Stats::default());
-        Stats::add(&stats.started_at_ms, clock::now_ms());
+        stats
+            .started_at_ms
+            .store(clock::now_ms(), std::sync::atomic::Ordering::Relaxed);
         let scripts = Arc::new(Scripts::new());
         let backoff = Backoff {
             first: settings.retry_delay,
@@ -142,6 +148,25 @@ impl Worker {
             publisher.clone(),
         )
         .map_err(StartError::Kafka)?;
+        let identity = Identity::new(settings.worker_id.clone());
+        let http = match settings.http_addr {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| StartError::Http(addr, e))?;
+                let state = Arc::new(HttpState {
+                    stats: stats.clone(),
+                    conn: conn.clone(),
+                    scripts: scripts.clone(),
+                    publisher: publisher.clone(),
+                    worker_id: identity.id.clone(),
+                    liveness: (settings.process_interval * 3)
+                        .max(settings.max_processing_time + settings.process_interval * 2),
+                });
+                Some((listener, state))
+            }
+            None => None,
+        };
         let delivery = Delivery::new(
             conn.clone(),
             scripts.clone(),
@@ -163,8 +188,19 @@ impl Worker {
             stats,
             refill,
             completions: Some(completions),
+            identity,
+            http,
             invalid_seen: HashMap::new(),
         }))
+    }
+
+    /// Where the HTTP endpoint listens, if it is on.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    pub fn id(&self) -> &str {
+        &self.identity.id
     }
 
     pub fn stats(&self) -> Arc<Stats> {
@@ -191,6 +227,13 @@ impl Worker {
             .completions
             .take()
             .map(|c| tokio::spawn(c.run(shutdown.clone())));
+        let http = self.http.take().map(|(listener, state)| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "http endpoint listening (/healthz /readyz /status /metrics)");
+            }
+            tokio::spawn(http::serve(listener, state, shutdown.clone()))
+        });
+        let beat_ttl = heartbeat::ttl(self.settings.process_interval);
         let mut ticker = tokio::time::interval(self.settings.process_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let refill = self.refill.clone();
@@ -203,6 +246,7 @@ impl Worker {
                 _ = refill.rung() => false,
             };
             let deadline = self.settings.max_processing_time;
+            let pass_started = Instant::now();
             let pass = async {
                 if full {
                     self.cycle().await
@@ -214,13 +258,34 @@ impl Worker {
                 Ok(ok) => ok,
                 Err(_) => {
                     tracing::warn!(max_processing_time = ?deadline, "cycle cut at the max processing time; the rest waits for the next cycle");
-                    Stats::add(&self.stats.errors, 1);
+                    self.stats.error("timeout");
                     false
                 }
             };
             if full {
                 Stats::add(&self.stats.cycles, 1);
+                self.stats
+                    .cycle_duration
+                    .observe(pass_started.elapsed().as_secs_f64());
+                let last = self
+                    .stats
+                    .last_processed_ms
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if let Err(e) = heartbeat::beat(
+                    &mut self.conn,
+                    &self.settings.keys,
+                    &self.identity,
+                    last,
+                    beat_ttl,
+                )
+                .await
+                {
+                    tracing::debug!(error = %e, "heartbeat failed");
+                }
             }
+            self.stats
+                .last_loop_ms
+                .store(clock::now_ms(), std::sync::atomic::Ordering::Relaxed);
             if ok {
                 failures = 0;
             } else {
@@ -242,6 +307,13 @@ impl Worker {
         }
         if let Some(c) = consumer {
             let _ = tokio::time::timeout(self.settings.shutdown_timeout, c).await;
+        }
+        if let Some(h) = http {
+            let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
+        }
+        if let Err(e) = heartbeat::leave(&mut self.conn, &self.settings.keys, &self.identity).await
+        {
+            tracing::debug!(error = %e, "could not remove the heartbeat");
         }
         tracing::info!("Queue processor stopping: flushing Kafka and settling in-flight messages");
         self.delivery.finish(self.settings.shutdown_timeout).await;
@@ -276,7 +348,7 @@ impl Worker {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, "reading active events failed");
-                Stats::add(&self.stats.errors, 1);
+                self.stats.error("redis");
                 if retry::is_transient(&e) {
                     return false;
                 }
@@ -292,7 +364,7 @@ impl Worker {
             match self.process_event(event).await {
                 Ok(_) => {}
                 Err(e) => {
-                    Stats::add(&self.stats.errors, 1);
+                    self.stats.error("event");
                     tracing::error!(event_id = %event, error = %e, "processing event failed, skipping it this cycle");
                     if e.is_connection() {
                         ok = false;
@@ -310,13 +382,17 @@ impl Worker {
 
     /// Admit into the slots completions just freed, for the events they woke.
     pub async fn refill_pass(&mut self) -> bool {
-        for event in self.refill.take() {
+        for (event, woken) in self.refill.take() {
             Stats::add(&self.stats.refills, 1);
-            if let Err(e) = self.admit_event(&event).await {
-                Stats::add(&self.stats.errors, 1);
-                tracing::error!(event_id = %event, error = %e, "refill failed; the next cycle retries");
-                if e.is_connection() {
-                    return false;
+            match self.admit_event(&event).await {
+                Ok(o) if o.admitted > 0 => self.stats.observe_refill(woken.elapsed().as_secs_f64()),
+                Ok(_) => {}
+                Err(e) => {
+                    self.stats.error("event");
+                    tracing::error!(event_id = %event, error = %e, "refill failed; the next cycle retries");
+                    if e.is_connection() {
+                        return false;
+                    }
                 }
             }
         }
@@ -371,7 +447,7 @@ impl Worker {
         .await
         .map_err(EventError::Reap)?;
         if reaped.expired > 0 {
-            Stats::add(&self.stats.expired, reaped.expired);
+            self.stats.event_expired(event, reaped.expired);
             tracing::info!(event_id = %event, expired = reaped.expired, "Expired checkout slots reclaimed");
         }
         if reaped.adopted > 0 {
@@ -448,12 +524,25 @@ impl Worker {
         self.report_invalid_config(event, &invalid);
         let s = &self.settings;
         tracing::debug!(event_id = %event, batch_size = outcome.batch, in_use = outcome.in_use, capacity = outcome.capacity, "Processing queue batch");
+        self.stats
+            .event_admitted(event, outcome.admitted, outcome.skipped);
+        self.stats.observe_event(
+            event,
+            EventSnapshot {
+                queue_length: outcome.queue_length,
+                slots_in_use: outcome.in_use,
+                capacity: outcome.capacity,
+                batch_size: outcome.batch,
+                paused: outcome.paused,
+                outbox_depth: outcome.outbox_depth,
+                admitted_total: 0,
+                updated_ms: now,
+            },
+        );
         if outcome.skipped > 0 {
-            Stats::add(&self.stats.skipped, outcome.skipped);
             tracing::warn!(event_id = %event, skipped = outcome.skipped, "dropped queue members that cannot be admitted (missing session, not queued, no user, other event)");
         }
         if outcome.admitted > 0 {
-            Stats::add(&self.stats.admitted, outcome.admitted);
             tracing::info!(event_id = %event, user_count = outcome.admitted, "Admitting users to checkout");
             let (entries, bad) = outbox::parse_all(outcome.entries.clone());
             if !bad.is_empty() {
@@ -505,8 +594,10 @@ impl Worker {
 pub enum StartError {
     #[error("redis: {0}")]
     Redis(#[source] ScriptError),
-    #[error("kafka producer: {0}")]
+    #[error("kafka: {0}")]
     Kafka(#[source] rdkafka::error::KafkaError),
+    #[error("http endpoint on {0}: {1}")]
+    Http(std::net::SocketAddr, #[source] std::io::Error),
 }
 
 /// Wait `d`, or less if shutdown fires first.

@@ -95,6 +95,8 @@ fn sigterm_shuts_down_gracefully_with_exit_zero() {
             "50ms",
             "--shutdown-timeout",
             "5s",
+            "--http-addr",
+            "127.0.0.1:0",
         ])
         .env("QUEUE_JWT_SECRET", SECRET)
         .env("RUST_LOG", "info")

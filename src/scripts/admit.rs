@@ -43,6 +43,10 @@ pub struct AdmitOutcome {
     pub paused: bool,
     /// Admissions left in this minute under `new_users_per_minute`, if one is set.
     pub rate_left: Option<u64>,
+    /// Waiting sessions left in both lanes.
+    pub queue_length: u64,
+    /// Size of the event's outbox after the call.
+    pub outbox_depth: u64,
     /// Config hash fields that were invalid (their defaults were used).
     pub invalid_config: Vec<String>,
     /// Outbox entries of the admitted sessions, in admission order.
@@ -121,9 +125,11 @@ fn parse(reply: Value) -> Result<AdmitOutcome, ScriptError> {
         batch,
         paused,
         rate_left,
+        queue_length,
+        outbox_depth,
     ] = nums.as_slice()
     else {
-        return Err(bad("want 7 counts"));
+        return Err(bad("want 9 counts"));
     };
     let text = |v: &Value| match v {
         Value::BulkString(b) => Ok(b.clone()),
@@ -137,6 +143,8 @@ fn parse(reply: Value) -> Result<AdmitOutcome, ScriptError> {
         batch: (*batch).max(0) as u64,
         paused: *paused == 1,
         rate_left: (*rate_left >= 0).then_some(*rate_left as u64),
+        queue_length: (*queue_length).max(0) as u64,
+        outbox_depth: (*outbox_depth).max(0) as u64,
         invalid_config: invalid
             .iter()
             .map(|v| text(v).map(|b| String::from_utf8_lossy(&b).into_owned()))

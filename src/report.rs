@@ -1,0 +1,300 @@
+//! What `waitroom-worker status` and `waitroom-worker inspect` show: read-only views
+//! of the Redis state, one pipeline per event or session.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use redis::RedisError;
+use redis::aio::ConnectionLike;
+use serde::Serialize;
+
+use crate::clock;
+use crate::heartbeat;
+use crate::keys::Keys;
+
+/// One event at a glance.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EventStatus {
+    pub queue_length: u64,
+    pub priority_length: u64,
+    /// How long the first in line has waited (ms), if anyone waits.
+    pub oldest_wait_ms: Option<u64>,
+    pub slots_in_use: u64,
+    pub capacity: u64,
+    pub paused: bool,
+    pub outbox_depth: u64,
+    pub admitted_this_minute: u64,
+    pub admitted_last_minute: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Status {
+    pub events: BTreeMap<String, EventStatus>,
+    pub live_workers: Vec<String>,
+}
+
+fn int(v: &Option<String>) -> Option<u64> {
+    v.as_deref().and_then(|s| s.parse().ok())
+}
+
+/// Read the status of `events` (or of every active event when empty).
+pub async fn status<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    events: &[String],
+    default_capacity: u64,
+    interval: Duration,
+) -> Result<Status, RedisError> {
+    let mut list: Vec<String> = events.to_vec();
+    if list.is_empty() {
+        list = redis::cmd("SMEMBERS")
+            .arg(keys.active_events())
+            .query_async(conn)
+            .await?;
+        list.sort();
+    }
+    let now = clock::now_ms();
+    let minute = now / 60_000;
+    let mut out = BTreeMap::new();
+    for e in list {
+        type Row = (
+            u64,
+            u64,
+            Vec<(String, f64)>,
+            Vec<(String, f64)>,
+            u64,
+            (Option<String>, Option<String>),
+            u64,
+            (Option<String>, Option<String>, Option<String>),
+        );
+        let (q, p, head, phead, in_use, (cap, paused), outbox, (m, count, prev)): Row =
+            redis::pipe()
+                .cmd("ZCARD")
+                .arg(keys.queue(&e))
+                .cmd("ZCARD")
+                .arg(keys.priority(&e))
+                .cmd("ZRANGE")
+                .arg(keys.queue(&e))
+                .arg(0)
+                .arg(0)
+                .arg("WITHSCORES")
+                .cmd("ZRANGE")
+                .arg(keys.priority(&e))
+                .arg(0)
+                .arg(0)
+                .arg("WITHSCORES")
+                .cmd("SCARD")
+                .arg(keys.processing(&e))
+                .cmd("HMGET")
+                .arg(keys.config(&e))
+                .arg("max_concurrent")
+                .arg("paused")
+                .cmd("ZCARD")
+                .arg(keys.outbox(&e))
+                .cmd("HMGET")
+                .arg(keys.rate(&e))
+                .arg("minute")
+                .arg("count")
+                .arg("prev")
+                .query_async(conn)
+                .await?;
+        let oldest = head
+            .iter()
+            .chain(phead.iter())
+            .map(|(_, s)| *s)
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .fold(None, |a: Option<f64>, s| Some(a.map_or(s, |a| a.min(s))));
+        let (this, last) = match int(&m) {
+            Some(x) if x == minute => (int(&count).unwrap_or(0), int(&prev).unwrap_or(0)),
+            Some(x) if x + 1 == minute => (0, int(&count).unwrap_or(0)),
+            _ => (0, 0),
+        };
+        out.insert(
+            e,
+            EventStatus {
+                queue_length: q,
+                priority_length: p,
+                oldest_wait_ms: oldest.map(|s| now.saturating_sub(s as u64)),
+                slots_in_use: in_use,
+                capacity: int(&cap).unwrap_or(default_capacity),
+                paused: paused.as_deref() == Some("1"),
+                outbox_depth: outbox,
+                admitted_this_minute: this,
+                admitted_last_minute: last,
+            },
+        );
+    }
+    let live_workers = heartbeat::live(conn, keys, heartbeat::ttl(interval)).await?;
+    Ok(Status {
+        events: out,
+        live_workers,
+    })
+}
+
+/// Render a status as a screen of text.
+pub fn render_status(s: &Status) -> String {
+    let mut t = format!(
+        "{:<24} {:>9} {:>9} {:>12} {:>9} {:>6} {:>7} {:>12}\n",
+        "event", "queued", "priority", "oldest wait", "in use", "paused", "outbox", "admitted/min"
+    );
+    for (e, v) in &s.events {
+        let wait = v
+            .oldest_wait_ms
+            .map(|ms| humantime::format_duration(Duration::from_secs(ms / 1000)).to_string())
+            .unwrap_or_else(|| "-".into());
+        t.push_str(&format!(
+            "{:<24} {:>9} {:>9} {:>12} {:>4}/{:<4} {:>6} {:>7} {:>5} ({:>4})\n",
+            e,
+            v.queue_length,
+            v.priority_length,
+            wait,
+            v.slots_in_use,
+            v.capacity,
+            if v.paused { "yes" } else { "no" },
+            v.outbox_depth,
+            v.admitted_this_minute,
+            v.admitted_last_minute,
+        ));
+    }
+    if s.events.is_empty() {
+        t.push_str("(no active events)\n");
+    }
+    t.push_str(&format!(
+        "live workers ({}): {}\n",
+        s.live_workers.len(),
+        if s.live_workers.is_empty() {
+            "none".to_owned()
+        } else {
+            s.live_workers.join(", ")
+        }
+    ));
+    t
+}
+
+/// Where one session stands.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SessionView {
+    pub session_id: String,
+    pub key: String,
+    pub event_id: Option<String>,
+    pub hash: BTreeMap<String, String>,
+    /// 1-based position in the queue, if waiting there.
+    pub queue_position: Option<u64>,
+    pub priority_position: Option<u64>,
+    pub in_processing: bool,
+    pub deadline: Option<String>,
+    /// The outbox entry, if its QUEUE_READY is not yet acknowledged.
+    pub outbox_entry: Option<String>,
+}
+
+fn glob_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            o.push('\\');
+        }
+        o.push(c);
+    }
+    o
+}
+
+/// Look one session up; `event` is needed in the cluster layout, else read from the hash.
+pub async fn inspect<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    session: &str,
+    event: Option<&str>,
+) -> Result<SessionView, RedisError> {
+    let key = keys.session(event.unwrap_or(""), session);
+    let hash: BTreeMap<String, String> = redis::cmd("HGETALL").arg(&key).query_async(conn).await?;
+    let event = event
+        .map(str::to_owned)
+        .or_else(|| hash.get("event_id").cloned().filter(|e| !e.is_empty()));
+    let mut view = SessionView {
+        session_id: session.to_owned(),
+        key,
+        event_id: event.clone(),
+        hash,
+        queue_position: None,
+        priority_position: None,
+        in_processing: false,
+        deadline: None,
+        outbox_entry: None,
+    };
+    let Some(e) = event else {
+        return Ok(view);
+    };
+    let (q, p, inproc, deadline): (Option<u64>, Option<u64>, bool, Option<f64>) = redis::pipe()
+        .cmd("ZRANK")
+        .arg(keys.queue(&e))
+        .arg(session)
+        .cmd("ZRANK")
+        .arg(keys.priority(&e))
+        .arg(session)
+        .cmd("SISMEMBER")
+        .arg(keys.processing(&e))
+        .arg(session)
+        .cmd("ZSCORE")
+        .arg(keys.deadlines(&e))
+        .arg(session)
+        .query_async(conn)
+        .await?;
+    view.queue_position = q.map(|r| r + 1);
+    view.priority_position = p.map(|r| r + 1);
+    view.in_processing = inproc;
+    view.deadline = deadline
+        .filter(|d| d.is_finite() && *d >= 0.0)
+        .map(|d| clock::rfc3339_seconds(d as u64));
+    let pattern = format!(
+        "[{}*",
+        glob_escape(&serde_json::to_string(session).unwrap_or_default())
+    );
+    let mut cursor = 0u64;
+    // Bounded: at most 100 SCAN steps over the outbox.
+    for _ in 0..100 {
+        let (next, found): (u64, Vec<String>) = redis::cmd("ZSCAN")
+            .arg(keys.outbox(&e))
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        if let Some(m) = found.into_iter().step_by(2).next() {
+            view.outbox_entry = Some(m);
+            break;
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    Ok(view)
+}
+
+pub fn render_session(v: &SessionView) -> String {
+    let mut t = format!("session {} ({})\n", v.session_id, v.key);
+    if v.hash.is_empty() {
+        t.push_str("  hash: missing (never created, deleted or expired)\n");
+    }
+    for (k, val) in &v.hash {
+        let shown = if k == "checkout_token" && val.chars().count() > 24 {
+            format!("{}...", val.chars().take(24).collect::<String>())
+        } else {
+            val.clone()
+        };
+        t.push_str(&format!("  {k:<20} {shown}\n"));
+    }
+    let e = v.event_id.as_deref().unwrap_or("?");
+    t.push_str(&format!("event: {e}\n"));
+    t.push_str(&format!(
+        "queue position: {}\npriority position: {}\nholds a checkout slot: {}\ndeadline: {}\nQUEUE_READY pending in outbox: {}\n",
+        v.queue_position.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+        v.priority_position.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+        if v.in_processing { "yes" } else { "no" },
+        v.deadline.as_deref().unwrap_or("-"),
+        if v.outbox_entry.is_some() { "yes" } else { "no" },
+    ));
+    t
+}

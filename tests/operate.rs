@@ -1,0 +1,275 @@
+//! Operating the worker: HTTP endpoints, metrics, heartbeats, `status`, `inspect`.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+use waitroom_worker::clock;
+use waitroom_worker::shutdown;
+use waitroom_worker::stats::Stats;
+use waitroom_worker::worker::Worker;
+
+const EVENT: &str = "show";
+const BIN: &str = env!("CARGO_BIN_EXE_waitroom-worker");
+
+async fn until_http(addr: std::net::SocketAddr, path: &str, code: u16, what: &str) -> String {
+    eventually(Duration::from_secs(30), what, || async move {
+        let (c, body) = http_get(addr, path).await;
+        (c == code).then_some(body)
+    })
+    .await
+}
+
+/// healthz, readyz, status and metrics agree with Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_report_what_redis_shows() {
+    let redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    enqueue(&mut conn, EVENT, "s", 30, clock::now_ms()).await;
+    let s = settings(
+        &redis.url(),
+        &kafka.bootstrap,
+        &[
+            "--event",
+            EVENT,
+            "--max-concurrent",
+            "10",
+            "--worker-id",
+            "w-test",
+        ],
+    );
+    let (_t, mut l) = shutdown::channel();
+    let w = Worker::start(s, &mut l)
+        .await
+        .expect("start")
+        .expect("running");
+    let addr = w.http_addr().expect("http on");
+    let stats = w.stats();
+    let (trigger, listener) = shutdown::channel();
+    let task = tokio::spawn(w.run(listener));
+    let proc_key = k.processing(EVENT);
+    eventually(Duration::from_secs(20), "10 admitted and published", || {
+        let (mut c, key, s) = (conn.clone(), proc_key.clone(), stats.clone());
+        async move { (scard(&mut c, &key).await == 10 && Stats::get(&s.published) == 10).then_some(()) }
+    })
+    .await;
+
+    let (code, body) = http_get(addr, "/healthz").await;
+    assert_eq!(code, 200, "{body}");
+    let body = until_http(addr, "/readyz", 200, "ready").await;
+    assert!(body.contains(r#""ready":true"#), "{body}");
+
+    // Let a cycle observe the settled state.
+    let c0 = Stats::get(&stats.cycles);
+    eventually(Duration::from_secs(5), "another cycle", || {
+        let s = stats.clone();
+        async move { (Stats::get(&s.cycles) > c0 + 1).then_some(()) }
+    })
+    .await;
+    let (code, body) = http_get(addr, "/status").await;
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+    let in_redis = scard(&mut conn, &proc_key).await;
+    assert_eq!(v["is_running"], true);
+    assert_eq!(v["worker_id"], "w-test");
+    assert_eq!(v["total_admitted"], in_redis);
+    assert_eq!(v["error_count"], 0);
+    assert!(v["started_at"].as_str().is_some_and(|s| s.ends_with('Z')));
+    assert!(
+        v["last_processed"]
+            .as_str()
+            .is_some_and(|s| s.ends_with('Z'))
+    );
+    let e = &v["events"][EVENT];
+    assert_eq!(e["slots_in_use"], in_redis);
+    assert_eq!(e["capacity"], 10);
+    assert_eq!(e["queue_length"], zcard(&mut conn, &k.queue(EVENT)).await);
+    assert_eq!(e["outbox_depth"], 0);
+
+    let (code, text) = http_get(addr, "/metrics").await;
+    assert_eq!(code, 200);
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text");
+    let admitted = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "waitroom_admitted_total" && s.labels.get("event_id") == Some(EVENT))
+        .expect("admitted counter");
+    match admitted.value {
+        prometheus_parse::Value::Counter(n) | prometheus_parse::Value::Untyped(n) => {
+            assert_eq!(n as u64, in_redis)
+        }
+        ref other => panic!("admitted is not a counter: {other:?}"),
+    }
+    for name in [
+        "waitroom_slots_in_use",
+        "waitroom_capacity",
+        "waitroom_queue_length",
+        "waitroom_outbox_depth",
+    ] {
+        assert!(
+            scrape.samples.iter().any(|s| s.metric == name),
+            "{name} missing"
+        );
+    }
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric.starts_with("waitroom_cycle_duration_seconds"))
+    );
+
+    // The heartbeat lists this replica; a clean stop removes it.
+    let live: Vec<String> = redis::cmd("ZRANGE")
+        .arg("waitroom:workers")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .expect("ZRANGE");
+    assert_eq!(live, ["w-test"]);
+    let beat = hgetall(&mut conn, "waitroom:worker:w-test").await;
+    for f in ["id", "host", "pid", "version", "started_at", "last_cycle"] {
+        assert!(beat.contains_key(f), "heartbeat lacks {f}");
+    }
+    trigger.trigger();
+    task.await.expect("worker");
+    let live: Vec<String> = redis::cmd("ZRANGE")
+        .arg("waitroom:workers")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .expect("ZRANGE");
+    assert!(live.is_empty());
+}
+
+/// /readyz goes not-ready when its Redis stops and ready again when it returns;
+/// the same for Kafka.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_redis_and_kafka() {
+    let mut redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let s = settings(
+        &redis.url(),
+        &kafka.bootstrap,
+        &["--event", EVENT, "--redis-timeout", "1s"],
+    );
+    let (_t, mut l) = shutdown::channel();
+    let w = Worker::start(s, &mut l)
+        .await
+        .expect("start")
+        .expect("running");
+    let addr = w.http_addr().expect("http on");
+    let (trigger, listener) = shutdown::channel();
+    let task = tokio::spawn(w.run(listener));
+    until_http(addr, "/readyz", 200, "ready at first").await;
+
+    redis.stop();
+    let body = until_http(addr, "/readyz", 503, "not ready without Redis").await;
+    assert!(body.contains(r#""ready":false"#), "{body}");
+    let (code, _) = http_get(addr, "/healthz").await;
+    assert_eq!(code, 200, "alive while Redis is away");
+    redis.restart();
+    until_http(addr, "/readyz", 200, "ready again after Redis returned").await;
+
+    kafka.brokers_down();
+    until_http(addr, "/readyz", 503, "not ready without Kafka").await;
+    kafka.brokers_up();
+    until_http(addr, "/readyz", 200, "ready again after Kafka returned").await;
+    trigger.trigger();
+    task.await.expect("worker");
+}
+
+/// `status --json` and `inspect --json` show what Redis holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_inspect_match_redis() {
+    let redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    let t0 = clock::now_ms() - 90_000;
+    let ids = enqueue(&mut conn, EVENT, "s", 25, t0).await;
+    redis::cmd("SADD")
+        .arg(k.active_events())
+        .arg(EVENT)
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("SADD");
+    redis::cmd("HSET")
+        .arg(k.config(EVENT))
+        .arg("max_concurrent")
+        .arg(12)
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("HSET");
+    let mut w = Worker::start(
+        settings(&redis.url(), &kafka.bootstrap, &["--batch-size", "5"]),
+        &mut shutdown::channel().1,
+    )
+    .await
+    .expect("start")
+    .expect("running");
+    assert!(w.cycle().await);
+    assert!(w.cycle().await);
+
+    let out = Command::new(BIN)
+        .args(["status", "--json", "--redis-url", &redis.url()])
+        .output()
+        .expect("status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let e = &v["events"][EVENT];
+    assert_eq!(e["queue_length"], zcard(&mut conn, &k.queue(EVENT)).await);
+    assert_eq!(
+        e["slots_in_use"],
+        scard(&mut conn, &k.processing(EVENT)).await
+    );
+    assert_eq!(e["slots_in_use"], 10);
+    assert_eq!(e["capacity"], 12);
+    assert_eq!(e["paused"], false);
+    assert_eq!(
+        e["admitted_this_minute"].as_u64().unwrap_or(0)
+            + e["admitted_last_minute"].as_u64().unwrap_or(0),
+        10
+    );
+    let wait = e["oldest_wait_ms"].as_u64().expect("someone waits");
+    assert!((85_000..200_000).contains(&wait), "oldest wait {wait}");
+    let text = Command::new(BIN)
+        .args(["status", "--redis-url", &redis.url()])
+        .output()
+        .expect("status");
+    assert!(String::from_utf8_lossy(&text.stdout).contains(EVENT));
+
+    let out = Command::new(BIN)
+        .args(["inspect", &ids[20], "--json", "--redis-url", &redis.url()])
+        .output()
+        .expect("inspect");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["queue_position"], 11, "20th of 25, 10 admitted before it");
+    assert_eq!(v["in_processing"], false);
+    assert_eq!(v["hash"]["status"], "queued");
+
+    let out = Command::new(BIN)
+        .args(["inspect", &ids[0], "--json", "--redis-url", &redis.url()])
+        .output()
+        .expect("inspect");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["in_processing"], true);
+    assert!(v["deadline"].as_str().is_some_and(|d| d.ends_with('Z')));
+    assert_eq!(v["hash"]["status"], "admitted");
+    assert!(v["queue_position"].is_null());
+}
