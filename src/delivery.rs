@@ -11,6 +11,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rdkafka::producer::DeliveryFuture;
 use thiserror::Error;
 use tokio::task::JoinSet;
 
@@ -20,7 +21,7 @@ use crate::outbox::{self, OutboxEntry, Settlement};
 use crate::publisher::{Publisher, ReadyMessage};
 use crate::retry::{self, Backoff};
 use crate::scripts::set_tokens::{self, TokenPatch};
-use crate::scripts::{ScriptError, Scripts};
+use crate::scripts::{self, Call, ScriptError, Scripts};
 use crate::stats::Stats;
 use crate::store::RedisConn;
 use crate::token::{self, Signer};
@@ -92,133 +93,197 @@ impl Delivery {
         event: &str,
         entries: Vec<OutboxEntry>,
     ) -> Result<(), DeliveryError> {
-        if entries.is_empty() {
+        self.dispatch_many(vec![(event.to_owned(), entries)]).await
+    }
+
+    /// [`Delivery::dispatch`] for many events at once: one round trip writes the
+    /// tokens of all of them, one background task settles all of them.
+    pub async fn dispatch_many(
+        &self,
+        batches: Vec<(String, Vec<OutboxEntry>)>,
+    ) -> Result<(), DeliveryError> {
+        let batches: Vec<(String, Vec<OutboxEntry>)> =
+            batches.into_iter().filter(|(_, e)| !e.is_empty()).collect();
+        if batches.is_empty() {
             return Ok(());
         }
-        let mut prepared = Vec::with_capacity(entries.len());
-        let mut unsigned = Vec::new();
-        for entry in entries {
-            let claims = self.signer.claims(
-                event,
-                &entry.session_id,
-                &entry.user_id,
-                entry.admitted_ms,
-                entry.deadline_ms,
-            );
-            match self.signer.sign(&claims) {
-                Ok(tok) => prepared.push(Prepared {
-                    message: ReadyMessage {
-                        session_id: entry.session_id.clone(),
-                        user_id: entry.user_id.clone(),
-                        event_id: event.to_owned(),
-                        checkout_token: tok,
-                        admitted_at: clock::rfc3339_seconds(entry.admitted_ms),
-                        expires_at: clock::rfc3339_seconds(entry.deadline_ms),
-                        timestamp: clock::rfc3339_millis(entry.admitted_ms),
-                    },
-                    message_id: token::admission_id(event, &entry.session_id, entry.admitted_ms),
-                    entry,
-                }),
-                Err(e) => {
-                    tracing::error!(event_id = event, session_id = %entry.session_id, error = %e, "signing checkout token failed");
-                    self.stats.error("sign");
-                    unsigned.push(entry);
+        let mut prepared: Vec<(String, Vec<Prepared>)> = Vec::with_capacity(batches.len());
+        let mut not_sent: Vec<(String, Vec<OutboxEntry>)> = Vec::new();
+        for (event, entries) in batches {
+            let mut ok = Vec::with_capacity(entries.len());
+            let mut unsigned = Vec::new();
+            for entry in entries {
+                match self.prepare(&event, entry) {
+                    Ok(p) => ok.push(p),
+                    Err(entry) => unsigned.push(entry),
                 }
             }
+            if !unsigned.is_empty() {
+                not_sent.push((event.clone(), unsigned));
+            }
+            prepared.push((event, ok));
         }
 
-        let patches: Vec<TokenPatch> = prepared
+        // One round trip writes the tokens of every event.
+        let patches: Vec<Vec<TokenPatch>> = prepared
             .iter()
-            .map(|p| TokenPatch {
-                session_key: self.keys.session(event, &p.entry.session_id),
-                admitted_at: p.message.admitted_at.clone(),
-                token: p.message.checkout_token.clone(),
+            .map(|(event, ps)| {
+                ps.iter()
+                    .map(|p| TokenPatch {
+                        session_key: self.keys.session(event, &p.entry.session_id),
+                        admitted_at: p.message.admitted_at.clone(),
+                        token: p.message.checkout_token.clone(),
+                    })
+                    .collect()
             })
             .collect();
-        let written = retry::with_retries(
+        let calls: Vec<Call<'_>> = patches
+            .iter()
+            .map(|ps| set_tokens::call(&self.scripts.set_tokens, ps))
+            .collect();
+        let results = retry::with_retries(
             self.policy.attempts,
             self.policy.backoff,
-            ScriptError::is_transient,
+            retry::is_transient,
             || {
                 let mut conn = self.conn.clone();
-                let patches = &patches;
-                let script = &self.scripts.set_tokens;
-                async move { set_tokens::set_tokens(script, &mut conn, patches).await }
+                let calls = &calls;
+                async move { scripts::run_batch(&mut conn, calls).await }
             },
         )
         .await
-        .map_err(DeliveryError::Tokens)?;
-        Stats::add(&self.stats.tokens_written, written);
+        .map_err(|e| DeliveryError::Tokens(ScriptError::Redis(e)))?;
 
-        let mut sent = Vec::with_capacity(prepared.len());
-        let mut not_sent: Vec<OutboxEntry> = unsigned;
-        for p in prepared {
-            match self.publisher.enqueue(&p.message, &p.message_id) {
-                Ok(fut) => sent.push((p, fut)),
+        let mut sent = Vec::new();
+        for ((event, ps), result) in prepared.into_iter().zip(results) {
+            match result {
+                Ok(v) => {
+                    let written: u64 = redis::from_redis_value(v).unwrap_or(0);
+                    Stats::add(&self.stats.tokens_written, written);
+                }
                 Err(e) => {
-                    tracing::warn!(event_id = event, session_id = %p.entry.session_id, error = %e, "could not queue QUEUE_READY");
-                    not_sent.push(p.entry);
+                    // This event's tokens are not written: publish nothing for it; its
+                    // entries come back when their lease runs out.
+                    tracing::error!(event_id = %event, error = %e, "writing checkout tokens failed");
+                    self.stats.error("redis");
+                    continue;
                 }
             }
+            let mut failed = Vec::new();
+            for p in ps {
+                match self.publisher.enqueue(&p.message, &p.message_id) {
+                    Ok(fut) => sent.push((event.clone(), p, fut)),
+                    Err(e) => {
+                        tracing::warn!(event_id = %event, session_id = %p.entry.session_id, error = %e, "could not queue QUEUE_READY");
+                        failed.push(p.entry);
+                    }
+                }
+            }
+            if !failed.is_empty() {
+                not_sent.push((event, failed));
+            }
         }
+        self.settle_in_background(sent, not_sent);
+        Ok(())
+    }
 
+    /// Sign one entry and build its message; gives the entry back if signing failed.
+    fn prepare(&self, event: &str, entry: OutboxEntry) -> Result<Prepared, OutboxEntry> {
+        let claims = self.signer.claims(
+            event,
+            &entry.session_id,
+            &entry.user_id,
+            entry.admitted_ms,
+            entry.deadline_ms,
+        );
+        match self.signer.sign(&claims) {
+            Ok(tok) => Ok(Prepared {
+                message: ReadyMessage {
+                    session_id: entry.session_id.clone(),
+                    user_id: entry.user_id.clone(),
+                    event_id: event.to_owned(),
+                    checkout_token: tok,
+                    admitted_at: clock::rfc3339_seconds(entry.admitted_ms),
+                    expires_at: clock::rfc3339_seconds(entry.deadline_ms),
+                    timestamp: clock::rfc3339_millis(entry.admitted_ms),
+                },
+                message_id: token::admission_id(event, &entry.session_id, entry.admitted_ms),
+                entry,
+            }),
+            Err(e) => {
+                tracing::error!(event_id = event, session_id = %entry.session_id, error = %e, "signing checkout token failed");
+                self.stats.error("sign");
+                Err(entry)
+            }
+        }
+    }
+
+    /// Await Kafka's verdict on every queued message, then remove the acknowledged
+    /// entries and reschedule the rest, in one pipeline for all events.
+    fn settle_in_background(
+        &self,
+        sent: Vec<(String, Prepared, DeliveryFuture)>,
+        not_sent: Vec<(String, Vec<OutboxEntry>)>,
+    ) {
         let conn = self.conn.clone();
-        let outbox_key = self.keys.outbox(event);
+        let keys = self.keys.clone();
         let stats = self.stats.clone();
         let publisher = self.publisher.clone();
         let policy = self.policy;
-        let event = event.to_owned();
         let mut inflight = match self.inflight.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
         while inflight.try_join_next().is_some() {}
         inflight.spawn(async move {
-            let mut acked = Vec::new();
-            let mut failed = not_sent;
-            for (p, fut) in sent {
+            let mut acked: Vec<(String, OutboxEntry)> = Vec::with_capacity(sent.len());
+            let mut failed: Vec<(String, OutboxEntry)> = not_sent
+                .into_iter()
+                .flat_map(|(e, es)| es.into_iter().map(move |x| (e.clone(), x)))
+                .collect();
+            for (event, p, fut) in sent {
                 match fut.await {
                     Ok(Ok(_)) => {
                         tracing::info!(event_id = %event, session_id = %p.entry.session_id, user_id = %p.entry.user_id, "User admitted to checkout successfully");
-                        acked.push(p.entry);
+                        acked.push((event, p.entry));
                     }
                     Ok(Err((e, _))) => {
                         tracing::warn!(event_id = %event, session_id = %p.entry.session_id, error = %e, "QUEUE_READY not acknowledged, will retry");
-                        failed.push(p.entry);
+                        failed.push((event, p.entry));
                     }
-                    Err(_) => failed.push(p.entry),
+                    Err(_) => failed.push((event, p.entry)),
                 }
             }
             Stats::add(&stats.published, acked.len() as u64);
             Stats::add(&stats.publish_failures, failed.len() as u64);
             if !failed.is_empty() {
+                stats.error("kafka");
                 publisher.recover_if_fatal();
             }
             let now = clock::now_ms();
-            let settlement = Settlement {
-                acked: acked.iter().map(|e| e.raw.as_slice()).collect(),
-                retry: failed
-                    .iter()
-                    .map(|e| {
-                        let due = outbox::next_due(now, e.admitted_ms, policy.publish_retry.first, policy.publish_retry.max);
-                        (e.raw.as_slice(), due)
-                    })
-                    .collect(),
-            };
+            let mut by_event: std::collections::BTreeMap<&str, Settlement<'_>> = Default::default();
+            for (event, e) in &acked {
+                by_event.entry(event.as_str()).or_default().acked.push(e.raw.as_slice());
+            }
+            for (event, e) in &failed {
+                let due = outbox::next_due(now, e.admitted_ms, policy.publish_retry.first, policy.publish_retry.max);
+                by_event.entry(event.as_str()).or_default().retry.push((e.raw.as_slice(), due));
+            }
+            let settlements: Vec<(String, Settlement<'_>)> =
+                by_event.into_iter().map(|(e, s)| (keys.outbox(e), s)).collect();
             let result = retry::with_retries(policy.attempts, policy.backoff, retry::is_transient, || {
                 let mut conn = conn.clone();
-                let (key, s) = (&outbox_key, &settlement);
-                async move { outbox::settle(&mut conn, key, s).await }
+                let s = &settlements;
+                async move { outbox::settle_many(&mut conn, s).await }
             })
             .await;
             if let Err(e) = result {
                 // The entries stay claimed; their lease runs out and they are published
                 // again (a duplicate the message id lets consumers drop).
-                tracing::error!(event_id = %event, error = %e, "could not settle outbox entries");
+                tracing::error!(error = %e, "could not settle outbox entries");
                 stats.error("redis");
             }
         });
-        Ok(())
     }
 
     /// Messages queued and not yet settled.

@@ -91,6 +91,37 @@ pub struct Settlement<'a> {
     pub retry: Vec<(&'a [u8], u64)>,
 }
 
+/// [`settle`] for many outboxes (key, settlement) in one pipeline.
+pub async fn settle_many<C: ConnectionLike + Send>(
+    conn: &mut C,
+    settlements: &[(String, Settlement<'_>)],
+) -> Result<(), RedisError> {
+    let mut p = redis::pipe();
+    let mut any = false;
+    for (key, s) in settlements {
+        any |= add_settlement(&mut p, key, s);
+    }
+    if !any {
+        return Ok(());
+    }
+    p.query_async::<()>(conn).await
+}
+
+fn add_settlement(p: &mut redis::Pipeline, outbox_key: &str, s: &Settlement<'_>) -> bool {
+    if !s.acked.is_empty() {
+        p.cmd("ZREM").arg(outbox_key).arg(&s.acked).ignore();
+    }
+    if !s.retry.is_empty() {
+        let mut c = redis::cmd("ZADD");
+        c.arg(outbox_key).arg("XX");
+        for (raw, due) in &s.retry {
+            c.arg(*due).arg(*raw);
+        }
+        p.add_command(c).ignore();
+    }
+    !s.acked.is_empty() || !s.retry.is_empty()
+}
+
 /// Remove the acknowledged entries and reschedule the failed ones, one pipeline.
 /// Rescheduling uses ZADD XX: an entry another replica already acknowledged is not
 /// brought back.
@@ -103,17 +134,7 @@ pub async fn settle<C: ConnectionLike + Send>(
         return Ok(());
     }
     let mut p = redis::pipe();
-    if !s.acked.is_empty() {
-        p.cmd("ZREM").arg(outbox_key).arg(&s.acked).ignore();
-    }
-    if !s.retry.is_empty() {
-        let mut c = redis::cmd("ZADD");
-        c.arg(outbox_key).arg("XX");
-        for (raw, due) in &s.retry {
-            c.arg(*due).arg(*raw);
-        }
-        p.add_command(c).ignore();
-    }
+    add_settlement(&mut p, outbox_key, s);
     p.query_async::<()>(conn).await
 }
 

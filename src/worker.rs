@@ -19,17 +19,21 @@ use crate::delivery::{Delivery, DeliveryError, DeliveryPolicy};
 use crate::heartbeat::{self, Identity};
 use crate::http::{self, HttpState};
 use crate::outbox;
+use crate::outbox::OutboxEntry;
 use crate::publisher::Publisher;
 use crate::refill::Refill;
 use crate::retry::{self, Backoff};
 use crate::scripts::admit::{self, AdmitArgs, AdmitOutcome};
 use crate::scripts::claim_outbox;
 use crate::scripts::reap::{self, Reaped};
-use crate::scripts::{ScriptError, Scripts};
+use crate::scripts::{self, Call, ScriptError, Scripts};
 use crate::settings::{Settings, redact_url};
 use crate::shutdown::Shutdown;
 use crate::stats::{EventSnapshot, Stats};
 use crate::store::{self, RedisConn};
+
+/// Events whose reap, claim and admit calls share one pipeline.
+pub const EVENTS_PER_PIPELINE: usize = 500;
 
 /// Why one event's step failed.
 #[derive(Debug, Error)]
@@ -342,6 +346,11 @@ impl Worker {
     }
 
     /// One pass over every event. Returns false when Redis looked unreachable.
+    ///
+    /// Events go in chunks: one pipeline runs, for every event of the chunk, the
+    /// reaper, the outbox claim and the admit script (3 calls per event, one round
+    /// trip per chunk), and one more round trip writes the tokens of the chunk; so
+    /// a pass over 10,000 events costs a few dozen round trips, not 50,000.
     pub async fn cycle(&mut self) -> bool {
         let started = Instant::now();
         let events = match self.active_events().await {
@@ -360,16 +369,13 @@ impl Worker {
             "Processing queues for active events"
         );
         let mut ok = true;
-        for event in &events {
-            match self.process_event(event).await {
-                Ok(_) => {}
-                Err(e) => {
-                    self.stats.error("event");
-                    tracing::error!(event_id = %event, error = %e, "processing event failed, skipping it this cycle");
-                    if e.is_connection() {
-                        ok = false;
-                        break;
-                    }
+        for chunk in events.chunks(EVENTS_PER_PIPELINE) {
+            if let Err(e) = self.process_events(chunk).await {
+                self.stats.error("redis");
+                tracing::error!(error = %e, "processing events failed, the rest waits for the next cycle");
+                if e.is_connection() {
+                    ok = false;
+                    break;
                 }
             }
         }
@@ -378,6 +384,183 @@ impl Worker {
             .store(clock::now_ms(), std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(elapsed = ?started.elapsed(), "cycle done");
         ok
+    }
+
+    /// Reap, claim and admit for `events` in one pipeline, then publish.
+    pub async fn process_events(
+        &mut self,
+        events: &[String],
+    ) -> Result<Vec<EventReport>, EventError> {
+        let s = &self.settings;
+        let now = clock::now_ms();
+        let args = AdmitArgs {
+            default_max_concurrent: s.max_concurrent,
+            default_batch_size: s.batch_size,
+            now_ms: now,
+            checkout_window: s.checkout_window,
+            session_ttl: s.session_ttl,
+            outbox_lease: s.outbox_lease,
+        };
+        let outbox_keys: Vec<String> = events.iter().map(|e| s.keys.outbox(e)).collect();
+        let mut calls: Vec<Call<'_>> = Vec::with_capacity(events.len() * 3);
+        for (e, outbox_key) in events.iter().zip(&outbox_keys) {
+            calls.push(reap::call(
+                &self.scripts.reap,
+                &s.keys,
+                e,
+                now,
+                s.checkout_window,
+                s.session_ttl,
+            ));
+            calls.push(claim_outbox::call(
+                &self.scripts.claim_outbox,
+                outbox_key,
+                now,
+                s.outbox_lease,
+                s.outbox_batch,
+            ));
+            calls.push(admit::call(&self.scripts.admit, &s.keys, e, &args));
+        }
+        let results = retry::with_retries(
+            s.retry_attempts,
+            self.backoff(),
+            retry::is_transient,
+            || {
+                let mut conn = self.conn.clone();
+                let calls = &calls;
+                async move { scripts::run_batch(&mut conn, calls).await }
+            },
+        )
+        .await
+        .map_err(|e| EventError::Admit(ScriptError::Redis(e)))?;
+        drop(calls);
+
+        let mut reports = Vec::with_capacity(events.len());
+        let mut to_deliver = Vec::new();
+        let mut results = results.into_iter();
+        for event in events {
+            let (Some(r), Some(c), Some(a)) = (results.next(), results.next(), results.next())
+            else {
+                break;
+            };
+            let mut report = EventReport::default();
+            match r.map_err(ScriptError::Redis).and_then(reap::parse) {
+                Ok(reaped) => {
+                    self.note_reaped(event, &reaped);
+                    report.reaped = reaped;
+                }
+                Err(e) => self.event_failed(event, &EventError::Reap(e)),
+            }
+            let mut entries = Vec::new();
+            match c.map_err(ScriptError::Redis).and_then(claim_outbox::parse) {
+                Ok(claimed) => {
+                    let claimed = self.readable(event, claimed, now).await?;
+                    if !claimed.is_empty() {
+                        tracing::info!(event_id = %event, count = claimed.len(), "Publishing pending admissions from the outbox");
+                        Stats::add(&self.stats.outbox_claimed, claimed.len() as u64);
+                    }
+                    report.republished = claimed.len();
+                    entries.extend(claimed);
+                }
+                Err(e) => self.event_failed(event, &EventError::Claim(e)),
+            }
+            match a.map_err(ScriptError::Redis).and_then(admit::parse) {
+                Ok(outcome) => {
+                    entries.extend(self.note_admitted(event, &outcome, now).await?);
+                    report.admit = outcome;
+                }
+                Err(e) => self.event_failed(event, &EventError::Admit(e)),
+            }
+            if !entries.is_empty() {
+                to_deliver.push((event.clone(), entries));
+            }
+            reports.push(report);
+        }
+        self.delivery.dispatch_many(to_deliver).await?;
+        Ok(reports)
+    }
+
+    fn event_failed(&self, event: &str, e: &EventError) {
+        self.stats.error("event");
+        tracing::error!(event_id = %event, error = %e, "processing event failed, skipping it this cycle");
+    }
+
+    fn note_reaped(&self, event: &str, reaped: &Reaped) {
+        if reaped.expired > 0 {
+            self.stats.event_expired(event, reaped.expired);
+            tracing::info!(event_id = %event, expired = reaped.expired, "Expired checkout slots reclaimed");
+        }
+        if reaped.adopted > 0 {
+            Stats::add(&self.stats.adopted, reaped.adopted);
+            tracing::warn!(event_id = %event, adopted = reaped.adopted, "sessions in processing without a deadline were given one");
+        }
+    }
+
+    /// Parse outbox entries; unreadable ones are moved aside (and counted).
+    async fn readable(
+        &mut self,
+        event: &str,
+        raws: Vec<Vec<u8>>,
+        now: u64,
+    ) -> Result<Vec<OutboxEntry>, EventError> {
+        let (good, bad) = outbox::parse_all(raws);
+        if !bad.is_empty() {
+            let keys = &self.settings.keys;
+            tracing::error!(event_id = %event, count = bad.len(), key = %keys.outbox_invalid(event), "unreadable outbox entries moved aside");
+            Stats::add(&self.stats.outbox_invalid, bad.len() as u64);
+            outbox::quarantine(
+                &mut self.conn,
+                &keys.outbox(event),
+                &keys.outbox_invalid(event),
+                &bad,
+                now,
+            )
+            .await
+            .map_err(EventError::Quarantine)?;
+        }
+        Ok(good)
+    }
+
+    /// Count, log and observe one admit outcome; returns its outbox entries.
+    async fn note_admitted(
+        &mut self,
+        event: &str,
+        outcome: &AdmitOutcome,
+        now: u64,
+    ) -> Result<Vec<OutboxEntry>, EventError> {
+        let invalid = outcome.invalid_config.clone();
+        self.report_invalid_config(event, &invalid);
+        tracing::debug!(event_id = %event, batch_size = outcome.batch, in_use = outcome.in_use, capacity = outcome.capacity, "Processing queue batch");
+        self.stats
+            .event_admitted(event, outcome.admitted, outcome.skipped);
+        self.stats.observe_event(
+            event,
+            EventSnapshot {
+                queue_length: outcome.queue_length,
+                slots_in_use: outcome.in_use,
+                capacity: outcome.capacity,
+                batch_size: outcome.batch,
+                paused: outcome.paused,
+                outbox_depth: outcome.outbox_depth,
+                admitted_total: 0,
+                updated_ms: now,
+            },
+        );
+        if outcome.skipped > 0 {
+            tracing::warn!(event_id = %event, skipped = outcome.skipped, "dropped queue members that cannot be admitted (missing session, not queued, no user, other event)");
+        }
+        if outcome.admitted == 0 {
+            return Ok(Vec::new());
+        }
+        tracing::info!(event_id = %event, user_count = outcome.admitted, "Admitting users to checkout");
+        let entries = self.readable(event, outcome.entries.clone(), now).await?;
+        tracing::info!(
+            event_id = %event,
+            attempted = outcome.admitted + outcome.skipped,
+            admitted = outcome.admitted,
+            "Batch processing completed"
+        );
+        Ok(entries)
     }
 
     /// Admit into the slots completions just freed, for the events they woke.
@@ -399,19 +582,6 @@ impl Worker {
         true
     }
 
-    /// Take back expired slots, publish the event's due outbox entries, then admit
-    /// its next batch.
-    pub async fn process_event(&mut self, event: &str) -> Result<EventReport, EventError> {
-        let reaped = self.reap_event(event).await?;
-        let republished = self.drain_outbox(event).await?;
-        let admit = self.admit_event(event).await?;
-        Ok(EventReport {
-            reaped,
-            republished,
-            admit,
-        })
-    }
-
     fn backoff(&self) -> Backoff {
         Backoff {
             first: self.settings.retry_delay,
@@ -419,153 +589,32 @@ impl Worker {
         }
     }
 
-    /// Return the slots whose checkout window has passed (bounded per call).
-    pub async fn reap_event(&mut self, event: &str) -> Result<Reaped, EventError> {
+    /// Admit the event's next batch and publish it.
+    pub async fn admit_event(&mut self, event: &str) -> Result<AdmitOutcome, EventError> {
         let s = &self.settings;
         let now = clock::now_ms();
-        let reaped = retry::with_retries(
+        let args = AdmitArgs {
+            default_max_concurrent: s.max_concurrent,
+            default_batch_size: s.batch_size,
+            now_ms: now,
+            checkout_window: s.checkout_window,
+            session_ttl: s.session_ttl,
+            outbox_lease: s.outbox_lease,
+        };
+        let outcome = retry::with_retries(
             s.retry_attempts,
             self.backoff(),
             ScriptError::is_transient,
             || {
                 let mut conn = self.conn.clone();
-                let (script, keys) = (&self.scripts.reap, &s.keys);
-                async move {
-                    reap::reap(
-                        script,
-                        &mut conn,
-                        keys,
-                        event,
-                        now,
-                        s.checkout_window,
-                        s.session_ttl,
-                    )
-                    .await
-                }
+                let (script, keys, args) = (&self.scripts.admit, &s.keys, &args);
+                async move { admit::admit(script, &mut conn, keys, event, args).await }
             },
         )
         .await
-        .map_err(EventError::Reap)?;
-        if reaped.expired > 0 {
-            self.stats.event_expired(event, reaped.expired);
-            tracing::info!(event_id = %event, expired = reaped.expired, "Expired checkout slots reclaimed");
-        }
-        if reaped.adopted > 0 {
-            Stats::add(&self.stats.adopted, reaped.adopted);
-            tracing::warn!(event_id = %event, adopted = reaped.adopted, "sessions in processing without a deadline were given one");
-        }
-        Ok(reaped)
-    }
-
-    /// Publish what earlier attempts (or a dead worker) left in the outbox.
-    pub async fn drain_outbox(&mut self, event: &str) -> Result<usize, EventError> {
-        let s = &self.settings;
-        let attempts = s.retry_attempts;
-        let backoff = self.backoff();
-
-        let outbox_key = s.keys.outbox(event);
-        let now = clock::now_ms();
-        let claimed = retry::with_retries(attempts, backoff, ScriptError::is_transient, || {
-            let mut conn = self.conn.clone();
-            let (script, key) = (&self.scripts.claim_outbox, &outbox_key);
-            async move {
-                claim_outbox::claim(script, &mut conn, key, now, s.outbox_lease, s.outbox_batch)
-                    .await
-            }
-        })
-        .await
-        .map_err(EventError::Claim)?;
-        let (claimed, bad) = outbox::parse_all(claimed);
-        if !bad.is_empty() {
-            tracing::error!(event_id = %event, count = bad.len(), key = %s.keys.outbox_invalid(event), "unreadable outbox entries moved aside");
-            Stats::add(&self.stats.outbox_invalid, bad.len() as u64);
-            outbox::quarantine(
-                &mut self.conn,
-                &outbox_key,
-                &s.keys.outbox_invalid(event),
-                &bad,
-                now,
-            )
-            .await
-            .map_err(EventError::Quarantine)?;
-        }
-        let republished = claimed.len();
-        if republished > 0 {
-            tracing::info!(event_id = %event, count = republished, "Publishing pending admissions from the outbox");
-            Stats::add(&self.stats.outbox_claimed, republished as u64);
-            self.delivery.dispatch(event, claimed).await?;
-        }
-        Ok(republished)
-    }
-
-    /// Admit the event's next batch and publish it.
-    pub async fn admit_event(&mut self, event: &str) -> Result<AdmitOutcome, EventError> {
-        let s = &self.settings;
-        let attempts = s.retry_attempts;
-        let backoff = self.backoff();
-        let outbox_key = s.keys.outbox(event);
-        let now = clock::now_ms();
-        let args = AdmitArgs {
-            default_max_concurrent: s.max_concurrent,
-            default_batch_size: s.batch_size,
-            now_ms: clock::now_ms(),
-            checkout_window: s.checkout_window,
-            session_ttl: s.session_ttl,
-            outbox_lease: s.outbox_lease,
-        };
-        let outcome = retry::with_retries(attempts, backoff, ScriptError::is_transient, || {
-            let mut conn = self.conn.clone();
-            let (script, keys, args) = (&self.scripts.admit, &s.keys, &args);
-            async move { admit::admit(script, &mut conn, keys, event, args).await }
-        })
-        .await
         .map_err(EventError::Admit)?;
-        let invalid = outcome.invalid_config.clone();
-        self.report_invalid_config(event, &invalid);
-        let s = &self.settings;
-        tracing::debug!(event_id = %event, batch_size = outcome.batch, in_use = outcome.in_use, capacity = outcome.capacity, "Processing queue batch");
-        self.stats
-            .event_admitted(event, outcome.admitted, outcome.skipped);
-        self.stats.observe_event(
-            event,
-            EventSnapshot {
-                queue_length: outcome.queue_length,
-                slots_in_use: outcome.in_use,
-                capacity: outcome.capacity,
-                batch_size: outcome.batch,
-                paused: outcome.paused,
-                outbox_depth: outcome.outbox_depth,
-                admitted_total: 0,
-                updated_ms: now,
-            },
-        );
-        if outcome.skipped > 0 {
-            tracing::warn!(event_id = %event, skipped = outcome.skipped, "dropped queue members that cannot be admitted (missing session, not queued, no user, other event)");
-        }
-        if outcome.admitted > 0 {
-            tracing::info!(event_id = %event, user_count = outcome.admitted, "Admitting users to checkout");
-            let (entries, bad) = outbox::parse_all(outcome.entries.clone());
-            if !bad.is_empty() {
-                tracing::error!(event_id = %event, count = bad.len(), "admitted sessions with unreadable ids; moved aside");
-                Stats::add(&self.stats.outbox_invalid, bad.len() as u64);
-                outbox::quarantine(
-                    &mut self.conn,
-                    &outbox_key,
-                    &s.keys.outbox_invalid(event),
-                    &bad,
-                    now,
-                )
-                .await
-                .map_err(EventError::Quarantine)?;
-            }
-            self.delivery.dispatch(event, entries).await?;
-            tracing::info!(
-                event_id = %event,
-                attempted = outcome.admitted + outcome.skipped,
-                admitted = outcome.admitted,
-                "Batch processing completed"
-            );
-        }
+        let entries = self.note_admitted(event, &outcome, now).await?;
+        self.delivery.dispatch(event, entries).await?;
         Ok(outcome)
     }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use redis::Value;
 use redis::aio::ConnectionLike;
 
-use super::{Script, ScriptError};
+use super::{Call, Script, ScriptError};
 use crate::clock;
 use crate::keys::Keys;
 
@@ -53,6 +53,37 @@ pub struct AdmitOutcome {
     pub entries: Vec<Vec<u8>>,
 }
 
+/// The call for one admission step of `event` (to run alone or in a batch).
+pub fn call<'a>(script: &'a Script, keys: &Keys, event: &str, a: &AdmitArgs) -> Call<'a> {
+    let deadline = clock::deadline_ms(a.now_ms, a.checkout_window);
+    Call {
+        script,
+        keys: vec![
+            keys.queue(event),
+            keys.priority(event),
+            keys.processing(event),
+            keys.config(event),
+            keys.outbox(event),
+            keys.deadlines(event),
+            keys.rate(event),
+        ],
+        args: vec![
+            keys.session_prefix(event),
+            event.to_owned(),
+            a.default_max_concurrent.to_string(),
+            a.default_batch_size.to_string(),
+            a.now_ms.to_string(),
+            clock::rfc3339_seconds(a.now_ms),
+            deadline.to_string(),
+            clock::rfc3339_seconds(deadline),
+            a.session_ttl.as_millis().max(1).to_string(),
+            a.outbox_lease.as_millis().to_string(),
+            MAX_ADMIT_PER_CALL.to_string(),
+            (2 * MAX_ADMIT_PER_CALL).to_string(),
+        ],
+    }
+}
+
 /// Run one admission step for `event`.
 pub async fn admit<C: ConnectionLike + Send>(
     script: &Script,
@@ -61,32 +92,9 @@ pub async fn admit<C: ConnectionLike + Send>(
     event: &str,
     a: &AdmitArgs,
 ) -> Result<AdmitOutcome, ScriptError> {
-    let deadline = clock::deadline_ms(a.now_ms, a.checkout_window);
-    let k = [
-        keys.queue(event),
-        keys.priority(event),
-        keys.processing(event),
-        keys.config(event),
-        keys.outbox(event),
-        keys.deadlines(event),
-        keys.rate(event),
-    ];
-    let argv = [
-        keys.session_prefix(event),
-        event.to_owned(),
-        a.default_max_concurrent.to_string(),
-        a.default_batch_size.to_string(),
-        a.now_ms.to_string(),
-        clock::rfc3339_seconds(a.now_ms),
-        deadline.to_string(),
-        clock::rfc3339_seconds(deadline),
-        a.session_ttl.as_millis().max(1).to_string(),
-        a.outbox_lease.as_millis().to_string(),
-        MAX_ADMIT_PER_CALL.to_string(),
-        (2 * MAX_ADMIT_PER_CALL).to_string(),
-    ];
-    let keys_ref: Vec<&str> = k.iter().map(String::as_str).collect();
-    let argv_ref: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let c = call(script, keys, event, a);
+    let keys_ref: Vec<&str> = c.keys.iter().map(String::as_str).collect();
+    let argv_ref: Vec<&str> = c.args.iter().map(String::as_str).collect();
     let reply: Value = script.invoke(conn, &keys_ref, &argv_ref).await?;
     parse(reply)
 }
@@ -98,7 +106,8 @@ fn bad(detail: impl Into<String>) -> ScriptError {
     }
 }
 
-fn parse(reply: Value) -> Result<AdmitOutcome, ScriptError> {
+/// Read the script's reply.
+pub fn parse(reply: Value) -> Result<AdmitOutcome, ScriptError> {
     let Value::Array(parts) = reply else {
         return Err(bad("not an array"));
     };

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use redis::aio::ConnectionLike;
 
-use super::{Script, ScriptError};
+use redis::Value;
+
+use super::{Call, Script, ScriptError};
 
 pub fn script() -> Script {
     Script::new("claim_outbox", include_str!("../../lua/claim_outbox.lua"))
@@ -26,4 +28,31 @@ pub async fn claim<C: ConnectionLike + Send>(
     script
         .invoke(conn, &[outbox_key], &[&now, &lease, &limit])
         .await
+}
+
+/// The call for one claim (to run in a batch).
+pub fn call<'a>(
+    script: &'a Script,
+    outbox_key: &str,
+    now_ms: u64,
+    lease: Duration,
+    limit: u64,
+) -> Call<'a> {
+    Call {
+        script,
+        keys: vec![outbox_key.to_owned()],
+        args: vec![
+            now_ms.to_string(),
+            lease.as_millis().to_string(),
+            limit.to_string(),
+        ],
+    }
+}
+
+/// Read the script's reply: the claimed entries.
+pub fn parse(v: Value) -> Result<Vec<Vec<u8>>, ScriptError> {
+    redis::from_redis_value(v).map_err(|e| ScriptError::Reply {
+        script: "claim_outbox",
+        detail: e.to_string(),
+    })
 }

@@ -125,6 +125,74 @@ impl Script {
     }
 }
 
+/// One script call of a batch.
+#[derive(Debug, Clone)]
+pub struct Call<'a> {
+    pub script: &'a Script,
+    pub keys: Vec<String>,
+    pub args: Vec<String>,
+}
+
+impl Call<'_> {
+    fn add_to(&self, pipe: &mut redis::Pipeline) {
+        pipe.cmd("EVALSHA")
+            .arg(&self.script.sha)
+            .arg(self.keys.len())
+            .arg(&self.keys)
+            .arg(&self.args);
+    }
+}
+
+/// Run many script calls in one pipeline (one round trip), each with its own result,
+/// so one event's error costs only that event. Calls that met NOSCRIPT did not run:
+/// their scripts are loaded and just those calls are sent again, so a flushed cache
+/// costs one more round trip, never a lost or doubled call.
+pub async fn run_batch<C: ConnectionLike + Send>(
+    conn: &mut C,
+    calls: &[Call<'_>],
+) -> Result<Vec<Result<redis::Value, RedisError>>, RedisError> {
+    if calls.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for c in calls {
+        c.add_to(&mut pipe);
+    }
+    let mut results: Vec<Result<redis::Value, RedisError>> = pipe.query_async(conn).await?;
+    let missing: Vec<usize> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| matches!(r, Err(e) if is_noscript(e)))
+        .map(|(i, _)| i)
+        .collect();
+    if missing.is_empty() {
+        return Ok(results);
+    }
+    let mut loaded: Vec<&str> = Vec::new();
+    for &i in &missing {
+        let s = calls[i].script;
+        if !loaded.contains(&s.name) {
+            tracing::warn!(script = s.name, sha = %s.sha, "script missing from Redis cache, reloading");
+            s.load(conn).await.map_err(|e| match e {
+                ScriptError::Redis(r) => r,
+                other => RedisError::from((ErrorKind::Client, "script load", other.to_string())),
+            })?;
+            loaded.push(s.name);
+        }
+    }
+    let mut again = redis::pipe();
+    again.ignore_errors();
+    for &i in &missing {
+        calls[i].add_to(&mut again);
+    }
+    let retried: Vec<Result<redis::Value, RedisError>> = again.query_async(conn).await?;
+    for (i, r) in missing.into_iter().zip(retried) {
+        results[i] = r;
+    }
+    Ok(results)
+}
+
 fn is_noscript(e: &RedisError) -> bool {
     matches!(e.kind(), ErrorKind::Server(ServerErrorKind::NoScript)) || e.code() == Some("NOSCRIPT")
 }

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use redis::aio::ConnectionLike;
 
-use super::{Script, ScriptError};
+use redis::Value;
+
+use super::{Call, Script, ScriptError};
 use crate::clock;
 use crate::keys::Keys;
 
@@ -26,6 +28,49 @@ pub struct Reaped {
     pub sessions: Vec<String>,
 }
 
+/// The call for one reap of `event`.
+pub fn call<'a>(
+    script: &'a Script,
+    keys: &Keys,
+    event: &str,
+    now_ms: u64,
+    checkout_window: Duration,
+    session_ttl: Duration,
+) -> Call<'a> {
+    Call {
+        script,
+        keys: vec![
+            keys.deadlines(event),
+            keys.processing(event),
+            keys.reap_cursor(event),
+        ],
+        args: vec![
+            keys.session_prefix(event),
+            now_ms.to_string(),
+            REAP_LIMIT.to_string(),
+            clock::rfc3339_seconds(now_ms),
+            session_ttl.as_millis().max(1).to_string(),
+            SWEEP_COUNT.to_string(),
+            clock::deadline_ms(now_ms, checkout_window).to_string(),
+        ],
+    }
+}
+
+/// Read the script's reply.
+pub fn parse(v: Value) -> Result<Reaped, ScriptError> {
+    let (expired, stale, adopted, sessions): (u64, u64, u64, Vec<String>) =
+        redis::from_redis_value(v).map_err(|e| ScriptError::Reply {
+            script: "reap",
+            detail: e.to_string(),
+        })?;
+    Ok(Reaped {
+        expired,
+        stale,
+        adopted,
+        sessions,
+    })
+}
+
 pub async fn reap<C: ConnectionLike + Send>(
     script: &Script,
     conn: &mut C,
@@ -35,28 +80,8 @@ pub async fn reap<C: ConnectionLike + Send>(
     checkout_window: Duration,
     session_ttl: Duration,
 ) -> Result<Reaped, ScriptError> {
-    let k = [
-        keys.deadlines(event),
-        keys.processing(event),
-        keys.reap_cursor(event),
-    ];
-    let argv = [
-        keys.session_prefix(event),
-        now_ms.to_string(),
-        REAP_LIMIT.to_string(),
-        clock::rfc3339_seconds(now_ms),
-        session_ttl.as_millis().max(1).to_string(),
-        SWEEP_COUNT.to_string(),
-        clock::deadline_ms(now_ms, checkout_window).to_string(),
-    ];
-    let keys_ref: Vec<&str> = k.iter().map(String::as_str).collect();
-    let argv_ref: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let (expired, stale, adopted, sessions): (u64, u64, u64, Vec<String>) =
-        script.invoke(conn, &keys_ref, &argv_ref).await?;
-    Ok(Reaped {
-        expired,
-        stale,
-        adopted,
-        sessions,
-    })
+    let c = call(script, keys, event, now_ms, checkout_window, session_ttl);
+    let keys_ref: Vec<&str> = c.keys.iter().map(String::as_str).collect();
+    let argv_ref: Vec<&str> = c.args.iter().map(String::as_str).collect();
+    parse(script.invoke(conn, &keys_ref, &argv_ref).await?)
 }

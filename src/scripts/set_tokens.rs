@@ -1,8 +1,6 @@
 //! Calls `lua/set_tokens.lua`: write checkout tokens into session hashes.
 
-use redis::aio::ConnectionLike;
-
-use super::{Script, ScriptError};
+use super::{Call, Script};
 
 pub fn script() -> Script {
     Script::new("set_tokens", include_str!("../../lua/set_tokens.lua"))
@@ -16,20 +14,15 @@ pub struct TokenPatch {
     pub token: String,
 }
 
-/// Write every token in one call; returns how many hashes were written (a hash that
-/// is gone or belongs to another admission is left alone).
-pub async fn set_tokens<C: ConnectionLike + Send>(
-    script: &Script,
-    conn: &mut C,
-    patches: &[TokenPatch],
-) -> Result<u64, ScriptError> {
-    if patches.is_empty() {
-        return Ok(0);
+/// The call writing every token of one event; its reply is how many hashes were
+/// written (a hash that is gone or belongs to another admission is left alone).
+pub fn call<'a>(script: &'a Script, patches: &[TokenPatch]) -> Call<'a> {
+    Call {
+        script,
+        keys: patches.iter().map(|p| p.session_key.clone()).collect(),
+        args: patches
+            .iter()
+            .flat_map(|p| [p.admitted_at.clone(), p.token.clone()])
+            .collect(),
     }
-    let keys: Vec<&str> = patches.iter().map(|p| p.session_key.as_str()).collect();
-    let args: Vec<&str> = patches
-        .iter()
-        .flat_map(|p| [p.admitted_at.as_str(), p.token.as_str()])
-        .collect();
-    script.invoke(conn, &keys, &args).await
 }
