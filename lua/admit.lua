@@ -1,5 +1,5 @@
 -- admit.lua: move waiting sessions of one event into checkout, atomically.
--- version: 2
+-- version: 3
 --
 -- One call does, for one event: read the capacity settings (per-event config hash
 -- over the defaults), count the slots in use, look at the head of the priority lane
@@ -34,11 +34,13 @@
 -- ARGV[12] hard cap on members examined per call (admitted + skipped)
 --
 -- Reply: { {admitted, skipped, in_use, capacity, batch, paused, rate_left,
---           queue_length, outbox_depth},
+--           queue_length, outbox_depth, deadlines, next_deadline_ms},
 --          {invalid config field names...},
 --          {outbox entries of the admitted sessions, in admission order...} }
 --   rate_left is -1 when no per-minute cap is configured; queue_length counts both
---   lanes after the call; outbox_depth is the outbox's size after the call.
+--   lanes after the call; outbox_depth is the outbox's size after the call;
+--   deadlines is the size of the deadlines set and next_deadline_ms its earliest
+--   score (-1 when empty).
 --   An outbox entry is the JSON array [session_id, user_id, admitted_ms, deadline_ms].
 -- Error replies: WRONGTYPE from SCARD/ZCARD when processing, queue, priority, outbox
 --   or deadlines hold the wrong type (nothing is written then).
@@ -93,21 +95,28 @@ end
 local rate_left = -1
 if per_minute >= 0 then rate_left = math.max(per_minute - rate_count, 0) end
 
+-- After the call: both lanes' length, the outbox's size, how many deadlines there
+-- are and the earliest one (-1 if none), so the worker knows when this event needs
+-- the reaper or the outbox claim and can skip them for idle events.
 local function lengths()
-  return redis.call('ZCARD', queue) + redis.call('ZCARD', priority), redis.call('ZCARD', outbox)
+  local first = redis.call('ZRANGE', deadlines, 0, 0, 'WITHSCORES')
+  return redis.call('ZCARD', queue) + redis.call('ZCARD', priority), redis.call('ZCARD', outbox),
+    redis.call('ZCARD', deadlines), tonumber(first[2]) or -1
 end
 
 local want = math.min(capacity - in_use, batch, max_admit)
 if rate_left >= 0 then want = math.min(want, rate_left) end
 if paused == 1 or want <= 0 then
-  local q, o = lengths()
-  return { {0, 0, in_use, capacity, batch, paused, rate_left, q, o}, invalid, {} }
+  local q, o, d, nd = lengths()
+  return { {0, 0, in_use, capacity, batch, paused, rate_left, q, o, d, nd}, invalid, {} }
 end
 
 -- Validate: walk the lanes in order and decide for each member, without writing.
 local admitted, users, dropped, seen = {}, {}, {}, {}
 local examined = 0
-for _, lane in ipairs({priority, queue}) do
+local has_priority = redis.call('EXISTS', priority) == 1
+local lanes = has_priority and {priority, queue} or {queue}
+for _, lane in ipairs(lanes) do
   local offset = 0
   while #admitted < want and examined < max_scan do
     local n = math.min(want - #admitted, max_scan - examined)
@@ -137,7 +146,7 @@ for _, sid in ipairs(dropped) do taken[#taken + 1] = sid end
 for _, sid in ipairs(admitted) do taken[#taken + 1] = sid end
 if #taken > 0 then
   redis.call('ZREM', queue, unpack(taken))
-  redis.call('ZREM', priority, unpack(taken))
+  if has_priority then redis.call('ZREM', priority, unpack(taken)) end
 end
 
 local entries = {}
@@ -164,6 +173,6 @@ if #admitted > 0 then
   redis.call('PEXPIRE', rate, 120000)
 end
 
-local q, o = lengths()
+local q, o, d, nd = lengths()
 return { {#admitted, #dropped, in_use + #admitted, capacity, batch, paused,
-  rate_left < 0 and -1 or (rate_left - #admitted), q, o}, invalid, entries }
+  rate_left < 0 and -1 or (rate_left - #admitted), q, o, d, nd}, invalid, entries }

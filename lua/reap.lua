@@ -1,5 +1,5 @@
 -- reap.lua: take back the slots of sessions whose checkout window has passed.
--- version: 1
+-- version: 2
 --
 -- Completion is the normal release; this is the backstop for users who left.
 -- Each call looks at no more than ARGV[3] deadlines and ARGV[6] processing members,
@@ -7,8 +7,9 @@
 -- replica: the script is atomic, so two replicas never reap the same session.
 --
 -- It also adopts sessions put in processing by something else without a deadline:
--- a bounded SSCAN step (cursor kept in KEYS[3]) gives each such member a deadline
--- one checkout window after it was first seen, so no slot can leak.
+-- when processing holds more members than deadlines has, a bounded SSCAN step
+-- (cursor kept in KEYS[3]) gives each such member a deadline one checkout window
+-- after it was first seen, so no slot can leak.
 --
 -- KEYS[1]  deadlines   ZSET  member = session id, score = checkout deadline (ms)
 -- KEYS[2]  processing  SET   sessions holding a checkout slot
@@ -55,8 +56,11 @@ for _, sid in ipairs(expired) do
   end
 end
 
+-- Sweep only when some member must lack a deadline (more slots than deadlines):
+-- an O(1) check, so the common case costs nothing. A member hidden by stale
+-- deadlines is found once those pass and are dropped above.
 local adopted = 0
-if sweep > 0 then
+if sweep > 0 and redis.call('SCARD', processing) > redis.call('ZCARD', deadlines) then
   local cursor = redis.call('GET', cursor_key) or '0'
   local page = redis.call('SSCAN', processing, cursor, 'COUNT', sweep)
   for _, sid in ipairs(page[2]) do

@@ -8,10 +8,12 @@
 //! - [`completions`]: the completion consumer; [`refill`]: freed slots wake admission.
 //! - [`outbox`], [`publisher`], [`token`]: the outbox, Kafka, the checkout token.
 //! - [`report`]: the `status` and `inspect` views.
+//! - [`bench`]: `waitroom-worker bench`, the cost of the worker measured.
 //! - [`demo`], [`enqueue`], [`redis_server`], [`embedded_kafka`]: the demo and its parts.
 //! - [`http`]: health, readiness, status and metrics; [`heartbeat`]: live replicas in Redis.
 //! - [`store`], [`retry`], [`shutdown`], [`stats`], [`clock`]: plumbing.
 
+pub mod bench;
 pub mod clock;
 pub mod completions;
 pub mod delivery;

@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         .and_then(|v| EnvFilter::try_new(v).ok());
     let filter = match (&cli.command, from_env) {
         (Command::Demo(d), _) if !d.verbose => EnvFilter::new("warn"),
+        (Command::Bench(_), None) => EnvFilter::new("error"),
         (_, Some(f)) => f,
         (_, None) => EnvFilter::new("info"),
     };
@@ -124,6 +125,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 );
             } else {
                 print!("{}", waitroom_worker::report::render_session(&v));
+            }
+            Ok(())
+        }
+        Command::Bench(args) => {
+            let json = args.json;
+            let report = waitroom_worker::bench::run(args).await.context("bench")?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).context("encoding JSON")?
+                );
+            } else {
+                print!("{}", waitroom_worker::bench::render(&report));
             }
             Ok(())
         }

@@ -46,6 +46,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Where one session stands: its hash, queue position, slot, deadline, outbox.
     Inspect(InspectArgs),
+    /// Measure throughput, Redis CPU, refill latency, scaling and memory (BENCHMARKS.md).
+    Bench(crate::bench::BenchArgs),
     /// A flash sale on this machine: private redis-server, embedded Kafka, simulated checkout.
     Demo(crate::demo::DemoArgs),
 }

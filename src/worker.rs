@@ -32,6 +32,19 @@ use crate::shutdown::Shutdown;
 use crate::stats::{EventSnapshot, Stats};
 use crate::store::{self, RedisConn};
 
+/// Every this many passes the reaper and the claim run for every event, idle or not.
+pub const FULL_PASS_EVERY: u64 = 10;
+
+/// What the last admit reply said of an event: enough to know whether the reaper
+/// or the outbox claim has anything to do there.
+#[derive(Debug, Clone, Copy)]
+struct Hint {
+    in_use: u64,
+    deadlines: u64,
+    next_deadline_ms: Option<u64>,
+    outbox_depth: u64,
+}
+
 /// Events whose reap, claim and admit calls share one pipeline.
 pub const EVENTS_PER_PIPELINE: usize = 500;
 
@@ -80,6 +93,10 @@ pub struct Worker {
     completions: Option<Completions>,
     identity: Identity,
     http: Option<(tokio::net::TcpListener, Arc<HttpState>)>,
+    /// What the last admit reply said of each event (to skip idle work).
+    hints: HashMap<String, Hint>,
+    /// Passes run, to make every FULL_PASS_EVERY-th one complete.
+    passes: u64,
     /// Last invalid config fields reported per event, so each change is logged once.
     invalid_seen: HashMap<String, Vec<String>>,
 }
@@ -195,6 +212,8 @@ impl Worker {
             identity,
             http,
             invalid_seen: HashMap::new(),
+            hints: HashMap::new(),
+            passes: 0,
         }))
     }
 
@@ -401,24 +420,42 @@ impl Worker {
             session_ttl: s.session_ttl,
             outbox_lease: s.outbox_lease,
         };
-        let outbox_keys: Vec<String> = events.iter().map(|e| s.keys.outbox(e)).collect();
+        // Idle events skip the reaper and the claim: the last admit reply says whether
+        // a deadline is due, a slot lacks one, or the outbox holds anything. Every
+        // FULL_PASS_EVERY-th pass, and for events not seen yet, everything runs.
+        let full = self.passes % FULL_PASS_EVERY == 0;
+        self.passes = self.passes.wrapping_add(1);
+        let plans: Vec<(bool, bool)> = events
+            .iter()
+            .map(|e| match self.hints.get(e) {
+                Some(h) if !full => (
+                    h.next_deadline_ms.is_some_and(|d| d <= now) || h.in_use > h.deadlines,
+                    h.outbox_depth > 0,
+                ),
+                _ => (true, true),
+            })
+            .collect();
         let mut calls: Vec<Call<'_>> = Vec::with_capacity(events.len() * 3);
-        for (e, outbox_key) in events.iter().zip(&outbox_keys) {
-            calls.push(reap::call(
-                &self.scripts.reap,
-                &s.keys,
-                e,
-                now,
-                s.checkout_window,
-                s.session_ttl,
-            ));
-            calls.push(claim_outbox::call(
-                &self.scripts.claim_outbox,
-                outbox_key,
-                now,
-                s.outbox_lease,
-                s.outbox_batch,
-            ));
+        for (e, (reap_it, claim_it)) in events.iter().zip(&plans) {
+            if *reap_it {
+                calls.push(reap::call(
+                    &self.scripts.reap,
+                    &s.keys,
+                    e,
+                    now,
+                    s.checkout_window,
+                    s.session_ttl,
+                ));
+            }
+            if *claim_it {
+                calls.push(claim_outbox::call(
+                    &self.scripts.claim_outbox,
+                    &s.keys.outbox(e),
+                    now,
+                    s.outbox_lease,
+                    s.outbox_batch,
+                ));
+            }
             calls.push(admit::call(&self.scripts.admit, &s.keys, e, &args));
         }
         let results = retry::with_retries(
@@ -438,19 +475,26 @@ impl Worker {
         let mut reports = Vec::with_capacity(events.len());
         let mut to_deliver = Vec::new();
         let mut results = results.into_iter();
-        for event in events {
-            let (Some(r), Some(c), Some(a)) = (results.next(), results.next(), results.next())
-            else {
+        for (event, (reap_it, claim_it)) in events.iter().zip(plans) {
+            let mut report = EventReport::default();
+            if reap_it {
+                let Some(r) = results.next() else { break };
+                match r.map_err(ScriptError::Redis).and_then(reap::parse) {
+                    Ok(reaped) => {
+                        self.note_reaped(event, &reaped);
+                        report.reaped = reaped;
+                    }
+                    Err(e) => self.event_failed(event, &EventError::Reap(e)),
+                }
+            }
+            let c = if claim_it {
+                results.next()
+            } else {
+                Some(Ok(redis::Value::Array(Vec::new())))
+            };
+            let (Some(c), Some(a)) = (c, results.next()) else {
                 break;
             };
-            let mut report = EventReport::default();
-            match r.map_err(ScriptError::Redis).and_then(reap::parse) {
-                Ok(reaped) => {
-                    self.note_reaped(event, &reaped);
-                    report.reaped = reaped;
-                }
-                Err(e) => self.event_failed(event, &EventError::Reap(e)),
-            }
             let mut entries = Vec::new();
             match c.map_err(ScriptError::Redis).and_then(claim_outbox::parse) {
                 Ok(claimed) => {
@@ -466,6 +510,15 @@ impl Worker {
             }
             match a.map_err(ScriptError::Redis).and_then(admit::parse) {
                 Ok(outcome) => {
+                    self.hints.insert(
+                        event.clone(),
+                        Hint {
+                            in_use: outcome.in_use,
+                            deadlines: outcome.deadlines,
+                            next_deadline_ms: outcome.next_deadline_ms,
+                            outbox_depth: outcome.outbox_depth,
+                        },
+                    );
                     entries.extend(self.note_admitted(event, &outcome, now).await?);
                     report.admit = outcome;
                 }

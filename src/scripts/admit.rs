@@ -47,6 +47,10 @@ pub struct AdmitOutcome {
     pub queue_length: u64,
     /// Size of the event's outbox after the call.
     pub outbox_depth: u64,
+    /// Size of the deadlines set after the call.
+    pub deadlines: u64,
+    /// The earliest checkout deadline (ms), if any slot has one.
+    pub next_deadline_ms: Option<u64>,
     /// Config hash fields that were invalid (their defaults were used).
     pub invalid_config: Vec<String>,
     /// Outbox entries of the admitted sessions, in admission order.
@@ -136,9 +140,11 @@ pub fn parse(reply: Value) -> Result<AdmitOutcome, ScriptError> {
         rate_left,
         queue_length,
         outbox_depth,
+        deadlines,
+        next_deadline_ms,
     ] = nums.as_slice()
     else {
-        return Err(bad("want 9 counts"));
+        return Err(bad("want 11 counts"));
     };
     let text = |v: &Value| match v {
         Value::BulkString(b) => Ok(b.clone()),
@@ -154,6 +160,8 @@ pub fn parse(reply: Value) -> Result<AdmitOutcome, ScriptError> {
         rate_left: (*rate_left >= 0).then_some(*rate_left as u64),
         queue_length: (*queue_length).max(0) as u64,
         outbox_depth: (*outbox_depth).max(0) as u64,
+        deadlines: (*deadlines).max(0) as u64,
+        next_deadline_ms: (*next_deadline_ms >= 0).then_some(*next_deadline_ms as u64),
         invalid_config: invalid
             .iter()
             .map(|v| text(v).map(|b| String::from_utf8_lossy(&b).into_owned()))

@@ -1,0 +1,662 @@
+//! `waitroom-worker bench`: what the worker costs, measured in one run beside what
+//! users would otherwise run. See BENCHMARKS.md for the figures and the targets.
+//!
+//! Every section uses its own key prefix on the same Redis, so sections do not see
+//! each other's events. Redis CPU is the delta of `used_cpu_user + used_cpu_sys`
+//! from `INFO cpu` (commandstats would count commands called from scripts twice).
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser};
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use redis::aio::MultiplexedConnection;
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::clock;
+use crate::embedded_kafka::EmbeddedKafka;
+use crate::enqueue;
+use crate::keys::{KeyLayout, Keys};
+use crate::redis_server::{PrivateRedis, ServerError};
+use crate::scripts::Scripts;
+use crate::scripts::admit::{self, AdmitArgs};
+use crate::settings::{Cli, Command, Settings};
+use crate::shutdown;
+use crate::stats::Stats;
+use crate::worker::Worker;
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Use this Redis instead of a private redis-server (its data is left alone:
+    /// every key is under a `bench-*` prefix).
+    #[arg(long)]
+    pub redis_url: Option<String>,
+    /// Use these Kafka brokers instead of the embedded one.
+    #[arg(long)]
+    pub kafka_brokers: Option<String>,
+    /// Users per throughput run.
+    #[arg(long, default_value_t = 20_000)]
+    pub users: usize,
+    /// Queue length of the "big queue" cycle-cost run.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub big_queue: usize,
+    /// Most events of the full-pass run (also run with 1 and 1000).
+    #[arg(long, default_value_t = 10_000)]
+    pub events: usize,
+    /// Refill latency samples.
+    #[arg(long, default_value_t = 200)]
+    pub samples: usize,
+    /// A tiny run (CI smoke test): few users, small queues, few samples.
+    #[arg(long)]
+    pub quick: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Server(#[from] ServerError),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("{0}")]
+    Other(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    pub batch: u64,
+    pub users: usize,
+    pub users_per_sec: f64,
+    pub redis_cpu_us_per_admission: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub end_to_end: Vec<Throughput>,
+    pub admit_script_only: Vec<Throughput>,
+    pub naive_per_user: Throughput,
+    /// end-to-end / admit-only, per batch.
+    pub ratio_to_ceiling: Vec<(u64, f64)>,
+    /// end-to-end at batch 1000 / naive.
+    pub ratio_to_naive: f64,
+    pub refill_p50_ms: f64,
+    pub refill_p99_ms: f64,
+    pub cycle_small_queue: usize,
+    pub cycle_big_queue: usize,
+    pub cycle_small_queue_ms: f64,
+    pub cycle_big_queue_ms: f64,
+    pub cycle_cost_ratio: f64,
+    /// (events, ms of the first pass (admitting), ms of a steady pass).
+    pub full_pass: Vec<(usize, f64, f64)>,
+    pub peak_rss_mb: f64,
+}
+
+struct Env {
+    redis_url: String,
+    brokers: String,
+    conn: MultiplexedConnection,
+}
+
+fn settings(env: &Env, prefix: &str, extra: &[&str]) -> Result<Settings, BenchError> {
+    let mut args: Vec<String> = [
+        "waitroom-worker",
+        "run",
+        "--redis-url",
+        &env.redis_url,
+        "--kafka-brokers",
+        &env.brokers,
+        "--key-prefix",
+        prefix,
+        "--jwt-secret",
+        "bench-secret-0123456789abcdef0123456789abcdef",
+        "--http-addr",
+        "off",
+        "--consumer-group",
+        prefix,
+        "--publish-timeout",
+        "5s",
+        "--outbox-lease",
+        "30s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let cli = Cli::try_parse_from(args).map_err(|e| BenchError::Other(e.to_string()))?;
+    let Command::Run(run) = cli.command else {
+        return Err(BenchError::Other("internal: not run".into()));
+    };
+    run.settings().map_err(|e| BenchError::Other(e.to_string()))
+}
+
+async fn redis_cpu(conn: &mut MultiplexedConnection) -> Result<f64, BenchError> {
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await?;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Ok(field("used_cpu_user:") + field("used_cpu_sys:"))
+}
+
+async fn zcard(conn: &mut MultiplexedConnection, key: &str) -> Result<u64, BenchError> {
+    Ok(redis::cmd("ZCARD").arg(key).query_async(conn).await?)
+}
+
+async fn start_worker(s: Settings) -> Result<Worker, BenchError> {
+    let (_t, mut l) = shutdown::channel();
+    Worker::start(s, &mut l)
+        .await
+        .map_err(|e| BenchError::Other(e.to_string()))?
+        .ok_or_else(|| BenchError::Other("worker stopped".into()))
+}
+
+/// 1. The full path on one event: cycles back to back until every user is admitted
+///    and Kafka acknowledged every message (outbox empty).
+async fn end_to_end(env: &mut Env, batch: u64, users: usize) -> Result<Throughput, BenchError> {
+    let prefix = format!("bench-e2e-{batch}");
+    let keys = Keys::new(&prefix, KeyLayout::Default);
+    let event = "sale";
+    enqueue::enqueue(
+        &mut env.conn,
+        &keys,
+        event,
+        users,
+        Duration::from_secs(3600),
+    )
+    .await?;
+    let b = batch.to_string();
+    let mut w = start_worker(settings(
+        env,
+        &prefix,
+        &[
+            "--event",
+            event,
+            "--max-concurrent",
+            "1000000000",
+            "--batch-size",
+            &b,
+        ],
+    )?)
+    .await?;
+    let cpu0 = redis_cpu(&mut env.conn).await?;
+    let t0 = Instant::now();
+    while zcard(&mut env.conn, &keys.queue(event)).await? > 0 {
+        if !w.cycle().await {
+            return Err(BenchError::Other("a cycle failed".into()));
+        }
+    }
+    while zcard(&mut env.conn, &keys.outbox(event)).await? > 0 {
+        if t0.elapsed() > Duration::from_secs(600) {
+            return Err(BenchError::Other("outbox never drained".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = redis_cpu(&mut env.conn).await? - cpu0;
+    Ok(Throughput {
+        batch,
+        users,
+        users_per_sec: users as f64 / secs,
+        redis_cpu_us_per_admission: cpu * 1e6 / users as f64,
+    })
+}
+
+/// 2a. The admit script alone (the ceiling): no tokens, no Kafka.
+async fn admit_only(env: &mut Env, batch: u64, users: usize) -> Result<Throughput, BenchError> {
+    let prefix = format!("bench-ceiling-{batch}");
+    let keys = Keys::new(&prefix, KeyLayout::Default);
+    let event = "sale";
+    enqueue::enqueue(
+        &mut env.conn,
+        &keys,
+        event,
+        users,
+        Duration::from_secs(3600),
+    )
+    .await?;
+    let scripts = Scripts::new();
+    scripts
+        .load_all(&mut env.conn)
+        .await
+        .map_err(|e| BenchError::Other(e.to_string()))?;
+    let cpu0 = redis_cpu(&mut env.conn).await?;
+    let t0 = Instant::now();
+    let mut admitted = 0u64;
+    while (admitted as usize) < users {
+        let a = AdmitArgs {
+            default_max_concurrent: 1_000_000_000,
+            default_batch_size: batch,
+            now_ms: clock::now_ms(),
+            checkout_window: Duration::from_secs(900),
+            session_ttl: Duration::from_secs(7200),
+            outbox_lease: Duration::from_secs(30),
+        };
+        let o = admit::admit(&scripts.admit, &mut env.conn, &keys, event, &a)
+            .await
+            .map_err(|e| BenchError::Other(e.to_string()))?;
+        if o.admitted == 0 {
+            break;
+        }
+        admitted += o.admitted;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = redis_cpu(&mut env.conn).await? - cpu0;
+    Ok(Throughput {
+        batch,
+        users,
+        users_per_sec: admitted as f64 / secs,
+        redis_cpu_us_per_admission: cpu * 1e6 / admitted.max(1) as f64,
+    })
+}
+
+/// 2b. The seed's flow written without Lua: SCARD, ZPOPMIN, then per user HSET and
+///     SADD as separate round trips.
+async fn naive(env: &mut Env, batch: u64, users: usize) -> Result<Throughput, BenchError> {
+    let prefix = "bench-naive";
+    let keys = Keys::new(prefix, KeyLayout::Default);
+    let event = "sale";
+    enqueue::enqueue(
+        &mut env.conn,
+        &keys,
+        event,
+        users,
+        Duration::from_secs(3600),
+    )
+    .await?;
+    let cpu0 = redis_cpu(&mut env.conn).await?;
+    let t0 = Instant::now();
+    let mut admitted = 0usize;
+    loop {
+        let _in_use: u64 = redis::cmd("SCARD")
+            .arg(keys.processing(event))
+            .query_async(&mut env.conn)
+            .await?;
+        let popped: Vec<(String, f64)> = redis::cmd("ZPOPMIN")
+            .arg(keys.queue(event))
+            .arg(batch)
+            .query_async(&mut env.conn)
+            .await?;
+        if popped.is_empty() {
+            break;
+        }
+        let now = clock::now_ms();
+        for (sid, _) in popped {
+            let _: () = redis::cmd("HSET")
+                .arg(keys.session(event, &sid))
+                .arg("status")
+                .arg("admitted")
+                .arg("admitted_at")
+                .arg(clock::rfc3339_seconds(now))
+                .arg("checkout_expires_at")
+                .arg(clock::rfc3339_seconds(now + 900_000))
+                .query_async(&mut env.conn)
+                .await?;
+            let _: () = redis::cmd("SADD")
+                .arg(keys.processing(event))
+                .arg(&sid)
+                .query_async(&mut env.conn)
+                .await?;
+            admitted += 1;
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = redis_cpu(&mut env.conn).await? - cpu0;
+    Ok(Throughput {
+        batch,
+        users: admitted,
+        users_per_sec: admitted as f64 / secs,
+        redis_cpu_us_per_admission: cpu * 1e6 / admitted.max(1) as f64,
+    })
+}
+
+/// 4. Completion produced -> next admission visible in Redis, at a 1s interval.
+async fn refill(env: &mut Env, samples: usize) -> Result<(f64, f64), BenchError> {
+    let prefix = "bench-refill";
+    let keys = Keys::new(prefix, KeyLayout::Default);
+    let event = "sale";
+    enqueue::enqueue(
+        &mut env.conn,
+        &keys,
+        event,
+        samples + 20,
+        Duration::from_secs(3600),
+    )
+    .await?;
+    let w = start_worker(settings(
+        env,
+        prefix,
+        &[
+            "--event",
+            event,
+            "--process-interval",
+            "1s",
+            "--max-concurrent",
+            "10",
+            "--batch-size",
+            "10",
+            "--completed-topic",
+            "BENCH_COMPLETED",
+        ],
+    )?)
+    .await?;
+    let stats = w.stats();
+    let (trigger, listener) = shutdown::channel();
+    let task = tokio::spawn(w.run(listener));
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &env.brokers)
+        .set("linger.ms", "0")
+        .create()?;
+    let send = |payload: String| {
+        let producer = producer.clone();
+        async move {
+            producer
+                .send(
+                    FutureRecord::to("BENCH_COMPLETED")
+                        .key("k")
+                        .payload(&payload),
+                    Duration::from_secs(5),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| BenchError::Kafka(e))
+        }
+    };
+    // The consumer's first assignment takes seconds on the mock: wait for it.
+    let t0 = Instant::now();
+    while Stats::get(&stats.completions_rejected) == 0 {
+        send("warm-up".into()).await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if t0.elapsed() > Duration::from_secs(60) {
+            return Err(BenchError::Other(
+                "completion consumer never got its partitions".into(),
+            ));
+        }
+    }
+    let key = keys.processing(event);
+    let mut lat = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let before: HashSet<String> = redis::cmd("SMEMBERS")
+            .arg(&key)
+            .query_async(&mut env.conn)
+            .await?;
+        let Some(victim) = before.iter().min().cloned() else {
+            break;
+        };
+        let t = Instant::now();
+        send(serde_json::json!({"session_id": victim, "event_id": event}).to_string()).await?;
+        loop {
+            let now: HashSet<String> = redis::cmd("SMEMBERS")
+                .arg(&key)
+                .query_async(&mut env.conn)
+                .await?;
+            if !now.contains(&victim) && now.len() == before.len() {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(5) {
+                return Err(BenchError::Other("no refill within 5s".into()));
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    trigger.trigger();
+    let _ = task.await;
+    lat.sort_by(f64::total_cmp);
+    let pct = |q: f64| {
+        lat.get(((lat.len() as f64 * q).ceil() as usize).clamp(1, lat.len().max(1)) - 1)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Ok((pct(0.5), pct(0.99)))
+}
+
+/// 5a. One admit cycle (batch 100) with a short and with a long queue: median ms.
+async fn cycle_cost(env: &mut Env, queued: usize) -> Result<f64, BenchError> {
+    let prefix = format!("bench-queue-{queued}");
+    let keys = Keys::new(&prefix, KeyLayout::Default);
+    let event = "sale";
+    enqueue::enqueue(
+        &mut env.conn,
+        &keys,
+        event,
+        queued,
+        Duration::from_secs(3600),
+    )
+    .await?;
+    let mut w = start_worker(settings(
+        env,
+        &prefix,
+        &[
+            "--event",
+            event,
+            "--max-concurrent",
+            "1000000000",
+            "--batch-size",
+            "100",
+        ],
+    )?)
+    .await?;
+    let mut times = Vec::new();
+    for _ in 0..9 {
+        let t = Instant::now();
+        if !w.cycle().await {
+            return Err(BenchError::Other("a cycle failed".into()));
+        }
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// 5b. A full pass over `n` events with 3 queued users each: (first pass, steady pass) ms.
+async fn full_pass(env: &mut Env, n: usize) -> Result<(f64, f64), BenchError> {
+    let prefix = format!("bench-events-{n}");
+    let keys = Keys::new(&prefix, KeyLayout::Default);
+    let mut p = redis::pipe();
+    let now = clock::now_ms();
+    for e in 0..n {
+        let event = format!("e{e}");
+        for u in 0..3 {
+            let sid = format!("{event}-s{u}");
+            p.cmd("HSET")
+                .arg(keys.session(&event, &sid))
+                .arg("status")
+                .arg("queued")
+                .arg("user_id")
+                .arg(format!("u{u}"))
+                .ignore();
+            p.cmd("ZADD")
+                .arg(keys.queue(&event))
+                .arg(now + u)
+                .arg(&sid)
+                .ignore();
+        }
+        p.cmd("SADD").arg(keys.active_events()).arg(&event).ignore();
+        if e % 1000 == 999 {
+            p.query_async::<()>(&mut env.conn).await?;
+            p = redis::pipe();
+        }
+    }
+    if n % 1000 != 0 {
+        p.query_async::<()>(&mut env.conn).await?;
+    }
+    let mut w = start_worker(settings(env, &prefix, &["--batch-size", "10"])?).await?;
+    let t = Instant::now();
+    if !w.cycle().await {
+        return Err(BenchError::Other("a cycle failed".into()));
+    }
+    let first = t.elapsed().as_secs_f64() * 1e3;
+    // Let the acknowledgements land, then time a pass with nothing to admit.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = Instant::now();
+    if !w.cycle().await {
+        return Err(BenchError::Other("a cycle failed".into()));
+    }
+    Ok((first, t.elapsed().as_secs_f64() * 1e3))
+}
+
+/// 6. Peak resident set of this process (worker, bench driver and embedded Kafka).
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+pub async fn run(mut a: BenchArgs) -> Result<Report, BenchError> {
+    if a.quick {
+        a.users = a.users.min(2_000);
+        a.big_queue = a.big_queue.min(20_000);
+        a.events = a.events.min(200);
+        a.samples = a.samples.min(10);
+    }
+    let private_redis = match &a.redis_url {
+        Some(_) => None,
+        None => Some(PrivateRedis::start()?),
+    };
+    let embedded = match &a.kafka_brokers {
+        Some(_) => None,
+        None => Some(EmbeddedKafka::start(&[
+            ("QUEUE_READY", 1),
+            ("CHECKOUT_COMPLETED", 1),
+            ("BENCH_COMPLETED", 1),
+        ])?),
+    };
+    let redis_url = a
+        .redis_url
+        .clone()
+        .or_else(|| private_redis.as_ref().map(PrivateRedis::url))
+        .unwrap_or_default();
+    let brokers = a
+        .kafka_brokers
+        .clone()
+        .or_else(|| embedded.as_ref().map(|k| k.bootstrap.clone()))
+        .unwrap_or_default();
+    let conn = redis::Client::open(redis_url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let mut env = Env {
+        redis_url,
+        brokers,
+        conn,
+    };
+    let say = |s: &str| {
+        if !a.json {
+            eprintln!("bench: {s}");
+        }
+    };
+
+    let mut e2e = Vec::new();
+    let mut ceiling = Vec::new();
+    for batch in [10u64, 100, 1000] {
+        say(&format!("end to end, batch {batch}, {} users", a.users));
+        e2e.push(end_to_end(&mut env, batch, a.users).await?);
+        say(&format!("admit script only, batch {batch}"));
+        ceiling.push(admit_only(&mut env, batch, a.users).await?);
+    }
+    say("naive per-user implementation, batch 100");
+    let naive = naive(&mut env, 100, (a.users / 2).max(1)).await?;
+    say(&format!("refill latency, {} samples", a.samples));
+    let (p50, p99) = refill(&mut env, a.samples).await?;
+    say(&format!("one cycle with 1000 vs {} queued", a.big_queue));
+    let small = cycle_cost(&mut env, 1000).await?;
+    let big = cycle_cost(&mut env, a.big_queue).await?;
+    let mut passes = Vec::new();
+    let mut sizes = vec![1usize, 1000.min(a.events), a.events];
+    sizes.dedup();
+    for n in sizes {
+        say(&format!("full pass over {n} events"));
+        let (first, steady) = full_pass(&mut env, n).await?;
+        passes.push((n, first, steady));
+    }
+    let ratio_to_ceiling = e2e
+        .iter()
+        .zip(&ceiling)
+        .map(|(e, c)| (e.batch, e.users_per_sec / c.users_per_sec))
+        .collect();
+    let ratio_to_naive = e2e
+        .last()
+        .map(|e| e.users_per_sec / naive.users_per_sec)
+        .unwrap_or(0.0);
+    Ok(Report {
+        end_to_end: e2e,
+        admit_script_only: ceiling,
+        naive_per_user: naive,
+        ratio_to_ceiling,
+        ratio_to_naive,
+        refill_p50_ms: p50,
+        refill_p99_ms: p99,
+        cycle_small_queue: 1000,
+        cycle_big_queue: a.big_queue,
+        cycle_small_queue_ms: small,
+        cycle_big_queue_ms: big,
+        cycle_cost_ratio: big / small,
+        full_pass: passes,
+        peak_rss_mb: peak_rss_mb(),
+    })
+}
+
+/// The report as a table.
+pub fn render(r: &Report) -> String {
+    let mut t = String::new();
+    t.push_str("throughput (users/s; Redis CPU per admission)\n");
+    t.push_str(&format!(
+        "{:>6} {:>14} {:>10} {:>14} {:>10} {:>9}\n",
+        "batch", "end to end", "cpu µs", "admit only", "cpu µs", "e2e/ceil"
+    ));
+    for ((e, c), (_, ratio)) in r
+        .end_to_end
+        .iter()
+        .zip(&r.admit_script_only)
+        .zip(&r.ratio_to_ceiling)
+    {
+        t.push_str(&format!(
+            "{:>6} {:>14.0} {:>10.1} {:>14.0} {:>10.1} {:>8.0}%\n",
+            e.batch,
+            e.users_per_sec,
+            e.redis_cpu_us_per_admission,
+            c.users_per_sec,
+            c.redis_cpu_us_per_admission,
+            ratio * 100.0
+        ));
+    }
+    t.push_str(&format!(
+        "naive per-user (batch {}): {:.0} users/s, {:.1} µs Redis CPU per admission; end to end at batch 1000 is {:.1}x naive\n",
+        r.naive_per_user.batch, r.naive_per_user.users_per_sec, r.naive_per_user.redis_cpu_us_per_admission, r.ratio_to_naive
+    ));
+    t.push_str(&format!(
+        "refill latency at a 1s interval: p50 {:.2} ms, p99 {:.2} ms\n",
+        r.refill_p50_ms, r.refill_p99_ms
+    ));
+    t.push_str(&format!(
+        "one admit cycle (batch 100): {:.2} ms with {} queued, {:.2} ms with {} queued ({:.2}x)\n",
+        r.cycle_small_queue_ms,
+        r.cycle_small_queue,
+        r.cycle_big_queue_ms,
+        r.cycle_big_queue,
+        r.cycle_cost_ratio
+    ));
+    for (n, first, steady) in &r.full_pass {
+        t.push_str(&format!(
+            "full pass over {n:>6} events: {first:>8.1} ms admitting, {steady:>8.1} ms steady\n"
+        ));
+    }
+    t.push_str(&format!(
+        "peak RSS of the bench process (worker, driver, embedded Kafka): {:.1} MB\n",
+        r.peak_rss_mb
+    ));
+    t
+}
