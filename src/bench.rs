@@ -92,8 +92,9 @@ pub struct Report {
     pub cycle_small_queue_ms: f64,
     pub cycle_big_queue_ms: f64,
     pub cycle_cost_ratio: f64,
-    /// (events, ms of the first pass (admitting), ms of a steady pass).
-    pub full_pass: Vec<(usize, f64, f64)>,
+    /// (events, ms of the first pass (admitting), ms of a steady pass, ms of Redis
+    /// CPU in the steady pass).
+    pub full_pass: Vec<(usize, f64, f64, f64)>,
     pub peak_rss_mb: f64,
 }
 
@@ -457,7 +458,7 @@ async fn cycle_cost(env: &mut Env, queued: usize) -> Result<f64, BenchError> {
 }
 
 /// 5b. A full pass over `n` events with 3 queued users each: (first pass, steady pass) ms.
-async fn full_pass(env: &mut Env, n: usize) -> Result<(f64, f64), BenchError> {
+async fn full_pass(env: &mut Env, n: usize) -> Result<(f64, f64, f64), BenchError> {
     let prefix = format!("bench-events-{n}");
     let keys = Keys::new(&prefix, KeyLayout::Default);
     let mut p = redis::pipe();
@@ -485,7 +486,7 @@ async fn full_pass(env: &mut Env, n: usize) -> Result<(f64, f64), BenchError> {
             p = redis::pipe();
         }
     }
-    if n % 1000 != 0 {
+    if !n.is_multiple_of(1000) {
         p.query_async::<()>(&mut env.conn).await?;
     }
     let mut w = start_worker(settings(env, &prefix, &["--batch-size", "10"])?).await?;
@@ -494,13 +495,20 @@ async fn full_pass(env: &mut Env, n: usize) -> Result<(f64, f64), BenchError> {
         return Err(BenchError::Other("a cycle failed".into()));
     }
     let first = t.elapsed().as_secs_f64() * 1e3;
-    // Let the acknowledgements land, then time a pass with nothing to admit.
+    // Let the acknowledgements land and one more pass see the emptied outboxes,
+    // then time a pass with nothing to admit, reap or publish.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    if !w.cycle().await {
+        return Err(BenchError::Other("a cycle failed".into()));
+    }
+    let cpu0 = redis_cpu(&mut env.conn).await?;
     let t = Instant::now();
     if !w.cycle().await {
         return Err(BenchError::Other("a cycle failed".into()));
     }
-    Ok((first, t.elapsed().as_secs_f64() * 1e3))
+    let steady = t.elapsed().as_secs_f64() * 1e3;
+    let cpu = (redis_cpu(&mut env.conn).await? - cpu0) * 1e3;
+    Ok((first, steady, cpu))
 }
 
 /// 6. Peak resident set of this process (worker, bench driver and embedded Kafka).
@@ -579,8 +587,8 @@ pub async fn run(mut a: BenchArgs) -> Result<Report, BenchError> {
     sizes.dedup();
     for n in sizes {
         say(&format!("full pass over {n} events"));
-        let (first, steady) = full_pass(&mut env, n).await?;
-        passes.push((n, first, steady));
+        let (first, steady, cpu) = full_pass(&mut env, n).await?;
+        passes.push((n, first, steady, cpu));
     }
     let ratio_to_ceiling = e2e
         .iter()
@@ -649,9 +657,9 @@ pub fn render(r: &Report) -> String {
         r.cycle_big_queue,
         r.cycle_cost_ratio
     ));
-    for (n, first, steady) in &r.full_pass {
+    for (n, first, steady, cpu) in &r.full_pass {
         t.push_str(&format!(
-            "full pass over {n:>6} events: {first:>8.1} ms admitting, {steady:>8.1} ms steady\n"
+            "full pass over {n:>6} events: {first:>8.1} ms admitting, {steady:>8.1} ms steady ({cpu:.1} ms Redis CPU)\n"
         ));
     }
     t.push_str(&format!(

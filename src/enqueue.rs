@@ -13,22 +13,34 @@ use crate::keys::Keys;
 /// Sessions written per pipeline.
 const CHUNK: usize = 1000;
 
+/// What was queued: how many, and the first and last session ids (queue order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enqueued {
+    pub count: usize,
+    pub first: Option<String>,
+    pub last: Option<String>,
+}
+
 /// Queue `users` new sessions for `event`; ids are `<run>-<i, 7 digits>`, users `user-<run>-<i>`.
-/// Returns the session ids in queue order.
+/// Ids are not collected, so a million users cost no memory here.
 pub async fn enqueue<C: ConnectionLike + Send>(
     conn: &mut C,
     keys: &Keys,
     event: &str,
     users: usize,
     session_ttl: Duration,
-) -> Result<Vec<String>, RedisError> {
+) -> Result<Enqueued, RedisError> {
     let run = format!("{:x}", clock::now_ms());
     let start: u64 = redis::cmd("ZCARD")
         .arg(keys.queue(event))
         .query_async(conn)
         .await?;
     let ttl = session_ttl.as_millis().max(1) as u64;
-    let mut ids = Vec::with_capacity(users);
+    let mut done = Enqueued {
+        count: 0,
+        first: None,
+        last: None,
+    };
     let mut i = 0;
     while i < users {
         let end = (i + CHUNK).min(users);
@@ -55,11 +67,15 @@ pub async fn enqueue<C: ConnectionLike + Send>(
                 .arg(now)
                 .arg(&sid)
                 .ignore();
-            ids.push(sid);
+            if done.first.is_none() {
+                done.first = Some(sid.clone());
+            }
+            done.count += 1;
+            done.last = Some(sid);
         }
         p.cmd("SADD").arg(keys.active_events()).arg(event).ignore();
         p.query_async::<()>(conn).await?;
         i = end;
     }
-    Ok(ids)
+    Ok(done)
 }

@@ -64,7 +64,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     .with_context(|| {
                         format!("connecting to {}", redact_url(&args.redis.redis_url))
                     })?;
-            let ids = waitroom_worker::enqueue::enqueue(
+            let done = waitroom_worker::enqueue::enqueue(
                 &mut conn,
                 &keys,
                 &args.event,
@@ -75,10 +75,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             .context("queueing users")?;
             println!(
                 "queued {} users for {} (first {}, last {})",
-                ids.len(),
+                done.count,
                 args.event,
-                ids.first().map(String::as_str).unwrap_or("-"),
-                ids.last().map(String::as_str).unwrap_or("-")
+                done.first.as_deref().unwrap_or("-"),
+                done.last.as_deref().unwrap_or("-")
             );
             Ok(())
         }

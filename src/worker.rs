@@ -33,7 +33,7 @@ use crate::stats::{EventSnapshot, Stats};
 use crate::store::{self, RedisConn};
 
 /// Every this many passes the reaper and the claim run for every event, idle or not.
-pub const FULL_PASS_EVERY: u64 = 10;
+pub const FULL_PASS_EVERY: u64 = 30;
 
 /// What the last admit reply said of an event: enough to know whether the reaper
 /// or the outbox claim has anything to do there.
@@ -87,7 +87,10 @@ pub struct Worker {
     settings: Settings,
     conn: RedisConn,
     scripts: Arc<Scripts>,
-    delivery: Delivery,
+    delivery: Arc<Delivery>,
+    /// The previous pass's delivery, still signing and writing tokens while this
+    /// pass admits; awaited before the next one starts, so messages keep their order.
+    pending: Option<tokio::task::JoinHandle<Result<(), DeliveryError>>>,
     stats: Arc<Stats>,
     refill: Arc<Refill>,
     completions: Option<Completions>,
@@ -205,7 +208,8 @@ impl Worker {
             settings,
             conn,
             scripts,
-            delivery,
+            delivery: Arc::new(delivery),
+            pending: None,
             stats,
             refill,
             completions: Some(completions),
@@ -339,6 +343,7 @@ impl Worker {
             tracing::debug!(error = %e, "could not remove the heartbeat");
         }
         tracing::info!("Queue processor stopping: flushing Kafka and settling in-flight messages");
+        self.await_pending().await;
         self.delivery.finish(self.settings.shutdown_timeout).await;
         tracing::info!("Queue processor stopped");
     }
@@ -423,20 +428,50 @@ impl Worker {
         // Idle events skip the reaper and the claim: the last admit reply says whether
         // a deadline is due, a slot lacks one, or the outbox holds anything. Every
         // FULL_PASS_EVERY-th pass, and for events not seen yet, everything runs.
-        let full = self.passes % FULL_PASS_EVERY == 0;
+        let full = self.passes.is_multiple_of(FULL_PASS_EVERY);
         self.passes = self.passes.wrapping_add(1);
-        let plans: Vec<(bool, bool)> = events
+        let mut plans: Vec<(bool, bool, bool)> = events
             .iter()
             .map(|e| match self.hints.get(e) {
                 Some(h) if !full => (
                     h.next_deadline_ms.is_some_and(|d| d <= now) || h.in_use > h.deadlines,
                     h.outbox_depth > 0,
+                    true,
                 ),
-                _ => (true, true),
+                _ => (true, true, true),
             })
             .collect();
+        // An event with nothing to reap or publish is admitted only if someone waits:
+        // two ZCARDs (no script) per such event, in one round trip for the chunk.
+        let idle: Vec<usize> = (0..events.len())
+            .filter(|&i| !full && !plans[i].0 && !plans[i].1)
+            .collect();
+        if !idle.is_empty() {
+            let mut p = redis::pipe();
+            for &i in &idle {
+                p.cmd("ZCARD").arg(s.keys.queue(&events[i]));
+                p.cmd("ZCARD").arg(s.keys.priority(&events[i]));
+            }
+            let lens: Vec<u64> = retry::with_retries(
+                s.retry_attempts,
+                self.backoff(),
+                retry::is_transient,
+                || {
+                    let mut conn = self.conn.clone();
+                    let p = &p;
+                    async move { p.query_async(&mut conn).await }
+                },
+            )
+            .await
+            .map_err(|e| EventError::Admit(ScriptError::Redis(e)))?;
+            for (n, &i) in idle.iter().enumerate() {
+                let waiting = lens.get(2 * n).copied().unwrap_or(1)
+                    + lens.get(2 * n + 1).copied().unwrap_or(1);
+                plans[i].2 = waiting > 0;
+            }
+        }
         let mut calls: Vec<Call<'_>> = Vec::with_capacity(events.len() * 3);
-        for (e, (reap_it, claim_it)) in events.iter().zip(&plans) {
+        for (e, (reap_it, claim_it, admit_it)) in events.iter().zip(&plans) {
             if *reap_it {
                 calls.push(reap::call(
                     &self.scripts.reap,
@@ -456,7 +491,9 @@ impl Worker {
                     s.outbox_batch,
                 ));
             }
-            calls.push(admit::call(&self.scripts.admit, &s.keys, e, &args));
+            if *admit_it {
+                calls.push(admit::call(&self.scripts.admit, &s.keys, e, &args));
+            }
         }
         let results = retry::with_retries(
             s.retry_attempts,
@@ -475,7 +512,7 @@ impl Worker {
         let mut reports = Vec::with_capacity(events.len());
         let mut to_deliver = Vec::new();
         let mut results = results.into_iter();
-        for (event, (reap_it, claim_it)) in events.iter().zip(plans) {
+        for (event, (reap_it, claim_it, admit_it)) in events.iter().zip(plans) {
             let mut report = EventReport::default();
             if reap_it {
                 let Some(r) = results.next() else { break };
@@ -492,8 +529,14 @@ impl Worker {
             } else {
                 Some(Ok(redis::Value::Array(Vec::new())))
             };
-            let (Some(c), Some(a)) = (c, results.next()) else {
-                break;
+            let Some(c) = c else { break };
+            let a = if admit_it {
+                match results.next() {
+                    Some(a) => Some(a),
+                    None => break,
+                }
+            } else {
+                None
             };
             let mut entries = Vec::new();
             match c.map_err(ScriptError::Redis).and_then(claim_outbox::parse) {
@@ -508,8 +551,9 @@ impl Worker {
                 }
                 Err(e) => self.event_failed(event, &EventError::Claim(e)),
             }
-            match a.map_err(ScriptError::Redis).and_then(admit::parse) {
-                Ok(outcome) => {
+            match a.map(|a| a.map_err(ScriptError::Redis).and_then(admit::parse)) {
+                None => {}
+                Some(Ok(outcome)) => {
                     self.hints.insert(
                         event.clone(),
                         Hint {
@@ -522,15 +566,40 @@ impl Worker {
                     entries.extend(self.note_admitted(event, &outcome, now).await?);
                     report.admit = outcome;
                 }
-                Err(e) => self.event_failed(event, &EventError::Admit(e)),
+                Some(Err(e)) => self.event_failed(event, &EventError::Admit(e)),
             }
             if !entries.is_empty() {
                 to_deliver.push((event.clone(), entries));
             }
             reports.push(report);
         }
-        self.delivery.dispatch_many(to_deliver).await?;
+        // Overlap: this pass's tokens and messages go out while the next pass admits.
+        self.await_pending().await;
+        if !to_deliver.is_empty() {
+            let delivery = self.delivery.clone();
+            self.pending = Some(tokio::spawn(async move {
+                delivery.dispatch_many(to_deliver).await
+            }));
+        }
         Ok(reports)
+    }
+
+    /// Wait for the previous pass's delivery; its failure leaves its entries in the
+    /// outbox (due again when their lease runs out), so it is only counted here.
+    async fn await_pending(&mut self) {
+        if let Some(h) = self.pending.take() {
+            match h.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    self.stats.error("redis");
+                    tracing::error!(error = %e, "delivery failed; the entries stay in the outbox");
+                }
+                Err(e) => {
+                    self.stats.error("delivery");
+                    tracing::error!(error = %e, "delivery task failed; the entries stay in the outbox");
+                }
+            }
+        }
     }
 
     fn event_failed(&self, event: &str, e: &EventError) {
@@ -667,6 +736,7 @@ impl Worker {
         .await
         .map_err(EventError::Admit)?;
         let entries = self.note_admitted(event, &outcome, now).await?;
+        self.await_pending().await;
         self.delivery.dispatch(event, entries).await?;
         Ok(outcome)
     }

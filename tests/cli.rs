@@ -234,3 +234,48 @@ fn enqueue_writes_the_contract() {
         .expect("SMEMBERS");
     assert_eq!(active, ["e9"]);
 }
+
+/// CI runs only a tiny smoke run of the bench, to keep it working (figures are in
+/// BENCHMARKS.md, never asserted).
+#[test]
+fn bench_quick_smoke_run_reports_every_section() {
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "--quick",
+            "--json",
+            "--users",
+            "300",
+            "--big-queue",
+            "2000",
+            "--events",
+            "20",
+            "--samples",
+            "3",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the bench");
+    assert!(
+        out.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(v["end_to_end"].as_array().map(Vec::len), Some(3));
+    assert_eq!(v["admit_script_only"].as_array().map(Vec::len), Some(3));
+    for key in [
+        "naive_per_user",
+        "ratio_to_naive",
+        "refill_p50_ms",
+        "refill_p99_ms",
+        "cycle_cost_ratio",
+        "full_pass",
+        "peak_rss_mb",
+    ] {
+        assert!(!v[key].is_null(), "{key} missing");
+    }
+    for e in v["end_to_end"].as_array().into_iter().flatten() {
+        assert!(e["users_per_sec"].as_f64().is_some_and(|x| x > 0.0));
+    }
+}
