@@ -1,5 +1,5 @@
 -- admit.lua: move waiting sessions of one event into checkout, atomically.
--- version: 3
+-- version: 4
 --
 -- One call does, for one event: read the capacity settings (per-event config hash
 -- over the defaults), count the slots in use, look at the head of the priority lane
@@ -111,6 +111,37 @@ if paused == 1 or want <= 0 then
   return { {0, 0, in_use, capacity, batch, paused, rate_left, q, o, d, nd}, invalid, {} }
 end
 
+-- Session and user ids travel in JSON and JWTs, so they must be non-empty UTF-8;
+-- anything else is dropped like any other session that may not be admitted.
+local function utf8_ok(s)
+  if s == '' then return false end
+  if not s:find('[\128-\255]') then return true end
+  local i, n = 1, #s
+  while i <= n do
+    local c = s:byte(i)
+    local len
+    if c < 0x80 then len = 1
+    elseif c >= 0xC2 and c <= 0xDF then len = 2
+    elseif c >= 0xE0 and c <= 0xEF then len = 3
+    elseif c >= 0xF0 and c <= 0xF4 then len = 4
+    else return false end
+    if i + len - 1 > n then return false end
+    for j = i + 1, i + len - 1 do
+      local cc = s:byte(j)
+      if cc < 0x80 or cc > 0xBF then return false end
+    end
+    if len == 3 then
+      local c2 = s:byte(i + 1)
+      if (c == 0xE0 and c2 < 0xA0) or (c == 0xED and c2 > 0x9F) then return false end
+    elseif len == 4 then
+      local c2 = s:byte(i + 1)
+      if (c == 0xF0 and c2 < 0x90) or (c == 0xF4 and c2 > 0x8F) then return false end
+    end
+    i = i + len
+  end
+  return true
+end
+
 -- Validate: walk the lanes in order and decide for each member, without writing.
 local admitted, users, dropped, seen = {}, {}, {}, {}
 local examined = 0
@@ -128,7 +159,7 @@ for _, lane in ipairs(lanes) do
       if not seen[sid] then
         seen[sid] = true
         local h = redis.pcall('HMGET', session_prefix .. sid, 'status', 'user_id', 'event_id')
-        if not h.err and h[1] == 'queued' and h[2] and h[2] ~= ''
+        if not h.err and h[1] == 'queued' and h[2] and utf8_ok(h[2]) and utf8_ok(sid)
             and (not h[3] or h[3] == '' or h[3] == event_id) then
           admitted[#admitted + 1] = sid
           users[#users + 1] = h[2]
