@@ -279,3 +279,94 @@ fn bench_quick_smoke_run_reports_every_section() {
         assert!(e["users_per_sec"].as_f64().is_some_and(|x| x > 0.0));
     }
 }
+
+/// A Redis with a password works, and neither the password nor the JWT secret
+/// reaches a log line, even at debug level.
+#[test]
+fn password_protected_redis_works_and_secrets_stay_out_of_the_logs() {
+    let password = "s3cret-redis-pass";
+    let redis = RedisServer::start_with_password(password);
+    let kafka = MockKafka::start();
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut c = client.get_connection().expect("connect with the password");
+    for i in 0..5 {
+        let sid = format!("pw-{i}");
+        let _: () = redis::cmd("HSET")
+            .arg(format!("waitroom:session:{sid}"))
+            .arg("status")
+            .arg("queued")
+            .arg("user_id")
+            .arg("u")
+            .query(&mut c)
+            .expect("HSET");
+        let _: () = redis::cmd("ZADD")
+            .arg("waitroom:pw:queue")
+            .arg(i)
+            .arg(&sid)
+            .query(&mut c)
+            .expect("ZADD");
+    }
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--redis-url",
+            &redis.url(),
+            "--kafka-brokers",
+            &kafka.bootstrap,
+            "--event",
+            "pw",
+        ])
+        .args([
+            "--process-interval",
+            "50ms",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--shutdown-timeout",
+            "5s",
+        ])
+        .env("QUEUE_JWT_SECRET", SECRET)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn worker");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n: u64 = redis::cmd("SCARD")
+            .arg("waitroom:pw:processing")
+            .query(&mut c)
+            .expect("SCARD");
+        if n == 5 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing admitted through a password-protected Redis"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let code = child.wait().expect("wait");
+    let mut stderr = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    assert!(code.success(), "{stderr}");
+    assert!(
+        stderr.contains("Admitting users to checkout"),
+        "the logs were read: {stderr}"
+    );
+    assert!(
+        !stderr.contains(password),
+        "the Redis password reached the logs"
+    );
+    assert!(!stderr.contains(SECRET), "the JWT secret reached the logs");
+}

@@ -61,6 +61,7 @@ pub struct RedisServer {
     child: Option<Child>,
     dir: PathBuf,
     appendonly: bool,
+    password: Option<String>,
 }
 
 impl RedisServer {
@@ -70,6 +71,15 @@ impl RedisServer {
 
     /// With `appendonly`, data survives a restart.
     pub fn start_with(appendonly: bool) -> Self {
+        Self::start_full(appendonly, None)
+    }
+
+    /// With `requirepass`: clients must authenticate.
+    pub fn start_with_password(password: &str) -> Self {
+        Self::start_full(false, Some(password.to_owned()))
+    }
+
+    fn start_full(appendonly: bool, password: Option<String>) -> Self {
         let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("waitroom-test-redis-{}-{port}", std::process::id()));
@@ -79,13 +89,18 @@ impl RedisServer {
             child: None,
             dir,
             appendonly,
+            password,
         };
         s.spawn();
         s
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+        let mut cmd = Command::new("redis-server");
+        if let Some(p) = &self.password {
+            cmd.args(["--requirepass", p]);
+        }
+        let child = cmd
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -123,7 +138,10 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     pub async fn conn(&self) -> MultiplexedConnection {
