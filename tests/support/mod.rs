@@ -110,6 +110,12 @@ impl RedisServer {
                 "",
                 "--appendonly",
                 if self.appendonly { "yes" } else { "no" },
+                "--appendfsync",
+                if self.appendonly {
+                    "always"
+                } else {
+                    "everysec"
+                },
                 "--dir",
                 self.dir.to_str().expect("utf-8 temp dir"),
                 "--daemonize",
@@ -161,6 +167,18 @@ impl RedisServer {
 
     pub fn restart(&mut self) {
         self.stop();
+        self.spawn();
+    }
+
+    /// Stop with SIGTERM (Redis flushes its AOF and exits cleanly), then start
+    /// again on the same port and directory.
+    pub fn restart_graceful(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
         self.spawn();
     }
 }
@@ -453,21 +471,29 @@ impl CheckoutService {
         let producer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .set("linger.ms", "0")
+            // Short, so a send during a broker outage fails fast and is sent again.
+            .set("message.timeout.ms", "2000")
             .create()
             .expect("producer");
         CheckoutService { producer }
     }
 
-    /// Send a raw payload and wait for the broker's acknowledgement.
+    /// Send a raw payload and wait for the broker's acknowledgement, sending again
+    /// while the brokers are away (for at most 60s).
     pub async fn send_raw(&self, key: &str, payload: &[u8]) {
-        let rec = rdkafka::producer::FutureRecord::to(COMPLETED)
-            .key(key)
-            .payload(payload);
-        self.producer
-            .send(rec, Duration::from_secs(10))
-            .await
-            .map_err(|(e, _)| e)
-            .expect("completion acknowledged");
+        let start = Instant::now();
+        loop {
+            let rec = rdkafka::producer::FutureRecord::to(COMPLETED)
+                .key(key)
+                .payload(payload);
+            match self.producer.send(rec, Duration::from_secs(2)).await {
+                Ok(_) => return,
+                Err((e, _)) => assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "completion not acknowledged for 60s: {e}"
+                ),
+            }
+        }
     }
 
     pub async fn complete(&self, session: &str, event: Option<&str>, outcome: &str) {
