@@ -45,6 +45,9 @@ pub struct BenchArgs {
     /// Most events of the full-pass run (also run with 1 and 1000).
     #[arg(long, default_value_t = 10_000)]
     pub events: usize,
+    /// Replicas of the replica section (on the largest event count).
+    #[arg(long, default_value_t = 8)]
+    pub replicas: usize,
     /// Refill latency samples.
     #[arg(long, default_value_t = 200)]
     pub samples: usize,
@@ -95,6 +98,10 @@ pub struct Report {
     /// (events, ms of the first pass (admitting), ms of a steady pass, ms of Redis
     /// CPU in the steady pass).
     pub full_pass: Vec<(usize, f64, f64, f64)>,
+    /// Replicas on the largest event count: (replicas, events, wall ms of a steady
+    /// round of all of them at once, Redis CPU ms of that round, Redis CPU ms of one
+    /// replica's complete pass, which each replica runs every 30th pass).
+    pub replicas: (usize, usize, f64, f64, f64),
     pub peak_rss_mb: f64,
 }
 
@@ -511,6 +518,57 @@ async fn full_pass(env: &mut Env, n: usize) -> Result<(f64, f64, f64), BenchErro
     Ok((first, steady, cpu))
 }
 
+/// 7. Replicas: `replicas` workers on the `n`-event layout of [`full_pass`], all
+///    doing a steady pass at once. Returns (wall ms of the round, Redis CPU ms of the
+///    round, Redis CPU ms of one full pass, the kind every 30th pass is).
+async fn replicas_pass(
+    env: &mut Env,
+    n: usize,
+    replicas: usize,
+) -> Result<(f64, f64, f64), BenchError> {
+    let prefix = format!("bench-events-{n}");
+    let mut workers = Vec::with_capacity(replicas);
+    let mut full_cpu = 0.0;
+    for i in 0..replicas {
+        let mut w = start_worker(settings(env, &prefix, &["--batch-size", "10"])?).await?;
+        // The first pass of a new replica runs everything everywhere: time its Redis CPU once.
+        let cpu0 = redis_cpu(&mut env.conn).await?;
+        if !w.cycle().await {
+            return Err(BenchError::Other("a cycle failed".into()));
+        }
+        if i == 0 {
+            full_cpu = (redis_cpu(&mut env.conn).await? - cpu0) * 1e3;
+        }
+        if !w.cycle().await {
+            return Err(BenchError::Other("a cycle failed".into()));
+        }
+        workers.push(w);
+    }
+    let cpu0 = redis_cpu(&mut env.conn).await?;
+    let t = Instant::now();
+    let mut tasks = Vec::with_capacity(replicas);
+    for mut w in workers {
+        tasks.push(tokio::spawn(async move {
+            let ok = w.cycle().await;
+            (w, ok)
+        }));
+    }
+    let mut done = Vec::with_capacity(replicas);
+    for task in tasks {
+        let (w, ok) = task.await.map_err(|e| BenchError::Other(e.to_string()))?;
+        if !ok {
+            return Err(BenchError::Other("a cycle failed".into()));
+        }
+        done.push(w);
+    }
+    let wall = t.elapsed().as_secs_f64() * 1e3;
+    let cpu = (redis_cpu(&mut env.conn).await? - cpu0) * 1e3;
+    // Dropping a worker closes its Kafka consumer, which blocks: not on the clock,
+    // and not on an async thread.
+    let _ = tokio::task::spawn_blocking(move || drop(done)).await;
+    Ok((wall, cpu, full_cpu))
+}
+
 /// 6. Peak resident set of this process (worker, bench driver and embedded Kafka).
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -530,6 +588,7 @@ pub async fn run(mut a: BenchArgs) -> Result<Report, BenchError> {
         a.big_queue = a.big_queue.min(20_000);
         a.events = a.events.min(200);
         a.samples = a.samples.min(10);
+        a.replicas = a.replicas.min(2);
     }
     let private_redis = match &a.redis_url {
         Some(_) => None,
@@ -590,6 +649,10 @@ pub async fn run(mut a: BenchArgs) -> Result<Report, BenchError> {
         let (first, steady, cpu) = full_pass(&mut env, n).await?;
         passes.push((n, first, steady, cpu));
     }
+    // Before the replica section, which runs several workers in this process.
+    let peak_rss_mb = peak_rss_mb();
+    say(&format!("{} replicas over {} events", a.replicas, a.events));
+    let (rw, rc, rf) = replicas_pass(&mut env, a.events, a.replicas).await?;
     let ratio_to_ceiling = e2e
         .iter()
         .zip(&ceiling)
@@ -613,7 +676,8 @@ pub async fn run(mut a: BenchArgs) -> Result<Report, BenchError> {
         cycle_big_queue_ms: big,
         cycle_cost_ratio: big / small,
         full_pass: passes,
-        peak_rss_mb: peak_rss_mb(),
+        replicas: (a.replicas, a.events, rw, rc, rf),
+        peak_rss_mb,
     })
 }
 
@@ -662,8 +726,12 @@ pub fn render(r: &Report) -> String {
             "full pass over {n:>6} events: {first:>8.1} ms admitting, {steady:>8.1} ms steady ({cpu:.1} ms Redis CPU)\n"
         ));
     }
+    let (n, e, wall, cpu, full) = r.replicas;
     t.push_str(&format!(
-        "peak RSS of the bench process (worker, driver, embedded Kafka): {:.1} MB\n",
+        "{n} replicas over {e} events, steady round at once: {wall:.1} ms, {cpu:.1} ms Redis CPU; a complete pass (every 30th) {full:.1} ms Redis CPU\n"
+    ));
+    t.push_str(&format!(
+        "peak RSS of the bench process before the replica section (one worker at a time, driver, embedded Kafka): {:.1} MB\n",
         r.peak_rss_mb
     ));
     t

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionLike;
 
-use super::{Script, ScriptError};
+use super::{Call, Script, ScriptError};
 use crate::clock;
 use crate::keys::Keys;
 
@@ -51,6 +51,41 @@ pub enum Released {
     OtherEvent,
 }
 
+/// The call releasing `session` of `event` (to run alone or in a batch).
+pub fn call<'a>(
+    script: &'a Script,
+    keys: &Keys,
+    event: &str,
+    session: &str,
+    outcome: Outcome,
+    session_ttl: Duration,
+) -> Call<'a> {
+    Call {
+        script,
+        keys: vec![
+            keys.processing(event),
+            keys.deadlines(event),
+            keys.session(event, session),
+        ],
+        args: vec![
+            session.to_owned(),
+            event.to_owned(),
+            outcome.status().to_owned(),
+            clock::rfc3339_seconds(clock::now_ms()),
+            session_ttl.as_millis().max(1).to_string(),
+        ],
+    }
+}
+
+/// Read the script's reply.
+pub fn parse(r: i64) -> Released {
+    match r {
+        1 => Released::Freed,
+        -1 => Released::OtherEvent,
+        _ => Released::NotInProcessing,
+    }
+}
+
 pub async fn release<C: ConnectionLike + Send>(
     script: &Script,
     conn: &mut C,
@@ -60,23 +95,9 @@ pub async fn release<C: ConnectionLike + Send>(
     outcome: Outcome,
     session_ttl: Duration,
 ) -> Result<Released, ScriptError> {
-    let k = [
-        keys.processing(event),
-        keys.deadlines(event),
-        keys.session(event, session),
-    ];
-    let now = clock::rfc3339_seconds(clock::now_ms());
-    let ttl = session_ttl.as_millis().max(1).to_string();
-    let r: i64 = script
-        .invoke(
-            conn,
-            &[&k[0], &k[1], &k[2]],
-            &[session, event, outcome.status(), &now, &ttl],
-        )
-        .await?;
-    Ok(match r {
-        1 => Released::Freed,
-        -1 => Released::OtherEvent,
-        _ => Released::NotInProcessing,
-    })
+    let c = call(script, keys, event, session, outcome, session_ttl);
+    let keys_ref: Vec<&str> = c.keys.iter().map(String::as_str).collect();
+    let argv_ref: Vec<&str> = c.args.iter().map(String::as_str).collect();
+    let r: i64 = script.invoke(conn, &keys_ref, &argv_ref).await?;
+    Ok(parse(r))
 }
