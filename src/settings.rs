@@ -563,6 +563,20 @@ impl RunArgs {
     }
 }
 
+impl Settings {
+    /// What the admit script needs from the settings, for an admission at `now_ms`.
+    pub fn admit_args(&self, now_ms: u64) -> crate::scripts::admit::AdmitArgs {
+        crate::scripts::admit::AdmitArgs {
+            default_max_concurrent: self.max_concurrent,
+            default_batch_size: self.batch_size,
+            now_ms,
+            checkout_window: self.checkout_window,
+            session_ttl: self.session_ttl,
+            outbox_lease: self.outbox_lease,
+        }
+    }
+}
+
 /// `redis://user:secret@host/` → `redis://user:***@host/`, for logs.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {

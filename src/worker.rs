@@ -23,7 +23,7 @@ use crate::outbox::OutboxEntry;
 use crate::publisher::Publisher;
 use crate::refill::Refill;
 use crate::retry::{self, Backoff};
-use crate::scripts::admit::{self, AdmitArgs, AdmitOutcome};
+use crate::scripts::admit::{self, AdmitOutcome};
 use crate::scripts::claim_outbox;
 use crate::scripts::reap::{self, Reaped};
 use crate::scripts::{self, Call, ScriptError, Scripts};
@@ -417,14 +417,7 @@ impl Worker {
     ) -> Result<Vec<EventReport>, EventError> {
         let s = &self.settings;
         let now = clock::now_ms();
-        let args = AdmitArgs {
-            default_max_concurrent: s.max_concurrent,
-            default_batch_size: s.batch_size,
-            now_ms: now,
-            checkout_window: s.checkout_window,
-            session_ttl: s.session_ttl,
-            outbox_lease: s.outbox_lease,
-        };
+        let args = s.admit_args(now);
         // Idle events skip the reaper and the claim: the last admit reply says whether
         // a deadline is due, a slot lacks one, or the outbox holds anything. Every
         // FULL_PASS_EVERY-th pass, and for events not seen yet, everything runs.
@@ -715,14 +708,7 @@ impl Worker {
     pub async fn admit_event(&mut self, event: &str) -> Result<AdmitOutcome, EventError> {
         let s = &self.settings;
         let now = clock::now_ms();
-        let args = AdmitArgs {
-            default_max_concurrent: s.max_concurrent,
-            default_batch_size: s.batch_size,
-            now_ms: now,
-            checkout_window: s.checkout_window,
-            session_ttl: s.session_ttl,
-            outbox_lease: s.outbox_lease,
-        };
+        let args = s.admit_args(now);
         let outcome = retry::with_retries(
             s.retry_attempts,
             self.backoff(),
