@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
-exec cargo run --release --quiet -- demo "$@"
+exec cargo run --release -- demo "$@"

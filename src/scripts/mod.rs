@@ -3,8 +3,9 @@
 //! Each script is one state transition, and has exactly one module here that builds
 //! its KEYS and ARGV and reads its reply; the two read side by side. Scripts are
 //! called with EVALSHA by a SHA1 computed here from the embedded source. Redis forgets
-//! scripts on restart, failover and `SCRIPT FLUSH`; on NOSCRIPT the source is loaded
-//! again and the call repeated, so a vanished cache never stops the worker.
+//! scripts on restart, failover and `SCRIPT FLUSH`; on NOSCRIPT the call is sent again
+//! as EVAL with the source (which caches the script again), so a vanished cache never
+//! stops the worker and a flush racing a reload cannot fail the call.
 
 pub mod admit;
 pub mod claim_outbox;
@@ -116,9 +117,11 @@ impl Script {
         cmd.arg(&self.sha).arg(keys.len()).arg(keys).arg(args);
         match cmd.query_async(conn).await {
             Err(e) if is_noscript(&e) => {
-                tracing::warn!(script = self.name, sha = %self.sha, "script missing from Redis cache, reloading");
-                self.load(conn).await?;
-                Ok(cmd.query_async(conn).await?)
+                // EVAL with the source cannot meet NOSCRIPT, and caches the script again.
+                tracing::warn!(script = self.name, sha = %self.sha, "script missing from Redis cache, sending its source");
+                let mut eval = redis::cmd("EVAL");
+                eval.arg(self.source).arg(keys.len()).arg(keys).arg(args);
+                Ok(eval.query_async(conn).await?)
             }
             other => Ok(other?),
         }
@@ -169,22 +172,19 @@ pub async fn run_batch<C: ConnectionLike + Send>(
     if missing.is_empty() {
         return Ok(results);
     }
-    let mut loaded: Vec<&str> = Vec::new();
-    for &i in &missing {
-        let s = calls[i].script;
-        if !loaded.contains(&s.name) {
-            tracing::warn!(script = s.name, sha = %s.sha, "script missing from Redis cache, reloading");
-            s.load(conn).await.map_err(|e| match e {
-                ScriptError::Redis(r) => r,
-                other => RedisError::from((ErrorKind::Client, "script load", other.to_string())),
-            })?;
-            loaded.push(s.name);
-        }
-    }
+    // Send just those calls again as EVAL with the source: it cannot meet NOSCRIPT
+    // (a flush racing a SCRIPT LOAD could), and it puts the script back in the cache.
     let mut again = redis::pipe();
     again.ignore_errors();
     for &i in &missing {
-        calls[i].add_to(&mut again);
+        let c = &calls[i];
+        tracing::warn!(script = c.script.name, sha = %c.script.sha, "script missing from Redis cache, sending its source");
+        again
+            .cmd("EVAL")
+            .arg(c.script.source)
+            .arg(c.keys.len())
+            .arg(&c.keys)
+            .arg(&c.args);
     }
     let retried: Vec<Result<redis::Value, RedisError>> = again.query_async(conn).await?;
     for (i, r) in missing.into_iter().zip(retried) {
