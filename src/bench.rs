@@ -166,20 +166,39 @@ async fn start_worker(s: Settings) -> Result<Worker, BenchError> {
         .ok_or_else(|| BenchError::Other("worker stopped".into()))
 }
 
-/// 1. The full path on one event: cycles back to back until every user is admitted
-///    and Kafka acknowledged every message (outbox empty).
-async fn end_to_end(env: &mut Env, batch: u64, users: usize) -> Result<Throughput, BenchError> {
-    let prefix = format!("bench-e2e-{batch}");
-    let keys = Keys::new(&prefix, KeyLayout::Default);
-    let event = "sale";
+/// The event every single-event section uses (each under its own prefix).
+const EVENT: &str = "sale";
+
+/// A fresh event under `prefix` with `users` queued as the API would.
+async fn seed(env: &mut Env, prefix: &str, users: usize) -> Result<Keys, BenchError> {
+    let keys = Keys::new(prefix, KeyLayout::Default);
     enqueue::enqueue(
         &mut env.conn,
         &keys,
-        event,
+        EVENT,
         users,
         Duration::from_secs(3600),
     )
     .await?;
+    Ok(keys)
+}
+
+/// Users per second and Redis CPU per admission of a run.
+fn throughput(batch: u64, users: usize, admitted: u64, secs: f64, cpu_secs: f64) -> Throughput {
+    Throughput {
+        batch,
+        users,
+        users_per_sec: admitted as f64 / secs,
+        redis_cpu_us_per_admission: cpu_secs * 1e6 / admitted.max(1) as f64,
+    }
+}
+
+/// 1. The full path on one event: cycles back to back until every user is admitted
+///    and Kafka acknowledged every message (outbox empty).
+async fn end_to_end(env: &mut Env, batch: u64, users: usize) -> Result<Throughput, BenchError> {
+    let prefix = format!("bench-e2e-{batch}");
+    let keys = seed(env, &prefix, users).await?;
+    let event = EVENT;
     let b = batch.to_string();
     let mut w = start_worker(settings(
         env,
@@ -209,27 +228,14 @@ async fn end_to_end(env: &mut Env, batch: u64, users: usize) -> Result<Throughpu
     }
     let secs = t0.elapsed().as_secs_f64();
     let cpu = redis_cpu(&mut env.conn).await? - cpu0;
-    Ok(Throughput {
-        batch,
-        users,
-        users_per_sec: users as f64 / secs,
-        redis_cpu_us_per_admission: cpu * 1e6 / users as f64,
-    })
+    Ok(throughput(batch, users, users as u64, secs, cpu))
 }
 
 /// 2a. The admit script alone (the ceiling): no tokens, no Kafka.
 async fn admit_only(env: &mut Env, batch: u64, users: usize) -> Result<Throughput, BenchError> {
     let prefix = format!("bench-ceiling-{batch}");
-    let keys = Keys::new(&prefix, KeyLayout::Default);
-    let event = "sale";
-    enqueue::enqueue(
-        &mut env.conn,
-        &keys,
-        event,
-        users,
-        Duration::from_secs(3600),
-    )
-    .await?;
+    let keys = seed(env, &prefix, users).await?;
+    let event = EVENT;
     let scripts = Scripts::new();
     scripts
         .load_all(&mut env.conn)
@@ -257,28 +263,15 @@ async fn admit_only(env: &mut Env, batch: u64, users: usize) -> Result<Throughpu
     }
     let secs = t0.elapsed().as_secs_f64();
     let cpu = redis_cpu(&mut env.conn).await? - cpu0;
-    Ok(Throughput {
-        batch,
-        users,
-        users_per_sec: admitted as f64 / secs,
-        redis_cpu_us_per_admission: cpu * 1e6 / admitted.max(1) as f64,
-    })
+    Ok(throughput(batch, users, admitted, secs, cpu))
 }
 
 /// 2b. The seed's flow written without Lua: SCARD, ZPOPMIN, then per user HSET and
 ///     SADD as separate round trips.
 async fn naive(env: &mut Env, batch: u64, users: usize) -> Result<Throughput, BenchError> {
     let prefix = "bench-naive";
-    let keys = Keys::new(prefix, KeyLayout::Default);
-    let event = "sale";
-    enqueue::enqueue(
-        &mut env.conn,
-        &keys,
-        event,
-        users,
-        Duration::from_secs(3600),
-    )
-    .await?;
+    let keys = seed(env, prefix, users).await?;
+    let event = EVENT;
     let cpu0 = redis_cpu(&mut env.conn).await?;
     let t0 = Instant::now();
     let mut admitted = 0usize;
@@ -317,27 +310,14 @@ async fn naive(env: &mut Env, batch: u64, users: usize) -> Result<Throughput, Be
     }
     let secs = t0.elapsed().as_secs_f64();
     let cpu = redis_cpu(&mut env.conn).await? - cpu0;
-    Ok(Throughput {
-        batch,
-        users: admitted,
-        users_per_sec: admitted as f64 / secs,
-        redis_cpu_us_per_admission: cpu * 1e6 / admitted.max(1) as f64,
-    })
+    Ok(throughput(batch, admitted, admitted as u64, secs, cpu))
 }
 
 /// 4. Completion produced -> next admission visible in Redis, at a 1s interval.
 async fn refill(env: &mut Env, samples: usize) -> Result<(f64, f64), BenchError> {
     let prefix = "bench-refill";
-    let keys = Keys::new(prefix, KeyLayout::Default);
-    let event = "sale";
-    enqueue::enqueue(
-        &mut env.conn,
-        &keys,
-        event,
-        samples + 20,
-        Duration::from_secs(3600),
-    )
-    .await?;
+    let keys = seed(env, prefix, samples + 20).await?;
+    let event = EVENT;
     let w = start_worker(settings(
         env,
         prefix,
@@ -429,16 +409,8 @@ async fn refill(env: &mut Env, samples: usize) -> Result<(f64, f64), BenchError>
 /// 5a. One admit cycle (batch 100) with a short and with a long queue: median ms.
 async fn cycle_cost(env: &mut Env, queued: usize) -> Result<f64, BenchError> {
     let prefix = format!("bench-queue-{queued}");
-    let keys = Keys::new(&prefix, KeyLayout::Default);
-    let event = "sale";
-    enqueue::enqueue(
-        &mut env.conn,
-        &keys,
-        event,
-        queued,
-        Duration::from_secs(3600),
-    )
-    .await?;
+    seed(env, &prefix, queued).await?;
+    let event = EVENT;
     let mut w = start_worker(settings(
         env,
         &prefix,

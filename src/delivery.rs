@@ -37,10 +37,9 @@ pub enum DeliveryError {
 pub struct DeliveryPolicy {
     /// Tries of a Redis operation.
     pub attempts: u32,
-    /// Backoff between those tries.
+    /// Backoff between those tries; also bounds the spacing of publish retries of
+    /// one outbox entry (at least `first`, at most `max`).
     pub backoff: Backoff,
-    /// Spacing of publish retries of one entry (first, max).
-    pub publish_retry: Backoff,
 }
 
 /// Signs, patches and publishes outbox entries.
@@ -138,7 +137,7 @@ impl Delivery {
             })
             .collect();
         let calls: Vec<Call<'_>> = patches
-            .iter()
+            .into_iter()
             .map(|ps| set_tokens::call(&self.scripts.set_tokens, ps))
             .collect();
         let results = retry::with_retries(
@@ -266,7 +265,7 @@ impl Delivery {
                 by_event.entry(event.as_str()).or_default().acked.push(e.raw.as_slice());
             }
             for (event, e) in &failed {
-                let due = outbox::next_due(now, e.admitted_ms, policy.publish_retry.first, policy.publish_retry.max);
+                let due = outbox::next_due(now, e.admitted_ms, policy.backoff.first, policy.backoff.max);
                 by_event.entry(event.as_str()).or_default().retry.push((e.raw.as_slice(), due));
             }
             let settlements: Vec<(String, Settlement<'_>)> =
@@ -284,14 +283,6 @@ impl Delivery {
                 stats.error("redis");
             }
         });
-    }
-
-    /// Messages queued and not yet settled.
-    pub fn in_flight(&self) -> usize {
-        match self.inflight.lock() {
-            Ok(g) => g.len(),
-            Err(p) => p.into_inner().len(),
-        }
     }
 
     /// Flush the producer and wait for every in-flight settlement, at most `timeout`.

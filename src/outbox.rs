@@ -91,7 +91,9 @@ pub struct Settlement<'a> {
     pub retry: Vec<(&'a [u8], u64)>,
 }
 
-/// [`settle`] for many outboxes (key, settlement) in one pipeline.
+/// Remove the acknowledged entries and reschedule the failed ones, for many
+/// outboxes (key, settlement) in one pipeline. Rescheduling uses ZADD XX: an entry
+/// another replica already acknowledged is not brought back.
 pub async fn settle_many<C: ConnectionLike + Send>(
     conn: &mut C,
     settlements: &[(String, Settlement<'_>)],
@@ -120,22 +122,6 @@ fn add_settlement(p: &mut redis::Pipeline, outbox_key: &str, s: &Settlement<'_>)
         p.add_command(c).ignore();
     }
     !s.acked.is_empty() || !s.retry.is_empty()
-}
-
-/// Remove the acknowledged entries and reschedule the failed ones, one pipeline.
-/// Rescheduling uses ZADD XX: an entry another replica already acknowledged is not
-/// brought back.
-pub async fn settle<C: ConnectionLike + Send>(
-    conn: &mut C,
-    outbox_key: &str,
-    s: &Settlement<'_>,
-) -> Result<(), RedisError> {
-    if s.acked.is_empty() && s.retry.is_empty() {
-        return Ok(());
-    }
-    let mut p = redis::pipe();
-    add_settlement(&mut p, outbox_key, s);
-    p.query_async::<()>(conn).await
 }
 
 /// Move unreadable entries to `<outbox>:invalid` (same score) so an operator can look

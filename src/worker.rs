@@ -74,14 +74,6 @@ impl EventError {
     }
 }
 
-/// What one event's step did.
-#[derive(Debug, Default, Clone)]
-pub struct EventReport {
-    pub reaped: Reaped,
-    pub republished: usize,
-    pub admit: AdmitOutcome,
-}
-
 /// The worker: its connection, scripts, producer and settings.
 pub struct Worker {
     settings: Settings,
@@ -201,7 +193,6 @@ impl Worker {
             DeliveryPolicy {
                 attempts: settings.retry_attempts,
                 backoff,
-                publish_retry: backoff,
             },
         );
         Ok(Some(Worker {
@@ -226,17 +217,8 @@ impl Worker {
         self.http.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
-    pub fn id(&self) -> &str {
-        &self.identity.id
-    }
-
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
-    }
-
-    /// The refill bell: the completion consumer rings it when it frees a slot.
-    pub fn refill(&self) -> Arc<Refill> {
-        self.refill.clone()
     }
 
     /// Run cycles until `shutdown` fires; then finish the cycle in flight, flush
@@ -411,10 +393,7 @@ impl Worker {
     }
 
     /// Reap, claim and admit for `events` in one pipeline, then publish.
-    pub async fn process_events(
-        &mut self,
-        events: &[String],
-    ) -> Result<Vec<EventReport>, EventError> {
+    pub async fn process_events(&mut self, events: &[String]) -> Result<(), EventError> {
         let s = &self.settings;
         let now = clock::now_ms();
         let args = s.admit_args(now);
@@ -502,18 +481,13 @@ impl Worker {
         .map_err(|e| EventError::Admit(ScriptError::Redis(e)))?;
         drop(calls);
 
-        let mut reports = Vec::with_capacity(events.len());
         let mut to_deliver = Vec::new();
         let mut results = results.into_iter();
         for (event, (reap_it, claim_it, admit_it)) in events.iter().zip(plans) {
-            let mut report = EventReport::default();
             if reap_it {
                 let Some(r) = results.next() else { break };
                 match r.map_err(ScriptError::Redis).and_then(reap::parse) {
-                    Ok(reaped) => {
-                        self.note_reaped(event, &reaped);
-                        report.reaped = reaped;
-                    }
+                    Ok(reaped) => self.note_reaped(event, &reaped),
                     Err(e) => self.event_failed(event, &EventError::Reap(e)),
                 }
             }
@@ -539,14 +513,13 @@ impl Worker {
                         tracing::info!(event_id = %event, count = claimed.len(), "Publishing pending admissions from the outbox");
                         Stats::add(&self.stats.outbox_claimed, claimed.len() as u64);
                     }
-                    report.republished = claimed.len();
                     entries.extend(claimed);
                 }
                 Err(e) => self.event_failed(event, &EventError::Claim(e)),
             }
             match a.map(|a| a.map_err(ScriptError::Redis).and_then(admit::parse)) {
                 None => {}
-                Some(Ok(outcome)) => {
+                Some(Ok(mut outcome)) => {
                     self.hints.insert(
                         event.clone(),
                         Hint {
@@ -556,15 +529,14 @@ impl Worker {
                             outbox_depth: outcome.outbox_depth,
                         },
                     );
-                    entries.extend(self.note_admitted(event, &outcome, now).await?);
-                    report.admit = outcome;
+                    let admitted = std::mem::take(&mut outcome.entries);
+                    entries.extend(self.note_admitted(event, &outcome, admitted, now).await?);
                 }
                 Some(Err(e)) => self.event_failed(event, &EventError::Admit(e)),
             }
             if !entries.is_empty() {
                 to_deliver.push((event.clone(), entries));
             }
-            reports.push(report);
         }
         // Overlap: this pass's tokens and messages go out while the next pass admits.
         self.await_pending().await;
@@ -574,7 +546,7 @@ impl Worker {
                 delivery.dispatch_many(to_deliver).await
             }));
         }
-        Ok(reports)
+        Ok(())
     }
 
     /// Wait for the previous pass's delivery; its failure leaves its entries in the
@@ -641,10 +613,10 @@ impl Worker {
         &mut self,
         event: &str,
         outcome: &AdmitOutcome,
+        entries: Vec<Vec<u8>>,
         now: u64,
     ) -> Result<Vec<OutboxEntry>, EventError> {
-        let invalid = outcome.invalid_config.clone();
-        self.report_invalid_config(event, &invalid);
+        self.report_invalid_config(event, &outcome.invalid_config);
         tracing::debug!(event_id = %event, batch_size = outcome.batch, in_use = outcome.in_use, capacity = outcome.capacity, "Processing queue batch");
         self.stats
             .event_admitted(event, outcome.admitted, outcome.skipped);
@@ -668,7 +640,7 @@ impl Worker {
             return Ok(Vec::new());
         }
         tracing::info!(event_id = %event, user_count = outcome.admitted, "Admitting users to checkout");
-        let entries = self.readable(event, outcome.entries.clone(), now).await?;
+        let entries = self.readable(event, entries, now).await?;
         tracing::info!(
             event_id = %event,
             attempted = outcome.admitted + outcome.skipped,
@@ -721,7 +693,9 @@ impl Worker {
         )
         .await
         .map_err(EventError::Admit)?;
-        let entries = self.note_admitted(event, &outcome, now).await?;
+        let entries = self
+            .note_admitted(event, &outcome, outcome.entries.clone(), now)
+            .await?;
         self.await_pending().await;
         self.delivery.dispatch(event, entries).await?;
         Ok(outcome)
@@ -740,11 +714,6 @@ impl Worker {
             self.invalid_seen.insert(event.to_owned(), invalid.to_vec());
         }
     }
-
-    /// Messages queued and not yet settled.
-    pub fn in_flight(&self) -> usize {
-        self.delivery.in_flight()
-    }
 }
 
 /// Why the worker could not start.
@@ -756,12 +725,4 @@ pub enum StartError {
     Kafka(#[source] rdkafka::error::KafkaError),
     #[error("http endpoint on {0}: {1}")]
     Http(std::net::SocketAddr, #[source] std::io::Error),
-}
-
-/// Wait `d`, or less if shutdown fires first.
-pub async fn sleep_or_shutdown(d: Duration, shutdown: &mut Shutdown) {
-    tokio::select! {
-        _ = tokio::time::sleep(d) => {}
-        _ = shutdown.recv() => {}
-    }
 }

@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionLike;
-
 use redis::Value;
 
 use super::{Call, Script, ScriptError};
@@ -12,25 +10,8 @@ pub fn script() -> Script {
     Script::new("claim_outbox", include_str!("../../lua/claim_outbox.lua"))
 }
 
-/// Claim up to `limit` entries of `outbox_key` due at `now_ms`; they are due again at
-/// `now_ms + lease` unless acknowledged or rescheduled first.
-pub async fn claim<C: ConnectionLike + Send>(
-    script: &Script,
-    conn: &mut C,
-    outbox_key: &str,
-    now_ms: u64,
-    lease: Duration,
-    limit: u64,
-) -> Result<Vec<Vec<u8>>, ScriptError> {
-    let now = now_ms.to_string();
-    let lease = lease.as_millis().to_string();
-    let limit = limit.to_string();
-    script
-        .invoke(conn, &[outbox_key], &[&now, &lease, &limit])
-        .await
-}
-
-/// The call for one claim (to run in a batch).
+/// The call claiming up to `limit` entries of `outbox_key` due at `now_ms`; they are
+/// due again at `now_ms + lease` unless acknowledged or rescheduled first.
 pub fn call<'a>(
     script: &'a Script,
     outbox_key: &str,

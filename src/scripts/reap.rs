@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionLike;
-
 use redis::Value;
 
 use super::{Call, Script, ScriptError};
@@ -69,19 +67,4 @@ pub fn parse(v: Value) -> Result<Reaped, ScriptError> {
         adopted,
         sessions,
     })
-}
-
-pub async fn reap<C: ConnectionLike + Send>(
-    script: &Script,
-    conn: &mut C,
-    keys: &Keys,
-    event: &str,
-    now_ms: u64,
-    checkout_window: Duration,
-    session_ttl: Duration,
-) -> Result<Reaped, ScriptError> {
-    let c = call(script, keys, event, now_ms, checkout_window, session_ttl);
-    let keys_ref: Vec<&str> = c.keys.iter().map(String::as_str).collect();
-    let argv_ref: Vec<&str> = c.args.iter().map(String::as_str).collect();
-    parse(script.invoke(conn, &keys_ref, &argv_ref).await?)
 }

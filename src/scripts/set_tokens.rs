@@ -16,13 +16,13 @@ pub struct TokenPatch {
 
 /// The call writing every token of one event; its reply is how many hashes were
 /// written (a hash that is gone or belongs to another admission is left alone).
-pub fn call<'a>(script: &'a Script, patches: &[TokenPatch]) -> Call<'a> {
-    Call {
-        script,
-        keys: patches.iter().map(|p| p.session_key.clone()).collect(),
-        args: patches
-            .iter()
-            .flat_map(|p| [p.admitted_at.clone(), p.token.clone()])
-            .collect(),
+pub fn call(script: &Script, patches: Vec<TokenPatch>) -> Call<'_> {
+    let mut keys = Vec::with_capacity(patches.len());
+    let mut args = Vec::with_capacity(2 * patches.len());
+    for p in patches {
+        keys.push(p.session_key);
+        args.push(p.admitted_at);
+        args.push(p.token);
     }
+    Call { script, keys, args }
 }

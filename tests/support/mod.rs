@@ -272,6 +272,23 @@ pub struct Published {
     pub message_id: String,
 }
 
+/// A consumer assigned partition 0 of `topic` from its first message (no group
+/// join, so no rebalance wait).
+fn from_the_start(bootstrap: &str, topic: &str) -> BaseConsumer {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "test-reader")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .expect("partition offset");
+    consumer.assign(&tpl).expect("assign");
+    consumer
+}
+
 /// Reads a topic from the beginning.
 pub struct TopicReader {
     consumer: BaseConsumer,
@@ -280,17 +297,7 @@ pub struct TopicReader {
 
 impl TopicReader {
     pub fn new(bootstrap: &str, topic: &str) -> Self {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("group.id", "test-reader")
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "10")
-            .create()
-            .expect("consumer");
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, 0, Offset::Beginning)
-            .expect("partition offset");
-        consumer.assign(&tpl).expect("assign");
+        let consumer = from_the_start(bootstrap, topic);
         TopicReader {
             consumer,
             messages: Vec::new(),
@@ -520,17 +527,7 @@ pub struct TopicReaderRaw {
 
 impl TopicReaderRaw {
     pub fn new(bootstrap: &str, topic: &str) -> Self {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("group.id", "test-raw-reader")
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "10")
-            .create()
-            .expect("consumer");
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, 0, Offset::Beginning)
-            .expect("offset");
-        consumer.assign(&tpl).expect("assign");
+        let consumer = from_the_start(bootstrap, topic);
         TopicReaderRaw { consumer }
     }
 
