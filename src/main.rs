@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use waitroom_worker::settings::{Cli, Command, RedisArgs, Settings, redact_url};
+use waitroom_worker::settings::{Cli, Command, RedisArgs, Settings};
 use waitroom_worker::shutdown;
 use waitroom_worker::worker::Worker;
 
@@ -58,12 +58,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             if args.event.is_empty() || args.event.contains(['{', '}']) {
                 anyhow::bail!("invalid setting: --event must be non-empty, without braces");
             }
-            let mut conn =
-                waitroom_worker::store::connect(&args.redis.redis_url, args.redis.redis_timeout)
-                    .await
-                    .with_context(|| {
-                        format!("connecting to {}", redact_url(&args.redis.redis_url))
-                    })?;
+            let mut conn = connect(&args.redis).await?;
             let done = waitroom_worker::enqueue::enqueue(
                 &mut conn,
                 &keys,
@@ -149,9 +144,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn connect(r: &RedisArgs) -> anyhow::Result<waitroom_worker::store::RedisConn> {
-    waitroom_worker::store::connect(&r.redis_url, r.redis_timeout)
+    let endpoint = r.endpoint().context("invalid setting")?;
+    waitroom_worker::store::connect(&endpoint, r.redis_timeout)
         .await
-        .with_context(|| format!("connecting to {}", redact_url(&r.redis_url)))
+        .with_context(|| format!("connecting to {endpoint}"))
 }
 
 async fn run(settings: Settings) -> anyhow::Result<()> {

@@ -12,6 +12,7 @@ use jsonwebtoken::Algorithm;
 use thiserror::Error;
 
 use crate::keys::{KeyLayout, Keys};
+use crate::store::Endpoint;
 use crate::token::{Signer, TokenError};
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -105,12 +106,17 @@ pub struct RedisArgs {
     /// Redis URL (redis:// or rediss://; a password in it is never logged).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+    /// Redis Cluster seed nodes, comma-separated URLs; takes precedence over
+    /// --redis-url, and implies --key-layout cluster.
+    #[arg(long, env = "REDIS_CLUSTER_URLS")]
+    pub redis_cluster: Option<String>,
     /// Prefix of every key.
     #[arg(long, env = "QUEUE_KEY_PREFIX", default_value = "waitroom")]
     pub key_prefix: String,
     /// Key layout: `default`, or `cluster` (every key of an event in one hash slot).
-    #[arg(long, env = "QUEUE_KEY_LAYOUT", default_value = "default")]
-    pub key_layout: KeyLayout,
+    /// Default: `cluster` with --redis-cluster, `default` otherwise.
+    #[arg(long, env = "QUEUE_KEY_LAYOUT")]
+    pub key_layout: Option<KeyLayout>,
     /// How long a Redis command may take before it counts as failed.
     #[arg(long, env = "REDIS_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub redis_timeout: Duration,
@@ -252,7 +258,7 @@ fn invalid(setting: &'static str, reason: impl Into<String>) -> SettingsError {
 /// Everything `run` needs, checked.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub redis_url: String,
+    pub redis: Endpoint,
     pub redis_timeout: Duration,
     pub keys: Keys,
     pub kafka_brokers: String,
@@ -291,22 +297,69 @@ impl RedisArgs {
                 "must be non-empty, without spaces or braces",
             ));
         }
-        if !(self.redis_url.starts_with("redis://")
-            || self.redis_url.starts_with("rediss://")
-            || self.redis_url.starts_with("unix://"))
-        {
-            return Err(invalid(
-                "--redis-url (REDIS_URL)",
-                "must start with redis://, rediss:// or unix://",
-            ));
-        }
+        let endpoint = self.endpoint()?;
         if self.redis_timeout.is_zero() {
             return Err(invalid(
                 "--redis-timeout (REDIS_TIMEOUT)",
                 "must be above zero",
             ));
         }
-        Ok(Keys::new(p, self.key_layout))
+        let layout = match (self.key_layout, endpoint.is_cluster()) {
+            (None, true) | (Some(KeyLayout::Cluster), _) => KeyLayout::Cluster,
+            (Some(KeyLayout::Default), true) => {
+                return Err(invalid(
+                    "--key-layout (QUEUE_KEY_LAYOUT)",
+                    "must be cluster with --redis-cluster: a script may only touch keys of \
+                     one hash slot, and the default layout spreads an event over many",
+                ));
+            }
+            (None | Some(KeyLayout::Default), false) => KeyLayout::Default,
+        };
+        Ok(Keys::new(p, layout))
+    }
+
+    /// Where Redis is: the cluster's seed nodes when given, else the one URL.
+    pub fn endpoint(&self) -> Result<Endpoint, SettingsError> {
+        fn check(flag: &'static str, url: &str, unix_ok: bool) -> Result<(), SettingsError> {
+            let ok = url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || (unix_ok && url.starts_with("unix://"));
+            if ok {
+                Ok(())
+            } else if unix_ok {
+                Err(invalid(
+                    flag,
+                    "must start with redis://, rediss:// or unix://",
+                ))
+            } else {
+                Err(invalid(
+                    flag,
+                    "every URL must start with redis:// or rediss://",
+                ))
+            }
+        }
+        match &self.redis_cluster {
+            Some(list) => {
+                let flag = "--redis-cluster (REDIS_CLUSTER_URLS)";
+                let urls: Vec<String> = list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if urls.is_empty() {
+                    return Err(invalid(flag, "must name at least one node URL"));
+                }
+                for u in &urls {
+                    check(flag, u, false)?;
+                }
+                Ok(Endpoint::Cluster(urls))
+            }
+            None => {
+                check("--redis-url (REDIS_URL)", &self.redis_url, true)?;
+                Ok(Endpoint::Single(self.redis_url.clone()))
+            }
+        }
     }
 }
 
@@ -459,7 +512,7 @@ impl RunArgs {
             }
         }
         Ok(Settings {
-            redis_url: self.redis.redis_url.clone(),
+            redis: self.redis.endpoint()?,
             redis_timeout: self.redis.redis_timeout,
             keys,
             kafka_brokers: self.kafka_brokers.clone(),
@@ -612,6 +665,43 @@ mod tests {
             return Err("not run".into());
         };
         run.settings().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_cluster_takes_precedence_and_brings_its_layout() {
+        let s = parse(&["--redis-cluster", "redis://a:7000, redis://b:7001"]).unwrap();
+        assert_eq!(
+            s.redis,
+            Endpoint::Cluster(vec!["redis://a:7000".into(), "redis://b:7001".into()])
+        );
+        assert_eq!(s.keys.layout(), KeyLayout::Cluster);
+        let s = parse(&[
+            "--redis-cluster",
+            "redis://a:7000",
+            "--key-layout",
+            "cluster",
+        ])
+        .unwrap();
+        assert_eq!(s.keys.layout(), KeyLayout::Cluster);
+        let s = parse(&["--key-layout", "cluster"]).unwrap();
+        assert_eq!(s.redis, Endpoint::Single("redis://127.0.0.1:6379".into()));
+        assert_eq!(s.keys.layout(), KeyLayout::Cluster);
+    }
+
+    #[test]
+    fn a_cluster_with_the_default_layout_or_a_bad_url_is_refused() {
+        let e = parse(&[
+            "--redis-cluster",
+            "redis://a:7000",
+            "--key-layout",
+            "default",
+        ])
+        .unwrap_err();
+        assert!(e.contains("--key-layout") && e.contains("cluster"), "{e}");
+        let e = parse(&["--redis-cluster", "redis://a:7000,http://b"]).unwrap_err();
+        assert!(e.contains("--redis-cluster"), "{e}");
+        let e = parse(&["--redis-cluster", " , "]).unwrap_err();
+        assert!(e.contains("at least one"), "{e}");
     }
 
     #[test]

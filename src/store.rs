@@ -1,24 +1,265 @@
-//! The Redis connection: one multiplexed, self-reconnecting connection per process.
+//! The Redis connection: one multiplexed, self-reconnecting connection per process,
+//! to a single server or to a Redis Cluster.
 //!
 //! Commands time out (a hung server must not hang a cycle), and a dropped connection
 //! is re-established in the background; the command that saw the drop fails, is
 //! counted, and is retried by the caller.
+//!
+//! Against a cluster, every module keeps building one pipeline per round trip as it
+//! does against one server: [`RedisConn`] splits a pipeline by hash slot and sends the
+//! parts concurrently, because a cluster node only runs commands of slots it owns. With
+//! the cluster key layout, everything one event needs lives in one slot, so a pass
+//! over many events costs one pipeline per event, all in flight at once.
 
+use std::collections::HashMap;
+use std::fmt;
 use std::time::Duration;
 
-use redis::RedisError;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
+use redis::{Arg, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+
+use crate::settings::redact_url;
+
+/// Where Redis is: one server, or the seed nodes of a cluster.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `redis://`, `rediss://` or `unix://` URL of one server.
+    Single(String),
+    /// URLs of some nodes of a Redis Cluster; the rest are discovered.
+    Cluster(Vec<String>),
+}
+
+impl Endpoint {
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Endpoint::Cluster(_))
+    }
+}
+
+/// Shows the URLs with any password replaced, so an endpoint can be logged.
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Single(url) => f.write_str(&redact_url(url)),
+            Endpoint::Cluster(urls) => {
+                let shown: Vec<String> = urls.iter().map(|u| redact_url(u)).collect();
+                write!(f, "cluster {}", shown.join(","))
+            }
+        }
+    }
+}
+
+/// Never prints a password: the same as [`fmt::Display`].
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
 
 /// The connection every module uses.
-pub type RedisConn = ConnectionManager;
+#[derive(Clone)]
+pub enum RedisConn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
 
-/// Connect to `url`, with `timeout` on connecting and on every command.
-pub async fn connect(url: &str, timeout: Duration) -> Result<RedisConn, RedisError> {
-    let client = redis::Client::open(url)?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(2));
-    client.get_connection_manager_with_config(config).await
+impl fmt::Debug for RedisConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RedisConn::Single(_) => "RedisConn::Single",
+            RedisConn::Cluster(_) => "RedisConn::Cluster",
+        })
+    }
+}
+
+/// Connect to `endpoint`, with `timeout` on connecting and on every command.
+pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<RedisConn, RedisError> {
+    match endpoint {
+        Endpoint::Single(url) => {
+            let client = redis::Client::open(url.as_str())?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_secs(2));
+            Ok(RedisConn::Single(
+                client.get_connection_manager_with_config(config).await?,
+            ))
+        }
+        Endpoint::Cluster(urls) => {
+            let client = ClusterClientBuilder::new(urls.iter().map(String::as_str))
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .retries(2)
+                .build()?;
+            Ok(RedisConn::Cluster(client.get_async_connection().await?))
+        }
+    }
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            // A transaction must stay whole (and in one slot); anything else is split.
+            RedisConn::Cluster(c) => {
+                if pipeline.is_transaction() || offset != 0 {
+                    c.req_packed_commands(pipeline, offset, count)
+                } else {
+                    Box::pin(split_by_slot(c.clone(), pipeline))
+                }
+            }
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Send a pipeline to a cluster as one pipeline per hash slot, concurrently, and put
+/// the replies back in the order of the commands. Commands of one slot keep their
+/// order; a command with no key (or one that goes to many nodes) is sent on its own.
+/// Any part failing as a whole fails the whole, as one failed pipeline would.
+async fn split_by_slot(conn: ClusterConnection, pipeline: &Pipeline) -> RedisResult<Vec<Value>> {
+    let mut parts: Vec<(Pipeline, Vec<usize>)> = Vec::new();
+    let mut by_slot: HashMap<Slot, usize> = HashMap::new();
+    for (i, cmd) in pipeline.cmd_iter().enumerate() {
+        let part = match slot_of(cmd) {
+            Some(slot) => *by_slot.entry(slot).or_insert_with(|| {
+                parts.push((redis::pipe(), Vec::new()));
+                parts.len() - 1
+            }),
+            None => {
+                parts.push((redis::pipe(), Vec::new()));
+                parts.len() - 1
+            }
+        };
+        parts[part].0.add_command(cmd.clone());
+        parts[part].1.push(i);
+    }
+    if parts.len() <= 1 {
+        let mut c = conn;
+        return c.req_packed_commands(pipeline, 0, pipeline.len()).await;
+    }
+    let sends = parts.iter().map(|(p, _)| {
+        let mut c = conn.clone();
+        async move { c.req_packed_commands(p, 0, p.len()).await }
+    });
+    let replies = futures_util::future::try_join_all(sends).await?;
+    let mut out: Vec<Option<Value>> = vec![None; pipeline.len()];
+    for ((_, idx), values) in parts.iter().zip(replies) {
+        for (&i, v) in idx.iter().zip(values) {
+            out[i] = Some(v);
+        }
+    }
+    out.into_iter()
+        .map(|v| {
+            v.ok_or_else(|| {
+                RedisError::from((
+                    redis::ErrorKind::Client,
+                    "cluster pipeline part returned fewer replies than commands",
+                ))
+            })
+        })
+        .collect()
+}
+
+/// The hash slot of a command that names a key: the first key of EVAL, EVALSHA and
+/// FCALL (after the script and the key count), the first argument of the rest. None
+/// for the commands without a key that the worker sends (PING, SCRIPT, INFO, ...),
+/// and for a script called with no key.
+fn slot_of(cmd: &Cmd) -> Option<Slot> {
+    const KEYLESS: [&[u8]; 9] = [
+        b"PING",
+        b"SCRIPT",
+        b"INFO",
+        b"CLIENT",
+        b"CONFIG",
+        b"TIME",
+        b"DBSIZE",
+        b"CLUSTER",
+        b"FUNCTION",
+    ];
+    const SCRIPTED: [&[u8]; 6] = [
+        b"EVAL",
+        b"EVALSHA",
+        b"EVAL_RO",
+        b"EVALSHA_RO",
+        b"FCALL",
+        b"FCALL_RO",
+    ];
+    let mut args = cmd.args_iter().filter_map(|a| match a {
+        Arg::Simple(b) => Some(b),
+        _ => None,
+    });
+    let name = args.next()?;
+    if KEYLESS.iter().any(|n| name.eq_ignore_ascii_case(n)) {
+        return None;
+    }
+    if SCRIPTED.iter().any(|n| name.eq_ignore_ascii_case(n)) {
+        args.next()?; // the script, SHA or function
+        let numkeys: u64 = std::str::from_utf8(args.next()?).ok()?.parse().ok()?;
+        if numkeys == 0 {
+            return None;
+        }
+    }
+    args.next().map(Slot::for_key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_of_one_event_share_a_slot_and_keyless_ones_have_none() {
+        let q = redis::cmd("ZCARD").arg("w:{e1}:queue").clone();
+        let admit = redis::cmd("EVALSHA")
+            .arg("abc")
+            .arg(2)
+            .arg("w:{e1}:queue")
+            .arg("w:{e1}:processing")
+            .arg("x")
+            .clone();
+        let other = redis::cmd("ZCARD").arg("w:{e2}:queue").clone();
+        assert_eq!(slot_of(&q), slot_of(&admit));
+        assert!(slot_of(&q).is_some());
+        assert_ne!(slot_of(&q), slot_of(&other));
+        assert_eq!(slot_of(&redis::cmd("PING")), None);
+        assert_eq!(
+            slot_of(&redis::cmd("SCRIPT").arg("LOAD").arg("x").clone()),
+            None
+        );
+    }
+
+    #[test]
+    fn an_endpoint_never_shows_a_password() {
+        let e = Endpoint::Cluster(vec![
+            "redis://:hunter2@a:7000".into(),
+            "redis://u:pw@b:7001".into(),
+        ]);
+        let shown = format!("{e} {e:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("pw@"),
+            "{shown}"
+        );
+        assert!(shown.contains("a:7000") && shown.contains("b:7001"));
+    }
 }

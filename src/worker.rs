@@ -27,7 +27,7 @@ use crate::scripts::admit::{self, AdmitOutcome};
 use crate::scripts::claim_outbox;
 use crate::scripts::reap::{self, Reaped};
 use crate::scripts::{self, Call, ScriptError, Scripts};
-use crate::settings::{Settings, redact_url};
+use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 use crate::stats::{EventSnapshot, Stats};
 use crate::store::{self, RedisConn};
@@ -116,7 +116,7 @@ impl Worker {
         let conn = loop {
             attempt += 1;
             let result = async {
-                let mut conn = store::connect(&settings.redis_url, settings.redis_timeout).await?;
+                let mut conn = store::connect(&settings.redis, settings.redis_timeout).await?;
                 scripts.load_all(&mut conn).await?;
                 Ok::<_, ScriptError>(conn)
             }
@@ -125,7 +125,7 @@ impl Worker {
                 Ok(c) => break c,
                 Err(ScriptError::Redis(e)) if retry::is_transient(&e) => {
                     let wait = backoff.delay(attempt);
-                    tracing::warn!(redis_url = %redact_url(&settings.redis_url), error = %e, retry_in = ?wait, "redis not reachable at start-up");
+                    tracing::warn!(redis = %settings.redis, error = %e, retry_in = ?wait, "redis not reachable at start-up");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = shutdown.recv() => return Ok(None),

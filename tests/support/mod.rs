@@ -567,3 +567,172 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (code, body)
 }
+
+/// A port `p` such that `p` and `p + 10000` (a cluster node's bus port) are free.
+fn free_cluster_port() -> u16 {
+    for _ in 0..200 {
+        let p = free_port();
+        let p = 20000 + p % 10000;
+        if TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && TcpListener::bind(("127.0.0.1", p + 10000)).is_ok()
+        {
+            return p;
+        }
+    }
+    panic!("no free port pair for a cluster node");
+}
+
+/// A Redis Cluster of the test's own: three masters (no replicas) on loopback,
+/// joined with `redis-cli --cluster create`, each in its own temp dir.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    children: Vec<Child>,
+    dir: PathBuf,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let ports: Vec<u16> = (0..3).map(|_| free_cluster_port()).collect();
+        let dir = std::env::temp_dir().join(format!(
+            "waitroom-test-cluster-{}-{}",
+            std::process::id(),
+            ports[0]
+        ));
+        let mut children = Vec::new();
+        for &port in &ports {
+            let node_dir = dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir).expect("temp dir");
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    node_dir.to_str().expect("utf-8 temp dir"),
+                    "--daemonize",
+                    "no",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (the test command installs it)");
+            children.push(child);
+        }
+        let cluster = RedisCluster {
+            ports,
+            children,
+            dir,
+        };
+        for &p in &cluster.ports {
+            cluster.wait_for(p, "PING", |r| r == "PONG");
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for p in &cluster.ports {
+            create.arg(format!("127.0.0.1:{p}"));
+        }
+        let out = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for &p in &cluster.ports {
+            cluster.wait_for(p, "CLUSTER INFO", |r| r.contains("cluster_state:ok"));
+        }
+        cluster
+    }
+
+    /// Poll one node with `cmd` (space-separated) until `ok` holds for its reply.
+    fn wait_for(&self, port: u16, cmd: &str, ok: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("url");
+        loop {
+            let reply = client.get_connection().ok().and_then(|mut c| {
+                let mut parts = cmd.split(' ');
+                let mut q = redis::cmd(parts.next().unwrap_or("PING"));
+                for a in parts {
+                    q.arg(a);
+                }
+                q.query::<String>(&mut c).ok()
+            });
+            if reply.as_deref().is_some_and(&ok) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster node {port}: {cmd} never answered as expected (last: {reply:?})"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        format!("redis://127.0.0.1:{}", self.ports[i])
+    }
+
+    /// A plain connection to node `i` (for per-node checks).
+    pub async fn node(&self, i: usize) -> MultiplexedConnection {
+        redis::Client::open(self.url(i))
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to a cluster node")
+    }
+
+    /// Index of the node that owns `key`'s hash slot (from CLUSTER SLOTS).
+    pub async fn owner(&self, key: &str) -> usize {
+        let mut c = self.node(0).await;
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut c)
+            .await
+            .expect("CLUSTER KEYSLOT");
+        let ranges: Vec<redis::Value> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut c)
+            .await
+            .expect("CLUSTER SLOTS");
+        for r in ranges {
+            let redis::Value::Array(parts) = r else {
+                continue;
+            };
+            if let (Some(redis::Value::Int(lo)), Some(redis::Value::Int(hi))) =
+                (parts.first(), parts.get(1))
+                && (*lo..=*hi).contains(&slot)
+                && let Some(redis::Value::Array(master)) = parts.get(2)
+                && let Some(redis::Value::Int(port)) = master.get(1)
+                && let Some(i) = self.ports.iter().position(|p| i64::from(*p) == *port)
+            {
+                return i;
+            }
+        }
+        panic!("no node of ours owns the slot of {key}");
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

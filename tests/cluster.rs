@@ -1,0 +1,268 @@
+//! Against a real three-master Redis Cluster started by the test: with the cluster
+//! key layout every key of an event lives in the event's hash slot, scripts are
+//! loaded on every master, and events owned by different masters are admitted,
+//! tokened, published and released with capacity held per event.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use support::*;
+use waitroom_worker::keys::{KeyLayout, Keys};
+use waitroom_worker::scripts::Scripts;
+use waitroom_worker::shutdown;
+use waitroom_worker::store::{self, Endpoint, RedisConn};
+use waitroom_worker::token::Verifier;
+use waitroom_worker::worker::Worker;
+
+const CAPACITY: u64 = 5;
+const USERS_PER_EVENT: usize = 20;
+
+fn cluster_keys() -> Keys {
+    Keys::new("waitroom", KeyLayout::Cluster)
+}
+
+/// One event id per master, so the run spans all three.
+async fn one_event_per_node(cluster: &RedisCluster) -> Vec<String> {
+    let mut by_node: HashMap<usize, String> = HashMap::new();
+    for i in 0..256 {
+        let e = format!("show-{i}");
+        let node = cluster.owner(&format!("{{{e}}}")).await;
+        by_node.entry(node).or_insert(e);
+        if by_node.len() == cluster.ports.len() {
+            let mut v: Vec<(usize, String)> = by_node.into_iter().collect();
+            v.sort();
+            return v.into_iter().map(|(_, e)| e).collect();
+        }
+    }
+    panic!("256 event ids did not cover every master");
+}
+
+async fn scard(conn: &mut RedisConn, key: &str) -> u64 {
+    redis::cmd("SCARD")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("SCARD")
+}
+
+/// Three events on three masters, capacity 5 each, 20 users each: every user is
+/// admitted exactly once with a valid token and one QUEUE_READY, completed by the
+/// checkout service and released, while a monitor sees no event above capacity.
+/// Mid-run every master's script cache is flushed. The worker was given one seed
+/// node only and found the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_on_three_masters_are_admitted_in_their_slots_and_never_over_capacity() {
+    let cluster = RedisCluster::start();
+    let kafka = MockKafka::start();
+    let events = one_event_per_node(&cluster).await;
+    let k = cluster_keys();
+    let endpoint = Endpoint::Cluster(vec![cluster.url(2)]);
+    let mut conn = store::connect(&endpoint, Duration::from_secs(5))
+        .await
+        .expect("cluster connection");
+
+    // Queue users as the `enqueue` subcommand does: one pipeline that spans the
+    // events' slots and `active_events`, split by slot under the hood.
+    let mut sessions: Vec<(String, String)> = Vec::new();
+    for e in &events {
+        let done = waitroom_worker::enqueue::enqueue(
+            &mut conn,
+            &k,
+            e,
+            USERS_PER_EVENT,
+            Duration::from_secs(600),
+        )
+        .await
+        .expect("enqueue on the cluster");
+        assert_eq!(done.count, USERS_PER_EVENT);
+        let first = done.first.expect("a first session");
+        let run = first.rsplit_once('-').map(|(r, _)| r).expect("run prefix");
+        for n in 0..USERS_PER_EVENT {
+            sessions.push((e.clone(), format!("{run}-{n:07}")));
+        }
+    }
+    // Each event's keys are on the master that owns its slot: a plain connection to
+    // that node reads them without a redirect.
+    for (i, e) in events.iter().enumerate() {
+        let mut node = cluster.node(i).await;
+        let queued: u64 = redis::cmd("ZCARD")
+            .arg(k.queue(e))
+            .query_async(&mut node)
+            .await
+            .expect("the queue lives on its event's master");
+        assert_eq!(queued, USERS_PER_EVENT as u64);
+        let (_, sid) = sessions.iter().find(|(ev, _)| ev == e).expect("a session");
+        let status: String = redis::cmd("HGET")
+            .arg(k.session(e, sid))
+            .arg("status")
+            .query_async(&mut node)
+            .await
+            .expect("the session hash lives on its event's master");
+        assert_eq!(status, "queued");
+    }
+
+    let settings = settings(
+        &cluster.url(0),
+        &kafka.bootstrap,
+        &[
+            "--redis-cluster",
+            &cluster.url(1),
+            "--max-concurrent",
+            &CAPACITY.to_string(),
+            "--batch-size",
+            "3",
+        ],
+    );
+    assert_eq!(settings.keys.layout(), KeyLayout::Cluster);
+    let (_t, mut l) = shutdown::channel();
+    let worker = Worker::start(settings, &mut l)
+        .await
+        .expect("worker starts")
+        .expect("not shut down");
+
+    // Loaded on every master at start-up.
+    let scripts = Scripts::new();
+    for i in 0..cluster.ports.len() {
+        let mut node = cluster.node(i).await;
+        let mut q = redis::cmd("SCRIPT");
+        q.arg("EXISTS");
+        for s in scripts.all() {
+            q.arg(s.sha());
+        }
+        let loaded: Vec<u8> = q.query_async(&mut node).await.expect("SCRIPT EXISTS");
+        assert_eq!(loaded, vec![1; 5], "scripts on node {i}");
+    }
+
+    let (trigger, listener) = shutdown::channel();
+    let handle = tokio::spawn(worker.run(listener));
+
+    // The monitor: processing of every event, polled until the end.
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let samples = Arc::new(AtomicU64::new(0));
+    let monitor = {
+        let (stop, peak, samples) = (stop.clone(), peak.clone(), samples.clone());
+        let mut c = conn.clone();
+        let keys: Vec<String> = events.iter().map(|e| k.processing(e)).collect();
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                for key in &keys {
+                    peak.fetch_max(scard(&mut c, key).await, Ordering::Relaxed);
+                }
+                samples.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+
+    let checkout = CheckoutService::new(&kafka.bootstrap);
+    let mut reader = TopicReader::new(&kafka.bootstrap, TOPIC);
+    let total = sessions.len();
+    let mut completed: HashSet<String> = HashSet::new();
+    let mut flushed = false;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while completed.len() < total {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {total} sessions went through in 90s",
+            completed.len()
+        );
+        let seen: Vec<Published> =
+            tokio::task::block_in_place(|| reader.read_for(Duration::from_millis(100)).to_vec());
+        for m in seen {
+            if completed.insert(m.key.clone()) {
+                let event = m.value["event_id"].as_str().expect("event_id").to_owned();
+                checkout.complete(&m.key, Some(&event), "completed").await;
+            }
+        }
+        if !flushed && completed.len() >= total / 3 {
+            for i in 0..cluster.ports.len() {
+                let mut node = cluster.node(i).await;
+                let _: () = redis::cmd("SCRIPT")
+                    .arg("FLUSH")
+                    .query_async(&mut node)
+                    .await
+                    .expect("SCRIPT FLUSH");
+            }
+            flushed = true;
+        }
+    }
+    assert!(flushed, "the script caches were flushed mid-run");
+
+    // Every slot comes back.
+    eventually(Duration::from_secs(20), "every slot released", || {
+        let mut c = conn.clone();
+        let keys: Vec<String> = events.iter().map(|e| k.processing(e)).collect();
+        async move {
+            for key in &keys {
+                if scard(&mut c, key).await != 0 {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    monitor.await.expect("monitor");
+
+    let by_session = reader.by_session();
+    let verifier = Verifier::hs256(SECRET.as_bytes(), "waitroom", "checkout").expect("verifier");
+    let mut duplicates = 0;
+    for (e, sid) in &sessions {
+        let msgs = by_session.get(sid).map(Vec::as_slice).unwrap_or_default();
+        assert!(!msgs.is_empty(), "{sid} of {e} never got a QUEUE_READY");
+        duplicates += msgs.len() - 1;
+        let h: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(k.session(e, sid))
+            .query_async(&mut conn)
+            .await
+            .expect("HGETALL");
+        assert_eq!(h["status"], "completed", "{sid} of {e}");
+        let claims = verifier
+            .verify(&h["checkout_token"])
+            .expect("token verifies");
+        assert_eq!(
+            (claims.sid.as_str(), claims.eid.as_str()),
+            (sid.as_str(), e.as_str())
+        );
+        assert_eq!(
+            msgs[0].value["checkout_token"],
+            h["checkout_token"].as_str()
+        );
+    }
+    assert_eq!(duplicates, 0, "QUEUE_READY sent twice for some session");
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(
+        peak <= CAPACITY,
+        "processing reached {peak} with capacity {CAPACITY}"
+    );
+    assert!(
+        peak > 0 && samples.load(Ordering::Relaxed) > 10,
+        "the monitor saw the run"
+    );
+
+    // Status reads every event's keys through the split pipelines.
+    let st =
+        waitroom_worker::report::status(&mut conn, &k, &[], CAPACITY, Duration::from_millis(20))
+            .await
+            .expect("status on the cluster");
+    assert_eq!(st.events.keys().cloned().collect::<Vec<_>>(), {
+        let mut e = events.clone();
+        e.sort();
+        e
+    });
+    assert!(
+        st.events
+            .values()
+            .all(|s| s.queue_length == 0 && s.slots_in_use == 0)
+    );
+    assert_eq!(st.live_workers.len(), 1);
+
+    trigger.trigger();
+    handle.await.expect("worker task");
+}
