@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # Installs, from Debian's packages, what building and running the worker's demo and
-# tests need and a machine with only Rust lacks: redis-server, and make/gcc/g++ for
-# the bundled librdkafka. Does nothing when all are present.
+# tests need and a machine with only Rust lacks: redis-server (with redis-cli, for
+# the cluster test), make/gcc/g++ for the bundled librdkafka, OpenSSL's headers and
+# pkg-config (TLS to Redis and Kafka), and the openssl command (the TLS tests make
+# their certificates with it). Does nothing when all are present.
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v make >/dev/null 2>&1 || need+=(make)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
 if ((${#need[@]})); then
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

@@ -12,7 +12,7 @@ use jsonwebtoken::Algorithm;
 use thiserror::Error;
 
 use crate::keys::{KeyLayout, Keys};
-use crate::store::Endpoint;
+use crate::store::{Endpoint, TlsFiles};
 use crate::token::{Signer, TokenError};
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -110,6 +110,16 @@ pub struct RedisArgs {
     /// --redis-url, and implies --key-layout cluster.
     #[arg(long, env = "REDIS_CLUSTER_URLS")]
     pub redis_cluster: Option<String>,
+    /// PEM CA certificate(s) that sign the server's certificate, for rediss://
+    /// (default: the system's trust store).
+    #[arg(long, env = "REDIS_TLS_CA")]
+    pub redis_tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for a server that checks clients (with --redis-tls-key).
+    #[arg(long, env = "REDIS_TLS_CERT")]
+    pub redis_tls_cert: Option<PathBuf>,
+    /// PEM PKCS#8 private key of --redis-tls-cert.
+    #[arg(long, env = "REDIS_TLS_KEY")]
+    pub redis_tls_key: Option<PathBuf>,
     /// Prefix of every key.
     #[arg(long, env = "QUEUE_KEY_PREFIX", default_value = "waitroom")]
     pub key_prefix: String,
@@ -338,7 +348,15 @@ impl RedisArgs {
                 ))
             }
         }
+        let tls_given = self.redis_tls_ca.is_some()
+            || self.redis_tls_cert.is_some()
+            || self.redis_tls_key.is_some();
         match &self.redis_cluster {
+            Some(_) if tls_given => Err(invalid(
+                "--redis-tls-ca/--redis-tls-cert/--redis-tls-key",
+                "apply to --redis-url only; for a cluster over rediss:// put the CA in the \
+                 system trust store or point SSL_CERT_FILE at it",
+            )),
             Some(list) => {
                 let flag = "--redis-cluster (REDIS_CLUSTER_URLS)";
                 let urls: Vec<String> = list
@@ -357,7 +375,37 @@ impl RedisArgs {
             }
             None => {
                 check("--redis-url (REDIS_URL)", &self.redis_url, true)?;
-                Ok(Endpoint::Single(self.redis_url.clone()))
+                if tls_given && !self.redis_url.starts_with("rediss://") {
+                    return Err(invalid(
+                        "--redis-tls-ca/--redis-tls-cert/--redis-tls-key",
+                        "need a rediss:// --redis-url (REDIS_URL)",
+                    ));
+                }
+                let read = |flag: &'static str, path: &PathBuf| {
+                    std::fs::read(path)
+                        .map_err(|e| invalid(flag, format!("cannot read {}: {e}", path.display())))
+                };
+                let ca = match &self.redis_tls_ca {
+                    Some(p) => Some(read("--redis-tls-ca (REDIS_TLS_CA)", p)?),
+                    None => None,
+                };
+                let client = match (&self.redis_tls_cert, &self.redis_tls_key) {
+                    (Some(c), Some(k)) => Some((
+                        read("--redis-tls-cert (REDIS_TLS_CERT)", c)?,
+                        read("--redis-tls-key (REDIS_TLS_KEY)", k)?,
+                    )),
+                    (None, None) => None,
+                    _ => {
+                        return Err(invalid(
+                            "--redis-tls-cert/--redis-tls-key",
+                            "go together: give both or neither",
+                        ));
+                    }
+                };
+                Ok(Endpoint::Single {
+                    url: self.redis_url.clone(),
+                    tls: TlsFiles { ca, client },
+                })
             }
         }
     }
@@ -684,7 +732,13 @@ mod tests {
         .unwrap();
         assert_eq!(s.keys.layout(), KeyLayout::Cluster);
         let s = parse(&["--key-layout", "cluster"]).unwrap();
-        assert_eq!(s.redis, Endpoint::Single("redis://127.0.0.1:6379".into()));
+        assert_eq!(
+            s.redis,
+            Endpoint::Single {
+                url: "redis://127.0.0.1:6379".into(),
+                tls: TlsFiles::default()
+            }
+        );
         assert_eq!(s.keys.layout(), KeyLayout::Cluster);
     }
 
@@ -702,6 +756,31 @@ mod tests {
         assert!(e.contains("--redis-cluster"), "{e}");
         let e = parse(&["--redis-cluster", " , "]).unwrap_err();
         assert!(e.contains("at least one"), "{e}");
+    }
+
+    /// A file that exists wherever the tests run.
+    const ANY_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+
+    #[test]
+    fn tls_files_need_rediss_come_in_pairs_and_must_be_readable() {
+        let e = parse(&["--redis-tls-ca", ANY_FILE]).unwrap_err();
+        assert!(e.contains("rediss://"), "{e}");
+        let tls = ["--redis-url", "rediss://h:6380"];
+        let e = parse(&[&tls[..], &["--redis-tls-cert", ANY_FILE]].concat()).unwrap_err();
+        assert!(e.contains("both or neither"), "{e}");
+        let e =
+            parse(&[&tls[..], &["--redis-tls-ca", "/nonexistent/ca.pem"]].concat()).unwrap_err();
+        assert!(e.contains("cannot read /nonexistent/ca.pem"), "{e}");
+        let e = parse(&[
+            "--redis-cluster",
+            "rediss://a:7000",
+            "--redis-tls-ca",
+            ANY_FILE,
+        ])
+        .unwrap_err();
+        assert!(e.contains("SSL_CERT_FILE"), "{e}");
+        let s = parse(&[&tls[..], &["--redis-tls-ca", ANY_FILE]].concat()).unwrap();
+        assert!(matches!(&s.redis, Endpoint::Single { tls, .. } if tls.ca.is_some()));
     }
 
     #[test]

@@ -26,10 +26,41 @@ use crate::settings::redact_url;
 /// Where Redis is: one server, or the seed nodes of a cluster.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Endpoint {
-    /// `redis://`, `rediss://` or `unix://` URL of one server.
-    Single(String),
-    /// URLs of some nodes of a Redis Cluster; the rest are discovered.
+    /// `redis://`, `rediss://` or `unix://` URL of one server, and for `rediss://`
+    /// the certificates to use instead of the system's.
+    Single { url: String, tls: TlsFiles },
+    /// URLs of some nodes of a Redis Cluster; the rest are discovered. With
+    /// `rediss://` the system's trust store verifies the nodes (OpenSSL reads
+    /// `SSL_CERT_FILE`).
     Cluster(Vec<String>),
+}
+
+/// PEM files for a TLS connection to one server, read when the settings are
+/// checked so a missing file fails at start-up, not at the first reconnect.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA certificates that sign the server's certificate; None: the system's.
+    pub ca: Option<Vec<u8>>,
+    /// Client certificate and its PKCS#8 key, for a server with `tls-auth-clients`.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl TlsFiles {
+    fn certificates(&self) -> Option<redis::TlsCertificates> {
+        if self.ca.is_none() && self.client.is_none() {
+            return None;
+        }
+        Some(redis::TlsCertificates {
+            client_tls: self
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: self.ca.clone(),
+        })
+    }
 }
 
 impl Endpoint {
@@ -42,7 +73,18 @@ impl Endpoint {
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Endpoint::Single(url) => f.write_str(&redact_url(url)),
+            Endpoint::Single { url, tls } => {
+                f.write_str(&redact_url(url))?;
+                match (&tls.ca, &tls.client) {
+                    (None, None) => Ok(()),
+                    (ca, client) => write!(
+                        f,
+                        " (tls:{}{})",
+                        if ca.is_some() { " own CA" } else { "" },
+                        if client.is_some() { " client cert" } else { "" }
+                    ),
+                }
+            }
             Endpoint::Cluster(urls) => {
                 let shown: Vec<String> = urls.iter().map(|u| redact_url(u)).collect();
                 write!(f, "cluster {}", shown.join(","))
@@ -77,8 +119,11 @@ impl fmt::Debug for RedisConn {
 /// Connect to `endpoint`, with `timeout` on connecting and on every command.
 pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<RedisConn, RedisError> {
     match endpoint {
-        Endpoint::Single(url) => {
-            let client = redis::Client::open(url.as_str())?;
+        Endpoint::Single { url, tls } => {
+            let client = match tls.certificates() {
+                Some(certs) => redis::Client::build_with_tls(url.as_str(), certs)?,
+                None => redis::Client::open(url.as_str())?,
+            };
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(timeout))
                 .set_response_timeout(Some(timeout))

@@ -237,4 +237,53 @@ mod tests {
                 .is_err()
         );
     }
+
+    /// A throwaway Ed25519 key pair for the tests below (made with `openssl genpkey
+    /// -algorithm ed25519`; it signs nothing outside them).
+    const ED_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEILk50QhODDzBFKxSFevgR3lZ/AP+cMWvXpjJbA/tteJs
+-----END PRIVATE KEY-----
+";
+    const ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEAuIIPHPT8mqBIl8m+bHC2oZeXzH3NyTTbdlT0EQqQGWM=
+-----END PUBLIC KEY-----
+";
+
+    #[test]
+    fn tokens_carry_only_the_configured_algorithm_and_a_switch_is_refused() {
+        let s = Signer::asymmetric(
+            Algorithm::EdDSA,
+            ED_PRIVATE.as_bytes(),
+            Some("k1".into()),
+            "waitroom",
+            "checkout",
+        )
+        .expect("signer");
+        let d = far_future_ms();
+        let claims = s.claims("e", "s", "u", d - 1000, d);
+        let t = s.sign(&claims).expect("sign");
+        let header = jsonwebtoken::decode_header(&t).expect("header");
+        assert_eq!(
+            (header.alg, header.kid.as_deref()),
+            (Algorithm::EdDSA, Some("k1"))
+        );
+        let public = DecodingKey::from_ed_pem(ED_PUBLIC.as_bytes()).expect("public key");
+        let v = Verifier::new(Algorithm::EdDSA, public, "waitroom", "checkout");
+        assert_eq!(v.verify(&t).expect("verifies"), claims);
+
+        // The classic switch: HS256 "signed" with the public key as the secret.
+        let forger = Signer::hs256(ED_PUBLIC.as_bytes(), "waitroom", "checkout").expect("forger");
+        let forged = forger.sign(&claims).expect("sign");
+        assert!(
+            v.verify(&forged).is_err(),
+            "an HS256 token passed an EdDSA verifier"
+        );
+        // And the other way: an HS256 verifier refuses the EdDSA token.
+        assert!(
+            Verifier::hs256(SECRET, "waitroom", "checkout")
+                .expect("verifier")
+                .verify(&t)
+                .is_err()
+        );
+    }
 }

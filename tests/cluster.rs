@@ -124,18 +124,9 @@ async fn events_on_three_masters_are_admitted_in_their_slots_and_never_over_capa
         .expect("worker starts")
         .expect("not shut down");
 
+    let http = worker.http_addr().expect("http on");
     // Loaded on every master at start-up.
-    let scripts = Scripts::new();
-    for i in 0..cluster.ports.len() {
-        let mut node = cluster.node(i).await;
-        let mut q = redis::cmd("SCRIPT");
-        q.arg("EXISTS");
-        for s in scripts.all() {
-            q.arg(s.sha());
-        }
-        let loaded: Vec<u8> = q.query_async(&mut node).await.expect("SCRIPT EXISTS");
-        assert_eq!(loaded, vec![1; 5], "scripts on node {i}");
-    }
+    scripts_on_every_master(&cluster, "at start-up").await;
 
     let (trigger, listener) = shutdown::channel();
     let handle = tokio::spawn(worker.run(listener));
@@ -180,14 +171,7 @@ async fn events_on_three_masters_are_admitted_in_their_slots_and_never_over_capa
             }
         }
         if !flushed && completed.len() >= total / 3 {
-            for i in 0..cluster.ports.len() {
-                let mut node = cluster.node(i).await;
-                let _: () = redis::cmd("SCRIPT")
-                    .arg("FLUSH")
-                    .query_async(&mut node)
-                    .await
-                    .expect("SCRIPT FLUSH");
-            }
+            flush_every_master(&cluster).await;
             flushed = true;
         }
     }
@@ -263,6 +247,37 @@ async fn events_on_three_masters_are_admitted_in_their_slots_and_never_over_capa
     );
     assert_eq!(st.live_workers.len(), 1);
 
+    // /readyz asks every master and loads what a flush took away, everywhere.
+    flush_every_master(&cluster).await;
+    let (code, body) = http_get(http, "/readyz").await;
+    assert_eq!(code, 200, "{body}");
+    scripts_on_every_master(&cluster, "after /readyz").await;
+
     trigger.trigger();
     handle.await.expect("worker task");
+}
+
+async fn flush_every_master(cluster: &RedisCluster) {
+    for i in 0..cluster.ports.len() {
+        let mut node = cluster.node(i).await;
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut node)
+            .await
+            .expect("SCRIPT FLUSH");
+    }
+}
+
+async fn scripts_on_every_master(cluster: &RedisCluster, when: &str) {
+    let scripts = Scripts::new();
+    for i in 0..cluster.ports.len() {
+        let mut node = cluster.node(i).await;
+        let mut q = redis::cmd("SCRIPT");
+        q.arg("EXISTS");
+        for s in scripts.all() {
+            q.arg(s.sha());
+        }
+        let loaded: Vec<u8> = q.query_async(&mut node).await.expect("SCRIPT EXISTS");
+        assert_eq!(loaded, vec![1; 5], "scripts on node {i} {when}");
+    }
 }

@@ -736,3 +736,182 @@ impl Drop for RedisCluster {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Certificates for a TLS test, made with the `openssl` command in a temp dir: a CA,
+/// a server certificate for 127.0.0.1 signed by it, and a client certificate.
+pub struct TestCerts {
+    pub dir: PathBuf,
+}
+
+impl TestCerts {
+    pub fn make(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("waitroom-test-certs-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .stdin(Stdio::null())
+                .output()
+                .expect("openssl must be installed (the test command installs it)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+        run(&[
+            &[
+                "req",
+                "-x509",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=waitroom test CA",
+            ][..],
+            &ec[..],
+            &["-keyout", "ca.key", "-out", "ca.pem"][..],
+        ]
+        .concat());
+        for (who, ext) in [
+            (
+                "server",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+            ),
+            ("client", "extendedKeyUsage=clientAuth\n"),
+        ] {
+            std::fs::write(dir.join(format!("{who}.ext")), ext).expect("write ext");
+            run(&[
+                &["req", "-nodes", "-subj", &format!("/CN={who}")][..],
+                &ec[..],
+                &[
+                    "-keyout",
+                    &format!("{who}.key"),
+                    "-out",
+                    &format!("{who}.csr"),
+                ][..],
+            ]
+            .concat());
+            run(&[
+                "x509",
+                "-req",
+                "-days",
+                "2",
+                "-in",
+                &format!("{who}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-extfile",
+                &format!("{who}.ext"),
+                "-out",
+                &format!("{who}.pem"),
+            ]);
+        }
+        TestCerts { dir }
+    }
+
+    pub fn path(&self, file: &str) -> String {
+        self.dir
+            .join(file)
+            .to_str()
+            .expect("utf-8 temp dir")
+            .to_owned()
+    }
+}
+
+impl Drop for TestCerts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A redis-server that speaks TLS on `tls_port` (clients must show a certificate
+/// signed by the test CA) and plain text on `port`, for the test's own writes.
+pub struct TlsRedis {
+    pub port: u16,
+    pub tls_port: u16,
+    child: Child,
+}
+
+impl TlsRedis {
+    pub fn start(certs: &TestCerts) -> Self {
+        let (port, tls_port) = (free_port(), free_port());
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--tls-port",
+                &tls_port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--tls-cert-file",
+                &certs.path("server.pem"),
+                "--tls-key-file",
+                &certs.path("server.key"),
+                "--tls-ca-cert-file",
+                &certs.path("ca.pem"),
+                "--tls-auth-clients",
+                "yes",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                &certs.path(""),
+                "--daemonize",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (the test command installs it)");
+        let s = TlsRedis {
+            port,
+            tls_port,
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let client = redis::Client::open(s.plain_url()).expect("url");
+        loop {
+            if let Ok(mut c) = client.get_connection()
+                && redis::cmd("PING").query::<String>(&mut c).is_ok()
+            {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "TLS redis-server did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn plain_url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.tls_port)
+    }
+
+    pub async fn conn(&self) -> MultiplexedConnection {
+        redis::Client::open(self.plain_url())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the test redis")
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
