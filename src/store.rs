@@ -134,10 +134,15 @@ pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<RedisConn
             ))
         }
         Endpoint::Cluster(urls) => {
+            // Retries (redirects included) wait 20 ms, then 40 ms. redis-rs waits at
+            // least 1.28 s by default, and a pass waits for its slowest part: a master
+            // that is down would slow the events of every other master as much.
             let client = ClusterClientBuilder::new(urls.iter().map(String::as_str))
                 .connection_timeout(timeout)
                 .response_timeout(timeout)
                 .retries(2)
+                .min_retry_wait(10)
+                .max_retry_wait(200)
                 .build()?;
             Ok(RedisConn::Cluster(client.get_async_connection().await?))
         }
@@ -182,7 +187,11 @@ impl ConnectionLike for RedisConn {
 /// Send a pipeline to a cluster as one pipeline per hash slot, concurrently, and put
 /// the replies back in the order of the commands. Commands of one slot keep their
 /// order; a command with no key (or one that goes to many nodes) is sent on its own.
-/// Any part failing as a whole fails the whole, as one failed pipeline would.
+///
+/// A part that fails as a whole (its master unreachable) turns into a TRYAGAIN error
+/// reply for each of its commands, so with `ignore_errors` the events of the other
+/// masters go on and only that master's events wait for the next pass. When every
+/// part fails, the pipeline fails, as one pipeline to one server would.
 async fn split_by_slot(conn: ClusterConnection, pipeline: &Pipeline) -> RedisResult<Vec<Value>> {
     let mut parts: Vec<(Pipeline, Vec<usize>)> = Vec::new();
     let mut by_slot: HashMap<Slot, usize> = HashMap::new();
@@ -208,11 +217,28 @@ async fn split_by_slot(conn: ClusterConnection, pipeline: &Pipeline) -> RedisRes
         let mut c = conn.clone();
         async move { c.req_packed_commands(p, 0, p.len()).await }
     });
-    let replies = futures_util::future::try_join_all(sends).await?;
+    let replies = futures_util::future::join_all(sends).await;
+    if replies.iter().all(Result::is_err) {
+        let first = replies.into_iter().find_map(Result::err);
+        return Err(first.unwrap_or_else(|| {
+            RedisError::from((redis::ErrorKind::Client, "empty cluster pipeline"))
+        }));
+    }
     let mut out: Vec<Option<Value>> = vec![None; pipeline.len()];
-    for ((_, idx), values) in parts.iter().zip(replies) {
-        for (&i, v) in idx.iter().zip(values) {
-            out[i] = Some(v);
+    for ((_, idx), reply) in parts.iter().zip(replies) {
+        match reply {
+            Ok(values) => {
+                for (&i, v) in idx.iter().zip(values) {
+                    out[i] = Some(v);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, commands = idx.len(), "part of a cluster pipeline failed; its commands are retried on the next pass");
+                let failed = part_failed(&e);
+                for &i in idx {
+                    out[i] = Some(failed.clone());
+                }
+            }
         }
     }
     out.into_iter()
@@ -225,6 +251,18 @@ async fn split_by_slot(conn: ClusterConnection, pipeline: &Pipeline) -> RedisRes
             })
         })
         .collect()
+}
+
+/// The error reply that stands for each command of a part that failed as a whole:
+/// TRYAGAIN (the worker counts it as transient) with the cause on one line.
+fn part_failed(e: &RedisError) -> Value {
+    let cause: String = e
+        .to_string()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let line = format!("-TRYAGAIN cluster node unreachable: {cause}\r\n");
+    redis::parse_redis_value(line.as_bytes()).unwrap_or(Value::Nil)
 }
 
 /// The hash slot of a command that names a key: the first key of EVAL, EVALSHA and
@@ -292,6 +330,20 @@ mod tests {
             slot_of(&redis::cmd("SCRIPT").arg("LOAD").arg("x").clone()),
             None
         );
+    }
+
+    #[test]
+    fn a_failed_part_reads_as_a_transient_error_reply() {
+        let io = RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused\r\nby node",
+        ));
+        let Value::ServerError(e) = part_failed(&io) else {
+            panic!("not an error reply");
+        };
+        let e = RedisError::from(e);
+        assert!(crate::retry::is_transient(&e), "{e}");
+        assert!(e.to_string().contains("refused  by node"), "{e}");
     }
 
     #[test]

@@ -419,12 +419,16 @@ impl Worker {
             .filter(|&i| !full && !plans[i].0 && !plans[i].1)
             .collect();
         if !idle.is_empty() {
+            // Each length on its own: one event's error (its cluster master away) must
+            // not keep the others from being admitted. A length that cannot be read
+            // counts as someone waiting, so the admit call runs and reports for itself.
             let mut p = redis::pipe();
+            p.ignore_errors();
             for &i in &idle {
                 p.cmd("ZCARD").arg(s.keys.queue(&events[i]));
                 p.cmd("ZCARD").arg(s.keys.priority(&events[i]));
             }
-            let lens: Vec<u64> = retry::with_retries(
+            let lens: Vec<redis::RedisResult<u64>> = retry::with_retries(
                 s.retry_attempts,
                 self.backoff(),
                 retry::is_transient,
@@ -436,9 +440,12 @@ impl Worker {
             )
             .await
             .map_err(|e| EventError::Admit(ScriptError::Redis(e)))?;
+            let len = |j: usize| match lens.get(j) {
+                Some(Ok(n)) => *n,
+                _ => 1,
+            };
             for (n, &i) in idle.iter().enumerate() {
-                let waiting = lens.get(2 * n).copied().unwrap_or(1)
-                    + lens.get(2 * n + 1).copied().unwrap_or(1);
+                let waiting = len(2 * n) + len(2 * n + 1);
                 plans[i].2 = waiting > 0;
             }
         }

@@ -583,59 +583,37 @@ fn free_cluster_port() -> u16 {
 }
 
 /// A Redis Cluster of the test's own: three masters (no replicas) on loopback,
-/// joined with `redis-cli --cluster create`, each in its own temp dir.
+/// joined with `redis-cli --cluster create`, each in its own temp dir. The masters
+/// keep serving their slots while another is down (`cluster-require-full-coverage
+/// no`), and with `durable` each keeps an AOF fsynced on every write, so a master
+/// killed and restarted comes back with its data and its slots.
 pub struct RedisCluster {
     pub ports: Vec<u16>,
-    children: Vec<Child>,
+    children: Vec<Option<Child>>,
     dir: PathBuf,
+    durable: bool,
 }
 
 impl RedisCluster {
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    pub fn start_with(durable: bool) -> Self {
         let ports: Vec<u16> = (0..3).map(|_| free_cluster_port()).collect();
         let dir = std::env::temp_dir().join(format!(
             "waitroom-test-cluster-{}-{}",
             std::process::id(),
             ports[0]
         ));
-        let mut children = Vec::new();
-        for &port in &ports {
-            let node_dir = dir.join(port.to_string());
-            std::fs::create_dir_all(&node_dir).expect("temp dir");
-            let child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "5000",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    node_dir.to_str().expect("utf-8 temp dir"),
-                    "--daemonize",
-                    "no",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server must be installed (the test command installs it)");
-            children.push(child);
-        }
-        let cluster = RedisCluster {
+        let mut cluster = RedisCluster {
+            children: ports.iter().map(|_| None).collect(),
             ports,
-            children,
             dir,
+            durable,
         };
-        for &p in &cluster.ports {
-            cluster.wait_for(p, "PING", |r| r == "PONG");
+        for i in 0..cluster.ports.len() {
+            cluster.spawn(i);
         }
         let mut create = Command::new("redis-cli");
         create.arg("--cluster").arg("create");
@@ -656,6 +634,59 @@ impl RedisCluster {
             cluster.wait_for(p, "CLUSTER INFO", |r| r.contains("cluster_state:ok"));
         }
         cluster
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let port = self.ports[i];
+        let node_dir = self.dir.join(port.to_string());
+        std::fs::create_dir_all(&node_dir).expect("temp dir");
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "5000",
+                "--cluster-require-full-coverage",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                if self.durable { "yes" } else { "no" },
+                "--appendfsync",
+                "always",
+                "--dir",
+                node_dir.to_str().expect("utf-8 temp dir"),
+                "--daemonize",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (the test command installs it)");
+        self.children[i] = Some(child);
+        self.wait_for(port, "PING", |r| r == "PONG");
+    }
+
+    /// SIGKILL master `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start master `i` again on its port and dir; it rejoins with its slots.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+        let port = self.ports[i];
+        self.wait_for(port, "CLUSTER INFO", |r| r.contains("cluster_state:ok"));
     }
 
     /// Poll one node with `cmd` (space-separated) until `ok` holds for its reply.
@@ -729,9 +760,8 @@ impl RedisCluster {
 
 impl Drop for RedisCluster {
     fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
+        for i in 0..self.children.len() {
+            self.kill(i);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
