@@ -1,4 +1,4 @@
-//! Chaos: three worker processes, capacity 50, 600 users, a simulated checkout that
+//! Chaos: three worker processes, capacity 50, 2000 users, a simulated checkout that
 //! completes or abandons; meanwhile workers are killed with SIGKILL and restarted,
 //! the script cache is flushed, the workers' connections are killed, redis-server
 //! restarts (AOF, so data survives) and the Kafka brokers go away for seconds.
@@ -20,7 +20,7 @@ use support::*;
 const BIN: &str = env!("CARGO_BIN_EXE_waitroom-worker");
 const EVENT: &str = "chaos";
 const CAPACITY: u64 = 50;
-const USERS: usize = 600;
+const USERS: usize = 2000;
 
 fn spawn_worker(redis_url: &str, brokers: &str, id: usize) -> Child {
     Command::new(BIN)
