@@ -140,9 +140,15 @@ pub struct RunArgs {
     /// Kafka bootstrap servers, comma separated.
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub kafka_brokers: String,
-    /// Extra librdkafka setting, repeatable (e.g. security.protocol=SASL_SSL).
+    /// Extra librdkafka setting, repeatable (e.g. security.protocol=SASL_SSL); wins
+    /// over the same key in --kafka-config-file.
     #[arg(long = "kafka-config", value_name = "KEY=VALUE", value_parser = key_value)]
     pub kafka_config: Vec<(String, String)>,
+    /// File of librdkafka settings, one KEY=VALUE per line (`#` comments), for the
+    /// ones that are secrets (sasl.password): not on the command line, where `ps`
+    /// shows them.
+    #[arg(long, env = "KAFKA_CONFIG_FILE")]
+    pub kafka_config_file: Option<PathBuf>,
     /// Topic of the admission messages.
     #[arg(long, env = "QUEUE_READY_TOPIC", default_value = "QUEUE_READY")]
     pub ready_topic: String,
@@ -412,6 +418,28 @@ impl RedisArgs {
 }
 
 impl RunArgs {
+    /// The settings of --kafka-config-file, then those of --kafka-config.
+    fn kafka_config(&self) -> Result<Vec<(String, String)>, SettingsError> {
+        let mut pairs = Vec::new();
+        if let Some(path) = &self.kafka_config_file {
+            let flag = "--kafka-config-file (KAFKA_CONFIG_FILE)";
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid(flag, format!("cannot read {}: {e}", path.display())))?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                // The line itself may hold a secret: only its number is reported.
+                let pair = key_value(line)
+                    .map_err(|_| invalid(flag, format!("line {} is not KEY=VALUE", n + 1)))?;
+                pairs.push((pair.0, pair.1.trim_start().to_owned()));
+            }
+        }
+        pairs.extend(self.kafka_config.iter().cloned());
+        Ok(pairs)
+    }
+
     /// Check the flags together and build the signer.
     pub fn settings(&self) -> Result<Settings, SettingsError> {
         let keys = self.redis.keys()?;
@@ -564,7 +592,7 @@ impl RunArgs {
             redis_timeout: self.redis.redis_timeout,
             keys,
             kafka_brokers: self.kafka_brokers.clone(),
-            kafka_config: self.kafka_config.clone(),
+            kafka_config: self.kafka_config()?,
             ready_topic: self.ready_topic.clone(),
             publish_timeout: self.publish_timeout,
             completed_topic: self.completed_topic.clone(),
@@ -678,8 +706,33 @@ impl Settings {
     }
 }
 
-/// `redis://user:secret@host/` → `redis://user:***@host/`, for logs.
+/// `redis://user:secret@host/` → `redis://user:***@host/`, and
+/// `unix:///run/redis.sock?pass=secret` → `unix:///run/redis.sock?pass=***`, for logs.
 pub fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = redact_userinfo(base);
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _))
+                    if k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password") =>
+                {
+                    format!("{k}=***")
+                }
+                _ => p.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
+}
+
+fn redact_userinfo(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -756,6 +809,33 @@ mod tests {
         assert!(e.contains("--redis-cluster"), "{e}");
         let e = parse(&["--redis-cluster", " , "]).unwrap_err();
         assert!(e.contains("at least one"), "{e}");
+    }
+
+    #[test]
+    fn kafka_settings_come_from_a_file_then_the_flags() {
+        let dir = std::env::temp_dir().join(format!("waitroom-kcf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("kafka.properties");
+        std::fs::write(
+            &file,
+            "# secrets\nsecurity.protocol=SASL_SSL\n\nsasl.password = p=w\nacks=1\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let s = parse(&["--kafka-config-file", f, "--kafka-config", "acks=all"]).unwrap();
+        assert_eq!(
+            s.kafka_config,
+            vec![
+                ("security.protocol".into(), "SASL_SSL".into()),
+                ("sasl.password".into(), "p=w".into()),
+                ("acks".into(), "1".into()),
+                ("acks".into(), "all".into()),
+            ]
+        );
+        std::fs::write(&file, "sasl.password-without-equals-hunter2\n").unwrap();
+        let e = parse(&["--kafka-config-file", f]).unwrap_err();
+        assert!(e.contains("line 1") && !e.contains("hunter2"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A file that exists wherever the tests run.
@@ -850,6 +930,14 @@ mod tests {
             "redis://:***@host:6379/0"
         );
         assert_eq!(redact_url("rediss://u:p@h"), "rediss://u:***@h");
+        assert_eq!(
+            redact_url("unix:///run/redis.sock?db=1&pass=hunter2"),
+            "unix:///run/redis.sock?db=1&pass=***"
+        );
+        assert_eq!(
+            redact_url("redis://:a@h/0?password=b"),
+            "redis://:***@h/0?password=***"
+        );
         assert_eq!(
             redact_url("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"

@@ -9,7 +9,7 @@
 //! does against one server: [`RedisConn`] splits a pipeline by hash slot and sends the
 //! parts concurrently, because a cluster node only runs commands of slots it owns. With
 //! the cluster key layout, everything one event needs lives in one slot, so a pass
-//! over many events costs one pipeline per event, all in flight at once.
+//! over many events costs one pipeline per hash slot in use, all in flight at once.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -134,9 +134,10 @@ pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<RedisConn
             ))
         }
         Endpoint::Cluster(urls) => {
-            // Retries (redirects included) wait 20 ms, then 40 ms. redis-rs waits at
-            // least 1.28 s by default, and a pass waits for its slowest part: a master
-            // that is down would slow the events of every other master as much.
+            // Retries (redirects included) wait a random 10-20 ms, then 10-40 ms.
+            // redis-rs waits at least 1.28 s by default, and a pass waits for its
+            // slowest part: a master that is down would slow every other master's
+            // events as much.
             let client = ClusterClientBuilder::new(urls.iter().map(String::as_str))
                 .connection_timeout(timeout)
                 .response_timeout(timeout)
@@ -167,7 +168,7 @@ impl ConnectionLike for RedisConn {
             RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             // A transaction must stay whole (and in one slot); anything else is split.
             RedisConn::Cluster(c) => {
-                if pipeline.is_transaction() || offset != 0 {
+                if pipeline.is_transaction() || offset != 0 || count != pipeline.len() {
                     c.req_packed_commands(pipeline, offset, count)
                 } else {
                     Box::pin(split_by_slot(c.clone(), pipeline))
@@ -186,23 +187,27 @@ impl ConnectionLike for RedisConn {
 
 /// Send a pipeline to a cluster as one pipeline per hash slot, concurrently, and put
 /// the replies back in the order of the commands. Commands of one slot keep their
-/// order; a command with no key (or one that goes to many nodes) is sent on its own.
+/// order; a command without a key goes on its own as a plain command, so redis-rs
+/// routes it as it would outside a pipeline (SCRIPT LOAD to every master, say).
 ///
-/// A part that fails as a whole (its master unreachable) turns into a TRYAGAIN error
-/// reply for each of its commands, so with `ignore_errors` the events of the other
-/// masters go on and only that master's events wait for the next pass. When every
-/// part fails, the pipeline fails, as one pipeline to one server would.
+/// A part that fails as a whole with a transient error (its master unreachable or
+/// failing over) turns into a TRYAGAIN error reply for each of its commands, so with
+/// `ignore_errors` the events of the other masters go on and only that master's
+/// events wait for the next pass. Any other error, or every part failing, fails the
+/// pipeline, as one pipeline to one server would. (When a reply in a part is MOVED or
+/// ASK, redis-rs sends the whole part again; the scripts are atomic, so a call that
+/// ran twice admits within capacity and its first admissions wait in the outbox.)
 async fn split_by_slot(conn: ClusterConnection, pipeline: &Pipeline) -> RedisResult<Vec<Value>> {
-    let mut parts: Vec<(Pipeline, Vec<usize>)> = Vec::new();
+    let mut parts: Vec<(Pipeline, Vec<usize>, bool)> = Vec::new();
     let mut by_slot: HashMap<Slot, usize> = HashMap::new();
     for (i, cmd) in pipeline.cmd_iter().enumerate() {
         let part = match slot_of(cmd) {
             Some(slot) => *by_slot.entry(slot).or_insert_with(|| {
-                parts.push((redis::pipe(), Vec::new()));
+                parts.push((redis::pipe(), Vec::new(), false));
                 parts.len() - 1
             }),
             None => {
-                parts.push((redis::pipe(), Vec::new()));
+                parts.push((redis::pipe(), Vec::new(), true));
                 parts.len() - 1
             }
         };
@@ -213,9 +218,14 @@ async fn split_by_slot(conn: ClusterConnection, pipeline: &Pipeline) -> RedisRes
         let mut c = conn;
         return c.req_packed_commands(pipeline, 0, pipeline.len()).await;
     }
-    let sends = parts.iter().map(|(p, _)| {
+    let sends = parts.iter().map(|(p, _, keyless)| {
         let mut c = conn.clone();
-        async move { c.req_packed_commands(p, 0, p.len()).await }
+        async move {
+            match p.cmd_iter().next() {
+                Some(cmd) if *keyless => c.req_packed_command(cmd).await.map(|v| vec![v]),
+                _ => c.req_packed_commands(p, 0, p.len()).await,
+            }
+        }
     });
     let replies = futures_util::future::join_all(sends).await;
     if replies.iter().all(Result::is_err) {
@@ -225,20 +235,21 @@ async fn split_by_slot(conn: ClusterConnection, pipeline: &Pipeline) -> RedisRes
         }));
     }
     let mut out: Vec<Option<Value>> = vec![None; pipeline.len()];
-    for ((_, idx), reply) in parts.iter().zip(replies) {
+    for ((_, idx, _), reply) in parts.iter().zip(replies) {
         match reply {
             Ok(values) => {
                 for (&i, v) in idx.iter().zip(values) {
                     out[i] = Some(v);
                 }
             }
-            Err(e) => {
+            Err(e) if crate::retry::is_transient(&e) => {
                 tracing::warn!(error = %e, commands = idx.len(), "part of a cluster pipeline failed; its commands are retried on the next pass");
-                let failed = part_failed(&e);
+                let failed = part_failed(&e).ok_or(e)?;
                 for &i in idx {
                     out[i] = Some(failed.clone());
                 }
             }
+            Err(e) => return Err(e),
         }
     }
     out.into_iter()
@@ -253,16 +264,17 @@ async fn split_by_slot(conn: ClusterConnection, pipeline: &Pipeline) -> RedisRes
         .collect()
 }
 
-/// The error reply that stands for each command of a part that failed as a whole:
-/// TRYAGAIN (the worker counts it as transient) with the cause on one line.
-fn part_failed(e: &RedisError) -> Value {
+/// The error reply that stands for each command of a part that failed as a whole
+/// with a transient error: TRYAGAIN (transient for the worker too), with the cause
+/// on one line. None if Redis's own parser refuses the line.
+fn part_failed(e: &RedisError) -> Option<Value> {
     let cause: String = e
         .to_string()
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    let line = format!("-TRYAGAIN cluster node unreachable: {cause}\r\n");
-    redis::parse_redis_value(line.as_bytes()).unwrap_or(Value::Nil)
+    let line = format!("-TRYAGAIN cluster part failed: {cause}\r\n");
+    redis::parse_redis_value(line.as_bytes()).ok()
 }
 
 /// The hash slot of a command that names a key: the first key of EVAL, EVALSHA and
@@ -338,7 +350,7 @@ mod tests {
             std::io::ErrorKind::ConnectionRefused,
             "refused\r\nby node",
         ));
-        let Value::ServerError(e) = part_failed(&io) else {
+        let Some(Value::ServerError(e)) = part_failed(&io) else {
             panic!("not an error reply");
         };
         let e = RedisError::from(e);
