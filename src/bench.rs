@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use serde::Serialize;
 use thiserror::Error;
 
@@ -19,12 +19,13 @@ use crate::clock;
 use crate::embedded_kafka::EmbeddedKafka;
 use crate::enqueue;
 use crate::keys::{KeyLayout, Keys};
-use crate::redis_server::{PrivateRedis, ServerError};
+use crate::redis_server::{PrivateCluster, PrivateRedis, ServerError};
 use crate::scripts::Scripts;
 use crate::scripts::admit::{self, AdmitArgs};
 use crate::settings::{Cli, Command, Settings};
 use crate::shutdown;
 use crate::stats::Stats;
+use crate::store::{self, Endpoint};
 use crate::worker::Worker;
 
 #[derive(Debug, Clone, Args)]
@@ -98,6 +99,9 @@ pub struct Report {
     /// (events, ms of the first pass (admitting), ms of a steady pass, ms of Redis
     /// CPU in the steady pass).
     pub full_pass: Vec<(usize, f64, f64, f64)>,
+    /// The same passes on a private three-master Redis Cluster (cluster layout):
+    /// (events, first ms, steady ms, Redis CPU ms of the steady pass over all masters).
+    pub cluster_pass: Vec<(usize, f64, f64, f64)>,
     /// Replicas on the largest event count: (replicas, events, wall ms of a steady
     /// round of all of them at once, Redis CPU ms of that round, Redis CPU ms of one
     /// replica's complete pass, which each replica runs every 30th pass).
@@ -440,6 +444,22 @@ async fn cycle_cost(env: &mut Env, queued: usize) -> Result<f64, BenchError> {
 async fn full_pass(env: &mut Env, n: usize) -> Result<(f64, f64, f64), BenchError> {
     let prefix = format!("bench-events-{n}");
     let keys = Keys::new(&prefix, KeyLayout::Default);
+    seed_events(&mut env.conn, &keys, n).await?;
+    let w = start_worker(settings(env, &prefix, &["--batch-size", "10"])?).await?;
+    let conn = env.conn.clone();
+    time_passes(w, || {
+        let mut c = conn.clone();
+        async move { redis_cpu(&mut c).await }
+    })
+    .await
+}
+
+/// `n` events of 3 queued users each, all in `active_events`.
+async fn seed_events<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    n: usize,
+) -> Result<(), BenchError> {
     let mut p = redis::pipe();
     let now = clock::now_ms();
     for e in 0..n {
@@ -461,14 +481,23 @@ async fn full_pass(env: &mut Env, n: usize) -> Result<(f64, f64, f64), BenchErro
         }
         p.cmd("SADD").arg(keys.active_events()).arg(&event).ignore();
         if e % 1000 == 999 {
-            p.query_async::<()>(&mut env.conn).await?;
+            p.query_async::<()>(conn).await?;
             p = redis::pipe();
         }
     }
     if !n.is_multiple_of(1000) {
-        p.query_async::<()>(&mut env.conn).await?;
+        p.query_async::<()>(conn).await?;
     }
-    let mut w = start_worker(settings(env, &prefix, &["--batch-size", "10"])?).await?;
+    Ok(())
+}
+
+/// Time a worker's first pass (admitting everyone), then a steady pass (nothing to
+/// admit, reap or publish) and the Redis CPU it cost, as `cpu` reads it.
+async fn time_passes<F, Fut>(mut w: Worker, cpu: F) -> Result<(f64, f64, f64), BenchError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<f64, BenchError>>,
+{
     let t = Instant::now();
     if !w.cycle().await {
         return Err(BenchError::Other("a cycle failed".into()));
@@ -480,14 +509,57 @@ async fn full_pass(env: &mut Env, n: usize) -> Result<(f64, f64, f64), BenchErro
     if !w.cycle().await {
         return Err(BenchError::Other("a cycle failed".into()));
     }
-    let cpu0 = redis_cpu(&mut env.conn).await?;
+    let cpu0 = cpu().await?;
     let t = Instant::now();
     if !w.cycle().await {
         return Err(BenchError::Other("a cycle failed".into()));
     }
     let steady = t.elapsed().as_secs_f64() * 1e3;
-    let cpu = (redis_cpu(&mut env.conn).await? - cpu0) * 1e3;
+    let cpu = (cpu().await? - cpu0) * 1e3;
     Ok((first, steady, cpu))
+}
+
+/// 8. The full pass of section 5 on a private three-master Redis Cluster (cluster
+///    layout, events spread over the masters by hash slot): (first ms, steady ms,
+///    Redis CPU ms of the steady pass, summed over the masters).
+async fn cluster_pass(env: &Env, n: usize) -> Result<(f64, f64, f64), BenchError> {
+    let cluster = PrivateCluster::start(false)?;
+    let urls = cluster.urls();
+    let prefix = format!("bench-cluster-{n}");
+    let keys = Keys::new(&prefix, KeyLayout::Cluster);
+    let mut conn = store::connect(
+        &Endpoint::Cluster(vec![cluster.url(0)]),
+        Duration::from_secs(5),
+    )
+    .await?;
+    seed_events(&mut conn, &keys, n).await?;
+    let w = start_worker(settings(
+        env,
+        &prefix,
+        &["--redis-cluster", &urls, "--batch-size", "10"],
+    )?)
+    .await?;
+    let mut nodes = Vec::new();
+    for i in 0..cluster.ports.len() {
+        nodes.push(
+            redis::Client::open(cluster.url(i))?
+                .get_multiplexed_async_connection()
+                .await?,
+        );
+    }
+    let r = time_passes(w, || {
+        let nodes = nodes.clone();
+        async move {
+            let mut sum = 0.0;
+            for mut c in nodes {
+                sum += redis_cpu(&mut c).await?;
+            }
+            Ok(sum)
+        }
+    })
+    .await;
+    drop(cluster);
+    r
 }
 
 /// 7. Replicas: `replicas` workers on the `n`-event layout of [`full_pass`], all
@@ -616,10 +688,18 @@ pub async fn run(mut a: BenchArgs) -> Result<Report, BenchError> {
     let mut passes = Vec::new();
     let mut sizes = vec![1usize, 1000.min(a.events), a.events];
     sizes.dedup();
-    for n in sizes {
+    for &n in &sizes {
         say(&format!("full pass over {n} events"));
         let (first, steady, cpu) = full_pass(&mut env, n).await?;
         passes.push((n, first, steady, cpu));
+    }
+    let mut cluster_passes = Vec::new();
+    for &n in &sizes[1..] {
+        say(&format!(
+            "full pass over {n} events on a three-master cluster"
+        ));
+        let (first, steady, cpu) = cluster_pass(&env, n).await?;
+        cluster_passes.push((n, first, steady, cpu));
     }
     // Before the replica section, which runs several workers in this process.
     let peak_rss_mb = peak_rss_mb();
@@ -648,6 +728,7 @@ pub async fn run(mut a: BenchArgs) -> Result<Report, BenchError> {
         cycle_big_queue_ms: big,
         cycle_cost_ratio: big / small,
         full_pass: passes,
+        cluster_pass: cluster_passes,
         replicas: (a.replicas, a.events, rw, rc, rf),
         peak_rss_mb,
     })
@@ -696,6 +777,11 @@ pub fn render(r: &Report) -> String {
     for (n, first, steady, cpu) in &r.full_pass {
         t.push_str(&format!(
             "full pass over {n:>6} events: {first:>8.1} ms admitting, {steady:>8.1} ms steady ({cpu:.1} ms Redis CPU)\n"
+        ));
+    }
+    for (n, first, steady, cpu) in &r.cluster_pass {
+        t.push_str(&format!(
+            "cluster (3 masters), {n:>6} events: {first:>8.1} ms admitting, {steady:>8.1} ms steady ({cpu:.1} ms Redis CPU, all masters)\n"
         ));
     }
     let (n, e, wall, cpu, full) = r.replicas;

@@ -24,6 +24,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use redis::aio::MultiplexedConnection;
 use waitroom_worker::keys::{KeyLayout, Keys};
+use waitroom_worker::redis_server::PrivateCluster;
 use waitroom_worker::settings::{Cli, Command as Sub, Settings};
 
 pub const SECRET: &str = "test-secret-0123456789abcdef0123456789";
@@ -568,30 +569,11 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     (code, body)
 }
 
-/// A port `p` such that `p` and `p + 10000` (a cluster node's bus port) are free.
-fn free_cluster_port() -> u16 {
-    for _ in 0..200 {
-        let p = free_port();
-        let p = 20000 + p % 10000;
-        if TcpListener::bind(("127.0.0.1", p)).is_ok()
-            && TcpListener::bind(("127.0.0.1", p + 10000)).is_ok()
-        {
-            return p;
-        }
-    }
-    panic!("no free port pair for a cluster node");
-}
-
-/// A Redis Cluster of the test's own: three masters (no replicas) on loopback,
-/// joined with `redis-cli --cluster create`, each in its own temp dir. The masters
-/// keep serving their slots while another is down (`cluster-require-full-coverage
-/// no`), and with `durable` each keeps an AOF fsynced on every write, so a master
-/// killed and restarted comes back with its data and its slots.
+/// The lib's private three-master cluster (see `redis_server::PrivateCluster`),
+/// with the per-node helpers the tests use.
 pub struct RedisCluster {
     pub ports: Vec<u16>,
-    children: Vec<Option<Child>>,
-    dir: PathBuf,
-    durable: bool,
+    inner: PrivateCluster,
 }
 
 impl RedisCluster {
@@ -599,118 +581,23 @@ impl RedisCluster {
         Self::start_with(false)
     }
 
+    /// With `durable`, every master keeps an AOF fsynced on each write.
     pub fn start_with(durable: bool) -> Self {
-        let ports: Vec<u16> = (0..3).map(|_| free_cluster_port()).collect();
-        let dir = std::env::temp_dir().join(format!(
-            "waitroom-test-cluster-{}-{}",
-            std::process::id(),
-            ports[0]
-        ));
-        let mut cluster = RedisCluster {
-            children: ports.iter().map(|_| None).collect(),
-            ports,
-            dir,
-            durable,
-        };
-        for i in 0..cluster.ports.len() {
-            cluster.spawn(i);
+        let inner = PrivateCluster::start(durable).expect("a private Redis Cluster starts");
+        RedisCluster {
+            ports: inner.ports.clone(),
+            inner,
         }
-        let mut create = Command::new("redis-cli");
-        create.arg("--cluster").arg("create");
-        for p in &cluster.ports {
-            create.arg(format!("127.0.0.1:{p}"));
-        }
-        let out = create
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("redis-cli runs");
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create failed: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        for &p in &cluster.ports {
-            cluster.wait_for(p, "CLUSTER INFO", |r| r.contains("cluster_state:ok"));
-        }
-        cluster
-    }
-
-    fn spawn(&mut self, i: usize) {
-        let port = self.ports[i];
-        let node_dir = self.dir.join(port.to_string());
-        std::fs::create_dir_all(&node_dir).expect("temp dir");
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                "5000",
-                "--cluster-require-full-coverage",
-                "no",
-                "--save",
-                "",
-                "--appendonly",
-                if self.durable { "yes" } else { "no" },
-                "--appendfsync",
-                "always",
-                "--dir",
-                node_dir.to_str().expect("utf-8 temp dir"),
-                "--daemonize",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (the test command installs it)");
-        self.children[i] = Some(child);
-        self.wait_for(port, "PING", |r| r == "PONG");
     }
 
     /// SIGKILL master `i`.
     pub fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.children[i].take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.inner.kill(i);
     }
 
-    /// Start master `i` again on its port and dir; it rejoins with its slots.
+    /// Start master `i` again; it rejoins with its slots.
     pub fn restart(&mut self, i: usize) {
-        self.kill(i);
-        self.spawn(i);
-        let port = self.ports[i];
-        self.wait_for(port, "CLUSTER INFO", |r| r.contains("cluster_state:ok"));
-    }
-
-    /// Poll one node with `cmd` (space-separated) until `ok` holds for its reply.
-    fn wait_for(&self, port: u16, cmd: &str, ok: impl Fn(&str) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("url");
-        loop {
-            let reply = client.get_connection().ok().and_then(|mut c| {
-                let mut parts = cmd.split(' ');
-                let mut q = redis::cmd(parts.next().unwrap_or("PING"));
-                for a in parts {
-                    q.arg(a);
-                }
-                q.query::<String>(&mut c).ok()
-            });
-            if reply.as_deref().is_some_and(&ok) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "cluster node {port}: {cmd} never answered as expected (last: {reply:?})"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.inner.restart(i).expect("the master comes back");
     }
 
     pub fn url(&self, i: usize) -> String {
@@ -755,15 +642,6 @@ impl RedisCluster {
             }
         }
         panic!("no node of ours owns the slot of {key}");
-    }
-}
-
-impl Drop for RedisCluster {
-    fn drop(&mut self) {
-        for i in 0..self.children.len() {
-            self.kill(i);
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -870,8 +748,24 @@ pub struct TlsRedis {
 }
 
 impl TlsRedis {
+    /// Tries new ports when the server exits at once (a port taken in between).
     pub fn start(certs: &TestCerts) -> Self {
-        let (port, tls_port) = (free_port(), free_port());
+        for _ in 0..3 {
+            if let Some(s) = Self::try_start(certs) {
+                return s;
+            }
+        }
+        panic!("the TLS redis-server did not start on three pairs of ports");
+    }
+
+    fn try_start(certs: &TestCerts) -> Option<Self> {
+        let port = free_port();
+        let tls_port = loop {
+            let p = free_port();
+            if p != port {
+                break p;
+            }
+        };
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -901,7 +795,7 @@ impl TlsRedis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (the test command installs it)");
-        let s = TlsRedis {
+        let mut s = TlsRedis {
             port,
             tls_port,
             child,
@@ -912,7 +806,10 @@ impl TlsRedis {
             if let Ok(mut c) = client.get_connection()
                 && redis::cmd("PING").query::<String>(&mut c).is_ok()
             {
-                return s;
+                return Some(s);
+            }
+            if matches!(s.child.try_wait(), Ok(Some(_))) {
+                return None;
             }
             assert!(
                 Instant::now() < deadline,
