@@ -107,6 +107,8 @@ pub struct Report {
     /// replica's complete pass, which each replica runs every 30th pass).
     pub replicas: (usize, usize, f64, f64, f64),
     pub peak_rss_mb: f64,
+    /// The same after the cluster section (before the replica section).
+    pub peak_rss_after_cluster_mb: f64,
 }
 
 struct Env {
@@ -614,7 +616,7 @@ async fn replicas_pass(
 }
 
 /// 6. Peak resident set of this process (worker, bench driver and embedded Kafka).
-fn peak_rss_mb() -> f64 {
+fn read_peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -693,6 +695,8 @@ pub async fn run(mut a: BenchArgs) -> Result<Report, BenchError> {
         let (first, steady, cpu) = full_pass(&mut env, n).await?;
         passes.push((n, first, steady, cpu));
     }
+    // Before the cluster and replica sections: one worker at a time on one server.
+    let peak_rss_mb = read_peak_rss_mb();
     let mut cluster_passes = Vec::new();
     for &n in &sizes[1..] {
         say(&format!(
@@ -701,8 +705,8 @@ pub async fn run(mut a: BenchArgs) -> Result<Report, BenchError> {
         let (first, steady, cpu) = cluster_pass(&env, n).await?;
         cluster_passes.push((n, first, steady, cpu));
     }
-    // Before the replica section, which runs several workers in this process.
-    let peak_rss_mb = peak_rss_mb();
+    // The cluster section's worker and driver hold a pipeline part per event.
+    let peak_rss_after_cluster_mb = read_peak_rss_mb();
     say(&format!("{} replicas over {} events", a.replicas, a.events));
     let (rw, rc, rf) = replicas_pass(&mut env, a.events, a.replicas).await?;
     let ratio_to_ceiling = e2e
@@ -731,6 +735,7 @@ pub async fn run(mut a: BenchArgs) -> Result<Report, BenchError> {
         cluster_pass: cluster_passes,
         replicas: (a.replicas, a.events, rw, rc, rf),
         peak_rss_mb,
+        peak_rss_after_cluster_mb,
     })
 }
 
@@ -789,8 +794,8 @@ pub fn render(r: &Report) -> String {
         "{n} replicas over {e} events, steady round at once: {wall:.1} ms, {cpu:.1} ms Redis CPU; a complete pass (every 30th) {full:.1} ms Redis CPU\n"
     ));
     t.push_str(&format!(
-        "peak RSS of the bench process before the replica section (one worker at a time, driver, embedded Kafka): {:.1} MB\n",
-        r.peak_rss_mb
+        "peak RSS of the bench process before the cluster and replica sections (one worker at a time, driver, embedded Kafka): {:.1} MB; after the cluster section {:.1} MB\n",
+        r.peak_rss_mb, r.peak_rss_after_cluster_mb
     ));
     t
 }
