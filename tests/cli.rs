@@ -82,7 +82,16 @@ fn bad_settings_are_refused_with_a_message_naming_them() {
 fn sigterm_shuts_down_gracefully_with_exit_zero() {
     let redis = RedisServer::start();
     let kafka = MockKafka::start();
+    // A SASL password librdkafka accepts but the plaintext mock never asks for.
+    let kafka_password = "kafka-s3cret-pass";
+    let props = std::env::temp_dir().join(format!("waitroom-kafka-{}.properties", redis.port));
+    std::fs::write(
+        &props,
+        format!("sasl.username=worker\nsasl.password={kafka_password}\n"),
+    )
+    .expect("write the Kafka properties");
     let mut child = Command::new(BIN)
+        .env("KAFKA_CONFIG_FILE", &props)
         .args([
             "run",
             "--redis-url",
@@ -285,8 +294,8 @@ fn bench_quick_smoke_run_reports_every_section() {
     assert!(cluster[0][1].as_f64().is_some_and(|ms| ms > 0.0));
 }
 
-/// A Redis with a password works, and neither the password nor the JWT secret
-/// reaches a log line, even at debug level.
+/// A Redis with a password works, and neither the password, the JWT secret nor a
+/// Kafka password from --kafka-config-file reaches a log line, even at debug level.
 #[test]
 fn password_protected_redis_works_and_secrets_stay_out_of_the_logs() {
     let password = "s3cret-redis-pass";
@@ -311,7 +320,16 @@ fn password_protected_redis_works_and_secrets_stay_out_of_the_logs() {
             .query(&mut c)
             .expect("ZADD");
     }
+    // A SASL password librdkafka accepts but the plaintext mock never asks for.
+    let kafka_password = "kafka-s3cret-pass";
+    let props = std::env::temp_dir().join(format!("waitroom-kafka-{}.properties", redis.port));
+    std::fs::write(
+        &props,
+        format!("sasl.username=worker\nsasl.password={kafka_password}\n"),
+    )
+    .expect("write the Kafka properties");
     let mut child = Command::new(BIN)
+        .env("KAFKA_CONFIG_FILE", &props)
         .args([
             "run",
             "--redis-url",
@@ -374,4 +392,9 @@ fn password_protected_redis_works_and_secrets_stay_out_of_the_logs() {
         "the Redis password reached the logs"
     );
     assert!(!stderr.contains(SECRET), "the JWT secret reached the logs");
+    assert!(
+        !stderr.contains(kafka_password),
+        "the Kafka password reached the logs"
+    );
+    let _ = std::fs::remove_file(&props);
 }
