@@ -72,7 +72,7 @@ pub fn parse(payload: Option<&[u8]>) -> Result<(Completion, Outcome), Rejected> 
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
     pub brokers: String,
-    pub extra: Vec<(String, String)>,
+    pub extra: crate::settings::KafkaConfig,
     pub topic: String,
     pub group: String,
     pub fetch_wait: Duration,
@@ -126,7 +126,7 @@ impl Completions {
                     .max(100)
                     .to_string(),
             );
-        for (k, v) in &settings.extra {
+        for (k, v) in settings.extra.iter() {
             config.set(k, v);
         }
         let consumer: StreamConsumer = config.create()?;

@@ -19,6 +19,44 @@ fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 250ms, 1s, 15m, 2h)"))
 }
 
+/// librdkafka settings from `--kafka-config` and `--kafka-config-file`, in order. Its
+/// `Debug` masks the values of keys that name a secret (`sasl.password`,
+/// `ssl.key.password`, `*.secret`, `ssl.key.pem`, ...), so settings can be logged.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct KafkaConfig(pub Vec<(String, String)>);
+
+impl KafkaConfig {
+    fn is_secret(key: &str) -> bool {
+        let k = key.to_ascii_lowercase();
+        ["password", "secret", "key", "token", "jaas"]
+            .iter()
+            .any(|w| k.contains(w))
+    }
+}
+
+impl std::ops::Deref for KafkaConfig {
+    type Target = [(String, String)];
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| {
+                let shown = if Self::is_secret(k) {
+                    "***"
+                } else {
+                    v.as_str()
+                };
+                (k, shown)
+            }))
+            .finish()
+    }
+}
+
 fn key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
@@ -278,7 +316,7 @@ pub struct Settings {
     pub redis_timeout: Duration,
     pub keys: Keys,
     pub kafka_brokers: String,
-    pub kafka_config: Vec<(String, String)>,
+    pub kafka_config: KafkaConfig,
     pub ready_topic: String,
     pub publish_timeout: Duration,
     pub completed_topic: String,
@@ -419,7 +457,7 @@ impl RedisArgs {
 
 impl RunArgs {
     /// The settings of --kafka-config-file, then those of --kafka-config.
-    fn kafka_config(&self) -> Result<Vec<(String, String)>, SettingsError> {
+    fn kafka_config(&self) -> Result<KafkaConfig, SettingsError> {
         let mut pairs = Vec::new();
         if let Some(path) = &self.kafka_config_file {
             let flag = "--kafka-config-file (KAFKA_CONFIG_FILE)";
@@ -437,7 +475,7 @@ impl RunArgs {
             }
         }
         pairs.extend(self.kafka_config.iter().cloned());
-        Ok(pairs)
+        Ok(KafkaConfig(pairs))
     }
 
     /// Check the flags together and build the signer.
@@ -824,7 +862,7 @@ mod tests {
         let f = file.to_str().unwrap();
         let s = parse(&["--kafka-config-file", f, "--kafka-config", "acks=all"]).unwrap();
         assert_eq!(
-            s.kafka_config,
+            s.kafka_config.0,
             vec![
                 ("security.protocol".into(), "SASL_SSL".into()),
                 ("sasl.password".into(), "p=w".into()),
@@ -836,6 +874,36 @@ mod tests {
         let e = parse(&["--kafka-config-file", f]).unwrap_err();
         assert!(e.contains("line 1") && !e.contains("hunter2"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// What `run` would log if it logged its settings: no secret in it.
+    #[test]
+    fn settings_debug_shows_no_secret() {
+        let s = parse(&[
+            "--redis-url",
+            "redis://:redis-pw-123@h:6379/0?password=redis-pw-456",
+            "--kafka-config",
+            "sasl.password=kafka-pw-789",
+            "--kafka-config",
+            "ssl.key.password=key-pw-012",
+            "--kafka-config",
+            "security.protocol=SASL_SSL",
+        ])
+        .unwrap();
+        let shown = format!("{s:?}");
+        for secret in [
+            "redis-pw-123",
+            "redis-pw-456",
+            "kafka-pw-789",
+            "key-pw-012",
+            "0123456789abcdef0123456789abcdef",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("SASL_SSL") && shown.contains("sasl.password"),
+            "{shown}"
+        );
     }
 
     /// A file that exists wherever the tests run.
