@@ -343,6 +343,8 @@ pub struct Settings {
 }
 
 impl RedisArgs {
+    /// The key names: prefix and layout. The URLs and TLS files are checked by
+    /// [`RedisArgs::endpoint`], which every connection goes through.
     pub fn keys(&self) -> Result<Keys, SettingsError> {
         let p = self.key_prefix.trim();
         if p.is_empty() || p.contains(['{', '}', ' ']) {
@@ -351,14 +353,13 @@ impl RedisArgs {
                 "must be non-empty, without spaces or braces",
             ));
         }
-        let endpoint = self.endpoint()?;
         if self.redis_timeout.is_zero() {
             return Err(invalid(
                 "--redis-timeout (REDIS_TIMEOUT)",
                 "must be above zero",
             ));
         }
-        let layout = match (self.key_layout, endpoint.is_cluster()) {
+        let layout = match (self.key_layout, self.redis_cluster.is_some()) {
             (None, true) | (Some(KeyLayout::Cluster), _) => KeyLayout::Cluster,
             (Some(KeyLayout::Default), true) => {
                 return Err(invalid(

@@ -63,12 +63,6 @@ impl TlsFiles {
     }
 }
 
-impl Endpoint {
-    pub fn is_cluster(&self) -> bool {
-        matches!(self, Endpoint::Cluster(_))
-    }
-}
-
 /// Shows the URLs with any password replaced, so an endpoint can be logged.
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
