@@ -57,19 +57,13 @@ impl PrivateRedis {
             .stderr(Stdio::null())
             .spawn()
             .map_err(ServerError::Missing)?;
-        let server = PrivateRedis { port, child, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(client) = redis::Client::open(server.url())
-                && let Ok(mut c) = client.get_connection()
-                && redis::cmd("PING").query::<String>(&mut c).is_ok()
-            {
-                return Ok(server);
-            }
-            if Instant::now() > deadline {
-                return Err(ServerError::NoAnswer(port));
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        // Dropped on failure: the process is killed and the dir removed.
+        let mut server = PrivateRedis { port, child, dir };
+        let url = server.url();
+        if answers_ping(&mut server.child, &url, Duration::from_secs(10)) {
+            Ok(server)
+        } else {
+            Err(ServerError::NoAnswer(port))
         }
     }
 
@@ -102,6 +96,26 @@ fn reserve_port() -> Result<u16, ServerError> {
         }
     }
     Err(ServerError::NoPortPair)
+}
+
+/// Wait until the redis-server `child` answers PING at `url`: true when it does,
+/// false as soon as the process has exited, or when `within` has passed.
+pub fn answers_ping(child: &mut Child, url: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    loop {
+        if let Ok(mut c) = client.get_connection()
+            && redis::cmd("PING").query::<String>(&mut c).is_ok()
+        {
+            return true;
+        }
+        if !matches!(child.try_wait(), Ok(None)) || Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Poll one server with `args` until `ok` holds for its reply, at most `within`.
@@ -222,21 +236,13 @@ impl PrivateCluster {
             .spawn()
             .map_err(ServerError::Missing)?;
         // A node that exits (a port taken after all) fails at once, not after 10 s.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if child.try_wait()?.is_some() {
-                return Err(ServerError::NoAnswer(port));
-            }
-            if wait_for(port, &["PING"], Duration::ZERO, |r| r == "PONG") {
-                self.children[i] = Some(child);
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(ServerError::NoAnswer(port));
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let answered = answers_ping(&mut child, &self.url(i), Duration::from_secs(10));
+        // Kept even when it did not answer, so that drop stops it.
+        self.children[i] = Some(child);
+        if answered {
+            Ok(())
+        } else {
+            Err(ServerError::NoAnswer(port))
         }
     }
 

@@ -15,17 +15,8 @@ use waitroom_worker::scripts::admit::{self, AdmitArgs};
 use waitroom_worker::shutdown;
 use waitroom_worker::stats::Stats;
 use waitroom_worker::token::{Signer, Verifier};
-use waitroom_worker::worker::Worker;
 
 const EVENT: &str = "concert-2024";
-
-async fn start_worker(settings: waitroom_worker::settings::Settings) -> Worker {
-    let (_t, mut l) = shutdown::channel();
-    Worker::start(settings, &mut l)
-        .await
-        .expect("worker starts")
-        .expect("not shut down")
-}
 
 async fn outbox_empty(conn: &mut redis::aio::MultiplexedConnection, k: &Keys, event: &str) {
     let key = k.outbox(event);

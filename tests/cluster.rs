@@ -13,10 +13,8 @@ use std::time::{Duration, Instant};
 use support::*;
 use waitroom_worker::keys::{KeyLayout, Keys};
 use waitroom_worker::scripts::Scripts;
-use waitroom_worker::shutdown;
 use waitroom_worker::store::{self, Endpoint, RedisConn};
 use waitroom_worker::token::Verifier;
-use waitroom_worker::worker::Worker;
 
 const CAPACITY: u64 = 5;
 const USERS_PER_EVENT: usize = 20;
@@ -123,18 +121,10 @@ async fn events_on_three_masters_are_admitted_in_their_slots_and_never_over_capa
         ],
     );
     assert_eq!(settings.keys.layout(), KeyLayout::Cluster);
-    let (_t, mut l) = shutdown::channel();
-    let worker = Worker::start(settings, &mut l)
-        .await
-        .expect("worker starts")
-        .expect("not shut down");
-
-    let http = worker.http_addr().expect("http on");
+    let worker = run_worker(settings).await;
+    let http = worker.http.expect("http on");
     // Loaded on every master at start-up.
     scripts_on_every_master(&cluster, "at start-up").await;
-
-    let (trigger, listener) = shutdown::channel();
-    let handle = tokio::spawn(worker.run(listener));
 
     // The monitor: processing of every event, polled until the end.
     let stop = Arc::new(AtomicBool::new(false));
@@ -257,9 +247,7 @@ async fn events_on_three_masters_are_admitted_in_their_slots_and_never_over_capa
     let (code, body) = http_get(http, "/readyz").await;
     assert_eq!(code, 200, "{body}");
     scripts_on_every_master(&cluster, "after /readyz").await;
-
-    trigger.trigger();
-    handle.await.expect("worker task");
+    worker.stop().await;
 }
 
 async fn flush_every_master(cluster: &RedisCluster) {
@@ -338,13 +326,7 @@ async fn a_master_going_down_stops_only_its_own_events() {
             "1",
         ],
     );
-    let (_t, mut l) = shutdown::channel();
-    let worker = Worker::start(settings, &mut l)
-        .await
-        .expect("worker starts")
-        .expect("not shut down");
-    let (trigger, listener) = shutdown::channel();
-    let handle = tokio::spawn(worker.run(listener));
+    let worker = run_worker(settings).await;
 
     let started = eventually(Duration::from_secs(20), "all three admitting", || {
         let c = conn.clone();
@@ -399,8 +381,7 @@ async fn a_master_going_down_stops_only_its_own_events() {
         }
     })
     .await;
-    trigger.trigger();
-    handle.await.expect("worker task");
+    worker.stop().await;
 
     for e in &events {
         let (queued, admitted): (u64, u64) = redis::pipe()

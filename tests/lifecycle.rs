@@ -10,45 +10,9 @@ use std::time::{Duration, Instant};
 
 use support::*;
 use waitroom_worker::clock;
-use waitroom_worker::settings::Settings;
-use waitroom_worker::shutdown::{self, ShutdownTrigger};
 use waitroom_worker::stats::Stats;
-use waitroom_worker::worker::Worker;
 
 const EVENT: &str = "gig";
-
-async fn start(settings: Settings) -> Worker {
-    let (_t, mut l) = shutdown::channel();
-    Worker::start(settings, &mut l)
-        .await
-        .expect("worker starts")
-        .expect("not shut down")
-}
-
-struct Running {
-    stats: Arc<Stats>,
-    trigger: ShutdownTrigger,
-    handle: tokio::task::JoinHandle<()>,
-}
-
-async fn run(settings: Settings) -> Running {
-    let w = start(settings).await;
-    let stats = w.stats();
-    let (trigger, listener) = shutdown::channel();
-    let handle = tokio::spawn(w.run(listener));
-    Running {
-        stats,
-        trigger,
-        handle,
-    }
-}
-
-impl Running {
-    async fn stop(self) {
-        self.trigger.trigger();
-        self.handle.await.expect("worker task");
-    }
-}
 
 /// Send garbage until the consumer has clearly read some: it has its partitions.
 async fn warm_up(checkout: &CheckoutService, stats: &[Arc<Stats>]) -> u64 {
@@ -107,7 +71,7 @@ async fn completions_free_slots_and_refill_before_the_next_tick() {
     let mut conn = redis.conn().await;
     let k = keys();
     let ids = enqueue(&mut conn, EVENT, "s", 20, clock::now_ms()).await;
-    let w = run(settings(
+    let w = run_worker(settings(
         &redis.url(),
         &kafka.bootstrap,
         &[
@@ -176,7 +140,7 @@ async fn duplicate_and_garbage_completions_are_counted_and_harmless() {
     let mut conn = redis.conn().await;
     let k = keys();
     let ids = enqueue(&mut conn, EVENT, "s", 3, clock::now_ms()).await;
-    let w = run(settings(
+    let w = run_worker(settings(
         &redis.url(),
         &kafka.bootstrap,
         &[
@@ -249,7 +213,7 @@ async fn unconfirmed_sessions_expire_and_their_slots_are_refilled() {
     let kafka = MockKafka::start();
     let mut conn = redis.conn().await;
     let k = keys();
-    let w = run(settings(
+    let w = run_worker(settings(
         &redis.url(),
         &kafka.bootstrap,
         &[
@@ -345,7 +309,7 @@ async fn slots_without_a_deadline_are_adopted_and_expire() {
         .query_async::<()>(&mut conn)
         .await
         .expect("SADD");
-    let mut w = start(settings(
+    let mut w = start_worker(settings(
         &redis.url(),
         &kafka.bootstrap,
         &[
@@ -387,7 +351,7 @@ async fn config_overrides_take_effect_without_a_restart() {
     let mut conn = redis.conn().await;
     let k = keys();
     enqueue(&mut conn, EVENT, "s", 200, clock::now_ms()).await;
-    let mut w = start(settings(
+    let mut w = start_worker(settings(
         &redis.url(),
         &kafka.bootstrap,
         &["--event", EVENT],
@@ -513,7 +477,7 @@ async fn priority_lane_goes_first_and_each_lane_is_fifo() {
             .ignore();
     }
     p.query_async::<()>(&mut conn).await.expect("priority lane");
-    let mut w = start(settings(
+    let mut w = start_worker(settings(
         &redis.url(),
         &kafka.bootstrap,
         &["--event", EVENT, "--batch-size", "2"],
@@ -553,8 +517,8 @@ async fn two_workers_release_and_reap_without_double_work() {
         "--consumer-session-timeout",
         "3s",
     ];
-    let a = run(settings(&redis.url(), &kafka.bootstrap, &flags)).await;
-    let b = run(settings(&redis.url(), &kafka.bootstrap, &flags)).await;
+    let a = run_worker(settings(&redis.url(), &kafka.bootstrap, &flags)).await;
+    let b = run_worker(settings(&redis.url(), &kafka.bootstrap, &flags)).await;
     let checkout = CheckoutService::new(&kafka.bootstrap);
     warm_up(&checkout, &[a.stats.clone(), b.stats.clone()]).await;
 

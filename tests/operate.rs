@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use support::*;
 use waitroom_worker::clock;
-use waitroom_worker::shutdown;
 use waitroom_worker::stats::Stats;
-use waitroom_worker::worker::Worker;
 
 const EVENT: &str = "show";
 const BIN: &str = env!("CARGO_BIN_EXE_waitroom-worker");
@@ -42,15 +40,9 @@ async fn endpoints_report_what_redis_shows() {
             "w-test",
         ],
     );
-    let (_t, mut l) = shutdown::channel();
-    let w = Worker::start(s, &mut l)
-        .await
-        .expect("start")
-        .expect("running");
-    let addr = w.http_addr().expect("http on");
-    let stats = w.stats();
-    let (trigger, listener) = shutdown::channel();
-    let task = tokio::spawn(w.run(listener));
+    let w = run_worker(s).await;
+    let addr = w.http.expect("http on");
+    let stats = w.stats.clone();
     let proc_key = k.processing(EVENT);
     eventually(Duration::from_secs(20), "10 admitted and published", || {
         let (mut c, key, s) = (conn.clone(), proc_key.clone(), stats.clone());
@@ -136,8 +128,7 @@ async fn endpoints_report_what_redis_shows() {
     for f in ["id", "host", "pid", "version", "started_at", "last_cycle"] {
         assert!(beat.contains_key(f), "heartbeat lacks {f}");
     }
-    trigger.trigger();
-    task.await.expect("worker");
+    w.stop().await;
     let live: Vec<String> = redis::cmd("ZRANGE")
         .arg("waitroom:workers")
         .arg(0)
@@ -159,14 +150,8 @@ async fn readyz_follows_redis_and_kafka() {
         &kafka.bootstrap,
         &["--event", EVENT, "--redis-timeout", "1s"],
     );
-    let (_t, mut l) = shutdown::channel();
-    let w = Worker::start(s, &mut l)
-        .await
-        .expect("start")
-        .expect("running");
-    let addr = w.http_addr().expect("http on");
-    let (trigger, listener) = shutdown::channel();
-    let task = tokio::spawn(w.run(listener));
+    let w = run_worker(s).await;
+    let addr = w.http.expect("http on");
     until_http(addr, "/readyz", 200, "ready at first").await;
 
     redis.stop();
@@ -181,8 +166,7 @@ async fn readyz_follows_redis_and_kafka() {
     until_http(addr, "/readyz", 503, "not ready without Kafka").await;
     kafka.brokers_up();
     until_http(addr, "/readyz", 200, "ready again after Kafka returned").await;
-    trigger.trigger();
-    task.await.expect("worker");
+    w.stop().await;
 }
 
 /// `status --json` and `inspect --json` show what Redis holds.
@@ -207,13 +191,12 @@ async fn status_and_inspect_match_redis() {
         .query_async::<()>(&mut conn)
         .await
         .expect("HSET");
-    let mut w = Worker::start(
-        settings(&redis.url(), &kafka.bootstrap, &["--batch-size", "5"]),
-        &mut shutdown::channel().1,
-    )
-    .await
-    .expect("start")
-    .expect("running");
+    let mut w = start_worker(settings(
+        &redis.url(),
+        &kafka.bootstrap,
+        &["--batch-size", "5"],
+    ))
+    .await;
     assert!(w.cycle().await);
     assert!(w.cycle().await);
 

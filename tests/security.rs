@@ -11,8 +11,6 @@ use std::time::Duration;
 use support::*;
 use waitroom_worker::clock;
 use waitroom_worker::publisher::Publisher;
-use waitroom_worker::shutdown;
-use waitroom_worker::worker::Worker;
 
 const BIN: &str = env!("CARGO_BIN_EXE_waitroom-worker");
 const EVENT: &str = "tls";
@@ -41,11 +39,7 @@ async fn a_worker_admits_over_tls_with_its_own_ca_and_a_client_certificate() {
             &certs.path("client.key"),
         ],
     );
-    let (_t, mut l) = shutdown::channel();
-    let mut w = Worker::start(s, &mut l)
-        .await
-        .expect("worker starts over TLS")
-        .expect("not shut down");
+    let mut w = start_worker(s).await;
     assert!(w.cycle().await, "a cycle over TLS reaches Redis");
     assert_eq!(scard(&mut conn, &k.processing(EVENT)).await, 5);
     // The connection the worker holds is a TLS one: the server lists it on its TLS port.

@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 use support::*;
 use waitroom_worker::scripts::release::{self, Outcome};
 use waitroom_worker::scripts::{self, Scripts};
-use waitroom_worker::shutdown;
 use waitroom_worker::stats::Stats;
-use waitroom_worker::worker::Worker;
 
 const EVENT: &str = "soak";
 
@@ -60,14 +58,8 @@ async fn a_million_users_through_one_event() {
             "10ms",
         ],
     );
-    let (_t, mut l) = shutdown::channel();
-    let w = Worker::start(s, &mut l)
-        .await
-        .expect("start")
-        .expect("running");
-    let stats = w.stats();
-    let (trigger, listener) = shutdown::channel();
-    let task = tokio::spawn(w.run(listener));
+    let w = run_worker(s).await;
+    let stats = w.stats.clone();
 
     // The checkout: release everyone in checkout, 1,000 per round trip.
     let scripts = Scripts::new();
@@ -128,8 +120,7 @@ async fn a_million_users_through_one_event() {
         assert!(Instant::now() < deadline, "outbox did not drain");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    trigger.trigger();
-    task.await.expect("worker");
+    w.stop().await;
     let secs = started.elapsed().as_secs_f64();
 
     assert_eq!(

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -24,8 +24,11 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use redis::aio::MultiplexedConnection;
 use waitroom_worker::keys::{KeyLayout, Keys};
-use waitroom_worker::redis_server::PrivateCluster;
+use waitroom_worker::redis_server::{PrivateCluster, answers_ping};
 use waitroom_worker::settings::{Cli, Command as Sub, Settings};
+use waitroom_worker::shutdown::{self, ShutdownTrigger};
+use waitroom_worker::stats::Stats;
+use waitroom_worker::worker::Worker;
 
 pub const SECRET: &str = "test-secret-0123456789abcdef0123456789";
 pub const TOPIC: &str = "QUEUE_READY";
@@ -126,22 +129,13 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (the test command installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let client = redis::Client::open(self.url()).expect("url");
-        loop {
-            if let Ok(mut c) = client.get_connection()
-                && redis::cmd("PING").query::<String>(&mut c).is_ok()
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not come up on {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let url = self.url();
+        let child = self.child.insert(child);
+        assert!(
+            answers_ping(child, &url, Duration::from_secs(10)),
+            "redis-server did not come up on {}",
+            self.port
+        );
     }
 
     pub fn url(&self) -> String {
@@ -354,6 +348,46 @@ impl TopicReader {
             m.entry(p.key.clone()).or_default().push(p.clone());
         }
         m
+    }
+}
+
+/// A worker started from `settings` (scripts loaded, Kafka clients made), not yet
+/// running: a test drives its cycles or hands it to [`run_worker`].
+pub async fn start_worker(settings: Settings) -> Worker {
+    let (_t, mut l) = shutdown::channel();
+    Worker::start(settings, &mut l)
+        .await
+        .expect("worker starts")
+        .expect("not shut down")
+}
+
+/// A worker running its loop in a task until [`Running::stop`].
+pub struct Running {
+    pub stats: Arc<Stats>,
+    /// Where its HTTP endpoint listens, when on.
+    pub http: Option<std::net::SocketAddr>,
+    trigger: ShutdownTrigger,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+pub async fn run_worker(settings: Settings) -> Running {
+    let w = start_worker(settings).await;
+    let (stats, http) = (w.stats(), w.http_addr());
+    let (trigger, listener) = shutdown::channel();
+    let handle = tokio::spawn(w.run(listener));
+    Running {
+        stats,
+        http,
+        trigger,
+        handle,
+    }
+}
+
+impl Running {
+    /// Graceful shutdown, awaited.
+    pub async fn stop(self) {
+        self.trigger.trigger();
+        self.handle.await.expect("worker task");
     }
 }
 
@@ -800,23 +834,8 @@ impl TlsRedis {
             tls_port,
             child,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let client = redis::Client::open(s.plain_url()).expect("url");
-        loop {
-            if let Ok(mut c) = client.get_connection()
-                && redis::cmd("PING").query::<String>(&mut c).is_ok()
-            {
-                return Some(s);
-            }
-            if matches!(s.child.try_wait(), Ok(Some(_))) {
-                return None;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "TLS redis-server did not come up"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let url = s.plain_url();
+        answers_ping(&mut s.child, &url, Duration::from_secs(10)).then_some(s)
     }
 
     pub fn plain_url(&self) -> String {
