@@ -1,20 +1,31 @@
 -- admit.lua: move waiting sessions of one event into checkout, atomically.
--- version: 4
+-- version: 5
 --
 -- One call does, for one event: read the capacity settings (per-event config hash
 -- over the defaults), count the slots in use, look at the head of the priority lane
 -- and then of the queue, drop every member that may not be admitted, and for each
 -- admitted session: SADD to processing, HSET status/admitted_at/checkout_expires_at,
--- refresh the session TTL, record the slot deadline and an outbox entry.
--- Everything is read and checked first; writes happen only after all checks passed.
+-- refresh the session TTL, and record its outbox entry and its "untold" mark.
+-- Everything is read and checked first; writes happen only after all checks passed,
+-- except the repair of a worker-owned key that holds the wrong type (moved aside).
+--
+-- Time is Redis's own (TIME), so every replica stamps and compares with one clock.
+--
+-- Untold: until Kafka acknowledged a session's QUEUE_READY, its score in the
+-- deadlines set is UNTOLD + admitted_ms (UNTOLD = 2^50 ms, far past any real
+-- deadline), so the reaper never takes the slot back; the settle script puts the
+-- real deadline there once the message is acknowledged. The oldest untold mark is
+-- how old the oldest unpublished admission is: past ARGV[10] the event stops
+-- admitting (backpressure) until publishing catches up.
 --
 -- KEYS[1]  queue        ZSET  member = session id, score = join time (ms)
 -- KEYS[2]  priority     ZSET  same shape, admitted before the queue
 -- KEYS[3]  processing   SET   sessions holding a checkout slot
 -- KEYS[4]  config       HASH  optional overrides: max_concurrent, batch_size, paused,
---                             new_users_per_minute
+--                             new_users_per_minute (plain decimal digits only)
 -- KEYS[5]  outbox       ZSET  member = JSON entry, score = when it is due (ms)
--- KEYS[6]  deadlines    ZSET  member = session id, score = checkout deadline (ms)
+-- KEYS[6]  deadlines    ZSET  member = session id, score = checkout deadline (ms),
+--                             or UNTOLD + admitted_ms while unpublished
 -- KEYS[7]  rate         HASH  minute = epoch minute, count = admitted in that minute,
 --                             prev = admitted in the minute before
 --
@@ -23,46 +34,54 @@
 -- ARGV[2]  event id (a session whose event_id field names another event is skipped)
 -- ARGV[3]  default max_concurrent
 -- ARGV[4]  default batch_size
--- ARGV[5]  now, ms since the epoch
--- ARGV[6]  admitted_at, RFC 3339 (the same instant as ARGV[5], whole seconds)
--- ARGV[7]  checkout deadline, ms since the epoch (= token exp * 1000)
--- ARGV[8]  checkout_expires_at, RFC 3339 (the same instant as ARGV[7])
--- ARGV[9]  session TTL, ms
--- ARGV[10] outbox lease, ms: new entries are due at now + lease, so the admitting
+-- ARGV[5]  checkout window, ms
+-- ARGV[6]  session TTL, ms
+-- ARGV[7]  outbox lease, ms: new entries are due at now + lease, so the admitting
 --          worker publishes them and other replicas only take over if it dies
--- ARGV[11] hard cap on admissions per call (bounds the work of one call)
--- ARGV[12] hard cap on members examined per call (admitted + skipped)
+-- ARGV[8]  hard cap on admissions per call (bounds the work of one call)
+-- ARGV[9]  hard cap on members examined per call (admitted + skipped)
+-- ARGV[10] max unpublished age, ms: hold admission while the oldest unpublished
+--          admission is older
+-- ARGV[11] 1 when the event is served; 0 when it is retired (drained: admits nobody,
+--          the call only reports)
 --
 -- Reply: { {admitted, skipped, in_use, capacity, batch, paused, rate_left,
---           queue_length, outbox_depth, deadlines, next_deadline_ms},
+--           queue_length, outbox_depth, deadlines, next_deadline_ms, held,
+--           unpublished_age_ms, now_ms},
 --          {invalid config field names...},
---          {outbox entries of the admitted sessions, in admission order...} }
+--          {outbox entries of the admitted sessions, in admission order...},
+--          {keys repaired (moved aside to <key>:corrupt) by this call...} }
 --   rate_left is -1 when no per-minute cap is configured; queue_length counts both
 --   lanes after the call; outbox_depth is the outbox's size after the call;
 --   deadlines is the size of the deadlines set and next_deadline_ms its earliest
---   score (-1 when empty).
+--   real deadline (-1 when none); held is 0 (admitting), 1 (publishing stalled),
+--   2 (not served); unpublished_age_ms is the age of the oldest unpublished
+--   admission (-1 when none); now_ms is Redis's clock.
 --   An outbox entry is the JSON array [session_id, user_id, admitted_ms, deadline_ms].
--- Error replies: WRONGTYPE from SCARD/ZCARD when processing, queue, priority, outbox
---   or deadlines hold the wrong type (nothing is written then).
+-- Error replies: WRONGTYPE from SCARD/ZCARD when processing, queue or priority hold
+--   the wrong type (nothing is written then).
 
+local UNTOLD = 1125899906842624
 local queue, priority, processing, config, outbox, deadlines, rate =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local session_prefix, event_id = ARGV[1], ARGV[2]
-local now_ms, admitted_at = ARGV[5], ARGV[6]
-local deadline_ms, expires_at = ARGV[7], ARGV[8]
-local ttl_ms, lease_ms = tonumber(ARGV[9]), tonumber(ARGV[10])
-local max_admit, max_scan = tonumber(ARGV[11]), tonumber(ARGV[12])
+local window_ms, ttl_ms, lease_ms = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local max_admit, max_scan = tonumber(ARGV[8]), tonumber(ARGV[9])
+local max_unpublished, served = tonumber(ARGV[10]), ARGV[11] == '1'
 
--- Validate: settings from the config hash, falling back to the defaults.
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+-- Validate: a number written by a person or the API is plain decimal digits within
+-- bounds; anything else ('inf', '0x10', '1e3', ' 5') is reported and the default used.
 local invalid = {}
-local function setting(value, name, default, min)
+local function setting(value, name, default, max)
   if value == false or value == nil or value == '' then return default end
-  local n = tonumber(value)
-  if n == nil or n < min or n ~= math.floor(n) then
+  if #value > 12 or not value:match('^%d+$') or tonumber(value) > max then
     invalid[#invalid + 1] = name
     return default
   end
-  return n
+  return tonumber(value)
 end
 
 local cfg = redis.pcall('HMGET', config, 'max_concurrent', 'batch_size', 'paused',
@@ -71,44 +90,69 @@ if cfg.err then
   invalid[#invalid + 1] = 'config'
   cfg = {}
 end
-local capacity = setting(cfg[1], 'max_concurrent', tonumber(ARGV[3]), 0)
-local batch = setting(cfg[2], 'batch_size', tonumber(ARGV[4]), 0)
-local paused = setting(cfg[3], 'paused', 0, 0)
-if paused > 1 then invalid[#invalid + 1] = 'paused'; paused = 0 end
-local per_minute = setting(cfg[4], 'new_users_per_minute', -1, 0)
+local capacity = setting(cfg[1], 'max_concurrent', tonumber(ARGV[3]), 100000000)
+local batch = setting(cfg[2], 'batch_size', tonumber(ARGV[4]), 100000000)
+local paused = setting(cfg[3], 'paused', 0, 1)
+local per_minute = setting(cfg[4], 'new_users_per_minute', -1, 100000000)
+
+-- Worker-owned keys of the wrong type are moved aside (kept for a look) so they
+-- never jam the event; the API's keys are only checked (an error reply, no write).
+local repaired = {}
+local function owned(key, want)
+  local kind = redis.call('TYPE', key).ok
+  if kind ~= want and kind ~= 'none' then
+    redis.call('RENAME', key, key .. ':corrupt')
+    repaired[#repaired + 1] = key
+  end
+end
+owned(outbox, 'zset')
+owned(deadlines, 'zset')
+owned(rate, 'hash')
 
 local in_use = redis.call('SCARD', processing)
-redis.call('ZCARD', outbox)
-redis.call('ZCARD', deadlines)
+redis.call('ZCARD', queue)
+redis.call('ZCARD', priority)
 
-local minute = math.floor(tonumber(now_ms) / 60000)
+local minute = math.floor(now_ms / 60000)
 local rate_count, rate_prev = 0, 0
-local r = redis.pcall('HMGET', rate, 'minute', 'count', 'prev')
-if not r.err then
-  local m = tonumber(r[1])
-  if m == minute then
-    rate_count, rate_prev = tonumber(r[2]) or 0, tonumber(r[3]) or 0
-  elseif m == minute - 1 then
-    rate_prev = tonumber(r[2]) or 0
-  end
+local r = redis.call('HMGET', rate, 'minute', 'count', 'prev')
+local function count(v)
+  if type(v) == 'string' and #v <= 12 and v:match('^%d+$') then return tonumber(v) end
+  return 0
+end
+if r[1] == tostring(minute) then
+  rate_count, rate_prev = count(r[2]), count(r[3])
+elseif r[1] == tostring(minute - 1) then
+  rate_prev = count(r[2])
 end
 local rate_left = -1
 if per_minute >= 0 then rate_left = math.max(per_minute - rate_count, 0) end
 
+-- How old the oldest unpublished admission is (-1 when none).
+local unpublished_age = -1
+local head = redis.call('ZRANGEBYSCORE', deadlines, UNTOLD, '+inf', 'LIMIT', 0, 1, 'WITHSCORES')
+if head[2] then unpublished_age = math.max(now_ms - (tonumber(head[2]) - UNTOLD), 0) end
+local held = 0
+if not served then held = 2
+elseif unpublished_age > max_unpublished then held = 1 end
+
 -- After the call: both lanes' length, the outbox's size, how many deadlines there
--- are and the earliest one (-1 if none), so the worker knows when this event needs
--- the reaper or the outbox claim and can skip them for idle events.
+-- are and the earliest real one (-1 if none), so the worker knows when this event
+-- needs the reaper or the outbox claim and can skip them for idle events.
 local function lengths()
   local first = redis.call('ZRANGE', deadlines, 0, 0, 'WITHSCORES')
+  local next_deadline = tonumber(first[2]) or -1
+  if next_deadline >= UNTOLD then next_deadline = -1 end
   return redis.call('ZCARD', queue) + redis.call('ZCARD', priority), redis.call('ZCARD', outbox),
-    redis.call('ZCARD', deadlines), tonumber(first[2]) or -1
+    redis.call('ZCARD', deadlines), next_deadline
 end
 
 local want = math.min(capacity - in_use, batch, max_admit)
 if rate_left >= 0 then want = math.min(want, rate_left) end
-if paused == 1 or want <= 0 then
+if paused == 1 or held ~= 0 or want <= 0 then
   local q, o, d, nd = lengths()
-  return { {0, 0, in_use, capacity, batch, paused, rate_left, q, o, d, nd}, invalid, {} }
+  return { {0, 0, in_use, capacity, batch, paused, rate_left, q, o, d, nd, held,
+    unpublished_age, now_ms}, invalid, {}, repaired }
 end
 
 -- Session and user ids travel in JSON and JWTs, so they must be non-empty UTF-8;
@@ -171,19 +215,49 @@ for _, lane in ipairs(lanes) do
   end
 end
 
+-- RFC 3339 UTC of a whole second since the epoch (days to civil date, proleptic
+-- Gregorian), as the contract writes times in hashes.
+local function rfc3339(sec)
+  local days, rem = math.floor(sec / 86400), sec % 86400
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400 + (m <= 2 and 1 or 0)
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02dZ', y, m, d,
+    math.floor(rem / 3600), math.floor(rem % 3600 / 60), rem % 60)
+end
+
+-- Calls whose argument count grows with the batch go in chunks: Lua's unpack
+-- refuses a few thousand values.
+local function chunked(cmd, key, args, step)
+  for i = 1, #args, step do
+    redis.call(cmd, key, unpack(args, i, math.min(i + step - 1, #args)))
+  end
+end
+
 -- Mutate.
 local taken = {}
 for _, sid in ipairs(dropped) do taken[#taken + 1] = sid end
 for _, sid in ipairs(admitted) do taken[#taken + 1] = sid end
 if #taken > 0 then
-  redis.call('ZREM', queue, unpack(taken))
-  if has_priority then redis.call('ZREM', priority, unpack(taken)) end
+  chunked('ZREM', queue, taken, 500)
+  if has_priority then chunked('ZREM', priority, taken, 500) end
 end
 
 local entries = {}
 if #admitted > 0 then
-  redis.call('SADD', processing, unpack(admitted))
-  local due = tonumber(now_ms) + lease_ms
+  chunked('SADD', processing, admitted, 500)
+  -- The deadline is a whole second (the token's exp) at least one window away.
+  local deadline_ms = math.ceil((now_ms + window_ms) / 1000) * 1000
+  local admitted_at = rfc3339(math.floor(now_ms / 1000))
+  local expires_at = rfc3339(deadline_ms / 1000)
+  local due = now_ms + lease_ms
   local outbox_args, deadline_args = {}, {}
   for i, sid in ipairs(admitted) do
     local key = session_prefix .. sid
@@ -191,19 +265,21 @@ if #admitted > 0 then
       'checkout_expires_at', expires_at)
     redis.call('PEXPIRE', key, ttl_ms)
     local entry = '[' .. cjson.encode(sid) .. ',' .. cjson.encode(users[i]) .. ','
-      .. now_ms .. ',' .. deadline_ms .. ']'
+      .. string.format('%d', now_ms) .. ',' .. string.format('%d', deadline_ms) .. ']'
     entries[i] = entry
     outbox_args[#outbox_args + 1] = due
     outbox_args[#outbox_args + 1] = entry
-    deadline_args[#deadline_args + 1] = deadline_ms
+    deadline_args[#deadline_args + 1] = UNTOLD + now_ms
     deadline_args[#deadline_args + 1] = sid
   end
-  redis.call('ZADD', outbox, unpack(outbox_args))
-  redis.call('ZADD', deadlines, unpack(deadline_args))
+  chunked('ZADD', outbox, outbox_args, 500)
+  chunked('ZADD', deadlines, deadline_args, 500)
   redis.call('HSET', rate, 'minute', minute, 'count', rate_count + #admitted, 'prev', rate_prev)
   redis.call('PEXPIRE', rate, 120000)
+  if unpublished_age < 0 then unpublished_age = 0 end
 end
 
 local q, o, d, nd = lengths()
 return { {#admitted, #dropped, in_use + #admitted, capacity, batch, paused,
-  rate_left < 0 and -1 or (rate_left - #admitted), q, o, d, nd}, invalid, entries }
+  rate_left < 0 and -1 or (rate_left - #admitted), q, o, d, nd, held, unpublished_age,
+  now_ms}, invalid, entries, repaired }

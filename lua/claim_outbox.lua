@@ -1,31 +1,132 @@
--- claim_outbox.lua: take the due entries of one event's outbox for publishing.
--- version: 1
+-- claim_outbox.lua: take the due entries of one event's outbox for publishing,
+-- oldest admission first, renewing the admissions whose window ran out unpublished.
+-- version: 2
 --
--- An outbox entry is due when its score (ms) is at or before now. Claiming moves the
--- score to now + lease, so no other replica takes the same entry while this one
--- publishes it; if this worker dies, the entry is due again when the lease runs out.
+-- An outbox entry is due when its score (ms) is at or before now (Redis TIME).
+-- Claiming moves the score to now + lease, so no other replica takes the same entry
+-- while this one publishes it; if this worker dies, the entry is due again when the
+-- lease runs out.
 --
--- KEYS[1]  outbox   ZSET  member = JSON entry, score = when it is due (ms)
+-- Renewal: an entry whose checkout deadline is less than ARGV[4] ms away was never
+-- told in time (a Kafka outage). If its session still holds the slot and its hash
+-- still shows this admission, the admission is renewed: admitted now, a new
+-- deadline one window away, the hash's admitted_at/checkout_expires_at rewritten,
+-- and the entry replaced by the renewed one (a new token and message id follow from
+-- it). Its untold mark keeps the first admission time, so backpressure still sees
+-- how long publishing has stalled. An entry whose session no longer holds the slot,
+-- or whose hash shows a later admission, is dropped (nobody to tell, or told by the
+-- later one); one whose slot is held but whose hash is gone or no longer `admitted`
+-- is dropped and its slot's deadline brought to now, so the slot comes back.
 --
--- ARGV[1]  now, ms since the epoch
+-- KEYS[1]  outbox      ZSET  member = JSON entry, score = when it is due (ms)
+-- KEYS[2]  processing  SET   sessions holding a checkout slot
+-- KEYS[3]  deadlines   ZSET  checkout deadlines and untold marks
+--
+-- ARGV[1]  the most entries to claim in this call (bounds the work)
 -- ARGV[2]  lease, ms
--- ARGV[3]  the most entries to claim in this call (bounds the work)
+-- ARGV[3]  session key prefix (session hash = ARGV[3] .. session id)
+-- ARGV[4]  renew when the deadline is closer than this, ms
+-- ARGV[5]  checkout window, ms
+-- ARGV[6]  session TTL, ms
 --
--- Reply: the claimed entries (bulk strings), oldest due first; empty when none is due.
--- Error replies: WRONGTYPE when KEYS[1] is not a sorted set.
+-- Reply: { {renewed, dropped}, {claimed entries (bulk strings), oldest admission
+--          first; renewed ones as renewed} }
+--   An entry that is not a well-formed JSON array is returned as it is (first),
+--   for the worker to move aside.
+-- Error replies: none for data; an outbox of the wrong type is moved aside to
+--   <outbox>:corrupt and nothing is claimed.
 
-local outbox = KEYS[1]
-local now = tonumber(ARGV[1])
-local lease = tonumber(ARGV[2])
-local limit = tonumber(ARGV[3])
+local outbox, processing, deadlines = KEYS[1], KEYS[2], KEYS[3]
+local limit, lease, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local renew_within, window, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+
+local kind = redis.call('TYPE', outbox).ok
+if kind ~= 'zset' then
+  if kind ~= 'none' then redis.call('RENAME', outbox, outbox .. ':corrupt') end
+  return { {0, 0}, {} }
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local due = redis.call('ZRANGEBYSCORE', outbox, '-inf', now, 'LIMIT', 0, limit)
-if #due == 0 then return due end
+if #due == 0 then return { {0, 0}, due } end
 
-local args = {}
-for _, entry in ipairs(due) do
-  args[#args + 1] = now + lease
-  args[#args + 1] = entry
+-- Validate: read every entry, oldest admission first.
+local bad, good = {}, {}
+for i, raw in ipairs(due) do
+  local ok, e = pcall(cjson.decode, raw)
+  if ok and type(e) == 'table' and type(e[1]) == 'string' and type(e[2]) == 'string'
+      and type(e[3]) == 'number' and type(e[4]) == 'number' then
+    good[#good + 1] = { raw = raw, sid = e[1], user = e[2], admitted = e[3],
+      deadline = e[4], i = i }
+  else
+    bad[#bad + 1] = raw
+  end
 end
-redis.call('ZADD', outbox, 'XX', unpack(args))
-return due
+table.sort(good, function(a, b)
+  if a.admitted ~= b.admitted then return a.admitted < b.admitted end
+  return a.i < b.i
+end)
+
+local function rfc3339(sec)
+  local days, rem = math.floor(sec / 86400), sec % 86400
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400 + (m <= 2 and 1 or 0)
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02dZ', y, m, d,
+    math.floor(rem / 3600), math.floor(rem % 3600 / 60), rem % 60)
+end
+
+-- Decide for each entry before writing anything.
+for _, e in ipairs(good) do
+  if e.deadline - now < renew_within then
+    if redis.call('SISMEMBER', processing, e.sid) == 0 then
+      e.action = 'drop'
+    else
+      local h = redis.pcall('HMGET', prefix .. e.sid, 'status', 'admitted_at')
+      if h.err or h[1] ~= 'admitted' then
+        e.action = 'free'
+      elseif h[2] ~= rfc3339(math.floor(e.admitted / 1000)) then
+        e.action = 'drop'
+      else
+        e.action = 'renew'
+      end
+    end
+  else
+    e.action = 'lease'
+  end
+end
+
+-- Mutate.
+local claimed, renewed, dropped = {}, 0, 0
+for _, raw in ipairs(bad) do claimed[#claimed + 1] = raw end
+local deadline = math.ceil((now + window) / 1000) * 1000
+for _, e in ipairs(good) do
+  if e.action == 'lease' then
+    redis.call('ZADD', outbox, 'XX', now + lease, e.raw)
+    claimed[#claimed + 1] = e.raw
+  elseif e.action == 'renew' then
+    local key = prefix .. e.sid
+    local entry = '[' .. cjson.encode(e.sid) .. ',' .. cjson.encode(e.user) .. ','
+      .. string.format('%d', now) .. ',' .. string.format('%d', deadline) .. ']'
+    redis.call('ZREM', outbox, e.raw)
+    redis.call('ZADD', outbox, now + lease, entry)
+    redis.call('HSET', key, 'admitted_at', rfc3339(math.floor(now / 1000)),
+      'checkout_expires_at', rfc3339(deadline / 1000))
+    redis.call('PEXPIRE', key, ttl)
+    claimed[#claimed + 1] = entry
+    renewed = renewed + 1
+  else
+    redis.call('ZREM', outbox, e.raw)
+    if e.action == 'free' then redis.call('ZADD', deadlines, 'XX', 'LT', now, e.sid) end
+    dropped = dropped + 1
+  end
+end
+return { {renewed, dropped}, claimed }

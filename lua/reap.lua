@@ -1,41 +1,74 @@
 -- reap.lua: take back the slots of sessions whose checkout window has passed.
--- version: 2
+-- version: 3
 --
 -- Completion is the normal release; this is the backstop for users who left.
--- Each call looks at no more than ARGV[3] deadlines and ARGV[6] processing members,
+-- Each call looks at no more than ARGV[3] deadlines and ARGV[5] processing members,
 -- so it never holds Redis for long; the worker calls it every cycle, from any
 -- replica: the script is atomic, so two replicas never reap the same session.
+--
+-- Time is Redis's own (TIME). A token is valid while its exp (whole seconds) is not
+-- before the verifier's second, so a slot whose deadline is D ms (= exp * 1000) is
+-- taken back only once D + 1000 <= now: never while its old token is still valid.
+--
+-- Untold sessions (score UNTOLD + admitted_ms, see admit.lua) are never reaped: their
+-- QUEUE_READY has not been acknowledged yet. If the outbox is empty while such marks
+-- remain, nothing can ever publish them (the outbox was deleted by hand): the marks
+-- become real deadlines, one checkout window after their admission.
 --
 -- It also adopts sessions put in processing by something else without a deadline:
 -- when processing holds more members than deadlines has, a bounded SSCAN step
 -- (cursor kept in KEYS[3]) gives each such member a deadline one checkout window
 -- after it was first seen, so no slot can leak.
 --
--- KEYS[1]  deadlines   ZSET  member = session id, score = checkout deadline (ms)
--- KEYS[2]  processing  SET   sessions holding a checkout slot
--- KEYS[3]  cursor      STRING  SSCAN cursor of the adoption sweep
+-- KEYS[1]  deadlines   ZSET    member = session id, score = checkout deadline (ms)
+-- KEYS[2]  processing  SET     sessions holding a checkout slot
+-- KEYS[3]  cursor      STRING  SSCAN cursor of the adoption sweep (digits)
+-- KEYS[4]  outbox      ZSET    unpublished admissions (only its size is read)
 --
 -- ARGV[1]  session key prefix (session hash = ARGV[1] .. session id)
--- ARGV[2]  now, ms since the epoch
+-- ARGV[2]  checkout window, ms
 -- ARGV[3]  the most expired deadlines handled in this call
 -- ARGV[4]  now, RFC 3339 (stamped as ended_at)
--- ARGV[5]  session TTL, ms
--- ARGV[6]  SSCAN COUNT of the adoption sweep (0 = no sweep)
--- ARGV[7]  deadline given to adopted members, ms since the epoch
+-- ARGV[5]  SSCAN COUNT of the adoption sweep (0 = no sweep)
+-- ARGV[6]  session TTL, ms
 --
--- Reply: { expired, stale, adopted, {expired session ids...} }
+-- Reply: { expired, stale, adopted, {expired session ids...}, {keys repaired...},
+--          orphans }
 --   expired: slots taken back (status set to expired where it was admitted)
 --   stale:   deadlines of sessions no longer in processing, dropped
 --   adopted: processing members without a deadline that got one
--- Error replies: WRONGTYPE when deadlines or processing hold the wrong type.
+--   keys repaired: worker-owned keys that held garbage (moved aside or reset)
+--   orphans: untold marks with no outbox left that became real deadlines
+-- Error replies: WRONGTYPE when processing holds the wrong type (nothing written).
 
-local deadlines, processing, cursor_key = KEYS[1], KEYS[2], KEYS[3]
-local prefix, now, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local now_text, ttl, sweep, adopt_at = ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
+local UNTOLD = 1125899906842624
+local deadlines, processing, cursor_key, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local prefix, window, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local now_text, sweep, ttl = ARGV[4], tonumber(ARGV[5]), ARGV[6]
 
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+-- Validate. Worker-owned keys holding garbage are repaired, never left to jam.
 redis.call('SCARD', processing)
-local due = redis.call('ZRANGEBYSCORE', deadlines, '-inf', now, 'LIMIT', 0, limit)
+local repaired = {}
+local kind = redis.call('TYPE', deadlines).ok
+if kind ~= 'zset' and kind ~= 'none' then
+  redis.call('RENAME', deadlines, deadlines .. ':corrupt')
+  repaired[#repaired + 1] = deadlines
+end
+local cursor = '0'
+local c = redis.pcall('GET', cursor_key)
+if type(c) == 'string' and #c <= 20 and c:match('^%d+$') then
+  cursor = c
+elseif c then
+  redis.call('DEL', cursor_key)
+  repaired[#repaired + 1] = cursor_key
+end
+local outbox_size = redis.pcall('ZCARD', outbox)
+if type(outbox_size) ~= 'number' then outbox_size = 1 end
 
+local due = redis.call('ZRANGEBYSCORE', deadlines, '-inf', now - 1000, 'LIMIT', 0, limit)
 local expired, stale = {}, 0
 for _, sid in ipairs(due) do
   if redis.call('SISMEMBER', processing, sid) == 1 then
@@ -44,10 +77,16 @@ for _, sid in ipairs(due) do
     stale = stale + 1
   end
 end
+local orphaned = {}
+if outbox_size == 0 then
+  orphaned = redis.call('ZRANGEBYSCORE', deadlines, UNTOLD, '+inf', 'LIMIT', 0, limit,
+    'WITHSCORES')
+end
 
-if #due > 0 then redis.call('ZREM', deadlines, unpack(due)) end
-if #expired > 0 then redis.call('SREM', processing, unpack(expired)) end
+-- Mutate.
+for _, sid in ipairs(due) do redis.call('ZREM', deadlines, sid) end
 for _, sid in ipairs(expired) do
+  redis.call('SREM', processing, sid)
   local key = prefix .. sid
   local status = redis.pcall('HGET', key, 'status')
   if status == 'admitted' then
@@ -55,13 +94,17 @@ for _, sid in ipairs(expired) do
     redis.call('PEXPIRE', key, ttl)
   end
 end
+for i = 1, #orphaned, 2 do
+  local admitted = tonumber(orphaned[i + 1]) - UNTOLD
+  redis.call('ZADD', deadlines, math.ceil((admitted + window) / 1000) * 1000, orphaned[i])
+end
 
 -- Sweep only when some member must lack a deadline (more slots than deadlines):
 -- an O(1) check, so the common case costs nothing. A member hidden by stale
 -- deadlines is found once those pass and are dropped above.
 local adopted = 0
 if sweep > 0 and redis.call('SCARD', processing) > redis.call('ZCARD', deadlines) then
-  local cursor = redis.call('GET', cursor_key) or '0'
+  local adopt_at = math.ceil((now + window) / 1000) * 1000
   local page = redis.call('SSCAN', processing, cursor, 'COUNT', sweep)
   for _, sid in ipairs(page[2]) do
     if not redis.call('ZSCORE', deadlines, sid) then
@@ -73,4 +116,4 @@ if sweep > 0 and redis.call('SCARD', processing) > redis.call('ZCARD', deadlines
   else redis.call('SET', cursor_key, page[1], 'PX', 3600000) end
 end
 
-return { #expired, stale, adopted, expired }
+return { #expired, stale, adopted, expired, repaired, #orphaned / 2 }

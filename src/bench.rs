@@ -254,10 +254,10 @@ async fn admit_only(env: &mut Env, batch: u64, users: usize) -> Result<Throughpu
         let a = AdmitArgs {
             default_max_concurrent: 1_000_000_000,
             default_batch_size: batch,
-            now_ms: clock::now_ms(),
             checkout_window: Duration::from_secs(900),
             session_ttl: Duration::from_secs(7200),
             outbox_lease: Duration::from_secs(30),
+            max_unpublished_age: Duration::from_secs(600),
         };
         let o = admit::admit(&scripts.admit, &mut env.conn, &keys, event, &a)
             .await

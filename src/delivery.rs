@@ -17,10 +17,12 @@ use tokio::task::JoinSet;
 
 use crate::clock;
 use crate::keys::Keys;
-use crate::outbox::{self, OutboxEntry, Settlement};
+use crate::outbox::{self, OutboxEntry};
 use crate::publisher::{Publisher, ReadyMessage};
+use crate::redis_time::RedisTime;
 use crate::retry::{self, Backoff};
 use crate::scripts::set_tokens::{self, TokenPatch};
+use crate::scripts::settle::{self, Acked};
 use crate::scripts::{self, Call, ScriptError, Scripts};
 use crate::stats::Stats;
 use crate::store::RedisConn;
@@ -51,6 +53,7 @@ pub struct Delivery {
     publisher: Arc<Publisher>,
     stats: Arc<Stats>,
     policy: DeliveryPolicy,
+    time: Arc<RedisTime>,
     inflight: Mutex<JoinSet<()>>,
 }
 
@@ -70,6 +73,7 @@ impl Delivery {
         publisher: Arc<Publisher>,
         stats: Arc<Stats>,
         policy: DeliveryPolicy,
+        time: Arc<RedisTime>,
     ) -> Self {
         Delivery {
             conn,
@@ -79,6 +83,7 @@ impl Delivery {
             publisher,
             stats,
             policy,
+            time,
             inflight: Mutex::new(JoinSet::new()),
         }
     }
@@ -112,9 +117,18 @@ impl Delivery {
             let mut ok = Vec::with_capacity(entries.len());
             let mut unsigned = Vec::new();
             for entry in entries {
-                match self.prepare(&event, entry) {
-                    Ok(p) => ok.push(p),
-                    Err(entry) => unsigned.push(entry),
+                // No data should make signing panic (entries are range-checked when
+                // read), but if one did, it costs that entry, never the pass.
+                let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.prepare(&event, entry)
+                }));
+                match prepared {
+                    Ok(Ok(p)) => ok.push(p),
+                    Ok(Err(entry)) => unsigned.push(entry),
+                    Err(_) => {
+                        tracing::error!(event_id = %event, "building a QUEUE_READY panicked; the entry stays in the outbox");
+                        self.stats.error("delivery");
+                    }
                 }
             }
             if !unsigned.is_empty() {
@@ -229,6 +243,8 @@ impl Delivery {
         let stats = self.stats.clone();
         let publisher = self.publisher.clone();
         let policy = self.policy;
+        let scripts = self.scripts.clone();
+        let time = self.time.clone();
         let mut inflight = match self.inflight.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -259,21 +275,46 @@ impl Delivery {
                 stats.error("kafka");
                 publisher.recover_if_fatal();
             }
-            let now = clock::now_ms();
-            let mut by_event: std::collections::BTreeMap<&str, Settlement<'_>> = Default::default();
+            // One settle call per event: acknowledged entries leave the outbox and
+            // their slot's untold mark becomes the real deadline, atomically; failed
+            // entries are all due again at one time per event (the oldest's backoff),
+            // so after an outage the backlog comes back oldest admission first.
+            let now = time.now_ms();
+            let mut by_event: std::collections::BTreeMap<&str, (Vec<Acked<'_>>, Vec<&OutboxEntry>)> =
+                Default::default();
             for (event, e) in &acked {
-                by_event.entry(event.as_str()).or_default().acked.push(e.raw.as_slice());
+                by_event.entry(event.as_str()).or_default().0.push(Acked {
+                    raw: &e.raw,
+                    session_id: &e.session_id,
+                    deadline_ms: e.deadline_ms,
+                });
             }
             for (event, e) in &failed {
-                let due = outbox::next_due(now, e.admitted_ms, policy.backoff.first, policy.backoff.max);
-                by_event.entry(event.as_str()).or_default().retry.push((e.raw.as_slice(), due));
+                by_event.entry(event.as_str()).or_default().1.push(e);
             }
-            let settlements: Vec<(String, Settlement<'_>)> =
-                by_event.into_iter().map(|(e, s)| (keys.outbox(e), s)).collect();
+            let mut retries: Vec<Vec<(&[u8], u64)>> = Vec::with_capacity(by_event.len());
+            for (_, failed) in by_event.values() {
+                let oldest = failed.iter().map(|e| e.admitted_ms).min().unwrap_or(now);
+                let due = outbox::next_due(now, oldest, policy.backoff.first, policy.backoff.max);
+                retries.push(failed.iter().map(|e| (e.raw.as_slice(), due)).collect());
+            }
+            let calls: Vec<Call<'_>> = by_event
+                .iter()
+                .zip(&retries)
+                .map(|((event, (acked, _)), retry)| {
+                    settle::call(&scripts.settle, &keys, event, acked, retry)
+                })
+                .collect();
             let result = retry::with_retries(policy.attempts, policy.backoff, retry::is_transient, || {
                 let mut conn = conn.clone();
-                let s = &settlements;
-                async move { outbox::settle_many(&mut conn, s).await }
+                let calls = &calls;
+                async move {
+                    let results = scripts::run_batch(&mut conn, calls).await?;
+                    match results.into_iter().find_map(Result::err) {
+                        Some(e) => Err(e),
+                        None => Ok(()),
+                    }
+                }
             })
             .await;
             if let Err(e) = result {

@@ -69,6 +69,14 @@ impl Keys {
         format!("{}:active_events", self.prefix)
     }
 
+    /// `<prefix>:known_events` (SET, worker-owned): every event a worker has served
+    /// and not yet drained. An event in here but not served is retired: it admits
+    /// nobody, its slots still expire and its outbox still publishes, and it leaves
+    /// this set once nothing of it is left.
+    pub fn known_events(&self) -> String {
+        format!("{}:known_events", self.prefix)
+    }
+
     /// Live workers (ZSET: id -> last heartbeat ms, worker-owned).
     pub fn workers(&self) -> String {
         format!("{}:workers", self.prefix)

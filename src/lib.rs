@@ -11,7 +11,7 @@
 //! - [`bench`]: `waitroom-worker bench`, the cost of the worker measured.
 //! - [`demo`], [`enqueue`], [`redis_server`], [`embedded_kafka`]: the demo and its parts.
 //! - [`http`]: health, readiness, status and metrics; [`heartbeat`]: live replicas in Redis.
-//! - [`store`], [`retry`], [`shutdown`], [`stats`], [`clock`]: plumbing.
+//! - [`store`], [`retry`], [`shutdown`], [`stats`], [`clock`], [`redis_time`]: plumbing.
 
 pub mod bench;
 pub mod clock;
@@ -26,6 +26,7 @@ pub mod keys;
 pub mod outbox;
 pub mod publisher;
 pub mod redis_server;
+pub mod redis_time;
 pub mod refill;
 pub mod report;
 pub mod retry;

@@ -284,6 +284,12 @@ pub struct RunArgs {
     /// Most outbox entries one event drains per cycle.
     #[arg(long, env = "QUEUE_OUTBOX_BATCH", default_value_t = 1000)]
     pub outbox_batch: u64,
+    /// Backpressure: an event stops admitting while its oldest admission whose
+    /// QUEUE_READY Kafka has not acknowledged is older than this, and resumes by
+    /// itself once publishing catches up. Must be shorter than the checkout window.
+    /// Default: 30s, or a quarter of the checkout window when that is shorter.
+    #[arg(long, env = "QUEUE_MAX_UNPUBLISHED_AGE", value_parser = duration)]
+    pub max_unpublished_age: Option<Duration>,
 }
 
 /// A setting that was refused, with the flag and variable that set it.
@@ -340,6 +346,7 @@ pub struct Settings {
     pub max_processing_time: Duration,
     pub outbox_lease: Duration,
     pub outbox_batch: u64,
+    pub max_unpublished_age: Duration,
 }
 
 impl RedisArgs {
@@ -597,6 +604,17 @@ impl RunArgs {
                 "must be between 1 and 10000",
             ));
         }
+        let max_unpublished_age = self
+            .max_unpublished_age
+            .unwrap_or((self.checkout_window / 4).min(Duration::from_secs(30)));
+        if max_unpublished_age < Duration::from_millis(100)
+            || max_unpublished_age >= self.checkout_window
+        {
+            return Err(invalid(
+                "--max-unpublished-age (QUEUE_MAX_UNPUBLISHED_AGE)",
+                "must be at least 100ms and shorter than --checkout-window, or admission would go on while nobody can be told",
+            ));
+        }
         let http_addr = match self.http_addr.trim() {
             "" | "off" => None,
             a => Some(a.parse().map_err(|_| {
@@ -655,6 +673,7 @@ impl RunArgs {
             max_processing_time: self.max_processing_time,
             outbox_lease: self.outbox_lease,
             outbox_batch: self.outbox_batch,
+            max_unpublished_age,
         })
     }
 
@@ -732,15 +751,30 @@ impl RunArgs {
 }
 
 impl Settings {
-    /// What the admit script needs from the settings, for an admission at `now_ms`.
-    pub fn admit_args(&self, now_ms: u64) -> crate::scripts::admit::AdmitArgs {
+    /// What the admit script needs from the settings.
+    pub fn admit_args(&self) -> crate::scripts::admit::AdmitArgs {
         crate::scripts::admit::AdmitArgs {
             default_max_concurrent: self.max_concurrent,
             default_batch_size: self.batch_size,
-            now_ms,
             checkout_window: self.checkout_window,
             session_ttl: self.session_ttl,
             outbox_lease: self.outbox_lease,
+            max_unpublished_age: self.max_unpublished_age,
+        }
+    }
+
+    /// What the outbox claim needs from the settings. An admission is renewed when
+    /// less than half its window (and at least the publish timeout) is left, so a
+    /// QUEUE_READY always carries a token that is valid for a while after it leaves.
+    pub fn claim_args(&self) -> crate::scripts::claim_outbox::ClaimArgs {
+        crate::scripts::claim_outbox::ClaimArgs {
+            lease: self.outbox_lease,
+            limit: self.outbox_batch,
+            checkout_window: self.checkout_window,
+            renew_within: (self.checkout_window / 2)
+                .max(self.publish_timeout)
+                .min(self.checkout_window),
+            session_ttl: self.session_ttl,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! more), per-event gauges from the last cycle, and the Prometheus registry that
 //! exports them. Every module that counts holds an `Arc<Stats>`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::RwLock;
 use std::sync::atomic::AtomicU64;
 
@@ -20,6 +20,13 @@ fn event_label(event: &str) -> Labels {
     vec![("event_id".to_owned(), event.to_owned())]
 }
 
+fn held_labels(event: &str, reason: &str) -> Labels {
+    vec![
+        ("event_id".to_owned(), event.to_owned()),
+        ("reason".to_owned(), reason.to_owned()),
+    ]
+}
+
 /// Figures of one event as the last pass over it saw them.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct EventSnapshot {
@@ -31,7 +38,17 @@ pub struct EventSnapshot {
     pub outbox_depth: u64,
     pub admitted_total: u64,
     pub updated_ms: u64,
+    /// Why admission is held, if it is: `publishing_stalled` (QUEUE_READY not
+    /// acknowledged for longer than the max unpublished age), `retired` (no longer
+    /// served, being drained), `paused` (the config hash says so).
+    pub held: Option<&'static str>,
+    /// Age of the oldest admission whose QUEUE_READY is not acknowledged yet.
+    pub unpublished_age_ms: Option<u64>,
 }
+
+/// Reasons an event's admission can be held (the `reason` label of
+/// `waitroom_admission_held`).
+pub const HOLD_REASONS: [&str; 3] = ["publishing_stalled", "retired", "paused"];
 
 pub struct Stats {
     pub started_at_ms: AtomicU64,
@@ -51,6 +68,9 @@ pub struct Stats {
     pub completions_rejected: Counter,
     pub expired: Counter,
     pub adopted: Counter,
+    pub renewed: Counter,
+    pub outbox_dropped: Counter,
+    pub repaired: Counter,
     pub refills: Counter,
     pub errors: Counter,
     errors_by_kind: Family<Labels, Counter>,
@@ -62,6 +82,10 @@ pub struct Stats {
     slots_in_use: Family<Labels, Gauge>,
     capacity: Family<Labels, Gauge>,
     outbox_depth: Family<Labels, Gauge>,
+    admission_held: Family<Labels, Gauge>,
+    unpublished_age: Family<Labels, Gauge>,
+    /// Events whose per-event series exist: the served and the draining ones.
+    tracked: RwLock<BTreeSet<String>>,
     pub cycle_duration: Histogram,
     pub refill_latency: Histogram,
     events: RwLock<BTreeMap<String, EventSnapshot>>,
@@ -106,6 +130,9 @@ impl Stats {
             completions_rejected: Counter::default(),
             expired: Counter::default(),
             adopted: Counter::default(),
+            renewed: Counter::default(),
+            outbox_dropped: Counter::default(),
+            repaired: Counter::default(),
             refills: Counter::default(),
             errors: Counter::default(),
             errors_by_kind: Family::default(),
@@ -117,6 +144,9 @@ impl Stats {
             slots_in_use: Family::default(),
             capacity: Family::default(),
             outbox_depth: Family::default(),
+            admission_held: Family::default(),
+            unpublished_age: Family::default(),
+            tracked: RwLock::new(BTreeSet::new()),
             cycle_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             refill_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             events: RwLock::new(BTreeMap::new()),
@@ -212,6 +242,31 @@ impl Stats {
             s.outbox_depth.clone(),
         );
         r.register(
+            "admission_held",
+            "1 while the event admits nobody for the labelled reason (publishing_stalled, retired, paused)",
+            s.admission_held.clone(),
+        );
+        r.register(
+            "unpublished_age_seconds",
+            "Age of the event's oldest admission whose QUEUE_READY Kafka has not acknowledged",
+            s.unpublished_age.clone(),
+        );
+        r.register(
+            "renewed",
+            "Admissions renewed because their window ran out before Kafka acknowledged them",
+            s.renewed.clone(),
+        );
+        r.register(
+            "outbox_dropped",
+            "Outbox entries dropped because their session no longer held the slot",
+            s.outbox_dropped.clone(),
+        );
+        r.register(
+            "repaired",
+            "Worker-owned keys that held garbage and were moved aside or reset",
+            s.repaired.clone(),
+        );
+        r.register(
             "cycle_duration_seconds",
             "Duration of a full admission cycle",
             s.cycle_duration.clone(),
@@ -251,9 +306,61 @@ impl Stats {
             .inc_by(skipped);
     }
 
+    /// Count a release; the per-event series only for a tracked event, so random
+    /// event ids in completions cannot grow the label sets without bound.
     pub fn event_released(&self, event: &str) {
         self.released.inc();
-        self.event_released.get_or_create(&event_label(event)).inc();
+        if self.is_tracked(event) {
+            self.event_released.get_or_create(&event_label(event)).inc();
+        }
+    }
+
+    fn is_tracked(&self, event: &str) -> bool {
+        self.tracked
+            .read()
+            .map(|t| t.contains(event))
+            .unwrap_or(false)
+    }
+
+    /// The events that have per-event series from now on (served or draining);
+    /// the series and figures of every other event are removed.
+    pub fn track(&self, events: BTreeSet<String>) {
+        let gone: Vec<String> = match self.tracked.write() {
+            Ok(mut t) => {
+                let gone = t.difference(&events).cloned().collect();
+                *t = events;
+                gone
+            }
+            Err(_) => return,
+        };
+        for e in &gone {
+            let l = event_label(e);
+            for f in [
+                &self.event_admitted,
+                &self.event_skipped,
+                &self.event_released,
+                &self.event_expired,
+            ] {
+                f.remove(&l);
+            }
+            for f in [
+                &self.queue_length,
+                &self.slots_in_use,
+                &self.capacity,
+                &self.outbox_depth,
+                &self.unpublished_age,
+            ] {
+                f.remove(&l);
+            }
+            for reason in HOLD_REASONS {
+                self.admission_held.remove(&held_labels(e, reason));
+            }
+        }
+        if let Ok(mut m) = self.events.write() {
+            for e in &gone {
+                m.remove(e);
+            }
+        }
     }
 
     pub fn event_expired(&self, event: &str, n: u64) {
@@ -277,6 +384,17 @@ impl Stats {
             .get_or_create(&l)
             .set(snap.outbox_depth as i64);
         snap.admitted_total = self.event_admitted.get_or_create(&l).get();
+        for reason in HOLD_REASONS {
+            let labels = held_labels(event, reason);
+            if snap.held == Some(reason) {
+                self.admission_held.get_or_create(&labels).set(1);
+            } else {
+                self.admission_held.remove(&labels);
+            }
+        }
+        self.unpublished_age
+            .get_or_create(&l)
+            .set((snap.unpublished_age_ms.unwrap_or(0) / 1000) as i64);
         if let Ok(mut m) = self.events.write() {
             m.insert(event.to_owned(), snap);
         }

@@ -6,7 +6,7 @@
 //! failure is logged, counted and retried on the next cycle; nothing ends the loop
 //! but the shutdown signal.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,9 +21,10 @@ use crate::http::{self, HttpState};
 use crate::outbox;
 use crate::outbox::OutboxEntry;
 use crate::publisher::Publisher;
+use crate::redis_time::RedisTime;
 use crate::refill::Refill;
 use crate::retry::{self, Backoff};
-use crate::scripts::admit::{self, AdmitOutcome};
+use crate::scripts::admit::{self, AdmitOutcome, Hold};
 use crate::scripts::claim_outbox;
 use crate::scripts::reap::{self, Reaped};
 use crate::scripts::{self, Call, ScriptError, Scripts};
@@ -94,6 +95,17 @@ pub struct Worker {
     passes: u64,
     /// Last invalid config fields reported per event, so each change is logged once.
     invalid_seen: HashMap<String, Vec<String>>,
+    /// Last hold reported per event, so each change is logged once.
+    held_seen: HashMap<String, Hold>,
+    /// Redis's clock as seen from here (offset measured from admit replies).
+    time: Arc<RedisTime>,
+    /// The events served in the last cycle (given by `--event` or in
+    /// `active_events`): only these admit, refills included.
+    served: BTreeSet<String>,
+    /// Events this process has put into `<prefix>:known_events`.
+    registered: HashSet<String>,
+    /// Known events that are no longer served: drained until nothing is left.
+    retired: BTreeSet<String>,
 }
 
 impl Worker {
@@ -144,6 +156,7 @@ impl Worker {
             .map_err(StartError::Kafka)?,
         );
         let refill = Arc::new(Refill::default());
+        let time = Arc::new(RedisTime::default());
         let completions = Completions::new(
             ConsumerSettings {
                 brokers: settings.kafka_brokers.clone(),
@@ -194,6 +207,7 @@ impl Worker {
                 attempts: settings.retry_attempts,
                 backoff,
             },
+            time.clone(),
         );
         Ok(Some(Worker {
             settings,
@@ -207,6 +221,11 @@ impl Worker {
             identity,
             http,
             invalid_seen: HashMap::new(),
+            held_seen: HashMap::new(),
+            time,
+            served: BTreeSet::new(),
+            registered: HashSet::new(),
+            retired: BTreeSet::new(),
             hints: HashMap::new(),
             passes: 0,
         }))
@@ -357,9 +376,13 @@ impl Worker {
     /// reaper, the outbox claim and the admit script (3 calls per event, one round
     /// trip per chunk), and one more round trip writes the tokens of the chunk; so
     /// a pass over 10,000 events costs a few dozen round trips, not 50,000.
+    ///
+    /// Served events admit. Retired events (known, no longer served) are drained:
+    /// their slots expire and their outbox publishes, nobody is admitted, and once
+    /// nothing of them is left they are forgotten.
     pub async fn cycle(&mut self) -> bool {
         let started = Instant::now();
-        let events = match self.active_events().await {
+        let served = match self.active_events().await {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, "reading active events failed");
@@ -370,10 +393,26 @@ impl Worker {
                 self.settings.events.clone()
             }
         };
+        let full = self.passes.is_multiple_of(FULL_PASS_EVERY);
+        let served_set: BTreeSet<String> = served.iter().cloned().collect();
+        let lost_some = self.served.difference(&served_set).next().is_some();
+        self.served = served_set;
+        if let Err(e) = self.refresh_known(full, lost_some).await {
+            tracing::warn!(error = %e, key = %self.settings.keys.known_events(), "could not update the known events; retired events are drained later");
+            self.stats.error("redis");
+        }
+        let mut tracked = self.served.clone();
+        tracked.extend(self.retired.iter().cloned());
+        self.stats.track(tracked);
+        self.hints
+            .retain(|e, _| self.served.contains(e) || self.retired.contains(e));
         tracing::debug!(
-            event_count = events.len(),
+            event_count = served.len(),
+            retired = self.retired.len(),
             "Processing queues for active events"
         );
+        let mut events: Vec<(String, bool)> = served.into_iter().map(|e| (e, true)).collect();
+        events.extend(self.retired.iter().map(|e| (e.clone(), false)));
         let mut ok = true;
         for chunk in events.chunks(EVENTS_PER_PIPELINE) {
             if let Err(e) = self.process_events(chunk).await {
@@ -392,21 +431,88 @@ impl Worker {
         ok
     }
 
-    /// Reap, claim and admit for `events` in one pipeline, then publish.
-    pub async fn process_events(&mut self, events: &[String]) -> Result<(), EventError> {
+    /// Keep `<prefix>:known_events` up to date: add the served events this process
+    /// has not added yet (all of them on a full pass), and on a full pass or when an
+    /// event stopped being served, read it back to learn the retired events.
+    async fn refresh_known(
+        &mut self,
+        full: bool,
+        lost_some: bool,
+    ) -> Result<(), redis::RedisError> {
+        let key = self.settings.keys.known_events();
+        let new: Vec<&String> = self
+            .served
+            .iter()
+            .filter(|e| full || !self.registered.contains(*e))
+            .collect();
+        if !new.is_empty() {
+            let _: () = redis::cmd("SADD")
+                .arg(&key)
+                .arg(&new)
+                .query_async(&mut self.conn)
+                .await?;
+            let new: Vec<String> = new.into_iter().cloned().collect();
+            self.registered.extend(new);
+        }
+        if full || lost_some {
+            let members: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
+                .arg(&key)
+                .query_async(&mut self.conn)
+                .await?;
+            self.retired = members
+                .into_iter()
+                .filter_map(|m| String::from_utf8(m).ok())
+                .filter(|e| !e.is_empty() && !e.contains(['{', '}']) && !self.served.contains(e))
+                .collect();
+        } else {
+            let served = &self.served;
+            self.retired.retain(|e| !served.contains(e));
+        }
+        Ok(())
+    }
+
+    /// Forget a retired event once nothing of it is left: no slot, no deadline, no
+    /// unpublished admission.
+    async fn forget(&mut self, event: &str) {
+        let key = self.settings.keys.known_events();
+        let result: Result<(), redis::RedisError> = redis::cmd("SREM")
+            .arg(&key)
+            .arg(event)
+            .query_async(&mut self.conn)
+            .await;
+        match result {
+            Ok(()) => {
+                tracing::info!(event_id = %event, "retired event drained: no slot, deadline or unpublished admission left");
+                self.retired.remove(event);
+                self.registered.remove(event);
+                self.hints.remove(event);
+            }
+            Err(e) => {
+                tracing::warn!(event_id = %event, error = %e, "could not forget a drained event; retrying next pass")
+            }
+        }
+    }
+
+    /// Reap, claim and admit for `events` (each with whether it is served) in one
+    /// pipeline, then publish. One event's failure costs only that event.
+    pub async fn process_events(&mut self, events: &[(String, bool)]) -> Result<(), EventError> {
         let s = &self.settings;
-        let now = clock::now_ms();
-        let args = s.admit_args(now);
+        let now = self.time.now_ms();
+        let args = s.admit_args();
+        let claim_args = s.claim_args();
         // Idle events skip the reaper and the claim: the last admit reply says whether
         // a deadline is due, a slot lacks one, or the outbox holds anything. Every
-        // FULL_PASS_EVERY-th pass, and for events not seen yet, everything runs.
+        // FULL_PASS_EVERY-th pass, and for events not seen yet, everything runs. A
+        // deadline D is due once D + 1s has passed (the token's last valid second).
         let full = self.passes.is_multiple_of(FULL_PASS_EVERY);
         self.passes = self.passes.wrapping_add(1);
         let mut plans: Vec<(bool, bool, bool)> = events
             .iter()
-            .map(|e| match self.hints.get(e) {
-                Some(h) if !full => (
-                    h.next_deadline_ms.is_some_and(|d| d <= now) || h.in_use > h.deadlines,
+            .map(|(e, served)| match self.hints.get(e) {
+                Some(h) if !full && *served => (
+                    h.next_deadline_ms
+                        .is_some_and(|d| d.saturating_add(1000) <= now)
+                        || h.in_use > h.deadlines,
                     h.outbox_depth > 0,
                     true,
                 ),
@@ -425,8 +531,8 @@ impl Worker {
             let mut p = redis::pipe();
             p.ignore_errors();
             for &i in &idle {
-                p.cmd("ZCARD").arg(s.keys.queue(&events[i]));
-                p.cmd("ZCARD").arg(s.keys.priority(&events[i]));
+                p.cmd("ZCARD").arg(s.keys.queue(&events[i].0));
+                p.cmd("ZCARD").arg(s.keys.priority(&events[i].0));
             }
             let lens: Vec<redis::RedisResult<u64>> = retry::with_retries(
                 s.retry_attempts,
@@ -450,7 +556,7 @@ impl Worker {
             }
         }
         let mut calls: Vec<Call<'_>> = Vec::with_capacity(events.len() * 3);
-        for (e, (reap_it, claim_it, admit_it)) in events.iter().zip(&plans) {
+        for ((e, served), (reap_it, claim_it, admit_it)) in events.iter().zip(&plans) {
             if *reap_it {
                 calls.push(reap::call(
                     &self.scripts.reap,
@@ -464,14 +570,13 @@ impl Worker {
             if *claim_it {
                 calls.push(claim_outbox::call(
                     &self.scripts.claim_outbox,
-                    &s.keys.outbox(e),
-                    now,
-                    s.outbox_lease,
-                    s.outbox_batch,
+                    &s.keys,
+                    e,
+                    &claim_args,
                 ));
             }
             if *admit_it {
-                calls.push(admit::call(&self.scripts.admit, &s.keys, e, &args));
+                calls.push(admit::call(&self.scripts.admit, &s.keys, e, &args, *served));
             }
         }
         let results = retry::with_retries(
@@ -489,8 +594,9 @@ impl Worker {
         drop(calls);
 
         let mut to_deliver = Vec::new();
+        let mut drained = Vec::new();
         let mut results = results.into_iter();
-        for (event, (reap_it, claim_it, admit_it)) in events.iter().zip(plans) {
+        for ((event, served), (reap_it, claim_it, admit_it)) in events.iter().zip(plans) {
             if reap_it {
                 let Some(r) = results.next() else { break };
                 match r.map_err(ScriptError::Redis).and_then(reap::parse) {
@@ -499,11 +605,13 @@ impl Worker {
                 }
             }
             let c = if claim_it {
-                results.next()
+                match results.next() {
+                    Some(c) => Some(c),
+                    None => break,
+                }
             } else {
-                Some(Ok(redis::Value::Array(Vec::new())))
+                None
             };
-            let Some(c) = c else { break };
             let a = if admit_it {
                 match results.next() {
                     Some(a) => Some(a),
@@ -513,20 +621,34 @@ impl Worker {
                 None
             };
             let mut entries = Vec::new();
-            match c.map_err(ScriptError::Redis).and_then(claim_outbox::parse) {
-                Ok(claimed) => {
-                    let claimed = self.readable(event, claimed, now).await?;
-                    if !claimed.is_empty() {
-                        tracing::info!(event_id = %event, count = claimed.len(), "Publishing pending admissions from the outbox");
-                        Stats::add(&self.stats.outbox_claimed, claimed.len() as u64);
+            match c.map(|c| c.map_err(ScriptError::Redis).and_then(claim_outbox::parse)) {
+                None => {}
+                Some(Ok(claimed)) => {
+                    if claimed.renewed > 0 {
+                        Stats::add(&self.stats.renewed, claimed.renewed);
+                        tracing::warn!(event_id = %event, renewed = claimed.renewed, "admissions whose window ran out before Kafka acknowledged them were renewed (new deadline and token)");
                     }
-                    entries.extend(claimed);
+                    if claimed.dropped > 0 {
+                        Stats::add(&self.stats.outbox_dropped, claimed.dropped);
+                        tracing::warn!(event_id = %event, dropped = claimed.dropped, "outbox entries dropped: their session no longer holds the slot");
+                    }
+                    match self.readable(event, claimed.entries).await {
+                        Ok(claimed) => {
+                            if !claimed.is_empty() {
+                                tracing::info!(event_id = %event, count = claimed.len(), "Publishing pending admissions from the outbox");
+                                Stats::add(&self.stats.outbox_claimed, claimed.len() as u64);
+                            }
+                            entries.extend(claimed);
+                        }
+                        Err(e) => self.event_failed(event, &e),
+                    }
                 }
-                Err(e) => self.event_failed(event, &EventError::Claim(e)),
+                Some(Err(e)) => self.event_failed(event, &EventError::Claim(e)),
             }
             match a.map(|a| a.map_err(ScriptError::Redis).and_then(admit::parse)) {
                 None => {}
                 Some(Ok(mut outcome)) => {
+                    self.time.observe(outcome.now_ms);
                     self.hints.insert(
                         event.clone(),
                         Hint {
@@ -536,14 +658,27 @@ impl Worker {
                             outbox_depth: outcome.outbox_depth,
                         },
                     );
+                    if !served
+                        && outcome.in_use == 0
+                        && outcome.deadlines == 0
+                        && outcome.outbox_depth == 0
+                    {
+                        drained.push(event.clone());
+                    }
                     let admitted = std::mem::take(&mut outcome.entries);
-                    entries.extend(self.note_admitted(event, &outcome, admitted, now).await?);
+                    match self.note_admitted(event, &outcome, admitted).await {
+                        Ok(admitted) => entries.extend(admitted),
+                        Err(e) => self.event_failed(event, &e),
+                    }
                 }
                 Some(Err(e)) => self.event_failed(event, &EventError::Admit(e)),
             }
             if !entries.is_empty() {
                 to_deliver.push((event.clone(), entries));
             }
+        }
+        for event in drained {
+            self.forget(&event).await;
         }
         // Overlap: this pass's tokens and messages go out while the next pass admits.
         self.await_pending().await;
@@ -588,6 +723,17 @@ impl Worker {
             Stats::add(&self.stats.adopted, reaped.adopted);
             tracing::warn!(event_id = %event, adopted = reaped.adopted, "sessions in processing without a deadline were given one");
         }
+        if reaped.orphans > 0 {
+            tracing::warn!(event_id = %event, orphans = reaped.orphans, "unpublished admissions without an outbox entry (the outbox was changed by hand) got a real deadline");
+        }
+        self.note_repaired(event, &reaped.repaired);
+    }
+
+    fn note_repaired(&self, event: &str, keys: &[String]) {
+        for key in keys {
+            Stats::add(&self.stats.repaired, 1);
+            tracing::error!(event_id = %event, key = %key, "worker-owned key held the wrong type or value; moved aside to <key>:corrupt or reset");
+        }
     }
 
     /// Parse outbox entries; unreadable ones are moved aside (and counted).
@@ -595,7 +741,6 @@ impl Worker {
         &mut self,
         event: &str,
         raws: Vec<Vec<u8>>,
-        now: u64,
     ) -> Result<Vec<OutboxEntry>, EventError> {
         let (good, bad) = outbox::parse_all(raws);
         if !bad.is_empty() {
@@ -607,7 +752,7 @@ impl Worker {
                 &keys.outbox(event),
                 &keys.outbox_invalid(event),
                 &bad,
-                now,
+                self.time.now_ms(),
             )
             .await
             .map_err(EventError::Quarantine)?;
@@ -621,12 +766,14 @@ impl Worker {
         event: &str,
         outcome: &AdmitOutcome,
         entries: Vec<Vec<u8>>,
-        now: u64,
     ) -> Result<Vec<OutboxEntry>, EventError> {
         self.report_invalid_config(event, &outcome.invalid_config);
+        self.report_hold(event, outcome);
+        self.note_repaired(event, &outcome.repaired);
         tracing::debug!(event_id = %event, batch_size = outcome.batch, in_use = outcome.in_use, capacity = outcome.capacity, "Processing queue batch");
         self.stats
             .event_admitted(event, outcome.admitted, outcome.skipped);
+        let held = outcome.held.reason().or(outcome.paused.then_some("paused"));
         self.stats.observe_event(
             event,
             EventSnapshot {
@@ -637,7 +784,9 @@ impl Worker {
                 paused: outcome.paused,
                 outbox_depth: outcome.outbox_depth,
                 admitted_total: 0,
-                updated_ms: now,
+                updated_ms: outcome.now_ms,
+                held,
+                unpublished_age_ms: outcome.unpublished_age_ms,
             },
         );
         if outcome.skipped > 0 {
@@ -647,7 +796,7 @@ impl Worker {
             return Ok(Vec::new());
         }
         tracing::info!(event_id = %event, user_count = outcome.admitted, "Admitting users to checkout");
-        let entries = self.readable(event, entries, now).await?;
+        let entries = self.readable(event, entries).await?;
         tracing::info!(
             event_id = %event,
             attempted = outcome.admitted + outcome.skipped,
@@ -657,9 +806,38 @@ impl Worker {
         Ok(entries)
     }
 
-    /// Admit into the slots completions just freed, for the events they woke.
+    /// Log a change of an event's hold once (held, and lifted).
+    fn report_hold(&mut self, event: &str, outcome: &AdmitOutcome) {
+        let before = self.held_seen.get(event).copied().unwrap_or_default();
+        if before == outcome.held {
+            return;
+        }
+        match outcome.held {
+            Hold::PublishingStalled => tracing::warn!(
+                event_id = %event,
+                unpublished_age_ms = outcome.unpublished_age_ms.unwrap_or(0),
+                max_unpublished_age = ?self.settings.max_unpublished_age,
+                "admission held: QUEUE_READY publishing is stalled (Kafka not acknowledging); it resumes by itself"
+            ),
+            Hold::Retired => {
+                tracing::info!(event_id = %event, "event no longer served: admitting nobody, draining its slots and outbox")
+            }
+            Hold::No if before == Hold::PublishingStalled => {
+                tracing::info!(event_id = %event, "admission resumed: publishing caught up")
+            }
+            Hold::No => {}
+        }
+        self.held_seen.insert(event.to_owned(), outcome.held);
+    }
+
+    /// Admit into the slots completions just freed, for the served events they woke.
+    /// A completion of an event that is not served releases its slot (the consumer
+    /// did that) but admits nobody.
     pub async fn refill_pass(&mut self) -> bool {
         for (event, woken) in self.refill.take() {
+            if !self.served.contains(&event) {
+                continue;
+            }
             Stats::add(&self.stats.refills, 1);
             match self.admit_event(&event).await {
                 Ok(o) if o.admitted > 0 => self.stats.observe_refill(woken.elapsed().as_secs_f64()),
@@ -686,8 +864,7 @@ impl Worker {
     /// Admit the event's next batch and publish it.
     pub async fn admit_event(&mut self, event: &str) -> Result<AdmitOutcome, EventError> {
         let s = &self.settings;
-        let now = clock::now_ms();
-        let args = s.admit_args(now);
+        let args = s.admit_args();
         let outcome = retry::with_retries(
             s.retry_attempts,
             self.backoff(),
@@ -700,8 +877,9 @@ impl Worker {
         )
         .await
         .map_err(EventError::Admit)?;
+        self.time.observe(outcome.now_ms);
         let entries = self
-            .note_admitted(event, &outcome, outcome.entries.clone(), now)
+            .note_admitted(event, &outcome, outcome.entries.clone())
             .await?;
         self.await_pending().await;
         self.delivery.dispatch(event, entries).await?;

@@ -2,7 +2,7 @@
 
 mod support;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -413,7 +413,6 @@ async fn admissions_of_a_dead_worker_are_published_by_the_next_one() {
 
     // The "dead" worker: ran the admit script and nothing after it.
     let scripts = Scripts::new();
-    let now = clock::now_ms();
     let outcome = admit::admit(
         &scripts.admit,
         &mut conn,
@@ -422,16 +421,25 @@ async fn admissions_of_a_dead_worker_are_published_by_the_next_one() {
         &AdmitArgs {
             default_max_concurrent: 100,
             default_batch_size: 10,
-            now_ms: now,
             checkout_window: Duration::from_secs(900),
             session_ttl: Duration::from_secs(7200),
             outbox_lease: Duration::from_millis(500),
+            max_unpublished_age: Duration::from_secs(600),
         },
     )
     .await
     .expect("admit");
     assert_eq!(outcome.admitted, 5);
     assert_eq!(zcard(&mut conn, &k.outbox(EVENT)).await, 5);
+    // The admission's instants, as the script stamped them on Redis's clock.
+    let admitted: HashMap<String, waitroom_worker::outbox::OutboxEntry> = outcome
+        .entries
+        .iter()
+        .map(|raw| {
+            let e = waitroom_worker::outbox::OutboxEntry::parse(raw.clone()).expect("entry");
+            (e.session_id.clone(), e)
+        })
+        .collect();
     for sid in &ids {
         let h = hgetall(&mut conn, &k.session(EVENT, sid)).await;
         assert!(
@@ -467,9 +475,9 @@ async fn admissions_of_a_dead_worker_are_published_by_the_next_one() {
     let msgs = reader.read_until(5, Duration::from_secs(20)).to_vec();
     for m in msgs {
         let h = hgetall(&mut conn, &k.session(EVENT, &m.key)).await;
-        let deadline_ms = waitroom_worker::clock::deadline_ms(now, Duration::from_secs(900));
+        let e = &admitted[&m.key];
         let expected = signer
-            .sign(&signer.claims(EVENT, &m.key, &h["user_id"], now, deadline_ms))
+            .sign(&signer.claims(EVENT, &m.key, &h["user_id"], e.admitted_ms, e.deadline_ms))
             .expect("sign");
         assert_eq!(h["checkout_token"], expected, "same admission, same token");
         assert_eq!(m.value["checkout_token"], expected.as_str());

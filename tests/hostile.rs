@@ -236,10 +236,10 @@ fn admit_survives_hostile_queues_and_keeps_every_invariant() {
                     &AdmitArgs {
                         default_max_concurrent: 10,
                         default_batch_size: 5,
-                        now_ms: waitroom_worker::clock::now_ms(),
                         checkout_window: Duration::from_secs(60),
                         session_ttl: Duration::from_secs(600),
                         outbox_lease: Duration::from_secs(30),
+                        max_unpublished_age: Duration::from_secs(600),
                     },
                 )
                 .await

@@ -6,7 +6,6 @@ use redis::Value;
 use redis::aio::ConnectionLike;
 
 use super::{Call, Script, ScriptError};
-use crate::clock;
 use crate::keys::Keys;
 
 const NAME: &str = "admit";
@@ -19,15 +18,41 @@ pub fn script() -> Script {
 /// call holds Redis (and stays well inside Lua's `unpack` limit).
 pub const MAX_ADMIT_PER_CALL: u64 = 1000;
 
-/// What one admission step needs besides the keys.
+/// What one admission step needs besides the keys. Times come from Redis's own
+/// clock inside the script, so no instant is passed.
 #[derive(Debug, Clone)]
 pub struct AdmitArgs {
     pub default_max_concurrent: u64,
     pub default_batch_size: u64,
-    pub now_ms: u64,
     pub checkout_window: Duration,
     pub session_ttl: Duration,
     pub outbox_lease: Duration,
+    /// Hold admission while the oldest unpublished admission is older than this.
+    pub max_unpublished_age: Duration,
+}
+
+/// Why an event admitted nobody although it could have.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Hold {
+    /// Not held.
+    #[default]
+    No,
+    /// QUEUE_READY publishing is stalled: the oldest unpublished admission is older
+    /// than the max unpublished age (a Kafka outage). Lifts by itself.
+    PublishingStalled,
+    /// The event is no longer served (retired): it is drained, nobody is admitted.
+    Retired,
+}
+
+impl Hold {
+    /// The reason as operators read it (`/status`, `status`, metrics), if held.
+    pub fn reason(self) -> Option<&'static str> {
+        match self {
+            Hold::No => None,
+            Hold::PublishingStalled => Some("publishing_stalled"),
+            Hold::Retired => Some("retired"),
+        }
+    }
 }
 
 /// What the step did.
@@ -49,17 +74,31 @@ pub struct AdmitOutcome {
     pub outbox_depth: u64,
     /// Size of the deadlines set after the call.
     pub deadlines: u64,
-    /// The earliest checkout deadline (ms), if any slot has one.
+    /// The earliest checkout deadline (ms), if any told slot has one.
     pub next_deadline_ms: Option<u64>,
+    /// Whether admission is held, and why.
+    pub held: Hold,
+    /// Age of the oldest admission whose QUEUE_READY is not acknowledged yet.
+    pub unpublished_age_ms: Option<u64>,
+    /// Redis's clock (ms) when the step ran.
+    pub now_ms: u64,
+    /// Worker-owned keys that held the wrong type and were moved aside.
+    pub repaired: Vec<String>,
     /// Config hash fields that were invalid (their defaults were used).
     pub invalid_config: Vec<String>,
     /// Outbox entries of the admitted sessions, in admission order.
     pub entries: Vec<Vec<u8>>,
 }
 
-/// The call for one admission step of `event` (to run alone or in a batch).
-pub fn call<'a>(script: &'a Script, keys: &Keys, event: &str, a: &AdmitArgs) -> Call<'a> {
-    let deadline = clock::deadline_ms(a.now_ms, a.checkout_window);
+/// The call for one admission step of `event` (to run alone or in a batch); a
+/// retired event (`served` false) admits nobody and only reports.
+pub fn call<'a>(
+    script: &'a Script,
+    keys: &Keys,
+    event: &str,
+    a: &AdmitArgs,
+    served: bool,
+) -> Call<'a> {
     Call {
         script,
         keys: vec![
@@ -76,14 +115,13 @@ pub fn call<'a>(script: &'a Script, keys: &Keys, event: &str, a: &AdmitArgs) -> 
             event.to_owned(),
             a.default_max_concurrent.to_string(),
             a.default_batch_size.to_string(),
-            a.now_ms.to_string(),
-            clock::rfc3339_seconds(a.now_ms),
-            deadline.to_string(),
-            clock::rfc3339_seconds(deadline),
+            a.checkout_window.as_millis().to_string(),
             a.session_ttl.as_millis().max(1).to_string(),
             a.outbox_lease.as_millis().to_string(),
             MAX_ADMIT_PER_CALL.to_string(),
             (2 * MAX_ADMIT_PER_CALL).to_string(),
+            a.max_unpublished_age.as_millis().to_string(),
+            if served { "1" } else { "0" }.to_owned(),
         ],
     }
 }
@@ -96,7 +134,7 @@ pub async fn admit<C: ConnectionLike + Send>(
     event: &str,
     a: &AdmitArgs,
 ) -> Result<AdmitOutcome, ScriptError> {
-    let c = call(script, keys, event, a);
+    let c = call(script, keys, event, a, true);
     let keys_ref: Vec<&str> = c.keys.iter().map(String::as_str).collect();
     let argv_ref: Vec<&str> = c.args.iter().map(String::as_str).collect();
     let reply: Value = script.invoke(conn, &keys_ref, &argv_ref).await?;
@@ -119,9 +157,10 @@ pub fn parse(reply: Value) -> Result<AdmitOutcome, ScriptError> {
         Value::Array(counts),
         Value::Array(invalid),
         Value::Array(entries),
+        Value::Array(repaired),
     ] = parts.as_slice()
     else {
-        return Err(bad("want 3 arrays"));
+        return Err(bad("want 4 arrays"));
     };
     let nums: Vec<i64> = counts
         .iter()
@@ -142,13 +181,21 @@ pub fn parse(reply: Value) -> Result<AdmitOutcome, ScriptError> {
         outbox_depth,
         deadlines,
         next_deadline_ms,
+        held,
+        unpublished_age_ms,
+        now_ms,
     ] = nums.as_slice()
     else {
-        return Err(bad("want 11 counts"));
+        return Err(bad("want 14 counts"));
     };
     let text = |v: &Value| match v {
         Value::BulkString(b) => Ok(b.clone()),
         _ => Err(bad("want bulk strings")),
+    };
+    let names = |vs: &[Value]| -> Result<Vec<String>, ScriptError> {
+        vs.iter()
+            .map(|v| text(v).map(|b| String::from_utf8_lossy(&b).into_owned()))
+            .collect()
     };
     Ok(AdmitOutcome {
         admitted: (*admitted).max(0) as u64,
@@ -162,10 +209,16 @@ pub fn parse(reply: Value) -> Result<AdmitOutcome, ScriptError> {
         outbox_depth: (*outbox_depth).max(0) as u64,
         deadlines: (*deadlines).max(0) as u64,
         next_deadline_ms: (*next_deadline_ms >= 0).then_some(*next_deadline_ms as u64),
-        invalid_config: invalid
-            .iter()
-            .map(|v| text(v).map(|b| String::from_utf8_lossy(&b).into_owned()))
-            .collect::<Result<_, _>>()?,
+        held: match held {
+            0 => Hold::No,
+            1 => Hold::PublishingStalled,
+            2 => Hold::Retired,
+            _ => return Err(bad("held must be 0, 1 or 2")),
+        },
+        unpublished_age_ms: (*unpublished_age_ms >= 0).then_some(*unpublished_age_ms as u64),
+        now_ms: (*now_ms).max(0) as u64,
+        invalid_config: names(invalid)?,
+        repaired: names(repaired)?,
         entries: entries.iter().map(text).collect::<Result<_, _>>()?,
     })
 }

@@ -12,6 +12,7 @@ pub mod claim_outbox;
 pub mod reap;
 pub mod release;
 pub mod set_tokens;
+pub mod settle;
 
 use redis::aio::ConnectionLike;
 use redis::{ErrorKind, FromRedisValue, RedisError, ServerErrorKind};
@@ -205,6 +206,7 @@ pub struct Scripts {
     pub set_tokens: Script,
     pub release: Script,
     pub reap: Script,
+    pub settle: Script,
 }
 
 impl Default for Scripts {
@@ -221,16 +223,18 @@ impl Scripts {
             set_tokens: set_tokens::script(),
             release: release::script(),
             reap: reap::script(),
+            settle: settle::script(),
         }
     }
 
-    pub fn all(&self) -> [&Script; 5] {
+    pub fn all(&self) -> [&Script; 6] {
         [
             &self.admit,
             &self.claim_outbox,
             &self.set_tokens,
             &self.release,
             &self.reap,
+            &self.settle,
         ]
     }
 

@@ -24,9 +24,14 @@ pub struct Reaped {
     pub stale: u64,
     pub adopted: u64,
     pub sessions: Vec<String>,
+    /// Worker-owned keys that held garbage and were moved aside or reset.
+    pub repaired: Vec<String>,
+    /// Untold marks left without an outbox that became real deadlines.
+    pub orphans: u64,
 }
 
-/// The call for one reap of `event`.
+/// The call for one reap of `event`. The script reads Redis's clock itself;
+/// `now_ms` only stamps `ended_at`.
 pub fn call<'a>(
     script: &'a Script,
     keys: &Keys,
@@ -41,23 +46,24 @@ pub fn call<'a>(
             keys.deadlines(event),
             keys.processing(event),
             keys.reap_cursor(event),
+            keys.outbox(event),
         ],
         args: vec![
             keys.session_prefix(event),
-            now_ms.to_string(),
+            checkout_window.as_millis().to_string(),
             REAP_LIMIT.to_string(),
             clock::rfc3339_seconds(now_ms),
-            session_ttl.as_millis().max(1).to_string(),
             SWEEP_COUNT.to_string(),
-            clock::deadline_ms(now_ms, checkout_window).to_string(),
+            session_ttl.as_millis().max(1).to_string(),
         ],
     }
 }
 
 /// Read the script's reply.
 pub fn parse(v: Value) -> Result<Reaped, ScriptError> {
-    let (expired, stale, adopted, sessions): (u64, u64, u64, Vec<String>) =
-        redis::from_redis_value(v).map_err(|e| ScriptError::Reply {
+    type Reply = (u64, u64, u64, Vec<String>, Vec<String>, u64);
+    let (expired, stale, adopted, sessions, repaired, orphans): Reply = redis::from_redis_value(v)
+        .map_err(|e| ScriptError::Reply {
             script: "reap",
             detail: e.to_string(),
         })?;
@@ -66,5 +72,7 @@ pub fn parse(v: Value) -> Result<Reaped, ScriptError> {
         stale,
         adopted,
         sessions,
+        repaired,
+        orphans,
     })
 }
