@@ -72,16 +72,25 @@ fn config_value() -> impl Strategy<Value = Option<String>> {
         "\\PC{0,6}".prop_map(Some),
         Just(Some("-3".to_owned())),
         Just(Some("1e2".to_owned())),
+        Just(Some("inf".to_owned())),
+        Just(Some("infinity".to_owned())),
+        Just(Some("0x10".to_owned())),
+        Just(Some(" 5".to_owned())),
+        Just(Some("5 ".to_owned())),
+        Just(Some("2.0".to_owned())),
+        Just(Some("99999999999999999999".to_owned())),
     ]
 }
 
-/// What the admit script should make of a config value (mirrors its validation).
+/// What the admit script should make of a config value (mirrors its validation:
+/// plain decimal digits, at most 12 of them and at most 10^8, else the default).
 fn effective(v: &Option<String>, default: u64) -> u64 {
     match v {
         None => default,
         Some(s) if s.is_empty() => default,
-        Some(s) => match s.trim().parse::<f64>() {
-            Ok(f) if f >= 0.0 && f.fract() == 0.0 && f.is_finite() => f as u64,
+        Some(s) if s.len() > 12 || !s.bytes().all(|b| b.is_ascii_digit()) => default,
+        Some(s) => match s.parse::<u64>() {
+            Ok(n) if n <= 100_000_000 => n,
             _ => default,
         },
     }

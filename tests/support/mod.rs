@@ -265,6 +265,8 @@ pub struct Published {
     pub key: String,
     pub value: serde_json::Value,
     pub message_id: String,
+    /// The message's Kafka timestamp (set by the producer when it produced it), ms.
+    pub produced_ms: i64,
 }
 
 /// A consumer assigned partition 0 of `topic` from its first message (no group
@@ -333,10 +335,12 @@ impl TopicReader {
                 .and_then(|h| h.value)
                 .map(|v| String::from_utf8_lossy(v).into_owned())
                 .unwrap_or_default();
+            let produced_ms = m.timestamp().to_millis().unwrap_or(0);
             self.messages.push(Published {
                 key,
                 value,
                 message_id,
+                produced_ms,
             });
         }
     }
