@@ -13,5 +13,9 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 COPY --from=build /src/target/release/waitroom-worker /usr/local/bin/waitroom-worker
 USER nobody
 EXPOSE 9090
+# The binary probes its own /healthz (the slim image has no shell tools for it):
+# exit 0 on 2xx. QUEUE_HEALTH_URL moves it if --http-addr is not on port 9090.
+HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["waitroom-worker", "health"]
 ENTRYPOINT ["waitroom-worker"]
 CMD ["run"]

@@ -11,6 +11,7 @@
 //! - [`bench`]: `waitroom-worker bench`, the cost of the worker measured.
 //! - [`demo`], [`enqueue`], [`redis_server`], [`embedded_kafka`]: the demo and its parts.
 //! - [`http`]: health, readiness, status and metrics; [`heartbeat`]: live replicas in Redis.
+//! - [`probe`]: `waitroom-worker health`, the container's probe of `/healthz`.
 //! - [`store`], [`retry`], [`shutdown`], [`stats`], [`clock`], [`redis_time`]: plumbing.
 
 pub mod bench;
@@ -24,6 +25,7 @@ pub mod heartbeat;
 pub mod http;
 pub mod keys;
 pub mod outbox;
+pub mod probe;
 pub mod publisher;
 pub mod redis_server;
 pub mod redis_time;

@@ -140,6 +140,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             waitroom_worker::demo::run(args).await.context("demo")?;
             Ok(())
         }
+        Command::Health(args) => {
+            let line = waitroom_worker::probe::check(&args.url, args.timeout).await?;
+            println!("{line}");
+            Ok(())
+        }
     }
 }
 

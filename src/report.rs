@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::clock;
 use crate::heartbeat;
 use crate::keys::Keys;
+use crate::outbox::OutboxEntry;
 
 /// One event at a glance.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -187,15 +188,26 @@ pub struct SessionView {
     pub outbox_entry: Option<String>,
 }
 
-fn glob_escape(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            o.push('\\');
-        }
-        o.push(c);
-    }
-    o
+/// The SCAN MATCH pattern that narrows the outbox to entries that may be `session`'s.
+///
+/// The admit script writes entries with cjson, which escapes more than serde_json
+/// does (`/` as `\/`, 0x7f as `\u007f`), so the session's own encoding cannot be
+/// matched. Only the id's leading run of characters that cjson and serde_json both
+/// write as themselves (ASCII letters, digits, `-`, `_`, `.`, `:`; none a glob
+/// character) goes in the pattern; the entries it lets through are decoded and
+/// compared, so an id of other characters costs a wider scan, never a miss.
+fn outbox_pattern(session: &str) -> String {
+    let plain: String = session
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+        .collect();
+    format!("\\[\"{plain}*")
+}
+
+/// Whether an outbox member is the entry of `session` (decoded, so however it was
+/// escaped). A member that does not parse as an entry is nobody's.
+fn is_entry_of(member: &[u8], session: &str) -> bool {
+    OutboxEntry::parse(member.to_vec()).is_ok_and(|e| e.session_id == session)
 }
 
 /// Look one session up; `event` is needed in the cluster layout, else read from the hash.
@@ -245,14 +257,11 @@ pub async fn inspect<C: ConnectionLike + Send>(
     view.deadline = deadline
         .filter(|d| d.is_finite() && *d >= 0.0)
         .map(|d| clock::rfc3339_seconds(d as u64));
-    let pattern = format!(
-        "[{}*",
-        glob_escape(&serde_json::to_string(session).unwrap_or_default())
-    );
+    let pattern = outbox_pattern(session);
     let mut cursor = 0u64;
     // Bounded: at most 100 SCAN steps over the outbox.
     for _ in 0..100 {
-        let (next, found): (u64, Vec<String>) = redis::cmd("ZSCAN")
+        let (next, found): (u64, Vec<Vec<u8>>) = redis::cmd("ZSCAN")
             .arg(keys.outbox(&e))
             .arg(cursor)
             .arg("MATCH")
@@ -261,8 +270,13 @@ pub async fn inspect<C: ConnectionLike + Send>(
             .arg(1000)
             .query_async(conn)
             .await?;
-        if let Some(m) = found.into_iter().step_by(2).next() {
-            view.outbox_entry = Some(m);
+        // ZSCAN replies member, score, member, score...
+        if let Some(m) = found
+            .into_iter()
+            .step_by(2)
+            .find(|m| is_entry_of(m, session))
+        {
+            view.outbox_entry = Some(String::from_utf8_lossy(&m).into_owned());
             break;
         }
         cursor = next;
@@ -297,4 +311,32 @@ pub fn render_session(v: &SessionView) -> String {
         if v.outbox_entry.is_some() { "yes" } else { "no" },
     ));
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pattern_keeps_only_the_plainly_encoded_start_of_the_id() {
+        assert_eq!(
+            outbox_pattern("session-abc_1.2:3"),
+            r#"\["session-abc_1.2:3*"#
+        );
+        assert_eq!(outbox_pattern("vip/s\u{7f}*?[x]"), r#"\["vip*"#);
+        assert_eq!(outbox_pattern("/x"), r#"\["*"#);
+    }
+
+    #[test]
+    fn entries_are_matched_decoded_whatever_their_escapes() {
+        // As cjson writes ["a/b\x7f", "u", 1, 2].
+        let cjson = br#"["a\/b\u007f","u",1,2]"#;
+        assert!(is_entry_of(cjson, "a/b\u{7f}"));
+        assert!(!is_entry_of(cjson, "a/b"));
+        assert!(is_entry_of(
+            &OutboxEntry::encode("a/b\u{7f}", "u", 1, 2),
+            "a/b\u{7f}"
+        ));
+        assert!(!is_entry_of(b"not json", "a/b\u{7f}"));
+    }
 }

@@ -89,6 +89,22 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// A flash sale on this machine: private redis-server, embedded Kafka, simulated checkout.
     Demo(crate::demo::DemoArgs),
+    /// Probe a worker's /healthz (for a container HEALTHCHECK): exit 0 on 2xx, else 1.
+    Health(HealthArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// The endpoint to GET: http://host:port/path only (no https).
+    #[arg(
+        long,
+        env = "QUEUE_HEALTH_URL",
+        default_value = "http://127.0.0.1:9090/healthz"
+    )]
+    pub url: String,
+    /// How long the whole probe (connect, ask, read) may take.
+    #[arg(long, env = "QUEUE_HEALTH_TIMEOUT", default_value = "2s", value_parser = duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -389,3 +389,168 @@ fn password_protected_redis_works_and_secrets_stay_out_of_the_logs() {
     );
     let _ = std::fs::remove_file(&props);
 }
+
+/// `waitroom-worker health ARGS` with the probe's environment variables cleared
+/// (plus `env`), run off the async runtime so a server in the test keeps answering.
+async fn health(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut c = Command::new(BIN);
+    c.arg("health").args(args);
+    c.env_remove("QUEUE_HEALTH_URL")
+        .env_remove("QUEUE_HEALTH_TIMEOUT");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    tokio::task::spawn_blocking(move || c.output().expect("run the binary"))
+        .await
+        .expect("probe task")
+}
+
+/// A one-shot HTTP server on loopback: answers the first request with `answer` and
+/// closes; the handle yields the request it read.
+async fn answering(
+    answer: &'static str,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let h = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.expect("accept");
+        let mut req = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.expect("read request");
+            if n == 0 {
+                break;
+            }
+            req.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(answer.as_bytes()).await.expect("answer");
+        s.shutdown().await.expect("close");
+        String::from_utf8_lossy(&req).into_owned()
+    });
+    (addr, h)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The probe the container HEALTHCHECK runs passes against a live worker's /healthz.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_probe_passes_against_a_running_worker() {
+    let redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let w = run_worker(settings(&redis.url(), &kafka.bootstrap, &["--event", "e1"])).await;
+    let addr = w.http.expect("http on");
+    let out = health(&["--url", &format!("http://{addr}/healthz")], &[]).await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout {stdout} stderr {stderr}"
+    );
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.starts_with("HTTP/1.0 200 OK "), "{stdout}");
+    assert!(stdout.contains(r#""status":"ok""#), "{stdout}");
+    w.stop().await;
+}
+
+/// 2xx passes, anything else fails with exit 1 and one line saying why; the URL can
+/// come from QUEUE_HEALTH_URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_probe_exits_1_on_503_and_sends_a_plain_get() {
+    let (addr, req) = answering(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 15\r\n\r\n{\"status\":\"ok\"}",
+    )
+    .await;
+    let out = health(
+        &[],
+        &[("QUEUE_HEALTH_URL", &format!("http://{addr}/healthz"))],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "HTTP/1.1 200 OK {\"status\":\"ok\"}\n");
+    let req = req.await.expect("server task");
+    assert!(req.starts_with("GET /healthz HTTP/1.0\r\n"), "{req}");
+    assert!(req.contains(&format!("\r\nHost: {addr}\r\n")), "{req}");
+
+    let (addr, req) = answering(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\r\n{\"status\":\"stalled\",\"last_loop_ms_ago\":9000}",
+    )
+    .await;
+    let out = health(&["--url", &format!("http://{addr}/healthz")], &[]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("unhealthy") && stderr.contains("503") && stderr.contains("stalled"),
+        "{stderr}"
+    );
+    req.await.expect("server task");
+}
+
+/// Nothing listening, no answer in time, https or a broken URL: exit 1 and one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_probe_exits_1_when_unreachable_silent_or_misconfigured() {
+    let closed = free_port();
+    let out = health(
+        &["--url", &format!("http://127.0.0.1:{closed}/healthz")],
+        &[],
+    )
+    .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot connect to 127.0.0.1:"), "{stderr}");
+
+    // Accepts, never answers: the probe gives up at --timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = silent.local_addr().expect("addr");
+    let hold = tokio::spawn(async move {
+        let (s, _) = silent.accept().await.expect("accept");
+        s
+    });
+    let started = Instant::now();
+    let out = health(
+        &[
+            "--url",
+            &format!("http://{addr}/healthz"),
+            "--timeout",
+            "300ms",
+        ],
+        &[],
+    )
+    .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no answer from") && stderr.contains("300ms"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the timeout held"
+    );
+    drop(hold.await.expect("held connection"));
+
+    for (url, says) in [
+        ("https://127.0.0.1:9090/healthz", "https is not supported"),
+        ("ftp://127.0.0.1/healthz", "use http://"),
+        ("127.0.0.1:9090/healthz", "expected http://host:port/path"),
+        ("http://127.0.0.1:99999/healthz", "out of range"),
+    ] {
+        let out = health(&["--url", url], &[]).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{url}: {stderr}");
+        assert!(stderr.contains(says), "{url}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+
+    // A flag clap cannot read is a usage error, exit 2 as for every subcommand.
+    let out = health(&["--timeout", "soon"], &[]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}

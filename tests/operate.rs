@@ -256,3 +256,76 @@ async fn status_and_inspect_match_redis() {
     assert_eq!(v["hash"]["status"], "admitted");
     assert!(v["queue_position"].is_null());
 }
+
+/// `inspect` finds the outbox entry of a session whose id cjson encodes differently
+/// from serde_json (`/` as `\/`, 0x7f as `\u007f`): the entry is written here exactly
+/// as the admit script writes it, with cjson inside Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_finds_the_outbox_entry_of_a_session_cjson_escapes() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    let sid = "vip/session\u{7f}-42";
+    // Another session whose id is a prefix of this one's: it must not be reported.
+    let other = "vip/session\u{7f}-4";
+    redis::cmd("HSET")
+        .arg(k.session(EVENT, sid))
+        .arg("status")
+        .arg("admitted")
+        .arg("user_id")
+        .arg("user/1")
+        .arg("event_id")
+        .arg(EVENT)
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("HSET");
+    let cjson_zadd = "return redis.call('ZADD', KEYS[1], 1, '[' .. cjson.encode(ARGV[1]) .. ',' .. cjson.encode(ARGV[2]) .. ',1,2]')";
+    for (s, user) in [(other, "user/0"), (sid, "user/1")] {
+        redis::cmd("EVAL")
+            .arg(cjson_zadd)
+            .arg(1)
+            .arg(k.outbox(EVENT))
+            .arg(s)
+            .arg(user)
+            .query_async::<()>(&mut conn)
+            .await
+            .expect("EVAL cjson ZADD");
+    }
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg(k.outbox(EVENT))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .expect("ZRANGE");
+    assert!(
+        members.iter().any(|m| m.contains(r"vip\/session\u007f-42")),
+        "written as cjson writes it: {members:?}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["inspect", sid, "--json", "--redis-url", &redis.url()])
+        .output()
+        .expect("inspect");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["event_id"], EVENT);
+    let entry = v["outbox_entry"].as_str().expect("pending in the outbox");
+    let decoded: serde_json::Value = serde_json::from_str(entry).expect("entry is JSON");
+    assert_eq!(decoded[0], sid, "{entry}");
+    assert_eq!(decoded[1], "user/1", "{entry}");
+
+    let out = Command::new(BIN)
+        .args(["inspect", sid, "--redis-url", &redis.url()])
+        .output()
+        .expect("inspect");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("QUEUE_READY pending in outbox: yes"),
+        "{text}"
+    );
+}
