@@ -58,8 +58,6 @@ pub enum EventError {
     Admit(#[source] ScriptError),
     #[error("reaping expired slots: {0}")]
     Reap(#[source] ScriptError),
-    #[error("moving unreadable outbox entries aside: {0}")]
-    Quarantine(#[source] redis::RedisError),
     #[error(transparent)]
     Delivery(#[from] DeliveryError),
 }
@@ -69,7 +67,6 @@ impl EventError {
     fn is_connection(&self) -> bool {
         match self {
             EventError::Claim(e) | EventError::Admit(e) | EventError::Reap(e) => e.is_transient(),
-            EventError::Quarantine(e) => retry::is_transient(e),
             EventError::Delivery(DeliveryError::Tokens(e)) => e.is_transient(),
         }
     }
@@ -632,16 +629,12 @@ impl Worker {
                         Stats::add(&self.stats.outbox_dropped, claimed.dropped);
                         tracing::warn!(event_id = %event, dropped = claimed.dropped, "outbox entries dropped: their session no longer holds the slot");
                     }
-                    match self.readable(event, claimed.entries).await {
-                        Ok(claimed) => {
-                            if !claimed.is_empty() {
-                                tracing::info!(event_id = %event, count = claimed.len(), "Publishing pending admissions from the outbox");
-                                Stats::add(&self.stats.outbox_claimed, claimed.len() as u64);
-                            }
-                            entries.extend(claimed);
-                        }
-                        Err(e) => self.event_failed(event, &e),
+                    let claimed = self.readable(event, claimed.entries).await;
+                    if !claimed.is_empty() {
+                        tracing::info!(event_id = %event, count = claimed.len(), "Publishing pending admissions from the outbox");
+                        Stats::add(&self.stats.outbox_claimed, claimed.len() as u64);
                     }
+                    entries.extend(claimed);
                 }
                 Some(Err(e)) => self.event_failed(event, &EventError::Claim(e)),
             }
@@ -666,10 +659,7 @@ impl Worker {
                         drained.push(event.clone());
                     }
                     let admitted = std::mem::take(&mut outcome.entries);
-                    match self.note_admitted(event, &outcome, admitted).await {
-                        Ok(admitted) => entries.extend(admitted),
-                        Err(e) => self.event_failed(event, &e),
-                    }
+                    entries.extend(self.note_admitted(event, &outcome, admitted).await);
                 }
                 Some(Err(e)) => self.event_failed(event, &EventError::Admit(e)),
             }
@@ -736,28 +726,30 @@ impl Worker {
         }
     }
 
-    /// Parse outbox entries; unreadable ones are moved aside (and counted).
-    async fn readable(
-        &mut self,
-        event: &str,
-        raws: Vec<Vec<u8>>,
-    ) -> Result<Vec<OutboxEntry>, EventError> {
+    /// Parse outbox entries; unreadable ones are moved aside (and counted). If moving
+    /// them fails, they stay where they are (claimed again after their lease) and the
+    /// readable ones go on: a poisoned entry costs only itself.
+    async fn readable(&mut self, event: &str, raws: Vec<Vec<u8>>) -> Vec<OutboxEntry> {
         let (good, bad) = outbox::parse_all(raws);
         if !bad.is_empty() {
             let keys = &self.settings.keys;
             tracing::error!(event_id = %event, count = bad.len(), key = %keys.outbox_invalid(event), "unreadable outbox entries moved aside");
             Stats::add(&self.stats.outbox_invalid, bad.len() as u64);
-            outbox::quarantine(
+            let moved = outbox::quarantine(
                 &mut self.conn,
                 &keys.outbox(event),
                 &keys.outbox_invalid(event),
+                &keys.deadlines(event),
                 &bad,
                 self.time.now_ms(),
             )
-            .await
-            .map_err(EventError::Quarantine)?;
+            .await;
+            if let Err(e) = moved {
+                self.stats.error("redis");
+                tracing::error!(event_id = %event, error = %e, "could not move unreadable outbox entries aside; they are claimed again after their lease");
+            }
         }
-        Ok(good)
+        good
     }
 
     /// Count, log and observe one admit outcome; returns its outbox entries.
@@ -766,7 +758,7 @@ impl Worker {
         event: &str,
         outcome: &AdmitOutcome,
         entries: Vec<Vec<u8>>,
-    ) -> Result<Vec<OutboxEntry>, EventError> {
+    ) -> Vec<OutboxEntry> {
         self.report_invalid_config(event, &outcome.invalid_config);
         self.report_hold(event, outcome);
         self.note_repaired(event, &outcome.repaired);
@@ -793,17 +785,17 @@ impl Worker {
             tracing::warn!(event_id = %event, skipped = outcome.skipped, "dropped queue members that cannot be admitted (missing session, not queued, no user, other event)");
         }
         if outcome.admitted == 0 {
-            return Ok(Vec::new());
+            return Vec::new();
         }
         tracing::info!(event_id = %event, user_count = outcome.admitted, "Admitting users to checkout");
-        let entries = self.readable(event, entries).await?;
+        let entries = self.readable(event, entries).await;
         tracing::info!(
             event_id = %event,
             attempted = outcome.admitted + outcome.skipped,
             admitted = outcome.admitted,
             "Batch processing completed"
         );
-        Ok(entries)
+        entries
     }
 
     /// Log a change of an event's hold once (held, and lifted).
@@ -880,7 +872,7 @@ impl Worker {
         self.time.observe(outcome.now_ms);
         let entries = self
             .note_admitted(event, &outcome, outcome.entries.clone())
-            .await?;
+            .await;
         self.await_pending().await;
         self.delivery.dispatch(event, entries).await?;
         Ok(outcome)

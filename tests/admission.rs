@@ -483,3 +483,100 @@ async fn admissions_of_a_dead_worker_are_published_by_the_next_one() {
         assert_eq!(m.value["checkout_token"], expected.as_str());
     }
 }
+
+/// A poisoned outbox entry (a time past year 9999) costs only itself: the other
+/// entries of its event and every other event are published; while it cannot be
+/// moved aside (its `:outbox:invalid` key holds the wrong type) the loop goes on, and
+/// once it can, it is moved aside and its slot comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_outbox_entry_costs_only_itself() {
+    let redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    let (p, q) = ("poisoned", "neighbour");
+    let now = clock::now_ms();
+    let p_ids = enqueue(&mut conn, p, "p", 3, now).await;
+    let q_ids = enqueue(&mut conn, q, "q", 3, now).await;
+    // An admission whose entry was corrupted: it holds a slot with an untold mark.
+    let poison = r#"["p-poison","user-x",253402300800000,253402300800000]"#;
+    let _: () = redis::pipe()
+        .cmd("ZADD")
+        .arg(k.outbox(p))
+        .arg(0)
+        .arg(poison)
+        .ignore()
+        .cmd("SADD")
+        .arg(k.processing(p))
+        .arg("p-poison")
+        .ignore()
+        .cmd("ZADD")
+        .arg(k.deadlines(p))
+        .arg(1_125_899_906_842_624u64 + now)
+        .arg("p-poison")
+        .ignore()
+        .cmd("SET")
+        .arg(k.outbox_invalid(p))
+        .arg("not a sorted set")
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .expect("seed");
+
+    let w = run_worker(settings(
+        &redis.url(),
+        &kafka.bootstrap,
+        &[
+            "--event",
+            p,
+            "--event",
+            q,
+            "--checkout-window",
+            "5s",
+            "--session-ttl",
+            "10m",
+        ],
+    ))
+    .await;
+    let mut reader = TopicReader::new(&kafka.bootstrap, TOPIC);
+    let told: HashSet<String> = reader
+        .read_until(6, Duration::from_secs(30))
+        .iter()
+        .map(|m| m.key.clone())
+        .collect();
+    for sid in p_ids.iter().chain(&q_ids) {
+        assert!(told.contains(sid), "{sid} was not told");
+    }
+    assert!(!told.contains("p-poison"));
+    // It could not be moved aside yet: it is still in the outbox, and the loop goes on.
+    let cycles = Stats::get(&w.stats.cycles);
+    eventually(Duration::from_secs(10), "more cycles", || {
+        let stats = w.stats.clone();
+        async move { (Stats::get(&stats.cycles) > cycles + 5).then_some(()) }
+    })
+    .await;
+    assert!(Stats::get(&w.stats.outbox_invalid) >= 1);
+
+    // The operator clears the way: the entry is moved aside, its slot comes back.
+    let _: () = redis::cmd("DEL")
+        .arg(k.outbox_invalid(p))
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
+    eventually(
+        Duration::from_secs(20),
+        "the poisoned entry moved aside",
+        || {
+            let mut c = conn.clone();
+            let k = k.clone();
+            async move {
+                let aside = zcard(&mut c, &k.outbox_invalid(p)).await == 1;
+                let members = smembers(&mut c, &k.processing(p)).await;
+                (aside && !members.iter().any(|m| m == "p-poison")).then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(zcard(&mut conn, &k.outbox(p)).await, 0);
+    w.stop().await;
+}

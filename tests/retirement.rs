@@ -74,21 +74,29 @@ async fn a_retired_event_is_drained_admits_nobody_and_is_forgotten() {
 
     // The retired event's outbox still publishes: its three are told.
     let mut reader = TopicReader::new(&kafka.bootstrap, TOPIC);
-    eventually(Duration::from_secs(30), "the retired event's admissions told", || {
-        let got: Vec<String> = reader
-            .read_for(Duration::from_millis(100))
-            .iter()
-            .map(|m| m.key.clone())
-            .collect();
-        let done = retired_ids[..3].iter().all(|s| got.contains(s));
-        async move { done.then_some(()) }
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the retired event's admissions told",
+        || {
+            let got: Vec<String> = reader
+                .read_for(Duration::from_millis(100))
+                .iter()
+                .map(|m| m.key.clone())
+                .collect();
+            let done = retired_ids[..3].iter().all(|s| got.contains(s));
+            async move { done.then_some(()) }
+        },
+    )
     .await;
     // While it drains, it has figures, and says why it admits nobody.
-    eventually(Duration::from_secs(10), "the retired event's figures", || {
-        let stats = w.stats.clone();
-        async move { (stats.events().get(RETIRED)?.held == Some("retired")).then_some(()) }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the retired event's figures",
+        || {
+            let stats = w.stats.clone();
+            async move { (stats.events().get(RETIRED)?.held == Some("retired")).then_some(()) }
+        },
+    )
     .await;
 
     // A completion releases its slot, but wakes no admission there.
@@ -97,7 +105,9 @@ async fn a_retired_event_is_drained_admits_nobody_and_is_forgotten() {
         .complete(&retired_ids[0], Some(RETIRED), "completed")
         .await;
     // A completion naming an event nobody serves (nor ever served) grows nothing.
-    checkout.complete("ghost-1", Some("ghost-event"), "completed").await;
+    checkout
+        .complete("ghost-1", Some("ghost-event"), "completed")
+        .await;
     let session_key = k.session(RETIRED, &retired_ids[0]);
     eventually(Duration::from_secs(15), "the completion applied", || {
         let mut c = conn.clone();
@@ -107,14 +117,18 @@ async fn a_retired_event_is_drained_admits_nobody_and_is_forgotten() {
     .await;
 
     // The other two expire; then nothing of the event is left and it is forgotten.
-    eventually(Duration::from_secs(20), "the retired event forgotten", || {
-        let mut c = conn.clone();
-        let key = k.known_events();
-        async move {
-            let known = smembers(&mut c, &key).await;
-            (!known.iter().any(|e| e == RETIRED)).then_some(())
-        }
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the retired event forgotten",
+        || {
+            let mut c = conn.clone();
+            let key = k.known_events();
+            async move {
+                let known = smembers(&mut c, &key).await;
+                (!known.iter().any(|e| e == RETIRED)).then_some(())
+            }
+        },
+    )
     .await;
     for sid in &retired_ids[1..3] {
         assert_eq!(
@@ -142,10 +156,14 @@ async fn a_retired_event_is_drained_admits_nobody_and_is_forgotten() {
     assert_eq!(served_told[..3], served_ids[..3]);
 
     // Figures follow: the forgotten event and the ghost have no series, no status.
-    eventually(Duration::from_secs(10), "the retired event's figures gone", || {
-        let stats = w.stats.clone();
-        async move { (!stats.events().contains_key(RETIRED)).then_some(()) }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the retired event's figures gone",
+        || {
+            let stats = w.stats.clone();
+            async move { (!stats.events().contains_key(RETIRED)).then_some(()) }
+        },
+    )
     .await;
     let metrics = w.stats.encode_prometheus();
     assert!(
