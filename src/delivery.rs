@@ -34,14 +34,16 @@ pub enum DeliveryError {
     Tokens(#[source] ScriptError),
 }
 
-/// How hard to try.
-#[derive(Debug, Clone, Copy)]
+/// How hard to try, and by which clock.
+#[derive(Debug, Clone)]
 pub struct DeliveryPolicy {
     /// Tries of a Redis operation.
     pub attempts: u32,
     /// Backoff between those tries; also bounds the spacing of publish retries of
     /// one outbox entry (at least `first`, at most `max`).
     pub backoff: Backoff,
+    /// Redis's clock as seen from here: when a failed entry is due again.
+    pub time: Arc<RedisTime>,
 }
 
 /// Signs, patches and publishes outbox entries.
@@ -53,7 +55,6 @@ pub struct Delivery {
     publisher: Arc<Publisher>,
     stats: Arc<Stats>,
     policy: DeliveryPolicy,
-    time: Arc<RedisTime>,
     inflight: Mutex<JoinSet<()>>,
 }
 
@@ -73,7 +74,6 @@ impl Delivery {
         publisher: Arc<Publisher>,
         stats: Arc<Stats>,
         policy: DeliveryPolicy,
-        time: Arc<RedisTime>,
     ) -> Self {
         Delivery {
             conn,
@@ -83,7 +83,6 @@ impl Delivery {
             publisher,
             stats,
             policy,
-            time,
             inflight: Mutex::new(JoinSet::new()),
         }
     }
@@ -242,9 +241,8 @@ impl Delivery {
         let keys = self.keys.clone();
         let stats = self.stats.clone();
         let publisher = self.publisher.clone();
-        let policy = self.policy;
+        let policy = self.policy.clone();
         let scripts = self.scripts.clone();
-        let time = self.time.clone();
         let mut inflight = match self.inflight.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -279,7 +277,7 @@ impl Delivery {
             // their slot's untold mark becomes the real deadline, atomically; failed
             // entries are all due again at one time per event (the oldest's backoff),
             // so after an outage the backlog comes back oldest admission first.
-            let now = time.now_ms();
+            let now = policy.time.now_ms();
             let mut by_event: std::collections::BTreeMap<&str, (Vec<Acked<'_>>, Vec<&OutboxEntry>)> =
                 Default::default();
             for (event, e) in &acked {

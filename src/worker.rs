@@ -203,8 +203,8 @@ impl Worker {
             DeliveryPolicy {
                 attempts: settings.retry_attempts,
                 backoff,
+                time: time.clone(),
             },
-            time.clone(),
         );
         Ok(Some(Worker {
             settings,
