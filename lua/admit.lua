@@ -155,10 +155,11 @@ if paused == 1 or held ~= 0 or want <= 0 then
     unpublished_age, now_ms}, invalid, {}, repaired }
 end
 
--- Session and user ids travel in JSON and JWTs, so they must be non-empty UTF-8;
--- anything else is dropped like any other session that may not be admitted.
+-- Session and user ids travel in JSON and JWTs, so they must be non-empty UTF-8 of at
+-- most 1024 bytes (what an outbox entry may hold); anything else is dropped like any
+-- other session that may not be admitted.
 local function utf8_ok(s)
-  if s == '' then return false end
+  if s == '' or #s > 1024 then return false end
   if not s:find('[\128-\255]') then return true end
   local i, n = 1, #s
   while i <= n do
