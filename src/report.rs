@@ -33,8 +33,20 @@ pub struct Status {
     pub live_workers: Vec<String>,
 }
 
+/// A number as the contract writes it: plain decimal digits that fit a u64. Anything
+/// else (`inf`, `1e3`, `+5`, ` 5`, `-1`, `0x10`) reads as absent.
 fn int(v: &Option<String>) -> Option<u64> {
-    v.as_deref().and_then(|s| s.parse().ok())
+    v.as_deref()
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse().ok())
+}
+
+/// An event id the worker would serve: UTF-8, non-empty, without braces. Other
+/// members of `active_events` are ignored by the worker, and so here.
+fn event_id(raw: Vec<u8>) -> Option<String> {
+    String::from_utf8(raw)
+        .ok()
+        .filter(|e| !e.is_empty() && !e.contains(['{', '}']))
 }
 
 /// Read the status of `events` (or of every active event when empty).
@@ -47,10 +59,11 @@ pub async fn status<C: ConnectionLike + Send>(
 ) -> Result<Status, RedisError> {
     let mut list: Vec<String> = events.to_vec();
     if list.is_empty() {
-        list = redis::cmd("SMEMBERS")
+        let members: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
             .arg(keys.active_events())
             .query_async(conn)
             .await?;
+        list = members.into_iter().filter_map(event_id).collect();
         list.sort();
     }
     let now = clock::now_ms();
@@ -60,8 +73,8 @@ pub async fn status<C: ConnectionLike + Send>(
         type Row = (
             u64,
             u64,
-            Vec<(String, f64)>,
-            Vec<(String, f64)>,
+            Vec<(Vec<u8>, f64)>,
+            Vec<(Vec<u8>, f64)>,
             u64,
             (Option<String>, Option<String>),
             u64,
@@ -98,15 +111,17 @@ pub async fn status<C: ConnectionLike + Send>(
                 .arg("prev")
                 .query_async(conn)
                 .await?;
+        // Only a plausible join time (1970 to 9999) counts; a score of inf, -5 or
+        // 1e300 is no instant anyone joined at.
         let oldest = head
             .iter()
             .chain(phead.iter())
             .map(|(_, s)| *s)
-            .filter(|s| s.is_finite() && *s >= 0.0)
+            .filter(|s| (0.0..=clock::MAX_MS as f64).contains(s))
             .fold(None, |a: Option<f64>, s| Some(a.map_or(s, |a| a.min(s))));
         let (this, last) = match int(&m) {
             Some(x) if x == minute => (int(&count).unwrap_or(0), int(&prev).unwrap_or(0)),
-            Some(x) if x + 1 == minute => (0, int(&count).unwrap_or(0)),
+            Some(x) if minute.checked_sub(1) == Some(x) => (0, int(&count).unwrap_or(0)),
             _ => (0, 0),
         };
         out.insert(
@@ -187,6 +202,10 @@ pub struct SessionView {
     pub outbox_entry: Option<String>,
 }
 
+fn lossy(b: Vec<u8>) -> String {
+    String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 fn glob_escape(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
     for c in s.chars() {
@@ -206,10 +225,13 @@ pub async fn inspect<C: ConnectionLike + Send>(
     event: Option<&str>,
 ) -> Result<SessionView, RedisError> {
     let key = keys.session(event.unwrap_or(""), session);
-    let hash: BTreeMap<String, String> = redis::cmd("HGETALL").arg(&key).query_async(conn).await?;
+    // Bytes, not strings: a field or value that is not UTF-8 is shown, not an error.
+    let raw: BTreeMap<Vec<u8>, Vec<u8>> = redis::cmd("HGETALL").arg(&key).query_async(conn).await?;
     let event = event
         .map(str::to_owned)
-        .or_else(|| hash.get("event_id").cloned().filter(|e| !e.is_empty()));
+        .or_else(|| raw.get(&b"event_id"[..]).and_then(|e| event_id(e.clone())));
+    let hash: BTreeMap<String, String> =
+        raw.into_iter().map(|(k, v)| (lossy(k), lossy(v))).collect();
     let mut view = SessionView {
         session_id: session.to_owned(),
         key,
@@ -239,20 +261,24 @@ pub async fn inspect<C: ConnectionLike + Send>(
         .arg(session)
         .query_async(conn)
         .await?;
-    view.queue_position = q.map(|r| r + 1);
-    view.priority_position = p.map(|r| r + 1);
+    view.queue_position = q.map(|r| r.saturating_add(1));
+    view.priority_position = p.map(|r| r.saturating_add(1));
     view.in_processing = inproc;
+    // A deadline past year 9999 reads as its end (see `clock`); inf or a negative
+    // score is no instant at all.
     view.deadline = deadline
         .filter(|d| d.is_finite() && *d >= 0.0)
         .map(|d| clock::rfc3339_seconds(d as u64));
+    // The member is the JSON array that starts with the session id; the `[` must be
+    // escaped too, or the glob reads it as the start of a character class.
     let pattern = format!(
-        "[{}*",
+        "\\[{}*",
         glob_escape(&serde_json::to_string(session).unwrap_or_default())
     );
     let mut cursor = 0u64;
     // Bounded: at most 100 SCAN steps over the outbox.
     for _ in 0..100 {
-        let (next, found): (u64, Vec<String>) = redis::cmd("ZSCAN")
+        let (next, found): (u64, Vec<Vec<u8>>) = redis::cmd("ZSCAN")
             .arg(keys.outbox(&e))
             .arg(cursor)
             .arg("MATCH")
@@ -262,7 +288,7 @@ pub async fn inspect<C: ConnectionLike + Send>(
             .query_async(conn)
             .await?;
         if let Some(m) = found.into_iter().step_by(2).next() {
-            view.outbox_entry = Some(m);
+            view.outbox_entry = Some(lossy(m));
             break;
         }
         cursor = next;
@@ -297,4 +323,39 @@ pub fn render_session(v: &SessionView) -> String {
         if v.outbox_entry.is_some() { "yes" } else { "no" },
     ));
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_plain_digits_that_fit() {
+        let read = |s: &str| int(&Some(s.to_owned()));
+        assert_eq!(read("12"), Some(12));
+        assert_eq!(read("18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            "",
+            "inf",
+            "1e3",
+            "+5",
+            " 5",
+            "5 ",
+            "-1",
+            "0x10",
+            "1.0",
+            "18446744073709551616",
+        ] {
+            assert_eq!(read(bad), None, "{bad:?}");
+        }
+        assert_eq!(int(&None), None);
+    }
+
+    #[test]
+    fn only_event_ids_the_worker_serves_are_listed() {
+        assert_eq!(event_id(b"concert".to_vec()).as_deref(), Some("concert"));
+        for bad in [&b""[..], b"\xff\xfe", b"{x}", b"a}"] {
+            assert_eq!(event_id(bad.to_vec()), None, "{bad:?}");
+        }
+    }
 }
