@@ -53,6 +53,13 @@ fn bad_settings_are_refused_with_a_message_naming_them() {
             ],
             "QUEUE_DEFAULT_RELEASE_RATE",
         ),
+        (
+            &[
+                ("QUEUE_JWT_SECRET", SECRET),
+                ("QUEUE_CHECKOUT_WINDOW", "1000000000h"),
+            ],
+            "--checkout-window (QUEUE_CHECKOUT_WINDOW): must be at most 24h",
+        ),
         (&[("QUEUE_JWT_SECRET", "short-secret")], "at least 32"),
         (&[], "QUEUE_JWT_SECRET"),
         (
