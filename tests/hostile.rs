@@ -206,7 +206,11 @@ fn admit_survives_hostile_queues_and_keeps_every_invariant() {
                         }
                     }
                     p.cmd("ZADD").arg(k.queue(EVENT)).arg(sc).arg(sid).ignore();
-                    let good_id = !sid.is_empty() && std::str::from_utf8(sid).is_ok();
+                    // An id the outbox entry could not carry (over MAX_ID_BYTES) must not
+                    // be admitted: its QUEUE_READY could never be published.
+                    let good_id = !sid.is_empty()
+                        && sid.len() <= MAX_ID_BYTES
+                        && std::str::from_utf8(sid).is_ok();
                     if good_id && matches!(kind, Session::Valid | Session::Extra) {
                         valid.push(sid.clone());
                     }
