@@ -49,9 +49,9 @@ impl Identity {
     }
 }
 
-/// How long a heartbeat counts: a few intervals, at least 10s.
+/// How long a heartbeat counts: a few intervals, at least 10s (saturating).
 pub fn ttl(interval: Duration) -> Duration {
-    (interval * 3).max(Duration::from_secs(10))
+    interval.saturating_mul(3).max(Duration::from_secs(10))
 }
 
 /// Write this worker's heartbeat (one round trip) and drop replicas silent for
@@ -99,19 +99,25 @@ pub async fn beat<C: ConnectionLike + Send>(
         .await
 }
 
-/// Ids of the workers that beat within `ttl`.
+/// Ids of the workers that beat within `ttl` (an id that is not UTF-8 is shown with
+/// U+FFFD in place of its bad bytes rather than failing the whole list).
 pub async fn live<C: ConnectionLike + Send>(
     conn: &mut C,
     keys: &Keys,
     ttl: Duration,
 ) -> Result<Vec<String>, RedisError> {
-    let since = clock::now_ms().saturating_sub(ttl.as_millis() as u64);
-    redis::cmd("ZRANGEBYSCORE")
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    let since = clock::now_ms().saturating_sub(ttl_ms);
+    let ids: Vec<Vec<u8>> = redis::cmd("ZRANGEBYSCORE")
         .arg(keys.workers())
         .arg(since)
         .arg("+inf")
         .query_async(conn)
-        .await
+        .await?;
+    Ok(ids
+        .into_iter()
+        .map(|id| String::from_utf8_lossy(&id).into_owned())
+        .collect())
 }
 
 /// Say goodbye on a clean shutdown, so the replica drops from the list at once.
@@ -130,4 +136,16 @@ pub async fn leave<C: ConnectionLike + Send>(
         .ignore()
         .query_async::<()>(conn)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_is_a_few_intervals_and_saturates() {
+        assert_eq!(ttl(Duration::from_secs(1)), Duration::from_secs(10));
+        assert_eq!(ttl(Duration::from_secs(5)), Duration::from_secs(15));
+        assert_eq!(ttl(Duration::MAX), Duration::MAX);
+    }
 }

@@ -54,10 +54,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             run(settings).await
         }
         Command::Enqueue(args) => {
-            let keys = args.redis.keys().context("invalid setting")?;
-            if args.event.is_empty() || args.event.contains(['{', '}']) {
-                anyhow::bail!("invalid setting: --event must be non-empty, without braces");
-            }
+            let keys = args.keys().context("invalid setting")?;
             let mut conn = connect(&args.redis).await?;
             let done = waitroom_worker::enqueue::enqueue(
                 &mut conn,
@@ -78,7 +75,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status(args) => {
-            let keys = args.redis.keys().context("invalid setting")?;
+            let keys = args.keys().context("invalid setting")?;
             let mut conn = connect(&args.redis).await?;
             let s = waitroom_worker::report::status(
                 &mut conn,
@@ -86,6 +83,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 &args.events,
                 args.max_concurrent,
                 args.process_interval,
+                args.max_unpublished_age,
             )
             .await
             .context("reading status")?;

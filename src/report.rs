@@ -26,6 +26,11 @@ pub struct EventStatus {
     pub outbox_depth: u64,
     pub admitted_this_minute: u64,
     pub admitted_last_minute: u64,
+    /// Age of the oldest admission whose QUEUE_READY is not acknowledged yet (ms).
+    pub unpublished_age_ms: Option<u64>,
+    /// Why the event admits nobody, if it does not: `retired` (known, no longer
+    /// served), `publishing_stalled` (unpublished age past the max), `paused`.
+    pub held: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -34,41 +39,70 @@ pub struct Status {
     pub live_workers: Vec<String>,
 }
 
+/// A number as the contract writes it: plain decimal digits that fit a u64. Anything
+/// else (`inf`, `1e3`, `+5`, ` 5`, `-1`, `0x10`) reads as absent.
 fn int(v: &Option<String>) -> Option<u64> {
-    v.as_deref().and_then(|s| s.parse().ok())
+    v.as_deref()
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse().ok())
 }
 
-/// Read the status of `events` (or of every active event when empty).
+/// An event id the worker would serve: UTF-8, non-empty, without braces. Other
+/// members of `active_events` are ignored by the worker, and so here.
+fn event_id(raw: Vec<u8>) -> Option<String> {
+    String::from_utf8(raw)
+        .ok()
+        .filter(|e| !e.is_empty() && !e.contains(['{', '}']))
+}
+
+/// Read the status of `events` (or, when empty, of every active event and every
+/// retired one still draining).
 pub async fn status<C: ConnectionLike + Send>(
     conn: &mut C,
     keys: &Keys,
     events: &[String],
     default_capacity: u64,
     interval: Duration,
+    max_unpublished_age: Duration,
 ) -> Result<Status, RedisError> {
     let mut list: Vec<String> = events.to_vec();
+    let mut retired = std::collections::BTreeSet::new();
     if list.is_empty() {
-        list = redis::cmd("SMEMBERS")
+        let (active, known): (Vec<Vec<u8>>, Vec<Vec<u8>>) = redis::pipe()
+            .cmd("SMEMBERS")
             .arg(keys.active_events())
+            .cmd("SMEMBERS")
+            .arg(keys.known_events())
             .query_async(conn)
             .await?;
+        list = active.into_iter().filter_map(event_id).collect();
+        for e in known.into_iter().filter_map(event_id) {
+            if !list.contains(&e) {
+                retired.insert(e.clone());
+                list.push(e);
+            }
+        }
         list.sort();
     }
-    let now = clock::now_ms();
+    // Redis's clock, as the scripts use it.
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
+    let now = secs.saturating_mul(1000).saturating_add(micros / 1000);
+    let untold = crate::scripts::admit::UNTOLD_MS;
     let minute = now / 60_000;
     let mut out = BTreeMap::new();
     for e in list {
         type Row = (
             u64,
             u64,
-            Vec<(String, f64)>,
-            Vec<(String, f64)>,
+            Vec<(Vec<u8>, f64)>,
+            Vec<(Vec<u8>, f64)>,
             u64,
             (Option<String>, Option<String>),
             u64,
             (Option<String>, Option<String>, Option<String>),
+            Vec<(Vec<u8>, f64)>,
         );
-        let (q, p, head, phead, in_use, (cap, paused), outbox, (m, count, prev)): Row =
+        let (q, p, head, phead, in_use, (cap, paused), outbox, (m, count, prev), mark): Row =
             redis::pipe()
                 .cmd("ZCARD")
                 .arg(keys.queue(&e))
@@ -97,17 +131,43 @@ pub async fn status<C: ConnectionLike + Send>(
                 .arg("minute")
                 .arg("count")
                 .arg("prev")
+                .cmd("ZRANGEBYSCORE")
+                .arg(keys.deadlines(&e))
+                .arg(untold)
+                .arg("+inf")
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(1)
                 .query_async(conn)
                 .await?;
+        // The oldest untold mark: 2^50 + its admission time.
+        let unpublished_age_ms = mark
+            .first()
+            .map(|(_, s)| *s)
+            .filter(|s| s.is_finite() && *s >= untold as f64)
+            .map(|s| now.saturating_sub((s - untold as f64) as u64));
+        let paused = paused.as_deref() == Some("1");
+        let held = if retired.contains(&e) {
+            Some("retired")
+        } else if unpublished_age_ms.is_some_and(|a| a > max_unpublished_age.as_millis() as u64) {
+            Some("publishing_stalled")
+        } else if paused {
+            Some("paused")
+        } else {
+            None
+        };
+        // Only a plausible join time (1970 to 9999) counts; a score of inf, -5 or
+        // 1e300 is no instant anyone joined at.
         let oldest = head
             .iter()
             .chain(phead.iter())
             .map(|(_, s)| *s)
-            .filter(|s| s.is_finite() && *s >= 0.0)
+            .filter(|s| (0.0..=clock::MAX_MS as f64).contains(s))
             .fold(None, |a: Option<f64>, s| Some(a.map_or(s, |a| a.min(s))));
         let (this, last) = match int(&m) {
             Some(x) if x == minute => (int(&count).unwrap_or(0), int(&prev).unwrap_or(0)),
-            Some(x) if x + 1 == minute => (0, int(&count).unwrap_or(0)),
+            Some(x) if minute.checked_sub(1) == Some(x) => (0, int(&count).unwrap_or(0)),
             _ => (0, 0),
         };
         out.insert(
@@ -118,10 +178,12 @@ pub async fn status<C: ConnectionLike + Send>(
                 oldest_wait_ms: oldest.map(|s| now.saturating_sub(s as u64)),
                 slots_in_use: in_use,
                 capacity: int(&cap).unwrap_or(default_capacity),
-                paused: paused.as_deref() == Some("1"),
+                paused,
                 outbox_depth: outbox,
                 admitted_this_minute: this,
                 admitted_last_minute: last,
+                unpublished_age_ms,
+                held: held.map(str::to_owned),
             },
         );
     }
@@ -135,16 +197,29 @@ pub async fn status<C: ConnectionLike + Send>(
 /// Render a status as a screen of text.
 pub fn render_status(s: &Status) -> String {
     let mut t = format!(
-        "{:<24} {:>9} {:>9} {:>12} {:>9} {:>6} {:>7} {:>12}\n",
-        "event", "queued", "priority", "oldest wait", "in use", "paused", "outbox", "admitted/min"
+        "{:<24} {:>9} {:>9} {:>12} {:>9} {:>6} {:>7} {:>12} {:>11} {}\n",
+        "event",
+        "queued",
+        "priority",
+        "oldest wait",
+        "in use",
+        "paused",
+        "outbox",
+        "admitted/min",
+        "unpublished",
+        "held"
     );
     for (e, v) in &s.events {
         let wait = v
             .oldest_wait_ms
             .map(|ms| humantime::format_duration(Duration::from_secs(ms / 1000)).to_string())
             .unwrap_or_else(|| "-".into());
+        let unpublished = v
+            .unpublished_age_ms
+            .map(|ms| humantime::format_duration(Duration::from_secs(ms / 1000)).to_string())
+            .unwrap_or_else(|| "-".into());
         t.push_str(&format!(
-            "{:<24} {:>9} {:>9} {:>12} {:>4}/{:<4} {:>6} {:>7} {:>5} ({:>4})\n",
+            "{:<24} {:>9} {:>9} {:>12} {:>4}/{:<4} {:>6} {:>7} {:>5} ({:>4}) {:>11} {}\n",
             e,
             v.queue_length,
             v.priority_length,
@@ -155,6 +230,8 @@ pub fn render_status(s: &Status) -> String {
             v.outbox_depth,
             v.admitted_this_minute,
             v.admitted_last_minute,
+            unpublished,
+            v.held.as_deref().unwrap_or("-"),
         ));
     }
     if s.events.is_empty() {
@@ -184,6 +261,9 @@ pub struct SessionView {
     pub priority_position: Option<u64>,
     pub in_processing: bool,
     pub deadline: Option<String>,
+    /// When it was admitted, if its QUEUE_READY is not acknowledged yet: its slot
+    /// has no deadline until then (it is never reaped untold).
+    pub untold_since: Option<String>,
     /// The outbox entry, if its QUEUE_READY is not yet acknowledged.
     pub outbox_entry: Option<String>,
 }
@@ -210,6 +290,10 @@ fn is_entry_of(member: &[u8], session: &str) -> bool {
     OutboxEntry::parse(member.to_vec()).is_ok_and(|e| e.session_id == session)
 }
 
+fn lossy(b: Vec<u8>) -> String {
+    String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 /// Look one session up; `event` is needed in the cluster layout, else read from the hash.
 pub async fn inspect<C: ConnectionLike + Send>(
     conn: &mut C,
@@ -218,10 +302,13 @@ pub async fn inspect<C: ConnectionLike + Send>(
     event: Option<&str>,
 ) -> Result<SessionView, RedisError> {
     let key = keys.session(event.unwrap_or(""), session);
-    let hash: BTreeMap<String, String> = redis::cmd("HGETALL").arg(&key).query_async(conn).await?;
+    // Bytes, not strings: a field or value that is not UTF-8 is shown, not an error.
+    let raw: BTreeMap<Vec<u8>, Vec<u8>> = redis::cmd("HGETALL").arg(&key).query_async(conn).await?;
     let event = event
         .map(str::to_owned)
-        .or_else(|| hash.get("event_id").cloned().filter(|e| !e.is_empty()));
+        .or_else(|| raw.get(&b"event_id"[..]).and_then(|e| event_id(e.clone())));
+    let hash: BTreeMap<String, String> =
+        raw.into_iter().map(|(k, v)| (lossy(k), lossy(v))).collect();
     let mut view = SessionView {
         session_id: session.to_owned(),
         key,
@@ -231,6 +318,7 @@ pub async fn inspect<C: ConnectionLike + Send>(
         priority_position: None,
         in_processing: false,
         deadline: None,
+        untold_since: None,
         outbox_entry: None,
     };
     let Some(e) = event else {
@@ -251,11 +339,17 @@ pub async fn inspect<C: ConnectionLike + Send>(
         .arg(session)
         .query_async(conn)
         .await?;
-    view.queue_position = q.map(|r| r + 1);
-    view.priority_position = p.map(|r| r + 1);
+    view.queue_position = q.map(|r| r.saturating_add(1));
+    view.priority_position = p.map(|r| r.saturating_add(1));
     view.in_processing = inproc;
+    // A deadline past year 9999 reads as its end (see `clock`); inf or a negative
+    // score is no instant at all.
+    let untold = crate::scripts::admit::UNTOLD_MS as f64;
+    view.untold_since = deadline
+        .filter(|d| d.is_finite() && *d >= untold)
+        .map(|d| clock::rfc3339_seconds((d - untold) as u64));
     view.deadline = deadline
-        .filter(|d| d.is_finite() && *d >= 0.0)
+        .filter(|d| d.is_finite() && *d >= 0.0 && *d < untold)
         .map(|d| clock::rfc3339_seconds(d as u64));
     let pattern = outbox_pattern(session);
     let mut cursor = 0u64;
@@ -276,7 +370,7 @@ pub async fn inspect<C: ConnectionLike + Send>(
             .step_by(2)
             .find(|m| is_entry_of(m, session))
         {
-            view.outbox_entry = Some(String::from_utf8_lossy(&m).into_owned());
+            view.outbox_entry = Some(lossy(m));
             break;
         }
         cursor = next;
@@ -307,7 +401,11 @@ pub fn render_session(v: &SessionView) -> String {
         v.queue_position.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
         v.priority_position.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
         if v.in_processing { "yes" } else { "no" },
-        v.deadline.as_deref().unwrap_or("-"),
+        match (&v.deadline, &v.untold_since) {
+            (Some(d), _) => d.clone(),
+            (None, Some(at)) => format!("none yet: QUEUE_READY not acknowledged (admitted {at})"),
+            (None, None) => "-".to_owned(),
+        },
         if v.outbox_entry.is_some() { "yes" } else { "no" },
     ));
     t
@@ -338,5 +436,35 @@ mod tests {
             "a/b\u{7f}"
         ));
         assert!(!is_entry_of(b"not json", "a/b\u{7f}"));
+    }
+
+    #[test]
+    fn numbers_are_plain_digits_that_fit() {
+        let read = |s: &str| int(&Some(s.to_owned()));
+        assert_eq!(read("12"), Some(12));
+        assert_eq!(read("18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            "",
+            "inf",
+            "1e3",
+            "+5",
+            " 5",
+            "5 ",
+            "-1",
+            "0x10",
+            "1.0",
+            "18446744073709551616",
+        ] {
+            assert_eq!(read(bad), None, "{bad:?}");
+        }
+        assert_eq!(int(&None), None);
+    }
+
+    #[test]
+    fn only_event_ids_the_worker_serves_are_listed() {
+        assert_eq!(event_id(b"concert".to_vec()).as_deref(), Some("concert"));
+        for bad in [&b""[..], b"\xff\xfe", b"{x}", b"a}"] {
+            assert_eq!(event_id(bad.to_vec()), None, "{bad:?}");
+        }
     }
 }

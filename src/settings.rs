@@ -120,6 +120,10 @@ pub struct StatusArgs {
     /// The workers' interval (how recent a heartbeat must be to count as live).
     #[arg(long, env = "QUEUE_PROCESS_INTERVAL", default_value = "1s", value_parser = duration)]
     pub process_interval: Duration,
+    /// The workers' max unpublished age: an event whose oldest unpublished admission
+    /// is older shows as held (publishing stalled).
+    #[arg(long, env = "QUEUE_MAX_UNPUBLISHED_AGE", default_value = "30s", value_parser = duration)]
+    pub max_unpublished_age: Duration,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -331,6 +335,36 @@ fn invalid(setting: &'static str, reason: impl Into<String>) -> SettingsError {
     }
 }
 
+/// Upper bounds of the durations. They keep every instant the worker computes (now
+/// plus a window, a lease, a TTL, a backoff) far from year 9999 and every
+/// millisecond count within a u64 and within what Redis and librdkafka accept,
+/// and they are far above any sane value.
+pub mod bounds {
+    use std::time::Duration;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// `--checkout-window`: a token and a slot for at most a day.
+    pub const CHECKOUT_WINDOW: (Duration, &str) = (Duration::from_secs(24 * 3600), "24h");
+    /// `--session-ttl`: a session hash lives at most 30 days.
+    pub const SESSION_TTL: (Duration, &str) =
+        (Duration::from_secs(30 * 24 * 3600), "720h (30 days)");
+    /// Leases, timeouts, delays and intervals: at most an hour.
+    pub const SHORT: (Duration, &str) = (HOUR, "1h");
+}
+
+/// Refuse a duration above `max`, naming the setting and the bound.
+fn at_most(
+    setting: &'static str,
+    value: Duration,
+    (max, shown): (Duration, &str),
+) -> Result<(), SettingsError> {
+    if value > max {
+        return Err(invalid(setting, format!("must be at most {shown}")));
+    }
+    Ok(())
+}
+
 /// Everything `run` needs, checked.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -382,6 +416,11 @@ impl RedisArgs {
                 "must be above zero",
             ));
         }
+        at_most(
+            "--redis-timeout (REDIS_TIMEOUT)",
+            self.redis_timeout,
+            bounds::SHORT,
+        )?;
         let layout = match (self.key_layout, self.redis_cluster.is_some()) {
             (None, true) | (Some(KeyLayout::Cluster), _) => KeyLayout::Cluster,
             (Some(KeyLayout::Default), true) => {
@@ -479,6 +518,40 @@ impl RedisArgs {
     }
 }
 
+/// `--process-interval`, for `run` and for `status` (which derives the heartbeat
+/// TTL from it).
+fn check_process_interval(d: Duration) -> Result<(), SettingsError> {
+    at_most(
+        "--process-interval (QUEUE_PROCESS_INTERVAL)",
+        d,
+        bounds::SHORT,
+    )
+}
+
+/// `--session-ttl`, for `run` and `enqueue`.
+fn check_session_ttl(d: Duration) -> Result<(), SettingsError> {
+    at_most("--session-ttl (QUEUE_SESSION_TTL)", d, bounds::SESSION_TTL)
+}
+
+impl StatusArgs {
+    /// Check the flags; the key names (with the Redis settings checked).
+    pub fn keys(&self) -> Result<Keys, SettingsError> {
+        check_process_interval(self.process_interval)?;
+        self.redis.keys()
+    }
+}
+
+impl EnqueueArgs {
+    /// Check the flags; the key names (with the Redis settings checked).
+    pub fn keys(&self) -> Result<Keys, SettingsError> {
+        check_session_ttl(self.session_ttl)?;
+        if self.event.is_empty() || self.event.contains(['{', '}']) {
+            return Err(invalid("--event", "must be non-empty, without braces"));
+        }
+        self.redis.keys()
+    }
+}
+
 impl RunArgs {
     /// The settings of --kafka-config-file, then those of --kafka-config.
     fn kafka_config(&self) -> Result<KafkaConfig, SettingsError> {
@@ -541,12 +614,19 @@ impl RunArgs {
                 "must be at least 1s",
             ));
         }
+        // librdkafka's own limit of session.timeout.ms.
+        at_most(
+            "--consumer-session-timeout (QUEUE_CONSUMER_SESSION_TIMEOUT)",
+            self.consumer_session_timeout,
+            bounds::SHORT,
+        )?;
         if self.process_interval < Duration::from_millis(10) {
             return Err(invalid(
                 "--process-interval (QUEUE_PROCESS_INTERVAL)",
                 "must be at least 10ms",
             ));
         }
+        check_process_interval(self.process_interval)?;
         if self.max_concurrent == 0 {
             return Err(invalid(
                 "--max-concurrent (QUEUE_DEFAULT_MAX_CONCURRENT)",
@@ -566,6 +646,12 @@ impl RunArgs {
                 "must be at least 1s",
             ));
         }
+        at_most(
+            "--checkout-window (QUEUE_CHECKOUT_WINDOW)",
+            self.checkout_window,
+            bounds::CHECKOUT_WINDOW,
+        )?;
+        check_session_ttl(self.session_ttl)?;
         if self.session_ttl <= self.checkout_window {
             return Err(invalid(
                 "--session-ttl (QUEUE_SESSION_TTL)",
@@ -584,30 +670,60 @@ impl RunArgs {
                 "must be above zero",
             ));
         }
+        at_most(
+            "--retry-delay (QUEUE_RETRY_DELAY)",
+            self.retry_delay,
+            bounds::SHORT,
+        )?;
         if self.retry_max_delay < self.retry_delay {
             return Err(invalid(
                 "--retry-max-delay (QUEUE_RETRY_MAX_DELAY)",
                 "must not be below --retry-delay",
             ));
         }
+        at_most(
+            "--retry-max-delay (QUEUE_RETRY_MAX_DELAY)",
+            self.retry_max_delay,
+            bounds::SHORT,
+        )?;
         if self.shutdown_timeout.is_zero() {
             return Err(invalid(
                 "--shutdown-timeout (QUEUE_SHUTDOWN_TIMEOUT)",
                 "must be above zero",
             ));
         }
+        at_most(
+            "--shutdown-timeout (QUEUE_SHUTDOWN_TIMEOUT)",
+            self.shutdown_timeout,
+            bounds::SHORT,
+        )?;
         if self.max_processing_time.is_zero() {
             return Err(invalid(
                 "--max-processing-time (QUEUE_MAX_PROCESSING_TIME)",
                 "must be above zero",
             ));
         }
+        at_most(
+            "--max-processing-time (QUEUE_MAX_PROCESSING_TIME)",
+            self.max_processing_time,
+            bounds::SHORT,
+        )?;
         if self.publish_timeout < Duration::from_millis(100) {
             return Err(invalid(
                 "--publish-timeout (QUEUE_PUBLISH_TIMEOUT)",
                 "must be at least 100ms",
             ));
         }
+        at_most(
+            "--publish-timeout (QUEUE_PUBLISH_TIMEOUT)",
+            self.publish_timeout,
+            bounds::SHORT,
+        )?;
+        at_most(
+            "--outbox-lease (QUEUE_OUTBOX_LEASE)",
+            self.outbox_lease,
+            bounds::SHORT,
+        )?;
         if self.outbox_lease <= self.publish_timeout {
             return Err(invalid(
                 "--outbox-lease (QUEUE_OUTBOX_LEASE)",
@@ -1022,6 +1138,142 @@ mod tests {
             let err = parse(args).expect_err("must be refused");
             assert!(err.contains(setting), "{args:?}: {err}");
         }
+        // Too long: refused with the setting and its bound, so that no instant the
+        // worker computes can pass year 9999 and no millisecond count overflows.
+        let too_long: &[(&[&str], &str, &str)] = &[
+            (
+                &["--checkout-window", "1000000000h"],
+                "--checkout-window",
+                "at most 24h",
+            ),
+            (
+                &["--checkout-window", "25h", "--session-ttl", "48h"],
+                "--checkout-window",
+                "at most 24h",
+            ),
+            (
+                &["--session-ttl", "31days"],
+                "--session-ttl",
+                "at most 720h",
+            ),
+            (
+                &["--session-ttl", "1000000000h"],
+                "--session-ttl",
+                "at most 720h",
+            ),
+            (
+                &["--outbox-lease", "1000000000h"],
+                "--outbox-lease",
+                "at most 1h",
+            ),
+            (
+                &["--publish-timeout", "2h", "--outbox-lease", "3h"],
+                "--publish-timeout",
+                "at most 1h",
+            ),
+            (&["--retry-delay", "2h"], "--retry-delay", "at most 1h"),
+            (
+                &["--retry-max-delay", "1000000000h"],
+                "--retry-max-delay",
+                "at most 1h",
+            ),
+            (
+                &["--shutdown-timeout", "61m"],
+                "--shutdown-timeout",
+                "at most 1h",
+            ),
+            (
+                &["--max-processing-time", "2h"],
+                "--max-processing-time",
+                "at most 1h",
+            ),
+            (
+                &["--process-interval", "1000000000h"],
+                "--process-interval",
+                "at most 1h",
+            ),
+            (&["--redis-timeout", "2h"], "--redis-timeout", "at most 1h"),
+            (
+                &["--consumer-session-timeout", "2h"],
+                "--consumer-session-timeout",
+                "at most 1h",
+            ),
+        ];
+        for (args, setting, bound) in too_long {
+            let err = parse(args).expect_err("must be refused");
+            assert!(
+                err.contains(setting) && err.contains(bound),
+                "{args:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn durations_at_their_bounds_are_accepted() {
+        let s = parse(&[
+            "--checkout-window",
+            "24h",
+            "--session-ttl",
+            "720h",
+            "--publish-timeout",
+            "59m",
+            "--outbox-lease",
+            "1h",
+            "--retry-delay",
+            "1h",
+            "--retry-max-delay",
+            "1h",
+            "--shutdown-timeout",
+            "1h",
+            "--max-processing-time",
+            "1h",
+            "--process-interval",
+            "1h",
+            "--redis-timeout",
+            "1h",
+            "--consumer-session-timeout",
+            "1h",
+        ])
+        .expect("every bound is inclusive");
+        assert_eq!(s.checkout_window, Duration::from_secs(24 * 3600));
+        assert_eq!(s.session_ttl, Duration::from_secs(720 * 3600));
+        // The latest instant an admission now can compute is far from year 9999.
+        let deadline = crate::clock::deadline_ms(crate::clock::now_ms(), s.checkout_window);
+        assert!(deadline < crate::clock::MAX_MS / 2);
+    }
+
+    #[test]
+    fn status_and_enqueue_bound_their_durations_too() {
+        let err = |args: &[&str]| -> String {
+            let cli = Cli::try_parse_from(args).expect("parses");
+            match cli.command {
+                Command::Status(a) => a.keys().expect_err("refused").to_string(),
+                Command::Enqueue(a) => a.keys().expect_err("refused").to_string(),
+                _ => panic!("not status or enqueue"),
+            }
+        };
+        let e = err(&["w", "status", "--process-interval", "1000000000h"]);
+        assert!(
+            e.contains("--process-interval") && e.contains("at most 1h"),
+            "{e}"
+        );
+        let e = err(&["w", "status", "--redis-timeout", "2h"]);
+        assert!(
+            e.contains("--redis-timeout") && e.contains("at most 1h"),
+            "{e}"
+        );
+        let e = err(&["w", "enqueue", "--event", "e", "--session-ttl", "31days"]);
+        assert!(
+            e.contains("--session-ttl") && e.contains("at most 720h"),
+            "{e}"
+        );
+        let e = err(&["w", "enqueue", "--event", "{e}"]);
+        assert!(e.contains("--event"), "{e}");
+        let ok = Cli::try_parse_from(["w", "status", "--process-interval", "1h"]).expect("parses");
+        let Command::Status(a) = ok.command else {
+            panic!("not status");
+        };
+        assert!(a.keys().is_ok());
     }
 
     #[test]

@@ -53,6 +53,13 @@ fn bad_settings_are_refused_with_a_message_naming_them() {
             ],
             "QUEUE_DEFAULT_RELEASE_RATE",
         ),
+        (
+            &[
+                ("QUEUE_JWT_SECRET", SECRET),
+                ("QUEUE_CHECKOUT_WINDOW", "1000000000h"),
+            ],
+            "--checkout-window (QUEUE_CHECKOUT_WINDOW): must be at most 24h",
+        ),
         (&[("QUEUE_JWT_SECRET", "short-secret")], "at least 32"),
         (&[], "QUEUE_JWT_SECRET"),
         (
@@ -553,4 +560,165 @@ async fn health_probe_exits_1_when_unreachable_silent_or_misconfigured() {
     // A flag clap cannot read is a usage error, exit 2 as for every subcommand.
     let out = health(&["--timeout", "soon"], &[]).await;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+/// `status` and `inspect` read whatever Redis holds: a score of 1e300 or inf, a rate
+/// minute of u64::MAX, config values like `inf`, bytes that are not UTF-8 in members,
+/// hashes and ids. They must exit 0 with sane output, never panic.
+#[test]
+fn status_and_inspect_survive_hostile_values_in_redis() {
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut c = client.get_connection().expect("connect");
+    let not_utf8: &[u8] = b"\xff\xfe";
+    let huge_id = "x".repeat(5000);
+    let mut p = redis::pipe();
+    p.cmd("SADD")
+        .arg("waitroom:active_events")
+        .arg("hostile")
+        .arg(not_utf8)
+        .arg("{braced}")
+        .arg("")
+        .ignore();
+    // The first in line joined at -inf, the first in the priority lane in year 1e290.
+    p.cmd("ZADD")
+        .arg("waitroom:hostile:queue")
+        .arg("-inf")
+        .arg(not_utf8)
+        .arg("1e300")
+        .arg("s1")
+        .ignore();
+    p.cmd("ZADD")
+        .arg("waitroom:hostile:priority")
+        .arg("1e300")
+        .arg("p1")
+        .arg("inf")
+        .arg("p2")
+        .ignore();
+    p.cmd("SADD")
+        .arg("waitroom:hostile:processing")
+        .arg(not_utf8)
+        .arg(&huge_id)
+        .arg("s1")
+        .arg("s2")
+        .ignore();
+    p.cmd("HSET")
+        .arg("waitroom:hostile:config")
+        .arg("max_concurrent")
+        .arg("inf")
+        .arg("paused")
+        .arg("1e3")
+        .ignore();
+    p.cmd("HSET")
+        .arg("waitroom:hostile:rate")
+        .arg("minute")
+        .arg(u64::MAX.to_string())
+        .arg("count")
+        .arg("inf")
+        .arg("prev")
+        .arg("-5")
+        .ignore();
+    p.cmd("ZADD")
+        .arg("waitroom:hostile:deadlines")
+        .arg("1e300")
+        .arg("s1")
+        .arg("inf")
+        .arg("s2")
+        .ignore();
+    p.cmd("ZADD")
+        .arg("waitroom:hostile:outbox")
+        .arg(1)
+        .arg([&br#"["s1","u",1e300,"#[..], not_utf8, b"]"].concat())
+        .ignore();
+    p.cmd("ZADD")
+        .arg("waitroom:workers")
+        .arg("inf")
+        .arg(not_utf8)
+        .arg("1e300")
+        .arg("w1")
+        .ignore();
+    p.cmd("HSET")
+        .arg("waitroom:session:s1")
+        .arg("status")
+        .arg(not_utf8)
+        .arg("event_id")
+        .arg("hostile")
+        .arg("admitted_at")
+        .arg("1e300")
+        .arg("checkout_token")
+        .arg([&b"eyJ"[..], &[0xffu8; 40][..]].concat())
+        .arg(not_utf8)
+        .arg("key not UTF-8")
+        .ignore();
+    p.cmd("HSET")
+        .arg("waitroom:session:s2")
+        .arg("status")
+        .arg("admitted")
+        .arg("event_id")
+        .arg("hostile")
+        .ignore();
+    p.query::<()>(&mut c).expect("write hostile values");
+
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .args(["--redis-url", &redis.url()])
+            .output()
+            .expect("run the binary");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?} failed: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        String::from_utf8(out.stdout).expect("UTF-8 output")
+    };
+
+    let v: serde_json::Value =
+        serde_json::from_str(&run(&["status", "--json"])).expect("status JSON");
+    let events = v["events"].as_object().expect("events");
+    assert_eq!(
+        events.keys().collect::<Vec<_>>(),
+        ["hostile"],
+        "ids the worker ignores (not UTF-8, empty, braced) are not shown"
+    );
+    let e = &v["events"]["hostile"];
+    assert_eq!(e["queue_length"], 2);
+    assert_eq!(e["priority_length"], 2);
+    assert!(e["oldest_wait_ms"].is_null(), "no plausible join time: {e}");
+    assert_eq!(e["slots_in_use"], 4);
+    assert_eq!(
+        e["capacity"], 100,
+        "max_concurrent inf reads as the default"
+    );
+    assert_eq!(e["paused"], false, "paused 1e3 is not 1");
+    assert_eq!(e["admitted_this_minute"], 0);
+    assert_eq!(e["admitted_last_minute"], 0);
+    let workers = v["live_workers"].as_array().expect("live workers");
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    assert!(workers.contains(&serde_json::json!("w1")));
+    let text = run(&["status"]);
+    assert!(text.contains("hostile") && text.contains("4/100"), "{text}");
+
+    let v: serde_json::Value =
+        serde_json::from_str(&run(&["inspect", "s1", "--json"])).expect("inspect JSON");
+    assert_eq!(v["event_id"], "hostile");
+    assert_eq!(v["in_processing"], true);
+    assert_eq!(v["queue_position"], 2);
+    assert_eq!(
+        v["deadline"], "9999-12-31T23:59:59Z",
+        "a deadline past year 9999 reads as its end"
+    );
+    assert_eq!(v["hash"]["status"], "\u{fffd}\u{fffd}");
+    assert!(
+        v["outbox_entry"]
+            .as_str()
+            .is_some_and(|m| m.starts_with(r#"["s1""#))
+    );
+    let text = run(&["inspect", "s1"]);
+    assert!(text.contains("9999-12-31T23:59:59Z"), "{text}");
+    let v: serde_json::Value =
+        serde_json::from_str(&run(&["inspect", "s2", "--json"])).expect("inspect JSON");
+    assert!(
+        v["deadline"].is_null(),
+        "an infinite deadline is no instant: {v}"
+    );
+    run(&["inspect", "s2"]);
 }

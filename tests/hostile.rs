@@ -14,7 +14,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use support::*;
 use waitroom_worker::completions;
-use waitroom_worker::outbox::OutboxEntry;
+use waitroom_worker::outbox::{EntryError, MAX_ID_BYTES, MAX_MS, OutboxEntry};
 use waitroom_worker::scripts::Scripts;
 use waitroom_worker::scripts::admit::{self, AdmitArgs};
 
@@ -215,7 +215,11 @@ fn admit_survives_hostile_queues_and_keeps_every_invariant() {
                         }
                     }
                     p.cmd("ZADD").arg(k.queue(EVENT)).arg(sc).arg(sid).ignore();
-                    let good_id = !sid.is_empty() && std::str::from_utf8(sid).is_ok();
+                    // An id the outbox entry could not carry (over MAX_ID_BYTES) must not
+                    // be admitted: its QUEUE_READY could never be published.
+                    let good_id = !sid.is_empty()
+                        && sid.len() <= MAX_ID_BYTES
+                        && std::str::from_utf8(sid).is_ok();
                     if good_id && matches!(kind, Session::Valid | Session::Extra) {
                         valid.push(sid.clone());
                     }
@@ -330,10 +334,106 @@ proptest! {
     /// Any bytes as an outbox member: parsed or refused, never a panic; what parses
     /// encodes back to itself when it came from the encoder.
     #[test]
-    fn outbox_entries_parse_or_refuse(bytes in proptest::collection::vec(any::<u8>(), 0..128), sid in "\\PC{1,20}", uid in "\\PC{1,20}", a in 0u64..(1 << 50), d in 0u64..(1 << 50)) {
+    fn outbox_entries_parse_or_refuse(
+        bytes in proptest::collection::vec(any::<u8>(), 0..128),
+        sid in "\\PC{1,20}",
+        uid in "\\PC{1,20}",
+        (a, d) in (1u64..=MAX_MS).prop_flat_map(|a| (Just(a), a..=MAX_MS)),
+    ) {
         let _ = OutboxEntry::parse(bytes);
         let raw = OutboxEntry::encode(&sid, &uid, a, d);
         let e = OutboxEntry::parse(raw).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!((e.session_id, e.user_id, e.admitted_ms, e.deadline_ms), (sid, uid, a, d));
     }
+
+    /// Entries with every kind of field, in range or not (huge numbers, 1e300, u64::MAX,
+    /// year 10000, negative, fractional, exponents, strings, ids of every length):
+    /// parse never panics, accepts exactly the in-range entries, and names the first
+    /// field that is wrong.
+    #[test]
+    fn outbox_entries_are_accepted_only_in_range(
+        (sid, sid_ok) in id_json(),
+        (uid, uid_ok) in id_json(),
+        (a, a_ms) in ms_json(),
+        (d, d_ms) in ms_json(),
+    ) {
+        let raw = format!("[{sid},{uid},{a},{d}]");
+        let in_range = |ms: Option<u64>| ms.filter(|ms| (1..=MAX_MS).contains(ms));
+        let want = match (&sid_ok, &uid_ok, in_range(a_ms), in_range(d_ms)) {
+            (None, ..) => Err(EntryError::SessionId),
+            (_, None, ..) => Err(EntryError::UserId),
+            (_, _, None, _) => Err(EntryError::AdmittedMs),
+            (_, _, _, None) => Err(EntryError::DeadlineMs),
+            (_, _, Some(a), Some(d)) if d < a => Err(EntryError::DeadlineBeforeAdmission),
+            (Some(s), Some(u), Some(a), Some(d)) => Ok((s.clone(), u.clone(), a, d)),
+        };
+        let got = OutboxEntry::parse(raw.clone().into_bytes())
+            .map(|e| (e.session_id, e.user_id, e.admitted_ms, e.deadline_ms));
+        prop_assert_eq!(got, want, "{}", raw);
+    }
+
+    /// Anything but a JSON array of exactly four elements is `Shape`.
+    #[test]
+    fn outbox_entries_of_another_shape_are_refused(
+        n in (0usize..8).prop_filter("not four", |n| *n != 4),
+        object in any::<bool>(),
+    ) {
+        let items = ["\"s\"", "\"u\"", "1", "2", "3", "4", "5"];
+        let body = items[..n.min(items.len())].join(",");
+        let raw = if object { format!("{{\"a\":[{body}]}}") } else { format!("[{body}]") };
+        prop_assert_eq!(OutboxEntry::parse(raw.into_bytes()), Err(EntryError::Shape));
+    }
+}
+
+/// An id field as JSON text, and the string it must parse to if it is acceptable
+/// (non-empty, at most 1024 bytes).
+fn id_json() -> impl Strategy<Value = (String, Option<String>)> {
+    let json = |s: &str| serde_json::to_string(s).expect("a string encodes");
+    prop_oneof![
+        6 => "\\PC{1,20}".prop_map(move |s| (json(&s), Some(s))),
+        1 => Just(("\"\"".to_owned(), None)),
+        1 => (MAX_ID_BYTES - 3..MAX_ID_BYTES + 3).prop_map(move |n| {
+            let s = "x".repeat(n);
+            (json(&s), (n <= MAX_ID_BYTES).then_some(s))
+        }),
+        // Three bytes a character: the bound counts bytes.
+        1 => (340usize..344).prop_map(move |n| {
+            let s = "\u{20ac}".repeat(n);
+            (json(&s), (s.len() <= MAX_ID_BYTES).then_some(s))
+        }),
+        1 => prop_oneof![Just("7"), Just("null"), Just("[\"s\"]"), Just("{}"), Just("true")]
+            .prop_map(|t| (t.to_owned(), None)),
+    ]
+}
+
+/// An instant field as JSON text, and the integer it holds if it is a plain JSON
+/// integer that fits a u64 (in range or not); None for anything else.
+fn ms_json() -> impl Strategy<Value = (String, Option<u64>)> {
+    let int = |n: u64| (n.to_string(), Some(n));
+    prop_oneof![
+        4 => (1u64..=MAX_MS).prop_map(int),
+        4 => (1_700_000_000_000u64..1_700_000_001_000).prop_map(int),
+        1 => (MAX_MS + 1..=u64::MAX).prop_map(int),
+        1 => prop_oneof![Just(0), Just(MAX_MS), Just(MAX_MS + 1), Just(253_402_300_800_000), Just(u64::MAX)]
+            .prop_map(int),
+        1 => (1i64..=i64::MAX).prop_map(|n| (format!("-{n}"), None)),
+        1 => (0u64..=MAX_MS, 1u32..1000).prop_map(|(n, f)| (format!("{n}.{f:03}"), None)),
+        1 => prop_oneof![
+            Just("1e300"),
+            Just("-1e300"),
+            Just("1e3"),
+            Just("1E3"),
+            Just("1.7e12"),
+            Just("1700000000000.0"),
+            Just("18446744073709551616"),
+            Just("99999999999999999999999999"),
+            Just("-0"),
+            Just("-1"),
+            Just("0.5"),
+            Just("\"1700000000000\""),
+            Just("null"),
+            Just("[1]"),
+        ]
+        .prop_map(|t| (t.to_owned(), None)),
+    ]
 }

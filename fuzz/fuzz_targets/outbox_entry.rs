@@ -1,13 +1,16 @@
-//! Any bytes as outbox sorted-set members: parsed or refused
-//! (`EntryError::Shape`, or sorted into the `bad` list to be quarantined), never a panic.
+//! Any bytes as outbox sorted-set members: parsed or refused (an `EntryError` that
+//! names the structure or the field, or sorted into the `bad` list to be
+//! quarantined), never a panic; what is accepted is within range.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use waitroom_worker::outbox::{self, OutboxEntry};
+use waitroom_worker::outbox::{self, MAX_ID_BYTES, MAX_MS, OutboxEntry};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(e) = OutboxEntry::parse(data.to_vec()) {
-        assert!(!e.session_id.is_empty() && !e.user_id.is_empty());
+        assert!(!e.session_id.is_empty() && e.session_id.len() <= MAX_ID_BYTES);
+        assert!(!e.user_id.is_empty() && e.user_id.len() <= MAX_ID_BYTES);
+        assert!(1 <= e.admitted_ms && e.admitted_ms <= e.deadline_ms && e.deadline_ms <= MAX_MS);
         assert_eq!(e.raw, data);
     }
     // The same bytes as a claim reply of several members, one per line.

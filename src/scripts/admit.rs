@@ -14,6 +14,11 @@ pub fn script() -> Script {
     Script::new(NAME, include_str!("../../lua/admit.lua"))
 }
 
+/// Offset of an untold mark in the deadlines set: until Kafka acknowledged a
+/// session's QUEUE_READY, its score there is `UNTOLD_MS + admitted_ms` (2^50 ms is
+/// about 35,000 years, past any real deadline), so the reaper never takes it back.
+pub const UNTOLD_MS: u64 = 1 << 50;
+
 /// Most sessions one call may admit, whatever the settings say: bounds how long one
 /// call holds Redis (and stays well inside Lua's `unpack` limit).
 pub const MAX_ADMIT_PER_CALL: u64 = 1000;
