@@ -156,49 +156,6 @@ fn add_settlement(p: &mut redis::Pipeline, outbox_key: &str, s: &Settlement<'_>)
     !s.acked.is_empty() || !s.retry.is_empty()
 }
 
-/// Move unreadable entries to `<outbox>:invalid` (same score) so an operator can look
-/// at them, and out of the way of the claim. An entry whose session id can still be
-/// read gives its slot a deadline of now (`deadlines_key`, only lowering): nobody can
-/// be told from a corrupt entry, so its untold mark must not hold the slot forever.
-pub async fn quarantine<C: ConnectionLike + Send>(
-    conn: &mut C,
-    outbox_key: &str,
-    invalid_key: &str,
-    deadlines_key: &str,
-    bad: &[Vec<u8>],
-    now_ms: u64,
-) -> Result<(), RedisError> {
-    if bad.is_empty() {
-        return Ok(());
-    }
-    let mut p = redis::pipe();
-    let mut add = redis::cmd("ZADD");
-    add.arg(invalid_key);
-    for raw in bad {
-        add.arg(now_ms).arg(raw);
-    }
-    p.add_command(add).ignore();
-    p.cmd("ZREM").arg(outbox_key).arg(bad).ignore();
-    for sid in bad.iter().filter_map(|raw| session_of(raw)) {
-        p.cmd("ZADD")
-            .arg(deadlines_key)
-            .arg("XX")
-            .arg("LT")
-            .arg(now_ms)
-            .arg(sid)
-            .ignore();
-    }
-    p.query_async::<()>(conn).await
-}
-
-/// The session id of an outbox member that is otherwise unreadable, if its first
-/// element is still a non-empty string.
-fn session_of(raw: &[u8]) -> Option<String> {
-    let v: Value = serde_json::from_slice(raw).ok()?;
-    let sid = v.as_array()?.first()?.as_str()?;
-    (!sid.is_empty()).then(|| sid.to_owned())
-}
-
 /// When a failed entry is due again: backoff grows with the entry's age (time since
 /// its admission), so retries space out exponentially with no per-entry state, shared
 /// by every replica: at least `first`, about the age again, at most `max`.

@@ -285,9 +285,19 @@ fn outbox_pattern(session: &str) -> String {
 }
 
 /// Whether an outbox member is the entry of `session` (decoded, so however it was
-/// escaped). A member that does not parse as an entry is nobody's.
+/// escaped). An entry the worker refuses (out-of-range values, bytes that are not
+/// UTF-8) still names its session if its first element does: the operator sees it.
 fn is_entry_of(member: &[u8], session: &str) -> bool {
-    OutboxEntry::parse(member.to_vec()).is_ok_and(|e| e.session_id == session)
+    if let Ok(e) = OutboxEntry::parse(member.to_vec()) {
+        return e.session_id == session;
+    }
+    // Only the first element is read: whatever follows may not even be JSON.
+    let text = String::from_utf8_lossy(member);
+    let Some(rest) = text.trim_start().strip_prefix('[') else {
+        return false;
+    };
+    let mut de = serde_json::Deserializer::from_str(rest);
+    <String as serde::Deserialize>::deserialize(&mut de).is_ok_and(|s| s == session)
 }
 
 fn lossy(b: Vec<u8>) -> String {

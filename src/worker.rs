@@ -26,6 +26,7 @@ use crate::refill::Refill;
 use crate::retry::{self, Backoff};
 use crate::scripts::admit::{self, AdmitOutcome, Hold};
 use crate::scripts::claim_outbox;
+use crate::scripts::quarantine;
 use crate::scripts::reap::{self, Reaped};
 use crate::scripts::{self, Call, ScriptError, Scripts};
 use crate::settings::Settings;
@@ -726,25 +727,42 @@ impl Worker {
         }
     }
 
-    /// Parse outbox entries; unreadable ones are moved aside (and counted). If moving
-    /// them fails, they stay where they are (claimed again after their lease) and the
-    /// readable ones go on: a poisoned entry costs only itself.
+    /// Parse outbox entries; unreadable ones are moved aside (and counted) by
+    /// `quarantine.lua`, which also gives their slots back. If that fails, they stay
+    /// where they are (claimed again after their lease) and the readable ones go on:
+    /// a poisoned entry costs only itself.
     async fn readable(&mut self, event: &str, raws: Vec<Vec<u8>>) -> Vec<OutboxEntry> {
         let (good, bad) = outbox::parse_all(raws);
-        if !bad.is_empty() {
-            let keys = &self.settings.keys;
-            tracing::error!(event_id = %event, count = bad.len(), key = %keys.outbox_invalid(event), "unreadable outbox entries moved aside");
-            Stats::add(&self.stats.outbox_invalid, bad.len() as u64);
-            let moved = outbox::quarantine(
-                &mut self.conn,
-                &keys.outbox(event),
-                &keys.outbox_invalid(event),
-                &keys.deadlines(event),
-                &bad,
-                self.time.now_ms(),
-            )
-            .await;
-            if let Err(e) = moved {
+        if bad.is_empty() {
+            return good;
+        }
+        let keys = &self.settings.keys;
+        Stats::add(&self.stats.outbox_invalid, bad.len() as u64);
+        for raw in &bad {
+            let why = OutboxEntry::parse(raw.clone()).err();
+            tracing::error!(event_id = %event, key = %keys.outbox_invalid(event), reason = ?why, "unreadable outbox entry moved aside; its slot comes back");
+        }
+        let call = quarantine::call(&self.scripts.quarantine, keys, event, &bad);
+        let moved = scripts::run_batch(&mut self.conn, std::slice::from_ref(&call)).await;
+        let result = match moved {
+            Ok(mut r) => r
+                .pop()
+                .ok_or_else(|| ScriptError::Reply {
+                    script: "quarantine",
+                    detail: "no reply".into(),
+                })
+                .and_then(|r| r.map_err(ScriptError::Redis))
+                .and_then(quarantine::parse),
+            Err(e) => Err(ScriptError::Redis(e)),
+        };
+        match result {
+            Ok(q) => {
+                self.note_repaired(event, &q.repaired);
+                if (q.moved as usize) < bad.len() {
+                    tracing::warn!(event_id = %event, moved = q.moved, unreadable = bad.len(), "some unreadable outbox entries could not be moved aside (gone already, or not UTF-8)");
+                }
+            }
+            Err(e) => {
                 self.stats.error("redis");
                 tracing::error!(event_id = %event, error = %e, "could not move unreadable outbox entries aside; they are claimed again after their lease");
             }

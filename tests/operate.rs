@@ -246,6 +246,13 @@ async fn status_and_inspect_match_redis() {
     assert_eq!(v["in_processing"], false);
     assert_eq!(v["hash"]["status"], "queued");
 
+    // Once its QUEUE_READY is acknowledged, an admitted session has a deadline.
+    eventually(Duration::from_secs(10), "the outbox drained", || {
+        let mut c = conn.clone();
+        let key = k.outbox(EVENT);
+        async move { (zcard(&mut c, &key).await == 0).then_some(()) }
+    })
+    .await;
     let out = Command::new(BIN)
         .args(["inspect", &ids[0], "--json", "--redis-url", &redis.url()])
         .output()

@@ -9,6 +9,7 @@
 
 pub mod admit;
 pub mod claim_outbox;
+pub mod quarantine;
 pub mod reap;
 pub mod release;
 pub mod set_tokens;
@@ -207,6 +208,7 @@ pub struct Scripts {
     pub release: Script,
     pub reap: Script,
     pub settle: Script,
+    pub quarantine: Script,
 }
 
 impl Default for Scripts {
@@ -224,10 +226,11 @@ impl Scripts {
             release: release::script(),
             reap: reap::script(),
             settle: settle::script(),
+            quarantine: quarantine::script(),
         }
     }
 
-    pub fn all(&self) -> [&Script; 6] {
+    pub fn all(&self) -> [&Script; 7] {
         [
             &self.admit,
             &self.claim_outbox,
@@ -235,6 +238,7 @@ impl Scripts {
             &self.release,
             &self.reap,
             &self.settle,
+            &self.quarantine,
         ]
     }
 
