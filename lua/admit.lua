@@ -1,5 +1,5 @@
 -- admit.lua: move waiting sessions of one event into checkout, atomically.
--- version: 5
+-- version: 6
 --
 -- One call does, for one event: read the capacity settings (per-event config hash
 -- over the defaults), count the slots in use, look at the head of the priority lane
@@ -22,12 +22,13 @@
 -- KEYS[2]  priority     ZSET  same shape, admitted before the queue
 -- KEYS[3]  processing   SET   sessions holding a checkout slot
 -- KEYS[4]  config       HASH  optional overrides: max_concurrent, batch_size, paused,
---                             new_users_per_minute (plain decimal digits only)
+--                             new_users_per_minute, rate_burst (plain decimal digits)
 -- KEYS[5]  outbox       ZSET  member = JSON entry, score = when it is due (ms)
 -- KEYS[6]  deadlines    ZSET  member = session id, score = checkout deadline (ms),
 --                             or UNTOLD + admitted_ms while unpublished
--- KEYS[7]  rate         HASH  minute = epoch minute, count = admitted in that minute,
---                             prev = admitted in the minute before
+-- KEYS[7]  rate         HASH  tat = the rate limiter's theoretical arrival time (ms);
+--                             minute = epoch minute, count = admitted in that minute,
+--                             prev = admitted in the minute before (the outflow shown)
 --
 -- ARGV[1]  session key prefix; a session hash is ARGV[1] .. session id. Keys built
 --          here are in the event's hash slot in the cluster layout.
@@ -44,10 +45,19 @@
 --          admission is older
 -- ARGV[11] 1 when the event is served; 0 when it is retired (drained: admits nobody,
 --          the call only reports)
+-- ARGV[12] the workers' process interval, ms (the default rate_burst is one
+--          interval's worth of the rate)
+--
+-- Rate: new_users_per_minute is enforced by GCRA (the generic cell rate algorithm):
+-- one admission costs T = 60000 / rate ms of "theoretical arrival time" (tat); a call
+-- may admit as many as fit between max(tat, now) and now + burst * T. So any window
+-- of W ms admits at most burst + W / T, whatever the interval, the batch size, the
+-- number of replicas (they share tat) or where minute boundaries fall, and a rate
+-- that does not divide into intervals (7 a minute at 1 s) still averages exactly.
 --
 -- Reply: { {admitted, skipped, in_use, capacity, batch, paused, rate_left,
 --           queue_length, outbox_depth, deadlines, next_deadline_ms, held,
---           unpublished_age_ms, now_ms},
+--           unpublished_age_ms, now_ms, rate_per_minute, outflow_per_minute},
 --          {invalid config field names...},
 --          {outbox entries of the admitted sessions, in admission order...},
 --          {keys repaired (moved aside to <key>:corrupt) by this call...} }
@@ -56,7 +66,9 @@
 --   deadlines is the size of the deadlines set and next_deadline_ms its earliest
 --   real deadline (-1 when none); held is 0 (admitting), 1 (publishing stalled),
 --   2 (not served); unpublished_age_ms is the age of the oldest unpublished
---   admission (-1 when none); now_ms is Redis's clock.
+--   admission (-1 when none); now_ms is Redis's clock; rate_per_minute is the
+--   configured cap (-1 none); outflow_per_minute the admissions of the last 60 s
+--   (this minute's count plus the part of the last minute's still inside the window).
 --   An outbox entry is the JSON array [session_id, user_id, admitted_ms, deadline_ms].
 -- Error replies: WRONGTYPE from SCARD/ZCARD when processing, queue or priority hold
 --   the wrong type (nothing is written then).
@@ -68,6 +80,7 @@ local session_prefix, event_id = ARGV[1], ARGV[2]
 local window_ms, ttl_ms, lease_ms = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local max_admit, max_scan = tonumber(ARGV[8]), tonumber(ARGV[9])
 local max_unpublished, served = tonumber(ARGV[10]), ARGV[11] == '1'
+local interval_ms = tonumber(ARGV[12])
 
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -85,7 +98,7 @@ local function setting(value, name, default, max)
 end
 
 local cfg = redis.pcall('HMGET', config, 'max_concurrent', 'batch_size', 'paused',
-  'new_users_per_minute')
+  'new_users_per_minute', 'rate_burst')
 if cfg.err then
   invalid[#invalid + 1] = 'config'
   cfg = {}
@@ -94,6 +107,8 @@ local capacity = setting(cfg[1], 'max_concurrent', tonumber(ARGV[3]), 100000000)
 local batch = setting(cfg[2], 'batch_size', tonumber(ARGV[4]), 100000000)
 local paused = setting(cfg[3], 'paused', 0, 1)
 local per_minute = setting(cfg[4], 'new_users_per_minute', -1, 100000000)
+local burst = setting(cfg[5], 'rate_burst', -1, 100000000)
+if burst == 0 then invalid[#invalid + 1] = 'rate_burst'; burst = -1 end
 
 -- Worker-owned keys of the wrong type are moved aside (kept for a look) so they
 -- never jam the event; the API's keys are only checked (an error reply, no write).
@@ -115,7 +130,7 @@ redis.call('ZCARD', priority)
 
 local minute = math.floor(now_ms / 60000)
 local rate_count, rate_prev = 0, 0
-local r = redis.call('HMGET', rate, 'minute', 'count', 'prev')
+local r = redis.call('HMGET', rate, 'minute', 'count', 'prev', 'tat')
 local function count(v)
   if type(v) == 'string' and #v <= 12 and v:match('^%d+$') then return tonumber(v) end
   return 0
@@ -125,8 +140,23 @@ if r[1] == tostring(minute) then
 elseif r[1] == tostring(minute - 1) then
   rate_prev = count(r[2])
 end
-local rate_left = -1
-if per_minute >= 0 then rate_left = math.max(per_minute - rate_count, 0) end
+local outflow = rate_count + math.floor(rate_prev * (60000 - now_ms % 60000) / 60000)
+
+-- GCRA. tat is worker-written; anything but a plain decimal (ms, maybe with a
+-- fraction) is reset to now, as if the event had been idle.
+local rate_left, cost, base = -1, 0, now_ms
+if per_minute == 0 then
+  rate_left = 0
+elseif per_minute > 0 then
+  cost = 60000 / per_minute
+  if burst < 0 then burst = math.max(1, math.ceil(per_minute * interval_ms / 60000)) end
+  local tat = r[4]
+  if type(tat) == 'string' and #tat <= 24 and tat:match('^%d+%.?%d*$') then
+    base = math.max(tonumber(tat), now_ms)
+  end
+  -- A whisker of slack so that float division never starves a whole cell.
+  rate_left = math.max(math.floor((now_ms + burst * cost - base) / cost + 1e-9), 0)
+end
 
 -- How old the oldest unpublished admission is (-1 when none).
 local unpublished_age = -1
@@ -152,7 +182,7 @@ if rate_left >= 0 then want = math.min(want, rate_left) end
 if paused == 1 or held ~= 0 or want <= 0 then
   local q, o, d, nd = lengths()
   return { {0, 0, in_use, capacity, batch, paused, rate_left, q, o, d, nd, held,
-    unpublished_age, now_ms}, invalid, {}, repaired }
+    unpublished_age, now_ms, per_minute, outflow}, invalid, {}, repaired }
 end
 
 -- Session and user ids travel in JSON and JWTs, so they must be non-empty UTF-8 of at
@@ -276,11 +306,16 @@ if #admitted > 0 then
   chunked('ZADD', outbox, outbox_args, 500)
   chunked('ZADD', deadlines, deadline_args, 500)
   redis.call('HSET', rate, 'minute', minute, 'count', rate_count + #admitted, 'prev', rate_prev)
-  redis.call('PEXPIRE', rate, 120000)
+  -- Fixed-point text, so the value always reads back as plain digits.
+  if cost > 0 then
+    redis.call('HSET', rate, 'tat', string.format('%.3f', base + #admitted * cost))
+  end
+  redis.call('PEXPIRE', rate, 180000)
+  outflow = outflow + #admitted
   if unpublished_age < 0 then unpublished_age = 0 end
 end
 
 local q, o, d, nd = lengths()
 return { {#admitted, #dropped, in_use + #admitted, capacity, batch, paused,
   rate_left < 0 and -1 or (rate_left - #admitted), q, o, d, nd, held, unpublished_age,
-  now_ms}, invalid, entries, repaired }
+  now_ms, per_minute, outflow}, invalid, entries, repaired }

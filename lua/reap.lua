@@ -59,7 +59,9 @@ if kind ~= 'zset' and kind ~= 'none' then
 end
 local cursor = '0'
 local c = redis.pcall('GET', cursor_key)
-if type(c) == 'string' and #c <= 20 and c:match('^%d+$') then
+-- SSCAN takes a cursor of at most 2^64 - 1: compare as text, digits of one length.
+if type(c) == 'string' and c:match('^%d+$')
+    and (#c < 20 or (#c == 20 and c <= '18446744073709551615')) then
   cursor = c
 elseif c then
   redis.call('DEL', cursor_key)

@@ -258,6 +258,7 @@ async fn admit_only(env: &mut Env, batch: u64, users: usize) -> Result<Throughpu
             session_ttl: Duration::from_secs(7200),
             outbox_lease: Duration::from_secs(30),
             max_unpublished_age: Duration::from_secs(600),
+            process_interval: Duration::from_secs(1),
         };
         let o = admit::admit(&scripts.admit, &mut env.conn, &keys, event, &a)
             .await

@@ -28,6 +28,8 @@ pub struct EventStatus {
     pub admitted_last_minute: u64,
     /// Age of the oldest admission whose QUEUE_READY is not acknowledged yet (ms).
     pub unpublished_age_ms: Option<u64>,
+    /// The configured `new_users_per_minute`, if any.
+    pub rate_per_minute: Option<u64>,
     /// Why the event admits nobody, if it does not: `retired` (known, no longer
     /// served), `publishing_stalled` (unpublished age past the max), `paused`.
     pub held: Option<String>,
@@ -97,12 +99,12 @@ pub async fn status<C: ConnectionLike + Send>(
             Vec<(Vec<u8>, f64)>,
             Vec<(Vec<u8>, f64)>,
             u64,
-            (Option<String>, Option<String>),
+            (Option<String>, Option<String>, Option<String>),
             u64,
             (Option<String>, Option<String>, Option<String>),
             Vec<(Vec<u8>, f64)>,
         );
-        let (q, p, head, phead, in_use, (cap, paused), outbox, (m, count, prev), mark): Row =
+        let (q, p, head, phead, in_use, (cap, paused, rate), outbox, (m, count, prev), mark): Row =
             redis::pipe()
                 .cmd("ZCARD")
                 .arg(keys.queue(&e))
@@ -124,6 +126,7 @@ pub async fn status<C: ConnectionLike + Send>(
                 .arg(keys.config(&e))
                 .arg("max_concurrent")
                 .arg("paused")
+                .arg("new_users_per_minute")
                 .cmd("ZCARD")
                 .arg(keys.outbox(&e))
                 .cmd("HMGET")
@@ -183,6 +186,7 @@ pub async fn status<C: ConnectionLike + Send>(
                 admitted_this_minute: this,
                 admitted_last_minute: last,
                 unpublished_age_ms,
+                rate_per_minute: int(&rate),
                 held: held.map(str::to_owned),
             },
         );
@@ -197,7 +201,7 @@ pub async fn status<C: ConnectionLike + Send>(
 /// Render a status as a screen of text.
 pub fn render_status(s: &Status) -> String {
     let mut t = format!(
-        "{:<24} {:>9} {:>9} {:>12} {:>9} {:>6} {:>7} {:>12} {:>11} {}\n",
+        "{:<24} {:>9} {:>9} {:>12} {:>9} {:>6} {:>7} {:>12} {:>8} {:>11} {}\n",
         "event",
         "queued",
         "priority",
@@ -206,6 +210,7 @@ pub fn render_status(s: &Status) -> String {
         "paused",
         "outbox",
         "admitted/min",
+        "rate/min",
         "unpublished",
         "held"
     );
@@ -219,7 +224,7 @@ pub fn render_status(s: &Status) -> String {
             .map(|ms| humantime::format_duration(Duration::from_secs(ms / 1000)).to_string())
             .unwrap_or_else(|| "-".into());
         t.push_str(&format!(
-            "{:<24} {:>9} {:>9} {:>12} {:>4}/{:<4} {:>6} {:>7} {:>5} ({:>4}) {:>11} {}\n",
+            "{:<24} {:>9} {:>9} {:>12} {:>4}/{:<4} {:>6} {:>7} {:>5} ({:>4}) {:>8} {:>11} {}\n",
             e,
             v.queue_length,
             v.priority_length,
@@ -230,6 +235,9 @@ pub fn render_status(s: &Status) -> String {
             v.outbox_depth,
             v.admitted_this_minute,
             v.admitted_last_minute,
+            v.rate_per_minute
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "-".into()),
             unpublished,
             v.held.as_deref().unwrap_or("-"),
         ));

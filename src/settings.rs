@@ -892,6 +892,7 @@ impl Settings {
             session_ttl: self.session_ttl,
             outbox_lease: self.outbox_lease,
             max_unpublished_age: self.max_unpublished_age,
+            process_interval: self.process_interval,
         }
     }
 

@@ -44,6 +44,10 @@ pub struct EventSnapshot {
     pub held: Option<&'static str>,
     /// Age of the oldest admission whose QUEUE_READY is not acknowledged yet.
     pub unpublished_age_ms: Option<u64>,
+    /// The configured `new_users_per_minute`, if any.
+    pub rate_per_minute: Option<u64>,
+    /// Admissions of the last 60 s, all replicas together (from Redis).
+    pub outflow_per_minute: u64,
 }
 
 /// Reasons an event's admission can be held (the `reason` label of
@@ -84,6 +88,8 @@ pub struct Stats {
     outbox_depth: Family<Labels, Gauge>,
     admission_held: Family<Labels, Gauge>,
     unpublished_age: Family<Labels, Gauge>,
+    rate_per_minute: Family<Labels, Gauge>,
+    outflow_per_minute: Family<Labels, Gauge>,
     /// Events whose per-event series exist: the served and the draining ones.
     tracked: RwLock<BTreeSet<String>>,
     pub cycle_duration: Histogram,
@@ -146,6 +152,8 @@ impl Stats {
             outbox_depth: Family::default(),
             admission_held: Family::default(),
             unpublished_age: Family::default(),
+            rate_per_minute: Family::default(),
+            outflow_per_minute: Family::default(),
             tracked: RwLock::new(BTreeSet::new()),
             cycle_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             refill_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
@@ -252,6 +260,16 @@ impl Stats {
             s.unpublished_age.clone(),
         );
         r.register(
+            "rate_per_minute",
+            "The event's configured new_users_per_minute (absent when none)",
+            s.rate_per_minute.clone(),
+        );
+        r.register(
+            "outflow_per_minute",
+            "Admissions of the event in the last 60 s, all replicas together",
+            s.outflow_per_minute.clone(),
+        );
+        r.register(
             "renewed",
             "Admissions renewed because their window ran out before Kafka acknowledged them",
             s.renewed.clone(),
@@ -349,6 +367,8 @@ impl Stats {
                 &self.capacity,
                 &self.outbox_depth,
                 &self.unpublished_age,
+                &self.rate_per_minute,
+                &self.outflow_per_minute,
             ] {
                 f.remove(&l);
             }
@@ -395,6 +415,17 @@ impl Stats {
         self.unpublished_age
             .get_or_create(&l)
             .set((snap.unpublished_age_ms.unwrap_or(0) / 1000) as i64);
+        match snap.rate_per_minute {
+            Some(r) => {
+                self.rate_per_minute.get_or_create(&l).set(r as i64);
+            }
+            None => {
+                self.rate_per_minute.remove(&l);
+            }
+        }
+        self.outflow_per_minute
+            .get_or_create(&l)
+            .set(snap.outflow_per_minute as i64);
         if let Ok(mut m) = self.events.write() {
             m.insert(event.to_owned(), snap);
         }

@@ -797,6 +797,8 @@ impl Worker {
                 updated_ms: outcome.now_ms,
                 held,
                 unpublished_age_ms: outcome.unpublished_age_ms,
+                rate_per_minute: outcome.rate_per_minute,
+                outflow_per_minute: outcome.outflow_per_minute,
             },
         );
         if outcome.skipped > 0 {

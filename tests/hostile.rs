@@ -253,6 +253,7 @@ fn admit_survives_hostile_queues_and_keeps_every_invariant() {
                         session_ttl: Duration::from_secs(600),
                         outbox_lease: Duration::from_secs(30),
                         max_unpublished_age: Duration::from_secs(600),
+                        process_interval: Duration::from_secs(1),
                     },
                 )
                 .await

@@ -44,6 +44,7 @@ async fn a_retired_event_is_drained_admits_nobody_and_is_forgotten() {
             session_ttl: Duration::from_secs(600),
             outbox_lease: Duration::from_millis(200),
             max_unpublished_age: Duration::from_secs(1),
+            process_interval: Duration::from_secs(1),
         },
     )
     .await

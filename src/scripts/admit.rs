@@ -34,6 +34,8 @@ pub struct AdmitArgs {
     pub outbox_lease: Duration,
     /// Hold admission while the oldest unpublished admission is older than this.
     pub max_unpublished_age: Duration,
+    /// The workers' process interval: the default rate burst is one interval's worth.
+    pub process_interval: Duration,
 }
 
 /// Why an event admitted nobody although it could have.
@@ -89,6 +91,10 @@ pub struct AdmitOutcome {
     pub now_ms: u64,
     /// Worker-owned keys that held the wrong type and were moved aside.
     pub repaired: Vec<String>,
+    /// The configured `new_users_per_minute`, if any.
+    pub rate_per_minute: Option<u64>,
+    /// Admissions of the last 60 s (all replicas).
+    pub outflow_per_minute: u64,
     /// Config hash fields that were invalid (their defaults were used).
     pub invalid_config: Vec<String>,
     /// Outbox entries of the admitted sessions, in admission order.
@@ -127,6 +133,7 @@ pub fn call<'a>(
             (2 * MAX_ADMIT_PER_CALL).to_string(),
             a.max_unpublished_age.as_millis().to_string(),
             if served { "1" } else { "0" }.to_owned(),
+            a.process_interval.as_millis().max(1).to_string(),
         ],
     }
 }
@@ -189,9 +196,11 @@ pub fn parse(reply: Value) -> Result<AdmitOutcome, ScriptError> {
         held,
         unpublished_age_ms,
         now_ms,
+        rate_per_minute,
+        outflow_per_minute,
     ] = nums.as_slice()
     else {
-        return Err(bad("want 14 counts"));
+        return Err(bad("want 16 counts"));
     };
     let text = |v: &Value| match v {
         Value::BulkString(b) => Ok(b.clone()),
@@ -222,6 +231,8 @@ pub fn parse(reply: Value) -> Result<AdmitOutcome, ScriptError> {
         },
         unpublished_age_ms: (*unpublished_age_ms >= 0).then_some(*unpublished_age_ms as u64),
         now_ms: (*now_ms).max(0) as u64,
+        rate_per_minute: (*rate_per_minute >= 0).then_some(*rate_per_minute as u64),
+        outflow_per_minute: (*outflow_per_minute).max(0) as u64,
         invalid_config: names(invalid)?,
         repaired: names(repaired)?,
         entries: entries.iter().map(text).collect::<Result<_, _>>()?,
