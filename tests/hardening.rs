@@ -524,6 +524,33 @@ async fn reap_cursor_garbage_is_repaired_and_the_sweep_still_adopts() {
     }
 }
 
+/// BUG (reap.lua v3, found by this test, not fixed here): a sweep cursor of 20
+/// digits above 2^64-1 (`18446744073709551616`) passes the script's check (digits,
+/// at most 20 characters) but `SSCAN` refuses it with "ERR invalid cursor": the reap
+/// call fails on every cycle for as long as the key is there (a hand-written key
+/// has no TTL), after it has already expired the due slots, and the slots without a
+/// deadline are never adopted. Expected: repaired like any other garbage cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reap_cursor_of_digits_beyond_u64_is_repaired() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    let scripts = Scripts::new();
+    let k = keys();
+    let event = "cursor-huge";
+    let ids = slots_without_deadlines(&mut conn, event, 5).await;
+    redis::cmd("SET")
+        .arg(k.reap_cursor(event))
+        .arg("18446744073709551616")
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("SET");
+    let r = try_reap(&mut conn, &scripts, event, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("BUG: a cursor of digits beyond 2^64-1 jams the reaper: {e}"));
+    assert_eq!(r.repaired, vec![k.reap_cursor(event)]);
+    assert_eq!(r.adopted, ids.len() as u64);
+}
+
 // ---------------------------------------------------------------------------------
 // 5. Reaping and the old token
 // ---------------------------------------------------------------------------------
