@@ -2,8 +2,9 @@
 # Installs, from Debian's packages, what building and running the worker's demo and
 # tests need and a machine with only Rust lacks: redis-server (with redis-cli, for
 # the cluster test), make/gcc/g++ for the bundled librdkafka, OpenSSL's headers and
-# pkg-config (TLS to Redis and Kafka), and the openssl command (the TLS tests make
-# their certificates with it). Does nothing when all are present.
+# pkg-config (TLS to Redis and Kafka), the openssl command (the TLS tests make
+# their certificates with it), and libfaketime (the skewed-clock test runs one
+# replica 15 s ahead under it). Does nothing when all are present.
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
@@ -14,6 +15,7 @@ command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need+=(libfaketime)
 if ((${#need[@]})); then
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
