@@ -41,6 +41,7 @@ fn admit_args(capacity: u64, batch: u64, window: Duration) -> AdmitArgs {
         session_ttl: Duration::from_secs(3600),
         outbox_lease: Duration::from_secs(60),
         max_unpublished_age: Duration::from_secs(3600),
+        process_interval: Duration::from_secs(1),
     }
 }
 
@@ -252,8 +253,9 @@ async fn config_numbers_must_be_plain_digits() {
             default_capacity: 100,
             default_batch: 20,
             with_default: 20,
+            // 7 a minute at a 1 s interval: the burst is one interval's worth, 1.
             valid: "7",
-            with_valid: 7,
+            with_valid: 1,
             extra: &[],
         },
         FieldCase {
