@@ -154,8 +154,9 @@ elseif per_minute > 0 then
   if type(tat) == 'string' and #tat <= 24 and tat:match('^%d+%.?%d*$') then
     base = math.max(tonumber(tat), now_ms)
   end
-  -- A whisker of slack so that float division never starves a whole cell.
-  rate_left = math.max(math.floor((now_ms + burst * cost - base) / cost + 1e-9), 0)
+  -- base - now_ms first (exact for close numbers), and a whisker of slack, so that
+  -- float rounding never starves a whole cell.
+  rate_left = math.max(math.floor((burst * cost - (base - now_ms)) / cost + 1e-6), 0)
 end
 
 -- How old the oldest unpublished admission is (-1 when none).
