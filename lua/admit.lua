@@ -49,11 +49,11 @@
 --          interval's worth of the rate)
 --
 -- Rate: new_users_per_minute is enforced by GCRA (the generic cell rate algorithm):
--- one admission costs T = 60000 / rate ms of "theoretical arrival time" (tat); a call
--- may admit as many as fit between max(tat, now) and now + burst * T. So any window
--- of W ms admits at most burst + W / T, whatever the interval, the batch size, the
--- number of replicas (they share tat) or where minute boundaries fall, and a rate
--- that does not divide into intervals (7 a minute at 1 s) still averages exactly.
+-- one admission costs T = 60000 / rate ms of "theoretical arrival time" (tat). So
+-- any window of W ms admits at most W / T + burst, whatever the interval, the batch
+-- size, the number of replicas (they share tat) or where minute boundaries fall, and
+-- a rate that does not divide into intervals (7 a minute at 1 s) still averages
+-- exactly. See the GCRA block below.
 --
 -- Reply: { {admitted, skipped, in_use, capacity, batch, paused, rate_left,
 --           queue_length, outbox_depth, deadlines, next_deadline_ms, held,
@@ -142,21 +142,27 @@ elseif r[1] == tostring(minute - 1) then
 end
 local outflow = rate_count + math.floor(rate_prev * (60000 - now_ms % 60000) / 60000)
 
--- GCRA. tat is worker-written; anything but a plain decimal (ms, maybe with a
--- fraction) is reset to now, as if the event had been idle.
-local rate_left, cost, base = -1, 0, now_ms
+-- GCRA, as virtual scheduling: cell i is due at tat + i * T. A call admits the cells
+-- due up to now + (burst - 1) * T + T/4; a schedule that lags now by more than T/4
+-- starts afresh at now (an idle event). Ticks that come a little early or late keep their
+-- cells (so the outflow averages exactly the rate), and any window of W ms holds at
+-- most W / T + burst admissions. tat is worker-written: anything but a plain decimal
+-- (ms, maybe with a fraction) reads as an idle event.
+local rate_left, cost, tat = -1, 0, now_ms
 if per_minute == 0 then
   rate_left = 0
 elseif per_minute > 0 then
   cost = 60000 / per_minute
   if burst < 0 then burst = math.max(1, math.ceil(per_minute * interval_ms / 60000)) end
-  local tat = r[4]
-  if type(tat) == 'string' and #tat <= 24 and tat:match('^%d+%.?%d*$') then
-    base = math.max(tonumber(tat), now_ms)
+  local early, lag = (burst - 1) * cost + cost / 4, cost / 4
+  local stored = r[4]
+  if type(stored) == 'string' and #stored <= 24 and stored:match('^%d+%.?%d*$')
+      and tonumber(stored) >= now_ms - lag then
+    tat = tonumber(stored)
   end
-  -- base - now_ms first (exact for close numbers), and a whisker of slack, so that
+  -- tat - now_ms first (exact for close numbers), and a whisker of slack, so that
   -- float rounding never starves a whole cell.
-  rate_left = math.max(math.floor((burst * cost - (base - now_ms)) / cost + 1e-6), 0)
+  rate_left = math.max(math.floor((early - (tat - now_ms)) / cost + 1e-6) + 1, 0)
 end
 
 -- How old the oldest unpublished admission is (-1 when none).
@@ -309,7 +315,7 @@ if #admitted > 0 then
   redis.call('HSET', rate, 'minute', minute, 'count', rate_count + #admitted, 'prev', rate_prev)
   -- Fixed-point text, so the value always reads back as plain digits.
   if cost > 0 then
-    redis.call('HSET', rate, 'tat', string.format('%.3f', base + #admitted * cost))
+    redis.call('HSET', rate, 'tat', string.format('%.3f', tat + #admitted * cost))
   end
   redis.call('PEXPIRE', rate, 180000)
   outflow = outflow + #admitted

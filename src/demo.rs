@@ -57,6 +57,10 @@ pub struct DemoArgs {
     /// Admission interval.
     #[arg(long, default_value = "100ms", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
     pub interval: Duration,
+    /// Cap admissions at N a minute (the event's `new_users_per_minute`), to watch a
+    /// smooth outflow: the progress lines show admissions per second.
+    #[arg(long, value_name = "PER_MINUTE")]
+    pub rate: Option<u64>,
 }
 
 #[derive(Debug, Error)]
@@ -171,6 +175,15 @@ pub async fn run(a: DemoArgs) -> Result<Summary, DemoError> {
     let client = redis::Client::open(redis.url())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     enqueue::enqueue(&mut conn, &keys, EVENT, a.users, Duration::from_secs(3600)).await?;
+    if let Some(rate) = a.rate {
+        let _: () = redis::cmd("HSET")
+            .arg(keys.config(EVENT))
+            .arg("new_users_per_minute")
+            .arg(rate)
+            .query_async(&mut conn)
+            .await?;
+        eprintln!("demo: admissions capped at {rate} a minute (new_users_per_minute)");
+    }
     eprintln!(
         "demo: {} users queued for {EVENT}; capacity {}, batch {}",
         a.users, a.capacity, a.batch
@@ -264,6 +277,8 @@ pub async fn run(a: DemoArgs) -> Result<Summary, DemoError> {
     let mut peak = 0u64;
     let mut ticker = tokio::time::interval(Duration::from_millis(50));
     let mut printed = Instant::now();
+    let mut last_second = (Instant::now(), 0u64);
+    let mut per_second = 0u64;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -278,9 +293,13 @@ pub async fn run(a: DemoArgs) -> Result<Summary, DemoError> {
             .await?;
         peak = peak.max(in_checkout);
         let admitted = Stats::get(&stats.admitted);
+        if last_second.0.elapsed() >= Duration::from_secs(1) {
+            per_second = admitted.saturating_sub(last_second.1);
+            last_second = (Instant::now(), admitted);
+        }
         let done = queued == 0 && in_checkout == 0 && admitted as usize >= a.users;
         let msg = format!(
-            "| queued {queued} | in checkout {in_checkout}/{} | completed {} | expired {}",
+            "| last second {per_second} admitted | queued {queued} | in checkout {in_checkout}/{} | completed {} | expired {}",
             a.capacity,
             Stats::get(&stats.released),
             Stats::get(&stats.expired),
