@@ -143,22 +143,25 @@ end
 local outflow = rate_count + math.floor(rate_prev * (60000 - now_ms % 60000) / 60000)
 
 -- GCRA, as virtual scheduling: cell i is due at tat + i * T. A call admits the cells
--- due up to now + (burst - 1) * T + T/4; a schedule that lags now by more than T/4
--- starts afresh at now (an idle event). Ticks that come a little early or late keep their
--- cells (so the outflow averages exactly the rate), and any window of W ms holds at
--- most W / T + burst admissions. tat is worker-written: anything but a plain decimal
--- (ms, maybe with a fraction) reads as an idle event.
+-- due up to now + (burst - 1) * T + 0.45 T. A tick that comes late keeps up to
+-- 0.45 T of debt (a schedule lagging more keeps exactly that much), and one lagging
+-- by more than a whole cell more starts afresh at now (an idle event). The two
+-- slacks add up to less than one cell, so any window of W ms holds at most
+-- W / T + burst admissions, while ticks that come a little early or late keep their
+-- cells and the outflow averages exactly the rate. tat is worker-written: anything
+-- but a plain decimal (ms, maybe with a fraction) reads as an idle event.
 local rate_left, cost, tat = -1, 0, now_ms
 if per_minute == 0 then
   rate_left = 0
 elseif per_minute > 0 then
   cost = 60000 / per_minute
   if burst < 0 then burst = math.max(1, math.ceil(per_minute * interval_ms / 60000)) end
-  local early, lag = (burst - 1) * cost + cost / 4, cost / 4
+  local lag = 0.45 * cost
+  local early = (burst - 1) * cost + lag
   local stored = r[4]
   if type(stored) == 'string' and #stored <= 24 and stored:match('^%d+%.?%d*$')
-      and tonumber(stored) >= now_ms - lag then
-    tat = tonumber(stored)
+      and tonumber(stored) >= now_ms - cost - lag then
+    tat = math.max(tonumber(stored), now_ms - lag)
   end
   -- tat - now_ms first (exact for close numbers), and a whisker of slack, so that
   -- float rounding never starves a whole cell.

@@ -242,7 +242,7 @@ async fn invariants_hold_through_kills_flushes_restarts_and_outages() {
 
     // Every admitted session: one admission (one message id), its token, a message.
     let mut reader = TopicReader::new(&kafka.bootstrap, TOPIC);
-    reader.read_until(USERS, Duration::from_secs(60));
+    reader.read_until(USERS, Duration::from_secs(120));
     reader.read_for(Duration::from_millis(500));
     let by = reader.by_session();
     let mut duplicates = 0;
