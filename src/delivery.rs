@@ -110,6 +110,30 @@ impl Delivery {
         if batches.is_empty() {
             return Ok(());
         }
+        // The caller counted these in flight; they stop being so once settled (or
+        // once this fails before anything was sent).
+        let handed: Vec<(String, i64)> = batches
+            .iter()
+            .map(|(e, es)| (e.clone(), es.len() as i64))
+            .collect();
+        let result = self.dispatch_counted(batches, &handed).await;
+        if result.is_err() {
+            self.settled(&handed);
+        }
+        result
+    }
+
+    fn settled(&self, handed: &[(String, i64)]) {
+        for (event, n) in handed {
+            self.stats.in_flight_add(event, -n);
+        }
+    }
+
+    async fn dispatch_counted(
+        &self,
+        batches: Vec<(String, Vec<OutboxEntry>)>,
+        handed: &[(String, i64)],
+    ) -> Result<(), DeliveryError> {
         let mut prepared: Vec<(String, Vec<Prepared>)> = Vec::with_capacity(batches.len());
         let mut not_sent: Vec<(String, Vec<OutboxEntry>)> = Vec::new();
         for (event, entries) in batches {
@@ -195,7 +219,7 @@ impl Delivery {
                 not_sent.push((event, failed));
             }
         }
-        self.settle_in_background(sent, not_sent);
+        self.settle_in_background(sent, not_sent, handed.to_vec());
         Ok(())
     }
 
@@ -236,6 +260,7 @@ impl Delivery {
         &self,
         sent: Vec<(String, Prepared, DeliveryFuture)>,
         not_sent: Vec<(String, Vec<OutboxEntry>)>,
+        handed: Vec<(String, i64)>,
     ) {
         let conn = self.conn.clone();
         let keys = self.keys.clone();
@@ -315,6 +340,9 @@ impl Delivery {
                 }
             })
             .await;
+            for (event, n) in &handed {
+                stats.in_flight_add(event, -n);
+            }
             if let Err(e) = result {
                 // The entries stay claimed; their lease runs out and they are published
                 // again (a duplicate the message id lets consumers drop).

@@ -1,9 +1,16 @@
 //! The operator's HTTP endpoint: `/healthz`, `/readyz`, `/status`, `/metrics`.
 //!
-//! - `/healthz`: the process is up and its loop went round recently.
-//! - `/readyz`: Redis answers and every script is loaded (a SCRIPT EXISTS, loading
-//!   what is missing: a PING alone stays green while the script cache is gone), and
-//!   Kafka answers a metadata request. Not ready while either is down.
+//! - `/healthz` (liveness: restart me if this fails): the loop is alive, that is, it
+//!   went round by the time it said it would. Before every wait the loop records by
+//!   when it will be back (a tick, a pass bounded by the max processing time, a
+//!   deliberate backoff while Redis is away), so a worker that is only backing off
+//!   stays alive (`"status":"backing_off"`), however long the backoff.
+//! - `/readyz` (readiness: send me work / count me in): it can admit now. Redis
+//!   answers and every script is loaded (a SCRIPT EXISTS, loading what is missing: a
+//!   PING alone stays green while the script cache is gone), Kafka answers a metadata
+//!   request, the latest cycle succeeded (so not before a cycle ran against a Redis
+//!   that came back), and no served event's keys are found only in the other key
+//!   layout.
 //! - `/status`: the seed's GetStatus figures plus the last figures of every event.
 //! - `/metrics`: Prometheus text exposition.
 
@@ -34,8 +41,9 @@ pub struct HttpState {
     pub scripts: Arc<Scripts>,
     pub publisher: Arc<Publisher>,
     pub worker_id: String,
-    /// The loop counts as alive if it went round within this.
-    pub liveness: Duration,
+    /// How late past its announced time the loop may be and still count as alive
+    /// (scheduling slack: two intervals and a second).
+    pub liveness_slack: Duration,
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
@@ -66,18 +74,28 @@ pub async fn serve(
 struct Health {
     status: &'static str,
     last_loop_ms_ago: Option<u64>,
+    /// How long until the loop said it would be back (negative: overdue).
+    loop_due_in_ms: i64,
 }
 
 async fn healthz(State(s): State<Arc<HttpState>>) -> Response {
     let last = s.stats.last_loop_ms.load(Ordering::Relaxed);
     let now = clock::now_ms();
     let started = s.stats.started_at_ms.load(Ordering::Relaxed);
-    // Before the first loop, count from start-up.
-    let since = now.saturating_sub(if last == 0 { started } else { last });
-    let ok = since <= s.liveness.as_millis() as u64;
+    let due = match s.stats.loop_due_ms.load(Ordering::Relaxed) {
+        0 => started,
+        d => d,
+    };
+    let ok = now <= due.saturating_add(s.liveness_slack.as_millis() as u64);
+    let backing_off = s.stats.backing_off.load(Ordering::Relaxed);
     let body = Health {
-        status: if ok { "ok" } else { "stalled" },
-        last_loop_ms_ago: (last != 0).then_some(since),
+        status: match (ok, backing_off) {
+            (false, _) => "stalled",
+            (true, true) => "backing_off",
+            (true, false) => "ok",
+        },
+        last_loop_ms_ago: (last != 0).then(|| now.saturating_sub(last)),
+        loop_due_in_ms: due as i64 - now as i64,
     };
     let code = if ok {
         StatusCode::OK
@@ -92,6 +110,10 @@ struct Ready {
     ready: bool,
     redis: String,
     kafka: String,
+    /// `ok`, `no cycle yet`, `backing off` or `last cycle failed`.
+    cycle: String,
+    /// `ok`, or the served events whose keys are only in the other key layout.
+    key_layout: String,
 }
 
 async fn readyz(State(s): State<Arc<HttpState>>) -> Response {
@@ -107,7 +129,29 @@ async fn readyz(State(s): State<Arc<HttpState>>) -> Response {
             Ok(Err(e)) => e.to_string(),
             Err(e) => e.to_string(),
         };
-    let ready = redis == "ok" && kafka == "ok";
+    let st = &s.stats;
+    let ok_at = st.last_cycle_ok_ms.load(Ordering::Relaxed);
+    let failed_at = st.last_cycle_failed_ms.load(Ordering::Relaxed);
+    let cycle = if st.backing_off.load(Ordering::Relaxed) {
+        "backing off"
+    } else if ok_at == 0 {
+        "no cycle yet"
+    } else if failed_at > ok_at {
+        "last cycle failed"
+    } else {
+        "ok"
+    }
+    .to_owned();
+    let mismatch = st.layout_mismatch();
+    let key_layout = if mismatch.is_empty() {
+        "ok".to_owned()
+    } else {
+        format!(
+            "keys of {} found only in the other key layout: check --key-layout",
+            mismatch.join(", ")
+        )
+    };
+    let ready = redis == "ok" && kafka == "ok" && cycle == "ok" && key_layout == "ok";
     let code = if ready {
         StatusCode::OK
     } else {
@@ -119,6 +163,8 @@ async fn readyz(State(s): State<Arc<HttpState>>) -> Response {
             ready,
             redis,
             kafka,
+            cycle,
+            key_layout,
         }),
     )
         .into_response()

@@ -10,7 +10,29 @@ use waitroom_worker::settings::{Cli, Command, RedisArgs, Settings};
 use waitroom_worker::shutdown;
 use waitroom_worker::worker::Worker;
 
+/// An environment variable set to the empty string means unset, for every setting
+/// (`REDIS_CLUSTER_URLS=` in a compose file must not select a cluster of no nodes).
+fn drop_empty_settings_from_env() {
+    let empty: Vec<std::ffi::OsString> = std::env::vars_os()
+        .filter(|(k, v)| {
+            v.is_empty()
+                && k.to_str().is_some_and(|k| {
+                    ["QUEUE_", "REDIS_", "KAFKA_"]
+                        .iter()
+                        .any(|p| k.starts_with(p))
+                })
+        })
+        .map(|(k, _)| k)
+        .collect();
+    for k in empty {
+        // SAFETY: called first thing in main, before the runtime or any other thread
+        // exists, so nothing can read the environment concurrently.
+        unsafe { std::env::remove_var(k) };
+    }
+}
+
 fn main() -> ExitCode {
+    drop_empty_settings_from_env();
     let cli = Cli::parse();
     // The demo draws its own progress; the worker's per-user log lines would drown it,
     // so it logs warnings only unless asked (--verbose), whatever RUST_LOG says.

@@ -708,6 +708,12 @@ impl RunArgs {
             self.max_processing_time,
             bounds::SHORT,
         )?;
+        if self.redis.redis_timeout >= self.max_processing_time {
+            return Err(invalid(
+                "--max-processing-time (QUEUE_MAX_PROCESSING_TIME)",
+                "must be longer than --redis-timeout, or a cycle is cut before one Redis call can time out",
+            ));
+        }
         if self.publish_timeout < Duration::from_millis(100) {
             return Err(invalid(
                 "--publish-timeout (QUEUE_PUBLISH_TIMEOUT)",

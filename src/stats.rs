@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::RwLock;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -44,6 +44,12 @@ pub struct EventSnapshot {
     pub held: Option<&'static str>,
     /// Age of the oldest admission whose QUEUE_READY is not acknowledged yet.
     pub unpublished_age_ms: Option<u64>,
+    /// Outbox entries this worker handed to Kafka and awaits the verdict on.
+    pub outbox_in_flight: u64,
+    /// Outbox entries that are neither just admitted nor in flight here: waiting for
+    /// a retry, another replica or a claim. This, with `unpublished_age_ms`, is the
+    /// "Kafka is behind" signal; `outbox_depth` also counts what is merely in flight.
+    pub outbox_waiting: u64,
     /// The configured `new_users_per_minute`, if any.
     pub rate_per_minute: Option<u64>,
     /// Admissions of the last 60 s, all replicas together (from Redis).
@@ -57,8 +63,23 @@ pub const HOLD_REASONS: [&str; 3] = ["publishing_stalled", "retired", "paused"];
 pub struct Stats {
     pub started_at_ms: AtomicU64,
     pub last_processed_ms: AtomicU64,
-    /// When the loop last went round (even a failed cycle): liveness.
+    /// When the loop last went round (even a failed cycle).
     pub last_loop_ms: AtomicU64,
+    /// By when the loop is expected to go round again: set before every wait (a
+    /// tick, a pass bounded by the max processing time, a deliberate backoff), so
+    /// liveness follows the settings instead of a fixed cut-off.
+    pub loop_due_ms: AtomicU64,
+    /// Whether the loop is backing off on purpose (Redis unreachable).
+    pub backing_off: AtomicBool,
+    /// When the last full cycle succeeded, and when the last one failed: ready only
+    /// while the latest cycle succeeded.
+    pub last_cycle_ok_ms: AtomicU64,
+    pub last_cycle_failed_ms: AtomicU64,
+    /// Served events whose keys are found only in the other key layout (a
+    /// `--key-layout` mismatch): the worker would admit nobody there.
+    layout_mismatch: RwLock<Vec<String>>,
+    /// Outbox entries handed to delivery and not yet settled, per event.
+    in_flight: std::sync::Mutex<BTreeMap<String, u64>>,
     pub cycles: Counter,
     pub admitted: Counter,
     pub skipped: Counter,
@@ -86,6 +107,8 @@ pub struct Stats {
     slots_in_use: Family<Labels, Gauge>,
     capacity: Family<Labels, Gauge>,
     outbox_depth: Family<Labels, Gauge>,
+    outbox_waiting: Family<Labels, Gauge>,
+    outbox_in_flight: Family<Labels, Gauge>,
     admission_held: Family<Labels, Gauge>,
     unpublished_age: Family<Labels, Gauge>,
     rate_per_minute: Family<Labels, Gauge>,
@@ -123,6 +146,12 @@ impl Stats {
             started_at_ms: AtomicU64::new(0),
             last_processed_ms: AtomicU64::new(0),
             last_loop_ms: AtomicU64::new(0),
+            loop_due_ms: AtomicU64::new(0),
+            backing_off: AtomicBool::new(false),
+            last_cycle_ok_ms: AtomicU64::new(0),
+            last_cycle_failed_ms: AtomicU64::new(0),
+            layout_mismatch: RwLock::new(Vec::new()),
+            in_flight: std::sync::Mutex::new(BTreeMap::new()),
             cycles: Counter::default(),
             admitted: Counter::default(),
             skipped: Counter::default(),
@@ -150,6 +179,8 @@ impl Stats {
             slots_in_use: Family::default(),
             capacity: Family::default(),
             outbox_depth: Family::default(),
+            outbox_waiting: Family::default(),
+            outbox_in_flight: Family::default(),
             admission_held: Family::default(),
             unpublished_age: Family::default(),
             rate_per_minute: Family::default(),
@@ -248,6 +279,16 @@ impl Stats {
             "outbox_depth",
             "Admissions not yet acknowledged by Kafka",
             s.outbox_depth.clone(),
+        );
+        r.register(
+            "outbox_waiting",
+            "Unacknowledged admissions neither just admitted nor in flight here (retrying, or left by another replica): Kafka is behind",
+            s.outbox_waiting.clone(),
+        );
+        r.register(
+            "outbox_in_flight",
+            "Admissions handed to Kafka by this worker, awaiting acknowledgement",
+            s.outbox_in_flight.clone(),
         );
         r.register(
             "admission_held",
@@ -366,6 +407,8 @@ impl Stats {
                 &self.slots_in_use,
                 &self.capacity,
                 &self.outbox_depth,
+                &self.outbox_waiting,
+                &self.outbox_in_flight,
                 &self.unpublished_age,
                 &self.rate_per_minute,
                 &self.outflow_per_minute,
@@ -403,6 +446,12 @@ impl Stats {
         self.outbox_depth
             .get_or_create(&l)
             .set(snap.outbox_depth as i64);
+        self.outbox_waiting
+            .get_or_create(&l)
+            .set(snap.outbox_waiting as i64);
+        self.outbox_in_flight
+            .get_or_create(&l)
+            .set(snap.outbox_in_flight as i64);
         snap.admitted_total = self.event_admitted.get_or_create(&l).get();
         for reason in HOLD_REASONS {
             let labels = held_labels(event, reason);
@@ -429,6 +478,60 @@ impl Stats {
         if let Ok(mut m) = self.events.write() {
             m.insert(event.to_owned(), snap);
         }
+    }
+
+    /// What an idle pass read of `event` (no admit call): the lengths only, so its
+    /// figures follow Redis between admit calls.
+    pub fn refresh_event(&self, event: &str, queue_length: u64, slots_in_use: u64, outbox: u64) {
+        let snap = match self.events.read() {
+            Ok(m) => m.get(event).cloned(),
+            Err(_) => None,
+        };
+        if let Some(mut snap) = snap {
+            snap.queue_length = queue_length;
+            snap.slots_in_use = slots_in_use;
+            snap.outbox_depth = outbox;
+            snap.outbox_in_flight = self.in_flight(event);
+            snap.outbox_waiting = outbox.saturating_sub(snap.outbox_in_flight);
+            snap.updated_ms = crate::clock::now_ms();
+            self.observe_event(event, snap);
+        }
+    }
+
+    /// Entries of `event` handed to delivery (`n` more) or settled (`-n`).
+    pub fn in_flight_add(&self, event: &str, n: i64) {
+        let mut m = match self.in_flight.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let v = m.entry(event.to_owned()).or_insert(0);
+        *v = v.saturating_add_signed(n);
+        if *v == 0 {
+            m.remove(event);
+        }
+    }
+
+    /// Entries of `event` handed to delivery and not yet settled.
+    pub fn in_flight(&self, event: &str) -> u64 {
+        match self.in_flight.lock() {
+            Ok(m) => m.get(event).copied().unwrap_or(0),
+            Err(p) => p.into_inner().get(event).copied().unwrap_or(0),
+        }
+    }
+
+    /// Record which served events look written in the other key layout.
+    pub fn set_layout_mismatch(&self, events: Vec<String>) {
+        if let Ok(mut m) = self.layout_mismatch.write() {
+            *m = events;
+        }
+    }
+
+    /// Served events whose keys are only in the other key layout.
+    pub fn layout_mismatch(&self) -> Vec<String> {
+        self.layout_mismatch
+            .read()
+            .map(|m| m.clone())
+            .unwrap_or_default()
     }
 
     /// The last pass's figures of every event.

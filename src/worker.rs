@@ -187,8 +187,7 @@ impl Worker {
                     scripts: scripts.clone(),
                     publisher: publisher.clone(),
                     worker_id: identity.id.clone(),
-                    liveness: (settings.process_interval * 3)
-                        .max(settings.max_processing_time + settings.process_interval * 2),
+                    liveness_slack: settings.process_interval * 2 + Duration::from_secs(1),
                 });
                 Some((listener, state))
             }
@@ -264,13 +263,19 @@ impl Worker {
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let refill = self.refill.clone();
         let mut failures: u32 = 0;
+        let interval = self.settings.process_interval;
+        // The longest one pass may hold the loop: the pass itself (cut at the max
+        // processing time), then the heartbeat (one Redis call).
+        let pass_bound = self.settings.max_processing_time + self.settings.redis_timeout;
         loop {
+            self.expect_loop_within(interval);
             let full = tokio::select! {
                 biased;
                 _ = shutdown.recv() => break,
                 _ = ticker.tick() => true,
                 _ = refill.rung() => false,
             };
+            self.expect_loop_within(pass_bound);
             let deadline = self.settings.max_processing_time;
             let pass_started = Instant::now();
             let pass = async {
@@ -288,15 +293,19 @@ impl Worker {
                     false
                 }
             };
+            let now = clock::now_ms();
+            let relaxed = std::sync::atomic::Ordering::Relaxed;
+            if ok && full {
+                self.stats.last_cycle_ok_ms.store(now, relaxed);
+            } else if !ok {
+                self.stats.last_cycle_failed_ms.store(now, relaxed);
+            }
             if full {
                 Stats::add(&self.stats.cycles, 1);
                 self.stats
                     .cycle_duration
                     .observe(pass_started.elapsed().as_secs_f64());
-                let last = self
-                    .stats
-                    .last_processed_ms
-                    .load(std::sync::atomic::Ordering::Relaxed);
+                let last = self.stats.last_processed_ms.load(relaxed);
                 if let Err(e) = heartbeat::beat(
                     &mut self.conn,
                     &self.settings.keys,
@@ -309,24 +318,26 @@ impl Worker {
                     tracing::debug!(error = %e, "heartbeat failed");
                 }
             }
-            self.stats
-                .last_loop_ms
-                .store(clock::now_ms(), std::sync::atomic::Ordering::Relaxed);
+            self.stats.last_loop_ms.store(clock::now_ms(), relaxed);
             if ok {
                 failures = 0;
             } else {
-                // Back off while Redis is away, but keep listening for shutdown.
+                // Back off while Redis is away, but keep listening for shutdown, and
+                // end the backoff as soon as Redis answers again.
                 failures = failures.saturating_add(1);
-                let wait = Backoff {
-                    first: self.settings.retry_delay,
-                    max: self.settings.retry_max_delay,
-                }
-                .delay(failures)
-                .saturating_sub(self.settings.process_interval);
+                let wait = self.backoff().delay(failures).saturating_sub(interval);
                 if !wait.is_zero() {
-                    tokio::select! {
+                    self.stats.backing_off.store(true, relaxed);
+                    self.expect_loop_within(wait + interval);
+                    let recovered = tokio::select! {
                         _ = shutdown.recv() => break,
-                        _ = tokio::time::sleep(wait) => {}
+                        r = self.wait_for_redis(wait) => r,
+                    };
+                    self.stats.backing_off.store(false, relaxed);
+                    if recovered {
+                        tracing::info!("redis answers again; backoff ended early");
+                        failures = 0;
+                        ticker.reset_immediately();
                     }
                 }
             }
@@ -345,6 +356,37 @@ impl Worker {
         self.await_pending().await;
         self.delivery.finish(self.settings.shutdown_timeout).await;
         tracing::info!("Queue processor stopped");
+    }
+
+    /// Tell liveness by when the loop should go round again.
+    fn expect_loop_within(&self, d: Duration) {
+        let due = clock::now_ms().saturating_add(d.as_millis() as u64);
+        self.stats
+            .loop_due_ms
+            .store(due, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sleep up to `wait`, pinging Redis every little while; returns true as soon as
+    /// it answers (the backoff ends early), false when the wait ran out.
+    async fn wait_for_redis(&self, wait: Duration) -> bool {
+        let end = Instant::now() + wait;
+        let step = self
+            .settings
+            .retry_delay
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            tokio::time::sleep(step.min(left)).await;
+            let mut conn = self.conn.clone();
+            let cmd = redis::cmd("PING");
+            let ping = cmd.query_async::<String>(&mut conn);
+            if let Ok(Ok(_)) = tokio::time::timeout(self.settings.redis_timeout, ping).await {
+                return true;
+            }
+        }
     }
 
     /// The events to serve: those given on the command line and the members of
@@ -392,6 +434,9 @@ impl Worker {
             }
         };
         let full = self.passes.is_multiple_of(FULL_PASS_EVERY);
+        if full {
+            self.check_layout(&served).await;
+        }
         let served_set: BTreeSet<String> = served.iter().cloned().collect();
         let lost_some = self.served.difference(&served_set).next().is_some();
         self.served = served_set;
@@ -427,6 +472,51 @@ impl Worker {
             .store(clock::now_ms(), std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(elapsed = ?started.elapsed(), "cycle done");
         ok
+    }
+
+    /// Detect a `--key-layout` that does not match what the API writes: a served
+    /// event whose queue exists only under the other layout's name would admit
+    /// nobody, silently. Checked at start and on every full pass (at most 100
+    /// events, two EXISTS each); `/readyz` and the log say so.
+    async fn check_layout(&mut self, served: &[String]) {
+        use crate::keys::{KeyLayout, Keys};
+        let keys = &self.settings.keys;
+        let other = Keys::new(
+            keys.prefix(),
+            match keys.layout() {
+                KeyLayout::Default => KeyLayout::Cluster,
+                KeyLayout::Cluster => KeyLayout::Default,
+            },
+        );
+        let sample: Vec<&String> = served.iter().take(100).collect();
+        if sample.is_empty() {
+            self.stats.set_layout_mismatch(Vec::new());
+            return;
+        }
+        let mut p = redis::pipe();
+        for e in &sample {
+            p.cmd("EXISTS").arg(keys.queue(e));
+            p.cmd("EXISTS").arg(other.queue(e));
+        }
+        let found: Vec<u64> = match p.query_async(&mut self.conn).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(error = %e, "key layout check skipped");
+                return;
+            }
+        };
+        let mismatch: Vec<String> = sample
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                found.get(2 * i) == Some(&0) && found.get(2 * i + 1).is_some_and(|n| *n > 0)
+            })
+            .map(|(_, e)| (*e).clone())
+            .collect();
+        if !mismatch.is_empty() && mismatch != self.stats.layout_mismatch() {
+            tracing::error!(events = ?mismatch, key_layout = %keys.layout(), "these events' queues exist only under the other key layout's names: this worker admits nobody there; check --key-layout (and the API's key names)");
+        }
+        self.stats.set_layout_mismatch(mismatch);
     }
 
     /// Keep `<prefix>:known_events` up to date: add the served events this process
@@ -518,7 +608,8 @@ impl Worker {
             })
             .collect();
         // An event with nothing to reap or publish is admitted only if someone waits:
-        // two ZCARDs (no script) per such event, in one round trip for the chunk.
+        // four O(1) reads (no script) per such event, in one round trip for the chunk;
+        // they also keep the event's figures following Redis between admit calls.
         let idle: Vec<usize> = (0..events.len())
             .filter(|&i| !full && !plans[i].0 && !plans[i].1)
             .collect();
@@ -531,6 +622,8 @@ impl Worker {
             for &i in &idle {
                 p.cmd("ZCARD").arg(s.keys.queue(&events[i].0));
                 p.cmd("ZCARD").arg(s.keys.priority(&events[i].0));
+                p.cmd("SCARD").arg(s.keys.processing(&events[i].0));
+                p.cmd("ZCARD").arg(s.keys.outbox(&events[i].0));
             }
             let lens: Vec<redis::RedisResult<u64>> = retry::with_retries(
                 s.retry_attempts,
@@ -545,12 +638,21 @@ impl Worker {
             .await
             .map_err(|e| EventError::Admit(ScriptError::Redis(e)))?;
             let len = |j: usize| match lens.get(j) {
-                Some(Ok(n)) => *n,
-                _ => 1,
+                Some(Ok(n)) => Some(*n),
+                _ => None,
             };
             for (n, &i) in idle.iter().enumerate() {
-                let waiting = len(2 * n) + len(2 * n + 1);
-                plans[i].2 = waiting > 0;
+                let (q, p, in_use, outbox) =
+                    (len(4 * n), len(4 * n + 1), len(4 * n + 2), len(4 * n + 3));
+                plans[i].2 = q.unwrap_or(1) + p.unwrap_or(1) > 0;
+                if let (Some(q), Some(p), Some(in_use), Some(outbox)) = (q, p, in_use, outbox) {
+                    self.stats
+                        .refresh_event(&events[i].0, q + p, in_use, outbox);
+                    if let Some(h) = self.hints.get_mut(&events[i].0) {
+                        h.in_use = in_use;
+                        h.outbox_depth = outbox;
+                    }
+                }
             }
         }
         let mut calls: Vec<Call<'_>> = Vec::with_capacity(events.len() * 3);
@@ -577,6 +679,12 @@ impl Worker {
                 calls.push(admit::call(&self.scripts.admit, &s.keys, e, &args, *served));
             }
         }
+        // What this worker had in flight before Redis counted the outboxes: read
+        // after, an acknowledgement in between would show as waiting.
+        let in_flight: HashMap<&str, u64> = events
+            .iter()
+            .map(|(e, _)| (e.as_str(), self.stats.in_flight(e)))
+            .collect();
         let results = retry::with_retries(
             s.retry_attempts,
             self.backoff(),
@@ -660,7 +768,11 @@ impl Worker {
                         drained.push(event.clone());
                     }
                     let admitted = std::mem::take(&mut outcome.entries);
-                    entries.extend(self.note_admitted(event, &outcome, admitted).await);
+                    let in_flight = in_flight.get(event.as_str()).copied().unwrap_or(0);
+                    entries.extend(
+                        self.note_admitted(event, &outcome, admitted, in_flight)
+                            .await,
+                    );
                 }
                 Some(Err(e)) => self.event_failed(event, &EventError::Admit(e)),
             }
@@ -673,6 +785,9 @@ impl Worker {
         }
         // Overlap: this pass's tokens and messages go out while the next pass admits.
         self.await_pending().await;
+        for (event, entries) in &to_deliver {
+            self.stats.in_flight_add(event, entries.len() as i64);
+        }
         if !to_deliver.is_empty() {
             let delivery = self.delivery.clone();
             self.pending = Some(tokio::spawn(async move {
@@ -776,6 +891,7 @@ impl Worker {
         event: &str,
         outcome: &AdmitOutcome,
         entries: Vec<Vec<u8>>,
+        in_flight: u64,
     ) -> Vec<OutboxEntry> {
         self.report_invalid_config(event, &outcome.invalid_config);
         self.report_hold(event, outcome);
@@ -784,6 +900,9 @@ impl Worker {
         self.stats
             .event_admitted(event, outcome.admitted, outcome.skipped);
         let held = outcome.held.reason().or(outcome.paused.then_some("paused"));
+        // What was unacknowledged before this call admitted, less what this worker
+        // has in flight: what waits on Kafka or on another replica.
+        let before = outcome.outbox_depth.saturating_sub(outcome.admitted);
         self.stats.observe_event(
             event,
             EventSnapshot {
@@ -799,6 +918,8 @@ impl Worker {
                 unpublished_age_ms: outcome.unpublished_age_ms,
                 rate_per_minute: outcome.rate_per_minute,
                 outflow_per_minute: outcome.outflow_per_minute,
+                outbox_in_flight: in_flight,
+                outbox_waiting: before.saturating_sub(in_flight),
             },
         );
         if outcome.skipped > 0 {
@@ -877,6 +998,7 @@ impl Worker {
     pub async fn admit_event(&mut self, event: &str) -> Result<AdmitOutcome, EventError> {
         let s = &self.settings;
         let args = s.admit_args();
+        let in_flight = self.stats.in_flight(event);
         let outcome = retry::with_retries(
             s.retry_attempts,
             self.backoff(),
@@ -891,9 +1013,10 @@ impl Worker {
         .map_err(EventError::Admit)?;
         self.time.observe(outcome.now_ms);
         let entries = self
-            .note_admitted(event, &outcome, outcome.entries.clone())
+            .note_admitted(event, &outcome, outcome.entries.clone(), in_flight)
             .await;
         self.await_pending().await;
+        self.stats.in_flight_add(event, entries.len() as i64);
         self.delivery.dispatch(event, entries).await?;
         Ok(outcome)
     }
