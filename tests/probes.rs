@@ -207,9 +207,7 @@ async fn outbox_waiting_is_zero_when_kafka_is_fine_and_the_age_grows_when_it_is_
     kafka.brokers_down();
     eventually(Duration::from_secs(20), "unpublished age grows", || {
         let stats = w.stats.clone();
-        async move {
-            (stats.events().get(EVENT)?.unpublished_age_ms? > 2_000).then_some(())
-        }
+        async move { (stats.events().get(EVENT)?.unpublished_age_ms? > 2_000).then_some(()) }
     })
     .await;
     kafka.brokers_up();
