@@ -82,7 +82,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 &keys,
                 &args.events,
                 args.max_concurrent,
-                args.process_interval,
                 args.max_unpublished_age,
             )
             .await

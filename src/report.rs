@@ -64,7 +64,6 @@ pub async fn status<C: ConnectionLike + Send>(
     keys: &Keys,
     events: &[String],
     default_capacity: u64,
-    interval: Duration,
     max_unpublished_age: Duration,
 ) -> Result<Status, RedisError> {
     let mut list: Vec<String> = events.to_vec();
@@ -191,7 +190,8 @@ pub async fn status<C: ConnectionLike + Send>(
             },
         );
     }
-    let live_workers = heartbeat::live(conn, keys, heartbeat::ttl(interval)).await?;
+    // Each heartbeat carries its own expiry: live = not expired on Redis's clock.
+    let live_workers = heartbeat::live(conn, keys, now).await?;
     Ok(Status {
         events: out,
         live_workers,

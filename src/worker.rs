@@ -259,7 +259,6 @@ impl Worker {
             }
             tokio::spawn(http::serve(listener, state, shutdown.clone()))
         });
-        let beat_ttl = heartbeat::ttl(self.settings.process_interval);
         let mut ticker = tokio::time::interval(self.settings.process_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let refill = self.refill.clone();
@@ -302,7 +301,7 @@ impl Worker {
                     &self.settings.keys,
                     &self.identity,
                     last,
-                    beat_ttl,
+                    self.settings.process_interval,
                 )
                 .await
                 {

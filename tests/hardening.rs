@@ -1201,26 +1201,27 @@ async fn a_replica_with_a_skewed_clock_neither_reaps_early_nor_admits_out_of_ord
     let expired_count = || watch.lock().expect("watch").expired.len();
 
     // Phase 1: the skewed replica alone. First make sure libfaketime shifts its
-    // clock: its heartbeat score (its own clock) must be ~15 s ahead of Redis.
+    // clock: the start time in its heartbeat (its own clock; the heartbeat's score
+    // is on Redis's) must be ~15 s ahead of Redis.
     let skewed = Replica::spawn(&url, &kafka.bootstrap, "skewed", Some((&preload, "+15s")));
     let ahead = eventually(Duration::from_secs(20), "the skewed heartbeat", || {
         let mut c = conn.clone();
-        let key = k.workers();
+        let key = k.worker("skewed");
         async move {
-            let beat: Option<f64> = redis::cmd("ZSCORE")
+            let started: Option<String> = redis::cmd("HGET")
                 .arg(&key)
-                .arg("skewed")
+                .arg("started_at")
                 .query_async(&mut c)
                 .await
                 .ok()?;
             let now = redis_ms(&mut c).await;
-            beat.map(|b| b as i64 - now as i64)
+            started.map(|s| rfc3339_ms(&s) as i64 - now as i64)
         }
     })
     .await;
     assert!(
         (10_000..20_000).contains(&ahead),
-        "libfaketime did not shift the worker's clock by +15 s (heartbeat {ahead} ms from Redis TIME): this test would prove nothing"
+        "libfaketime did not shift the worker's clock by +15 s (its start time {ahead} ms from Redis TIME): this test would prove nothing"
     );
     // The binary under test runs this tree's scripts (a shared target dir can hold
     // another tree's build): it loaded our admit script at start.
