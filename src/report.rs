@@ -399,18 +399,31 @@ pub async fn inspect<C: ConnectionLike + Send>(
     Ok(view)
 }
 
+/// How much of a checkout token `inspect` shows unless `--show-token` is given:
+/// about the JWT's header, which says nothing secret.
+const TOKEN_SHOWN: usize = 24;
+
+impl SessionView {
+    /// Cut the checkout token to its first characters and `...`: a live credential
+    /// does not belong on a screen, in a terminal log or in a pasted ticket.
+    pub fn shorten_token(&mut self) {
+        if let Some(t) = self.hash.get_mut("checkout_token")
+            && t.chars().count() > TOKEN_SHOWN
+        {
+            *t = format!("{}...", t.chars().take(TOKEN_SHOWN).collect::<String>());
+        }
+    }
+}
+
+/// The view as text, fields as they are (`inspect` shortens the token first with
+/// [`SessionView::shorten_token`] unless asked not to).
 pub fn render_session(v: &SessionView) -> String {
     let mut t = format!("session {} ({})\n", v.session_id, v.key);
     if v.hash.is_empty() {
         t.push_str("  hash: missing (never created, deleted or expired)\n");
     }
     for (k, val) in &v.hash {
-        let shown = if k == "checkout_token" && val.chars().count() > 24 {
-            format!("{}...", val.chars().take(24).collect::<String>())
-        } else {
-            val.clone()
-        };
-        t.push_str(&format!("  {k:<20} {shown}\n"));
+        t.push_str(&format!("  {k:<20} {val}\n"));
     }
     let e = v.event_id.as_deref().unwrap_or("?");
     t.push_str(&format!("event: {e}\n"));
@@ -454,6 +467,34 @@ mod tests {
             "a/b\u{7f}"
         ));
         assert!(!is_entry_of(b"not json", "a/b\u{7f}"));
+    }
+
+    #[test]
+    fn the_token_is_shortened_to_its_start() {
+        let mut v = SessionView {
+            session_id: "s".into(),
+            key: "k".into(),
+            event_id: None,
+            hash: BTreeMap::from([
+                (
+                    "checkout_token".to_owned(),
+                    format!("{}.secret", "h".repeat(30)),
+                ),
+                ("user_id".to_owned(), "u".repeat(40)),
+            ]),
+            queue_position: None,
+            priority_position: None,
+            in_processing: false,
+            deadline: None,
+            untold_since: None,
+            outbox_entry: None,
+        };
+        v.shorten_token();
+        assert_eq!(v.hash["checkout_token"], format!("{}...", "h".repeat(24)));
+        assert_eq!(v.hash["user_id"], "u".repeat(40), "only the token");
+        v.hash.insert("checkout_token".into(), "short".into());
+        v.shorten_token();
+        assert_eq!(v.hash["checkout_token"], "short");
     }
 
     #[test]

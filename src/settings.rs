@@ -142,6 +142,10 @@ pub struct InspectArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Print the whole checkout token (a live credential); by default only its
+    /// first characters are shown, in text and JSON alike.
+    #[arg(long)]
+    pub show_token: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -337,6 +337,64 @@ async fn inspect_finds_the_outbox_entry_of_a_session_cjson_escapes() {
     );
 }
 
+/// `inspect` shows only the start of the checkout token (a live credential), in the
+/// text view and in `--json` alike; `--show-token` shows all of it in both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_shortens_the_checkout_token_unless_asked() {
+    let redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    let ids = enqueue(&mut conn, EVENT, "s", 1, clock::now_ms()).await;
+    let mut w = start_worker(settings(
+        &redis.url(),
+        &kafka.bootstrap,
+        &["--event", EVENT],
+    ))
+    .await;
+    assert!(w.cycle().await);
+    let token = eventually(Duration::from_secs(10), "the token in the hash", || {
+        let mut c = conn.clone();
+        let key = k.session(EVENT, &ids[0]);
+        async move { hgetall(&mut c, &key).await.remove("checkout_token") }
+    })
+    .await;
+    assert!(token.len() > 100, "a JWT: {token}");
+    let shortened = format!("{}...", &token[..24]);
+    let inspect = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["inspect", &ids[0], "--redis-url", &redis.url()])
+            .args(extra)
+            .output()
+            .expect("inspect");
+        assert!(
+            out.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("UTF-8 output")
+    };
+
+    let json = inspect(&["--json"]);
+    assert!(
+        !json.contains(&token),
+        "--json printed the whole token: {json}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(v["hash"]["checkout_token"], shortened.as_str());
+    let text = inspect(&[]);
+    assert!(
+        !text.contains(&token),
+        "the text view printed the whole token"
+    );
+    assert!(text.contains(&shortened), "{text}");
+
+    let v: serde_json::Value =
+        serde_json::from_str(&inspect(&["--json", "--show-token"])).expect("JSON");
+    assert_eq!(v["hash"]["checkout_token"], token.as_str());
+    assert!(inspect(&["--show-token"]).contains(&token));
+}
+
 /// Liveness of a replica comes from its own heartbeat period, whoever prunes: a
 /// replica at 50 ms and one at 12 s both stay in `waitroom:workers` and in `status`
 /// for longer than the 12 s replica's interval.
