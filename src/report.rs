@@ -49,6 +49,16 @@ fn int(v: &Option<String>) -> Option<u64> {
         .and_then(|s| s.parse().ok())
 }
 
+/// Whether the config's `paused` value stops admission, as the admit script reads
+/// it: absent or 0/false/no/off (any case) admits, 1/true/yes/on pauses, and any
+/// other value pauses too (fail safe: the operator meant something).
+fn pause_flag(v: Option<&str>) -> bool {
+    match v.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("0" | "false" | "no" | "off") => false,
+        Some(_) => true,
+    }
+}
+
 /// An event id the worker would serve: UTF-8, non-empty, without braces. Other
 /// members of `active_events` are ignored by the worker, and so here.
 fn event_id(raw: Vec<u8>) -> Option<String> {
@@ -149,7 +159,7 @@ pub async fn status<C: ConnectionLike + Send>(
             .map(|(_, s)| *s)
             .filter(|s| s.is_finite() && *s >= untold as f64)
             .map(|s| now.saturating_sub((s - untold as f64) as u64));
-        let paused = paused.as_deref() == Some("1");
+        let paused = pause_flag(paused.as_deref());
         let held = if retired.contains(&e) {
             Some("retired")
         } else if unpublished_age_ms.is_some_and(|a| a > max_unpublished_age.as_millis() as u64) {
@@ -517,6 +527,19 @@ mod tests {
             assert_eq!(read(bad), None, "{bad:?}");
         }
         assert_eq!(int(&None), None);
+    }
+
+    #[test]
+    fn paused_fails_safe_as_the_admit_script_reads_it() {
+        for on in [
+            "1", "true", "TRUE", "Yes", "on", "maybe", "", " 1", "2", "1e0",
+        ] {
+            assert!(pause_flag(Some(on)), "{on:?}");
+        }
+        for off in ["0", "false", "False", "no", "NO", "off", "Off"] {
+            assert!(!pause_flag(Some(off)), "{off:?}");
+        }
+        assert!(!pause_flag(None));
     }
 
     #[test]

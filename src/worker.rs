@@ -905,7 +905,7 @@ impl Worker {
             .unwrap_or(&[]);
         if seen != invalid {
             if !invalid.is_empty() {
-                tracing::warn!(event_id = %event, fields = ?invalid, key = %self.settings.keys.config(event), "invalid per-event config values; using the defaults for them");
+                tracing::warn!(event_id = %event, fields = ?invalid, key = %self.settings.keys.config(event), "invalid per-event config values; using the defaults for them (an invalid paused pauses)");
             }
             self.invalid_seen.insert(event.to_owned(), invalid.to_vec());
         }

@@ -343,7 +343,8 @@ async fn slots_without_a_deadline_are_adopted_and_expire() {
 }
 
 /// `paused`, `max_concurrent`, `batch_size` and `new_users_per_minute` from the
-/// config hash take effect on the next cycle; bad values fall back to the defaults.
+/// config hash take effect on the next cycle; bad numbers fall back to the
+/// defaults, a bad `paused` keeps the event paused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_overrides_take_effect_without_a_restart() {
     let redis = RedisServer::start();
@@ -441,9 +442,13 @@ async fn config_overrides_take_effect_without_a_restart() {
     );
     assert_eq!(
         (o.capacity, o.batch, o.paused),
-        (100, 10, false),
-        "defaults used"
+        (100, 10, true),
+        "defaults used; an invalid paused keeps the event paused"
     );
+    assert_eq!(o.admitted, 0);
+    hset("paused", "off").await;
+    let o = w.admit_event(EVENT).await.expect("admit");
+    assert!(!o.paused);
     assert_eq!(o.admitted, 10.min(100 - before));
 }
 
