@@ -1,5 +1,5 @@
 -- admit.lua: move waiting sessions of one event into checkout, atomically.
--- version: 6
+-- version: 7
 --
 -- One call does, for one event: read the capacity settings (per-event config hash
 -- over the defaults), count the slots in use, look at the head of the priority lane
@@ -21,8 +21,10 @@
 -- KEYS[1]  queue        ZSET  member = session id, score = join time (ms)
 -- KEYS[2]  priority     ZSET  same shape, admitted before the queue
 -- KEYS[3]  processing   SET   sessions holding a checkout slot
--- KEYS[4]  config       HASH  optional overrides: max_concurrent, batch_size, paused,
---                             new_users_per_minute, rate_burst (plain decimal digits)
+-- KEYS[4]  config       HASH  optional overrides: max_concurrent, batch_size,
+--                             new_users_per_minute, rate_burst (plain decimal digits);
+--                             paused: 1/true/yes/on or 0/false/no/off (any case); any
+--                             other value is reported and keeps the event paused
 -- KEYS[5]  outbox       ZSET  member = JSON entry, score = when it is due (ms)
 -- KEYS[6]  deadlines    ZSET  member = session id, score = checkout deadline (ms),
 --                             or UNTOLD + admitted_ms while unpublished
@@ -61,8 +63,9 @@
 --          {invalid config field names...},
 --          {outbox entries of the admitted sessions, in admission order...},
 --          {keys repaired (moved aside to <key>:corrupt) by this call...} }
---   rate_left is -1 when no per-minute cap is configured; queue_length counts both
---   lanes after the call; outbox_depth is the outbox's size after the call;
+--   paused is 1 when the config says so or its paused value is invalid (fail safe),
+--   else 0; rate_left is -1 when no per-minute cap is configured; queue_length
+--   counts both lanes after the call; outbox_depth is the outbox's size after the call;
 --   deadlines is the size of the deadlines set and next_deadline_ms its earliest
 --   real deadline (-1 when none); held is 0 (admitting), 1 (publishing stalled),
 --   2 (not served); unpublished_age_ms is the age of the oldest unpublished
@@ -97,6 +100,18 @@ local function setting(value, name, default, max)
   return tonumber(value)
 end
 
+-- paused fails safe: an operator who wrote something meant to stop, so a value that
+-- is neither on (1/true/yes/on) nor off (0/false/no/off), in any case, is reported
+-- and pauses the event until fixed. Absent means not paused.
+local function pause_flag(value)
+  if value == false or value == nil then return 0 end
+  local v = #value <= 5 and value:lower() or ''
+  if v == '1' or v == 'true' or v == 'yes' or v == 'on' then return 1 end
+  if v == '0' or v == 'false' or v == 'no' or v == 'off' then return 0 end
+  invalid[#invalid + 1] = 'paused'
+  return 1
+end
+
 local cfg = redis.pcall('HMGET', config, 'max_concurrent', 'batch_size', 'paused',
   'new_users_per_minute', 'rate_burst')
 if cfg.err then
@@ -105,7 +120,7 @@ if cfg.err then
 end
 local capacity = setting(cfg[1], 'max_concurrent', tonumber(ARGV[3]), 100000000)
 local batch = setting(cfg[2], 'batch_size', tonumber(ARGV[4]), 100000000)
-local paused = setting(cfg[3], 'paused', 0, 1)
+local paused = pause_flag(cfg[3])
 local per_minute = setting(cfg[4], 'new_users_per_minute', -1, 100000000)
 local burst = setting(cfg[5], 'rate_burst', -1, 100000000)
 if burst == 0 then invalid[#invalid + 1] = 'rate_burst'; burst = -1 end

@@ -1,8 +1,11 @@
 -- release.lua: free the checkout slot of a session that finished checkout.
--- version: 1
+-- version: 2
 --
--- Idempotent: releasing a session that does not hold a slot changes nothing and
--- replies 0, so a replayed or duplicate completion message is harmless.
+-- Idempotent: releasing a session that does not hold a slot changes nothing, so a
+-- replayed or duplicate completion message is harmless. The release that frees the
+-- slot records its id (ARGV[6]) in the hash as released_by, so a retry of that very
+-- release whose first reply was lost (a timeout while Redis hung, then applied)
+-- is told apart from a duplicate: it replies 2, a duplicate 0.
 --
 -- KEYS[1]  processing  SET   sessions holding a checkout slot
 -- KEYS[2]  deadlines   ZSET  checkout deadlines (ms) of admitted sessions
@@ -13,14 +16,19 @@
 -- ARGV[3]  new status: completed, abandoned or failed
 -- ARGV[4]  now, RFC 3339 (stamped as ended_at)
 -- ARGV[5]  session TTL, ms (refreshed on the state change)
+-- ARGV[6]  release id: the same for every attempt of one completion message,
+--          different for another message (stored as released_by; empty: none)
 --
--- Reply: 1 released; 0 not in processing (nothing changed);
+-- Reply: 1 released; 2 not in processing, and the hash shows this very release
+--        done (status ARGV[3], released_by ARGV[6]): an earlier attempt of it was
+--        applied (nothing changed); 0 not in processing otherwise (nothing changed);
 --        -1 the hash names another event (nothing changed).
 -- Error replies: "ERR waitroom: bad status" for any other ARGV[3];
 --   WRONGTYPE when processing or deadlines hold the wrong type.
 
 local processing, deadlines, session = KEYS[1], KEYS[2], KEYS[3]
 local sid, event_id, status, now, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local release_id = ARGV[6] or ''
 
 if status ~= 'completed' and status ~= 'abandoned' and status ~= 'failed' then
   return redis.error_reply('ERR waitroom: bad status')
@@ -31,6 +39,10 @@ if type(owner) == 'string' and owner ~= '' and owner ~= event_id then
   return -1
 end
 if redis.call('SISMEMBER', processing, sid) == 0 then
+  if release_id ~= '' and type(owner) ~= 'table' then
+    local h = redis.call('HMGET', session, 'status', 'released_by')
+    if h[1] == status and h[2] == release_id then return 2 end
+  end
   return 0
 end
 redis.call('ZCARD', deadlines)
@@ -38,7 +50,11 @@ redis.call('ZCARD', deadlines)
 redis.call('SREM', processing, sid)
 redis.call('ZREM', deadlines, sid)
 if redis.call('EXISTS', session) == 1 and type(owner) ~= 'table' then
-  redis.call('HSET', session, 'status', status, 'ended_at', now)
+  if release_id ~= '' then
+    redis.call('HSET', session, 'status', status, 'ended_at', now, 'released_by', release_id)
+  else
+    redis.call('HSET', session, 'status', status, 'ended_at', now)
+  end
   redis.call('PEXPIRE', session, ttl)
 end
 return 1

@@ -68,6 +68,13 @@ pub fn parse(payload: Option<&[u8]>) -> Result<(Completion, Outcome), Rejected> 
     Ok((c, outcome))
 }
 
+/// A failed attempt, and whether the release call had been sent (then it may
+/// have been applied although no reply came).
+struct Failed {
+    error: ScriptError,
+    sent: bool,
+}
+
 /// Consumer settings.
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
@@ -163,7 +170,10 @@ impl Completions {
                     continue;
                 }
             };
-            let applied = self.handle(msg.payload(), &mut shutdown).await;
+            // Names this message's release in the session hash (`released_by`), so a
+            // retry whose earlier attempt was applied unseen is told from a duplicate.
+            let release_id = format!("{}/{}/{}", msg.topic(), msg.partition(), msg.offset());
+            let applied = self.handle(msg.payload(), &release_id, &mut shutdown).await;
             if !applied {
                 // Shutdown while Redis was away: leave the offset, the message is
                 // read again by whoever owns the partition next.
@@ -182,7 +192,18 @@ impl Completions {
 
     /// Apply one message. Returns false only if shutdown came while Redis could not
     /// be reached (the message is then not done).
-    async fn handle(&self, payload: Option<&[u8]>, shutdown: &mut Shutdown) -> bool {
+    ///
+    /// A release attempt that failed in transit (a timeout while Redis hung) may
+    /// still have been applied. If a later attempt then finds the slot freed by this
+    /// very release (reply 2), the earlier one did it: that is this message's
+    /// release, counted once. A first attempt that finds it so is a replay of a
+    /// message already applied (a duplicate), counted as a no-op.
+    async fn handle(
+        &self,
+        payload: Option<&[u8]>,
+        release_id: &str,
+        shutdown: &mut Shutdown,
+    ) -> bool {
         let (c, outcome) = match parse(payload) {
             Ok(v) => v,
             Err(r) => {
@@ -191,9 +212,10 @@ impl Completions {
             }
         };
         let mut attempt = 0;
+        let mut maybe_applied = false;
         loop {
             attempt += 1;
-            match self.apply(&c, outcome).await {
+            match self.apply(&c, outcome, release_id, maybe_applied).await {
                 Ok(Ok(event)) => {
                     self.refill.wake(&event);
                     return true;
@@ -202,7 +224,8 @@ impl Completions {
                     self.reject(payload, &r).await;
                     return true;
                 }
-                Err(e) if e.is_transient() => {
+                Err(Failed { error: e, sent }) if e.is_transient() => {
+                    maybe_applied |= sent;
                     self.stats.error("redis");
                     let wait = self.settings.backoff.delay(attempt);
                     tracing::warn!(session_id = %c.session_id, error = %e, retry_in = ?wait, "release failed, retrying");
@@ -211,7 +234,7 @@ impl Completions {
                         _ = tokio::time::sleep(wait) => {}
                     }
                 }
-                Err(e) => {
+                Err(Failed { error: e, .. }) => {
                     self.stats.error("release");
                     tracing::error!(session_id = %c.session_id, error = %e, "release failed, skipping the message");
                     return true;
@@ -221,12 +244,15 @@ impl Completions {
     }
 
     /// Resolve the event and release. `Ok(Ok(event))` when a slot was freed or the
-    /// release was a harmless repeat.
+    /// release was a harmless repeat. `maybe_applied`: an earlier attempt of this
+    /// release failed after it was sent, so it may have been applied unseen.
     async fn apply(
         &self,
         c: &Completion,
         outcome: Outcome,
-    ) -> Result<Result<String, Rejected>, ScriptError> {
+        release_id: &str,
+        maybe_applied: bool,
+    ) -> Result<Result<String, Rejected>, Failed> {
         let mut conn = self.conn.clone();
         let event = match &c.event_id {
             Some(e) => e.clone(),
@@ -236,7 +262,11 @@ impl Completions {
                     .arg(&key)
                     .arg("event_id")
                     .query_async(&mut conn)
-                    .await?;
+                    .await
+                    .map_err(|e| Failed {
+                        error: e.into(),
+                        sent: false,
+                    })?;
                 match e.filter(|e| !e.is_empty()) {
                     Some(e) => e,
                     None => return Ok(Err(Rejected::UnknownSession)),
@@ -252,15 +282,26 @@ impl Completions {
             &c.session_id,
             outcome,
             self.settings.session_ttl,
+            release_id,
         )
-        .await?;
+        .await
+        .map_err(|error| {
+            // A refused connection never carried the call; anything else may have.
+            let sent = !matches!(&error, ScriptError::Redis(e) if e.is_connection_refusal());
+            Failed { error, sent }
+        })?;
         match r {
             Released::Freed => {
                 self.stats.event_released(&event);
                 tracing::info!(event_id = %event, session_id = %c.session_id, outcome = outcome.status(), "Checkout slot released");
                 Ok(Ok(event))
             }
-            Released::NotInProcessing => {
+            Released::AlreadyReleased if maybe_applied => {
+                self.stats.event_released(&event);
+                tracing::info!(event_id = %event, session_id = %c.session_id, outcome = outcome.status(), "Checkout slot released (by an earlier attempt whose reply was lost)");
+                Ok(Ok(event))
+            }
+            Released::NotInProcessing | Released::AlreadyReleased => {
                 Stats::add(&self.stats.release_noop, 1);
                 tracing::debug!(event_id = %event, session_id = %c.session_id, "completion for a session holding no slot (duplicate or expired)");
                 Ok(Ok(event))

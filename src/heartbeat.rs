@@ -1,9 +1,13 @@
 //! Worker heartbeats in Redis, so `redis-cli` (and `waitroom-worker status`) list the
 //! live replicas:
 //!
-//! - `<prefix>:workers` ZSET: member = worker id, score = last heartbeat (ms)
+//! - `<prefix>:workers` ZSET: member = worker id, score = the instant (ms, Redis's
+//!   clock) its heartbeat expires: its last beat plus *its own* TTL. A replica is
+//!   live while its score is in the future, so liveness follows each replica's own
+//!   interval whoever reads or prunes: a 1 s replica never drops a 12 s one.
 //! - `<prefix>:worker:<id>` HASH: `id`, `host`, `pid`, `version`, `started_at`,
-//!   `last_cycle`, with a TTL of a few intervals, so a dead worker's hash vanishes.
+//!   `last_cycle`, `last_beat`, `period_ms` (its interval), `ttl_ms` (how long a
+//!   beat counts), with that TTL, so a dead worker's hash vanishes.
 
 use std::time::Duration;
 
@@ -54,16 +58,29 @@ pub fn ttl(interval: Duration) -> Duration {
     interval.saturating_mul(3).max(Duration::from_secs(10))
 }
 
-/// Write this worker's heartbeat (one round trip) and drop replicas silent for
-/// longer than `ttl` from the set.
+/// Redis's clock (TIME), ms: every replica's heartbeat is stamped and judged on it,
+/// so replicas whose clocks disagree still agree on who is live.
+pub async fn redis_now_ms<C: ConnectionLike + Send>(conn: &mut C) -> Result<u64, RedisError> {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
+    Ok(secs.saturating_mul(1000).saturating_add(micros / 1000))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Write this worker's heartbeat, which counts for `ttl(period)` (`period`: this
+/// worker's interval), and drop the replicas whose own heartbeat has expired.
+/// Two round trips: Redis's clock, then one pipeline.
 pub async fn beat<C: ConnectionLike + Send>(
     conn: &mut C,
     keys: &Keys,
     me: &Identity,
     last_cycle_ms: u64,
-    ttl: Duration,
+    period: Duration,
 ) -> Result<(), RedisError> {
-    let now = clock::now_ms();
+    let now = redis_now_ms(conn).await?;
+    let ttl_ms = millis(ttl(period)).max(1);
     let key = keys.worker(&me.id);
     redis::pipe()
         .cmd("HSET")
@@ -80,37 +97,42 @@ pub async fn beat<C: ConnectionLike + Send>(
         .arg(clock::rfc3339_seconds(me.started_ms))
         .arg("last_cycle")
         .arg(clock::rfc3339_millis(last_cycle_ms))
+        .arg("last_beat")
+        .arg(clock::rfc3339_millis(now))
+        .arg("period_ms")
+        .arg(millis(period))
+        .arg("ttl_ms")
+        .arg(ttl_ms)
         .ignore()
         .cmd("PEXPIRE")
         .arg(&key)
-        .arg(ttl.as_millis() as u64)
+        .arg(ttl_ms)
         .ignore()
         .cmd("ZADD")
         .arg(keys.workers())
-        .arg(now)
+        .arg(now.saturating_add(ttl_ms))
         .arg(&me.id)
         .ignore()
         .cmd("ZREMRANGEBYSCORE")
         .arg(keys.workers())
         .arg("-inf")
-        .arg(now.saturating_sub(ttl.as_millis() as u64))
+        .arg(now)
         .ignore()
         .query_async::<()>(conn)
         .await
 }
 
-/// Ids of the workers that beat within `ttl` (an id that is not UTF-8 is shown with
-/// U+FFFD in place of its bad bytes rather than failing the whole list).
+/// Ids of the workers whose heartbeat has not expired at `now_ms` (Redis's clock):
+/// score > now. An id that is not UTF-8 is shown with U+FFFD in place of its bad
+/// bytes rather than failing the whole list.
 pub async fn live<C: ConnectionLike + Send>(
     conn: &mut C,
     keys: &Keys,
-    ttl: Duration,
+    now_ms: u64,
 ) -> Result<Vec<String>, RedisError> {
-    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-    let since = clock::now_ms().saturating_sub(ttl_ms);
     let ids: Vec<Vec<u8>> = redis::cmd("ZRANGEBYSCORE")
         .arg(keys.workers())
-        .arg(since)
+        .arg(format!("({now_ms}"))
         .arg("+inf")
         .query_async(conn)
         .await?;

@@ -104,7 +104,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 &keys,
                 &args.events,
                 args.max_concurrent,
-                args.process_interval,
                 args.max_unpublished_age,
             )
             .await
@@ -125,7 +124,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("invalid setting: --event is required with --key-layout cluster");
             }
             let mut conn = connect(&args.redis).await?;
-            let v = waitroom_worker::report::inspect(
+            let mut v = waitroom_worker::report::inspect(
                 &mut conn,
                 &keys,
                 &args.session,
@@ -133,6 +132,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             )
             .await
             .context("reading the session")?;
+            if !args.show_token {
+                v.shorten_token();
+            }
             if args.json {
                 println!(
                     "{}",

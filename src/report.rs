@@ -49,6 +49,16 @@ fn int(v: &Option<String>) -> Option<u64> {
         .and_then(|s| s.parse().ok())
 }
 
+/// Whether the config's `paused` value stops admission, as the admit script reads
+/// it: absent or 0/false/no/off (any case) admits, 1/true/yes/on pauses, and any
+/// other value pauses too (fail safe: the operator meant something).
+fn pause_flag(v: Option<&str>) -> bool {
+    match v.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("0" | "false" | "no" | "off") => false,
+        Some(_) => true,
+    }
+}
+
 /// An event id the worker would serve: UTF-8, non-empty, without braces. Other
 /// members of `active_events` are ignored by the worker, and so here.
 fn event_id(raw: Vec<u8>) -> Option<String> {
@@ -64,7 +74,6 @@ pub async fn status<C: ConnectionLike + Send>(
     keys: &Keys,
     events: &[String],
     default_capacity: u64,
-    interval: Duration,
     max_unpublished_age: Duration,
 ) -> Result<Status, RedisError> {
     let mut list: Vec<String> = events.to_vec();
@@ -150,7 +159,7 @@ pub async fn status<C: ConnectionLike + Send>(
             .map(|(_, s)| *s)
             .filter(|s| s.is_finite() && *s >= untold as f64)
             .map(|s| now.saturating_sub((s - untold as f64) as u64));
-        let paused = paused.as_deref() == Some("1");
+        let paused = pause_flag(paused.as_deref());
         let held = if retired.contains(&e) {
             Some("retired")
         } else if unpublished_age_ms.is_some_and(|a| a > max_unpublished_age.as_millis() as u64) {
@@ -191,7 +200,8 @@ pub async fn status<C: ConnectionLike + Send>(
             },
         );
     }
-    let live_workers = heartbeat::live(conn, keys, heartbeat::ttl(interval)).await?;
+    // Each heartbeat carries its own expiry: live = not expired on Redis's clock.
+    let live_workers = heartbeat::live(conn, keys, now).await?;
     Ok(Status {
         events: out,
         live_workers,
@@ -399,18 +409,31 @@ pub async fn inspect<C: ConnectionLike + Send>(
     Ok(view)
 }
 
+/// How much of a checkout token `inspect` shows unless `--show-token` is given:
+/// about the JWT's header, which says nothing secret.
+const TOKEN_SHOWN: usize = 24;
+
+impl SessionView {
+    /// Cut the checkout token to its first characters and `...`: a live credential
+    /// does not belong on a screen, in a terminal log or in a pasted ticket.
+    pub fn shorten_token(&mut self) {
+        if let Some(t) = self.hash.get_mut("checkout_token")
+            && t.chars().count() > TOKEN_SHOWN
+        {
+            *t = format!("{}...", t.chars().take(TOKEN_SHOWN).collect::<String>());
+        }
+    }
+}
+
+/// The view as text, fields as they are (`inspect` shortens the token first with
+/// [`SessionView::shorten_token`] unless asked not to).
 pub fn render_session(v: &SessionView) -> String {
     let mut t = format!("session {} ({})\n", v.session_id, v.key);
     if v.hash.is_empty() {
         t.push_str("  hash: missing (never created, deleted or expired)\n");
     }
     for (k, val) in &v.hash {
-        let shown = if k == "checkout_token" && val.chars().count() > 24 {
-            format!("{}...", val.chars().take(24).collect::<String>())
-        } else {
-            val.clone()
-        };
-        t.push_str(&format!("  {k:<20} {shown}\n"));
+        t.push_str(&format!("  {k:<20} {val}\n"));
     }
     let e = v.event_id.as_deref().unwrap_or("?");
     t.push_str(&format!("event: {e}\n"));
@@ -457,6 +480,34 @@ mod tests {
     }
 
     #[test]
+    fn the_token_is_shortened_to_its_start() {
+        let mut v = SessionView {
+            session_id: "s".into(),
+            key: "k".into(),
+            event_id: None,
+            hash: BTreeMap::from([
+                (
+                    "checkout_token".to_owned(),
+                    format!("{}.secret", "h".repeat(30)),
+                ),
+                ("user_id".to_owned(), "u".repeat(40)),
+            ]),
+            queue_position: None,
+            priority_position: None,
+            in_processing: false,
+            deadline: None,
+            untold_since: None,
+            outbox_entry: None,
+        };
+        v.shorten_token();
+        assert_eq!(v.hash["checkout_token"], format!("{}...", "h".repeat(24)));
+        assert_eq!(v.hash["user_id"], "u".repeat(40), "only the token");
+        v.hash.insert("checkout_token".into(), "short".into());
+        v.shorten_token();
+        assert_eq!(v.hash["checkout_token"], "short");
+    }
+
+    #[test]
     fn numbers_are_plain_digits_that_fit() {
         let read = |s: &str| int(&Some(s.to_owned()));
         assert_eq!(read("12"), Some(12));
@@ -476,6 +527,19 @@ mod tests {
             assert_eq!(read(bad), None, "{bad:?}");
         }
         assert_eq!(int(&None), None);
+    }
+
+    #[test]
+    fn paused_fails_safe_as_the_admit_script_reads_it() {
+        for on in [
+            "1", "true", "TRUE", "Yes", "on", "maybe", "", " 1", "2", "1e0",
+        ] {
+            assert!(pause_flag(Some(on)), "{on:?}");
+        }
+        for off in ["0", "false", "False", "no", "NO", "off", "Off"] {
+            assert!(!pause_flag(Some(off)), "{off:?}");
+        }
+        assert!(!pause_flag(None));
     }
 
     #[test]

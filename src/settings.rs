@@ -117,7 +117,8 @@ pub struct StatusArgs {
     /// Capacity shown for events without a `max_concurrent` override.
     #[arg(long, env = "QUEUE_DEFAULT_MAX_CONCURRENT", default_value_t = 100)]
     pub max_concurrent: u64,
-    /// The workers' interval (how recent a heartbeat must be to count as live).
+    /// Accepted for compatibility, unused: each heartbeat carries its own period and
+    /// expiry, so liveness needs no interval here.
     #[arg(long, env = "QUEUE_PROCESS_INTERVAL", default_value = "1s", value_parser = duration)]
     pub process_interval: Duration,
     /// The workers' max unpublished age: an event whose oldest unpublished admission
@@ -141,6 +142,10 @@ pub struct InspectArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Print the whole checkout token (a live credential); by default only its
+    /// first characters are shown, in text and JSON alike.
+    #[arg(long)]
+    pub show_token: bool,
 }
 
 #[derive(Debug, Clone, Args)]

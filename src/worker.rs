@@ -258,7 +258,6 @@ impl Worker {
             }
             tokio::spawn(http::serve(listener, state, shutdown.clone()))
         });
-        let beat_ttl = heartbeat::ttl(self.settings.process_interval);
         let mut ticker = tokio::time::interval(self.settings.process_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let refill = self.refill.clone();
@@ -311,7 +310,7 @@ impl Worker {
                     &self.settings.keys,
                     &self.identity,
                     last,
-                    beat_ttl,
+                    self.settings.process_interval,
                 )
                 .await
                 {
@@ -1029,7 +1028,7 @@ impl Worker {
             .unwrap_or(&[]);
         if seen != invalid {
             if !invalid.is_empty() {
-                tracing::warn!(event_id = %event, fields = ?invalid, key = %self.settings.keys.config(event), "invalid per-event config values; using the defaults for them");
+                tracing::warn!(event_id = %event, fields = ?invalid, key = %self.settings.keys.config(event), "invalid per-event config values; using the defaults for them (an invalid paused pauses)");
             }
             self.invalid_seen.insert(event.to_owned(), invalid.to_vec());
         }

@@ -226,16 +226,9 @@ async fn events_on_three_masters_are_admitted_in_their_slots_and_never_over_capa
     );
 
     // Status reads every event's keys through the split pipelines.
-    let st = waitroom_worker::report::status(
-        &mut conn,
-        &k,
-        &[],
-        CAPACITY,
-        Duration::from_millis(20),
-        Duration::from_secs(30),
-    )
-    .await
-    .expect("status on the cluster");
+    let st = waitroom_worker::report::status(&mut conn, &k, &[], CAPACITY, Duration::from_secs(30))
+        .await
+        .expect("status on the cluster");
     assert_eq!(st.events.keys().cloned().collect::<Vec<_>>(), {
         let mut e = events.clone();
         e.sort();

@@ -206,7 +206,8 @@ struct FieldCase {
     field: &'static str,
     default_capacity: u64,
     default_batch: u64,
-    /// Admitted (of 20 queued) when the field is ignored and the default used.
+    /// Admitted (of 20 queued) when the value is refused: the default used, or
+    /// for `paused` the event kept paused (fail safe).
     with_default: u64,
     valid: &'static str,
     with_valid: u64,
@@ -215,14 +216,17 @@ struct FieldCase {
 }
 
 /// Config hash numbers are plain decimal digits within bounds, or reported and
-/// replaced by the default, for `max_concurrent`, `batch_size`,
-/// `new_users_per_minute` and `paused`.
+/// replaced by the default, for `max_concurrent`, `batch_size` and
+/// `new_users_per_minute`. `paused` is on (1/true/yes/on) or off (0/false/no/off) in
+/// any case; any other value is reported and keeps the event paused (fail safe).
 ///
 /// Old admit v4 read them with Lua's `tonumber`, which takes hex, exponents, blanks
 /// and infinity: `max_concurrent inf` let a call admit all 20 (capacity gone),
 /// `0x10` admitted 16, `1e3` and `99999999999999999999` all 20, ` 5`/`5 ` gave 5
 /// but reported nothing; `new_users_per_minute 0x10` capped at 16, `paused 1e0` or
 /// ` 1` paused the event silently. (`-1` and `1.5` were already refused by v4.)
+/// Admit v6 reported `paused true` (or any other word) and went on admitting: the
+/// operator meant to stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_numbers_must_be_plain_digits() {
     let redis = RedisServer::start();
@@ -262,10 +266,13 @@ async fn config_numbers_must_be_plain_digits() {
             field: "paused",
             default_capacity: 100,
             default_batch: 10,
-            with_default: 10,
+            with_default: 0,
             valid: "1",
             with_valid: 0,
-            extra: &["2", "1e0", " 1", "1 ", "0x1", "1.0", "+1"],
+            extra: &[
+                "2", "1e0", " 1", "1 ", "0x1", "1.0", "+1", "", "maybe", "ture", " on", "yes!",
+                "paused",
+            ],
         },
     ];
     let mut n = 0;
@@ -297,7 +304,7 @@ async fn config_numbers_must_be_plain_digits() {
                 "new_users_per_minute" => {
                     assert_eq!(out.rate_left, None, "{what}: no per-minute cap applied")
                 }
-                "paused" => assert!(!out.paused, "{what}: not paused"),
+                "paused" => assert!(out.paused, "{what}: invalid keeps the event paused"),
                 _ => {}
             }
         }
@@ -315,6 +322,37 @@ async fn config_numbers_must_be_plain_digits() {
             "paused" => assert!(out.paused, "{what}: paused"),
             _ => {}
         }
+    }
+    // `paused` in words, any case: on pauses, off admits, neither is reported.
+    let a = admit_args(100, 10, Duration::from_secs(900));
+    for (value, paused) in [
+        ("true", true),
+        ("TRUE", true),
+        ("on", true),
+        ("On", true),
+        ("yes", true),
+        ("YES", true),
+        ("0", false),
+        ("false", false),
+        ("False", false),
+        ("off", false),
+        ("OFF", false),
+        ("no", false),
+        ("No", false),
+    ] {
+        n += 1;
+        let event = format!("cfg-{n}");
+        enqueue(&mut conn, &event, &event, 20, 1_000).await;
+        hset(&mut conn, &k.config(&event), "paused", value).await;
+        let out = admit_once(&mut conn, &scripts, &event, &a).await;
+        let what = format!("paused = {value:?}");
+        assert!(out.invalid_config.is_empty(), "{what}: {out:?}");
+        assert_eq!(out.paused, paused, "{what}");
+        assert_eq!(
+            out.admitted,
+            if paused { 0 } else { 10 },
+            "{what}: admitted"
+        );
     }
 }
 
@@ -1201,26 +1239,27 @@ async fn a_replica_with_a_skewed_clock_neither_reaps_early_nor_admits_out_of_ord
     let expired_count = || watch.lock().expect("watch").expired.len();
 
     // Phase 1: the skewed replica alone. First make sure libfaketime shifts its
-    // clock: its heartbeat score (its own clock) must be ~15 s ahead of Redis.
+    // clock: the start time in its heartbeat (its own clock; the heartbeat's score
+    // is on Redis's) must be ~15 s ahead of Redis.
     let skewed = Replica::spawn(&url, &kafka.bootstrap, "skewed", Some((&preload, "+15s")));
     let ahead = eventually(Duration::from_secs(20), "the skewed heartbeat", || {
         let mut c = conn.clone();
-        let key = k.workers();
+        let key = k.worker("skewed");
         async move {
-            let beat: Option<f64> = redis::cmd("ZSCORE")
+            let started: Option<String> = redis::cmd("HGET")
                 .arg(&key)
-                .arg("skewed")
+                .arg("started_at")
                 .query_async(&mut c)
                 .await
                 .ok()?;
             let now = redis_ms(&mut c).await;
-            beat.map(|b| b as i64 - now as i64)
+            started.map(|s| rfc3339_ms(&s) as i64 - now as i64)
         }
     })
     .await;
     assert!(
         (10_000..20_000).contains(&ahead),
-        "libfaketime did not shift the worker's clock by +15 s (heartbeat {ahead} ms from Redis TIME): this test would prove nothing"
+        "libfaketime did not shift the worker's clock by +15 s (its start time {ahead} ms from Redis TIME): this test would prove nothing"
     );
     // The binary under test runs this tree's scripts (a shared target dir can hold
     // another tree's build): it loaded our admit script at start.

@@ -343,7 +343,8 @@ async fn slots_without_a_deadline_are_adopted_and_expire() {
 }
 
 /// `paused`, `max_concurrent`, `batch_size` and `new_users_per_minute` from the
-/// config hash take effect on the next cycle; bad values fall back to the defaults.
+/// config hash take effect on the next cycle; bad numbers fall back to the
+/// defaults, a bad `paused` keeps the event paused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_overrides_take_effect_without_a_restart() {
     let redis = RedisServer::start();
@@ -397,8 +398,8 @@ async fn config_overrides_take_effect_without_a_restart() {
     assert_eq!(scard(&mut conn, &proc_key).await, 15);
 
     hset("max_concurrent", "1000").await;
-    // The rate cap (GCRA): 20 a minute with a burst of 20 lets 20 go at once, and
-    // the next call, a moment later, none: the cap is shared by calls.
+    // The cap is a GCRA (admit v6): after an idle period a burst of `rate_burst` goes
+    // at once, then one every 60000 / rate ms, shared by every call.
     redis::cmd("DEL")
         .arg(k.rate(EVENT))
         .query_async::<()>(&mut conn)
@@ -411,7 +412,7 @@ async fn config_overrides_take_effect_without_a_restart() {
     assert_eq!(first.admitted, 20, "up to the burst");
     assert_eq!(
         second.admitted, 0,
-        "the cap is shared by calls in the minute"
+        "the cap is shared by the calls (the next cell is 3 s away)"
     );
     assert_eq!(second.rate_left, Some(0));
 
@@ -441,9 +442,13 @@ async fn config_overrides_take_effect_without_a_restart() {
     );
     assert_eq!(
         (o.capacity, o.batch, o.paused),
-        (100, 10, false),
-        "defaults used"
+        (100, 10, true),
+        "defaults used; an invalid paused keeps the event paused"
     );
+    assert_eq!(o.admitted, 0);
+    hset("paused", "off").await;
+    let o = w.admit_event(EVENT).await.expect("admit");
+    assert!(!o.paused);
     assert_eq!(o.admitted, 10.min(100 - before));
 }
 
@@ -598,4 +603,175 @@ async fn two_workers_release_and_reap_without_double_work() {
         "{statuses:?}"
     );
     assert_eq!(zcard(&mut conn, &k.deadlines(EVENT)).await, 0);
+}
+
+/// How many times Redis ran the release script for `session` (from SLOWLOG, which
+/// the test set to log every command).
+async fn release_runs(conn: &mut redis::aio::MultiplexedConnection, session: &str) -> usize {
+    let sha = waitroom_worker::scripts::Scripts::new()
+        .release
+        .sha()
+        .to_owned();
+    let log: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(-1)
+        .query_async(conn)
+        .await
+        .expect("SLOWLOG GET");
+    log.iter()
+        .filter(|entry| {
+            let redis::Value::Array(parts) = entry else {
+                return false;
+            };
+            let Some(redis::Value::Array(args)) = parts.get(3) else {
+                return false;
+            };
+            let args: Vec<String> = args
+                .iter()
+                .map(|a| match a {
+                    redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                    _ => String::new(),
+                })
+                .collect();
+            args.first()
+                .is_some_and(|c| c.eq_ignore_ascii_case("evalsha"))
+                && args.get(1) == Some(&sha)
+                && args.iter().any(|a| a == session)
+        })
+        .count()
+}
+
+/// A completion whose release timed out while Redis hung, and was applied when it
+/// woke, is counted as a release, once; a duplicate of it (replayed while Redis is
+/// fine, or while it hangs again) stays a no-op. `released` ends at 5 for 5 freed
+/// slots.
+///
+/// Before, the retry after the timeout found the slot already free and counted the
+/// completion as `release_noop`: released 4 for 5 freed slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_applied_after_its_timeout_is_counted_once() {
+    let redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    let ids = enqueue(&mut conn, EVENT, "s", 5, clock::now_ms()).await;
+    let w = run_worker(settings(
+        &redis.url(),
+        &kafka.bootstrap,
+        &[
+            "--event",
+            EVENT,
+            "--max-concurrent",
+            "5",
+            "--redis-timeout",
+            "300ms",
+        ],
+    ))
+    .await;
+    wait_scard(&conn, &k.processing(EVENT), 5, "5 admitted").await;
+    let checkout = CheckoutService::new(&kafka.bootstrap);
+    warm_up(&checkout, std::slice::from_ref(&w.stats)).await;
+    let counts = |s: &Arc<Stats>| (Stats::get(&s.released), Stats::get(&s.release_noop));
+
+    for sid in &ids[..4] {
+        checkout.complete(sid, Some(EVENT), "completed").await;
+    }
+    eventually(Duration::from_secs(20), "4 released", || {
+        let s = w.stats.clone();
+        async move { (counts(&s) == (4, 0)).then_some(()) }
+    })
+    .await;
+
+    // Log every command, so the test can see the release run more than once.
+    for (name, value) in [
+        ("slowlog-log-slower-than", "0"),
+        ("slowlog-max-len", "100000"),
+    ] {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async::<()>(&mut conn)
+            .await
+            .expect("CONFIG SET");
+    }
+    let hang = |conn: &redis::aio::MultiplexedConnection| {
+        let mut c = conn.clone();
+        async move {
+            redis::cmd("CLIENT")
+                .arg("PAUSE")
+                .arg(1500)
+                .arg("WRITE")
+                .query_async::<()>(&mut c)
+                .await
+                .expect("CLIENT PAUSE");
+        }
+    };
+    // Redis hangs (writes and scripts wait for 1.5 s) while the last completion is
+    // applied: the worker's attempts time out after 300 ms, and all of them run
+    // when Redis wakes.
+    hang(&conn).await;
+    checkout.complete(&ids[4], Some(EVENT), "completed").await;
+    eventually(
+        Duration::from_secs(20),
+        "the fifth completion handled",
+        || {
+            let s = w.stats.clone();
+            async move {
+                let (released, noop) = counts(&s);
+                (released + noop >= 5).then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(scard(&mut conn, &k.processing(EVENT)).await, 0);
+    assert_eq!(
+        hgetall(&mut conn, &k.session(EVENT, &ids[4])).await["status"],
+        "completed"
+    );
+    let runs = release_runs(&mut conn, &ids[4]).await;
+    assert!(
+        runs >= 2,
+        "the release ran {runs} time(s): its first attempt did not time out while Redis hung, so this test would prove nothing"
+    );
+    assert_eq!(
+        counts(&w.stats),
+        (5, 0),
+        "(released, release_noop): every freed slot counted as released, once"
+    );
+
+    // A duplicate of it, replayed while Redis is fine, then while Redis hangs: a
+    // no-op both times.
+    checkout.complete(&ids[4], Some(EVENT), "completed").await;
+    eventually(Duration::from_secs(20), "the duplicate handled", || {
+        let s = w.stats.clone();
+        async move { (counts(&s).1 >= 1).then_some(()) }
+    })
+    .await;
+    let before = release_runs(&mut conn, &ids[4]).await;
+    hang(&conn).await;
+    checkout.complete(&ids[4], Some(EVENT), "completed").await;
+    eventually(
+        Duration::from_secs(20),
+        "the second duplicate handled",
+        || {
+            let s = w.stats.clone();
+            async move {
+                let (released, noop) = counts(&s);
+                (released + noop >= 7).then_some(())
+            }
+        },
+    )
+    .await;
+    let runs = release_runs(&mut conn, &ids[4]).await - before;
+    assert!(
+        runs >= 2,
+        "the duplicate's release ran {runs} time(s) after the second hang: it did not time out"
+    );
+    assert_eq!(
+        counts(&w.stats),
+        (5, 2),
+        "(released, release_noop): duplicates are no-ops"
+    );
+    w.stop().await;
 }

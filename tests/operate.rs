@@ -336,3 +336,165 @@ async fn inspect_finds_the_outbox_entry_of_a_session_cjson_escapes() {
         "{text}"
     );
 }
+
+/// `inspect` shows only the start of the checkout token (a live credential), in the
+/// text view and in `--json` alike; `--show-token` shows all of it in both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_shortens_the_checkout_token_unless_asked() {
+    let redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    let ids = enqueue(&mut conn, EVENT, "s", 1, clock::now_ms()).await;
+    let mut w = start_worker(settings(
+        &redis.url(),
+        &kafka.bootstrap,
+        &["--event", EVENT],
+    ))
+    .await;
+    assert!(w.cycle().await);
+    let token = eventually(Duration::from_secs(10), "the token in the hash", || {
+        let mut c = conn.clone();
+        let key = k.session(EVENT, &ids[0]);
+        async move { hgetall(&mut c, &key).await.remove("checkout_token") }
+    })
+    .await;
+    assert!(token.len() > 100, "a JWT: {token}");
+    let shortened = format!("{}...", &token[..24]);
+    let inspect = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["inspect", &ids[0], "--redis-url", &redis.url()])
+            .args(extra)
+            .output()
+            .expect("inspect");
+        assert!(
+            out.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("UTF-8 output")
+    };
+
+    let json = inspect(&["--json"]);
+    assert!(
+        !json.contains(&token),
+        "--json printed the whole token: {json}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(v["hash"]["checkout_token"], shortened.as_str());
+    let text = inspect(&[]);
+    assert!(
+        !text.contains(&token),
+        "the text view printed the whole token"
+    );
+    assert!(text.contains(&shortened), "{text}");
+
+    let v: serde_json::Value =
+        serde_json::from_str(&inspect(&["--json", "--show-token"])).expect("JSON");
+    assert_eq!(v["hash"]["checkout_token"], token.as_str());
+    assert!(inspect(&["--show-token"]).contains(&token));
+}
+
+/// Liveness of a replica comes from its own heartbeat period, whoever prunes: a
+/// replica at 50 ms and one at 12 s both stay in `waitroom:workers` and in `status`
+/// for longer than the 12 s replica's interval.
+///
+/// Before, the score was the last beat and every replica pruned with its own TTL
+/// (10 s at 50 ms), so the 50 ms replica removed the 12 s one 10 s after each of
+/// its beats, and `status` alternated between 2 and 1 live workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_with_different_intervals_stay_live_together() {
+    let redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    let replica = |id: &'static str, interval: &'static str| {
+        settings(
+            &redis.url(),
+            &kafka.bootstrap,
+            &["--worker-id", id, "--process-interval", interval],
+        )
+    };
+    let fast = run_worker(replica("fast", "50ms")).await;
+    let slow = run_worker(replica("slow", "12s")).await;
+    let members = |c: &redis::aio::MultiplexedConnection| {
+        let mut c = c.clone();
+        let key = k.workers();
+        async move {
+            let mut m: Vec<String> = redis::cmd("ZRANGE")
+                .arg(key)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut c)
+                .await
+                .expect("ZRANGE");
+            m.sort();
+            m
+        }
+    };
+    eventually(Duration::from_secs(10), "both replicas' heartbeats", || {
+        let m = members(&conn);
+        async move { (m.await == ["fast", "slow"]).then_some(()) }
+    })
+    .await;
+
+    // Longer than the slow replica's interval (so it beat again) and than the fast
+    // one's TTL (so the old pruning would have struck): sample the set every 100 ms
+    // and the operator's view (`status --json`) every second.
+    let start = std::time::Instant::now();
+    let mut status_runs = 0;
+    while start.elapsed() < Duration::from_secs(13) {
+        assert_eq!(
+            members(&conn).await,
+            ["fast", "slow"],
+            "waitroom:workers after {:?}",
+            start.elapsed()
+        );
+        if start.elapsed() >= Duration::from_secs(status_runs) {
+            status_runs += 1;
+            let out = Command::new(BIN)
+                .args(["status", "--json", "--redis-url", &redis.url()])
+                .output()
+                .expect("status");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+            let mut live: Vec<&str> = v["live_workers"]
+                .as_array()
+                .expect("live workers")
+                .iter()
+                .filter_map(|w| w.as_str())
+                .collect();
+            live.sort();
+            assert_eq!(
+                live,
+                ["fast", "slow"],
+                "status's live workers after {:?}",
+                start.elapsed()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(status_runs >= 10, "status ran {status_runs} times");
+    // Each heartbeat says its own period and how long it counts.
+    for (id, period, ttl) in [("fast", "50", "10000"), ("slow", "12000", "36000")] {
+        let h = hgetall(&mut conn, &k.worker(id)).await;
+        assert_eq!(
+            (
+                h.get("period_ms").map(String::as_str),
+                h.get("ttl_ms").map(String::as_str)
+            ),
+            (Some(period), Some(ttl)),
+            "{id}: {h:?}"
+        );
+    }
+    fast.stop().await;
+    slow.stop().await;
+    assert!(
+        members(&conn).await.is_empty(),
+        "a clean stop leaves the list"
+    );
+}

@@ -84,6 +84,7 @@ async fn a_million_users_through_one_event() {
                         sid,
                         Outcome::Completed,
                         Duration::from_secs(7200),
+                        &format!("soak/{sid}"),
                     )
                 })
                 .collect();

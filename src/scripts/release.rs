@@ -47,11 +47,16 @@ pub enum Released {
     Freed,
     /// The session held no slot (a duplicate, or already expired): nothing changed.
     NotInProcessing,
+    /// The session held no slot because this very release (same release id) freed
+    /// it earlier: an attempt whose reply was lost was applied. Nothing changed.
+    AlreadyReleased,
     /// The session's hash names another event: nothing changed.
     OtherEvent,
 }
 
 /// The call releasing `session` of `event` (to run alone or in a batch).
+/// `release_id` names this release (the same for every attempt of one completion
+/// message, unique otherwise); it is recorded as the hash's `released_by`.
 pub fn call<'a>(
     script: &'a Script,
     keys: &Keys,
@@ -59,6 +64,7 @@ pub fn call<'a>(
     session: &str,
     outcome: Outcome,
     session_ttl: Duration,
+    release_id: &str,
 ) -> Call<'a> {
     Call {
         script,
@@ -73,6 +79,7 @@ pub fn call<'a>(
             outcome.status().to_owned(),
             clock::rfc3339_seconds(clock::now_ms()),
             session_ttl.as_millis().max(1).to_string(),
+            release_id.to_owned(),
         ],
     }
 }
@@ -81,11 +88,13 @@ pub fn call<'a>(
 pub fn parse(r: i64) -> Released {
     match r {
         1 => Released::Freed,
+        2 => Released::AlreadyReleased,
         -1 => Released::OtherEvent,
         _ => Released::NotInProcessing,
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub async fn release<C: ConnectionLike + Send>(
     script: &Script,
     conn: &mut C,
@@ -94,8 +103,17 @@ pub async fn release<C: ConnectionLike + Send>(
     session: &str,
     outcome: Outcome,
     session_ttl: Duration,
+    release_id: &str,
 ) -> Result<Released, ScriptError> {
-    let c = call(script, keys, event, session, outcome, session_ttl);
+    let c = call(
+        script,
+        keys,
+        event,
+        session,
+        outcome,
+        session_ttl,
+        release_id,
+    );
     let keys_ref: Vec<&str> = c.keys.iter().map(String::as_str).collect();
     let argv_ref: Vec<&str> = c.args.iter().map(String::as_str).collect();
     let r: i64 = script.invoke(conn, &keys_ref, &argv_ref).await?;
