@@ -335,7 +335,9 @@ if #admitted > 0 then
   if cost > 0 then
     redis.call('HSET', rate, 'tat', string.format('%.3f', tat + #admitted * cost))
   end
-  redis.call('PEXPIRE', rate, 180000)
+  -- Kept at least as long as the schedule reaches ahead, so a long burst's debt is
+  -- not forgotten while the event is full.
+  redis.call('PEXPIRE', rate, math.max(180000, math.ceil(tat + #admitted * cost - now_ms + cost)))
   outflow = outflow + #admitted
   if unpublished_age < 0 then unpublished_age = 0 end
 end

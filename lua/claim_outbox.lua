@@ -1,22 +1,24 @@
 -- claim_outbox.lua: take the due entries of one event's outbox for publishing,
 -- oldest admission first, renewing the admissions whose window ran out unpublished.
--- version: 2
+-- version: 3
 --
 -- An outbox entry is due when its score (ms) is at or before now (Redis TIME).
 -- Claiming moves the score to now + lease, so no other replica takes the same entry
 -- while this one publishes it; if this worker dies, the entry is due again when the
 -- lease runs out.
 --
+-- Every claimed entry is checked first (see the decision table below): an entry
+-- whose session no longer holds the slot, or whose hash shows another admission, is
+-- dropped with its own untold mark (nobody to tell); one whose slot is held but whose
+-- hash is gone or no longer `admitted` is dropped and its slot's deadline brought to
+-- now, so the slot comes back.
+--
 -- Renewal: an entry whose checkout deadline is less than ARGV[4] ms away was never
--- told in time (a Kafka outage). If its session still holds the slot and its hash
--- still shows this admission, the admission is renewed: admitted now, a new
+-- told in time (a Kafka outage). The admission is renewed: admitted now, a new
 -- deadline one window away, the hash's admitted_at/checkout_expires_at rewritten,
 -- and the entry replaced by the renewed one (a new token and message id follow from
 -- it). Its untold mark keeps the first admission time, so backpressure still sees
--- how long publishing has stalled. An entry whose session no longer holds the slot,
--- or whose hash shows a later admission, is dropped (nobody to tell, or told by the
--- later one); one whose slot is held but whose hash is gone or no longer `admitted`
--- is dropped and its slot's deadline brought to now, so the slot comes back.
+-- how long publishing has stalled.
 --
 -- KEYS[1]  outbox      ZSET  member = JSON entry, score = when it is due (ms)
 -- KEYS[2]  processing  SET   sessions holding a checkout slot
@@ -33,13 +35,16 @@
 --          first; renewed ones as renewed} }
 --   An entry that is not a well-formed JSON array is returned as it is (first),
 --   for the worker to move aside.
--- Error replies: none for data; an outbox of the wrong type is moved aside to
---   <outbox>:corrupt and nothing is claimed.
+-- Error replies: WRONGTYPE when processing or deadlines hold the wrong type (nothing
+--   written); an outbox of the wrong type is moved aside to <outbox>:corrupt and
+--   nothing is claimed.
 
 local outbox, processing, deadlines = KEYS[1], KEYS[2], KEYS[3]
 local limit, lease, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local renew_within, window, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 
+redis.call('SCARD', processing)
+redis.call('ZCARD', deadlines)
 local kind = redis.call('TYPE', outbox).ok
 if kind ~= 'zset' then
   if kind ~= 'none' then redis.call('RENAME', outbox, outbox .. ':corrupt') end
@@ -84,29 +89,48 @@ local function rfc3339(sec)
     math.floor(rem / 3600), math.floor(rem % 3600 / 60), rem % 60)
 end
 
--- Decide for each entry before writing anything.
+-- Decide for each entry before writing anything. Every claimed entry is checked
+-- against Redis first, so nobody is told of a slot they no longer hold:
+--   not in processing, or the hash shows another admission  -> drop (nobody to tell)
+--   in processing, hash gone or no longer `admitted`         -> free (slot comes back)
+--   deadline closer than ARGV[4], its untold mark in place  -> renew
+--   otherwise                                               -> lease
+-- (An entry whose slot already has a real deadline, written before untold marks
+-- existed, is published as it is, never renewed: its slot ends at that deadline.)
+-- "Its untold mark" is a deadlines score >= UNTOLD whose admission time is not after
+-- this entry's: a renewed entry keeps its first admission's mark, a newer admission
+-- of the same session has a later one (and is not this entry's to touch).
+local UNTOLD = 1125899906842624
+local function mark_of(e)
+  local score = tonumber(redis.call('ZSCORE', deadlines, e.sid))
+  return score ~= nil and score >= UNTOLD and score - UNTOLD <= e.admitted
+end
 for _, e in ipairs(good) do
-  if e.deadline - now < renew_within then
-    if redis.call('SISMEMBER', processing, e.sid) == 0 then
-      e.action = 'drop'
-    else
-      local h = redis.pcall('HMGET', prefix .. e.sid, 'status', 'admitted_at')
-      if h.err or h[1] ~= 'admitted' then
-        e.action = 'free'
-      elseif h[2] ~= rfc3339(math.floor(e.admitted / 1000)) then
-        e.action = 'drop'
-      else
-        e.action = 'renew'
-      end
-    end
+  e.ours = mark_of(e)
+  if redis.call('SISMEMBER', processing, e.sid) == 0 then
+    e.action = 'drop'
   else
-    e.action = 'lease'
+    local h = redis.pcall('HMGET', prefix .. e.sid, 'status', 'admitted_at')
+    if h.err or h[1] ~= 'admitted' then
+      e.action = 'free'
+    elseif h[2] ~= rfc3339(math.floor(e.admitted / 1000)) then
+      e.action = 'drop'
+      e.ours = false
+    elseif e.deadline - now < renew_within and e.ours then
+      e.action = 'renew'
+    else
+      e.action = 'lease'
+    end
   end
 end
 
--- Mutate.
+-- Mutate. Unreadable entries are leased too, so they do not hold the head of the
+-- outbox while the worker moves them aside.
 local claimed, renewed, dropped = {}, 0, 0
-for _, raw in ipairs(bad) do claimed[#claimed + 1] = raw end
+for _, raw in ipairs(bad) do
+  redis.call('ZADD', outbox, 'XX', now + lease, raw)
+  claimed[#claimed + 1] = raw
+end
 local deadline = math.ceil((now + window) / 1000) * 1000
 for _, e in ipairs(good) do
   if e.action == 'lease' then
@@ -125,7 +149,15 @@ for _, e in ipairs(good) do
     renewed = renewed + 1
   else
     redis.call('ZREM', outbox, e.raw)
-    if e.action == 'free' then redis.call('ZADD', deadlines, 'XX', 'LT', now, e.sid) end
+    -- Only this entry's own untold mark is touched: gone with a slot that is gone,
+    -- brought to now (reaped a second later) for a slot nobody can be told of.
+    if e.ours then
+      if e.action == 'free' then
+        redis.call('ZADD', deadlines, 'XX', now, e.sid)
+      else
+        redis.call('ZREM', deadlines, e.sid)
+      end
+    end
     dropped = dropped + 1
   end
 end

@@ -136,6 +136,7 @@ impl Delivery {
     ) -> Result<(), DeliveryError> {
         let mut prepared: Vec<(String, Vec<Prepared>)> = Vec::with_capacity(batches.len());
         let mut not_sent: Vec<(String, Vec<OutboxEntry>)> = Vec::new();
+        let mut recheck: Vec<(String, Vec<OutboxEntry>)> = Vec::new();
         for (event, entries) in batches {
             let mut ok = Vec::with_capacity(entries.len());
             let mut unsigned = Vec::new();
@@ -192,11 +193,16 @@ impl Delivery {
 
         let mut sent = Vec::new();
         for ((event, ps), result) in prepared.into_iter().zip(results) {
+            let written: Vec<bool>;
             match result {
-                Ok(v) => {
-                    let written: u64 = redis::from_redis_value(v).unwrap_or(0);
-                    Stats::add(&self.stats.tokens_written, written);
-                }
+                Ok(v) => match set_tokens::parse(v) {
+                    Ok(flags) => written = flags,
+                    Err(e) => {
+                        tracing::error!(event_id = %event, error = %e, "writing checkout tokens: unexpected reply");
+                        self.stats.error("redis");
+                        continue;
+                    }
+                },
                 Err(e) => {
                     // This event's tokens are not written: publish nothing for it; its
                     // entries come back when their lease runs out.
@@ -205,8 +211,27 @@ impl Delivery {
                     continue;
                 }
             }
+            Stats::add(
+                &self.stats.tokens_written,
+                written.iter().filter(|w| **w).count() as u64,
+            );
+            // A token not written means the hash no longer shows this admission (the
+            // API abandoned or re-queued the session): no QUEUE_READY for it. Its
+            // entry stays leased; the next claim drops it and frees its mark.
+            let unwritten = written.iter().filter(|w| !**w).count();
+            if unwritten > 0 {
+                tracing::info!(event_id = %event, count = unwritten, "not telling sessions whose hash no longer shows their admission");
+            }
             let mut failed = Vec::new();
-            for p in ps {
+            let mut stale = Vec::new();
+            for (p, ok) in ps
+                .into_iter()
+                .zip(written.iter().copied().chain(std::iter::repeat(false)))
+            {
+                if !ok {
+                    stale.push(p.entry);
+                    continue;
+                }
                 match self.publisher.enqueue(&p.message, &p.message_id) {
                     Ok(fut) => sent.push((event.clone(), p, fut)),
                     Err(e) => {
@@ -215,11 +240,14 @@ impl Delivery {
                     }
                 }
             }
+            if !stale.is_empty() {
+                recheck.push((event.clone(), stale));
+            }
             if !failed.is_empty() {
                 not_sent.push((event, failed));
             }
         }
-        self.settle_in_background(sent, not_sent, handed.to_vec());
+        self.settle_in_background(sent, not_sent, recheck, handed.to_vec());
         Ok(())
     }
 
@@ -260,6 +288,7 @@ impl Delivery {
         &self,
         sent: Vec<(String, Prepared, DeliveryFuture)>,
         not_sent: Vec<(String, Vec<OutboxEntry>)>,
+        recheck: Vec<(String, Vec<OutboxEntry>)>,
         handed: Vec<(String, i64)>,
     ) {
         let conn = self.conn.clone();
@@ -303,28 +332,37 @@ impl Delivery {
             // entries are all due again at one time per event (the oldest's backoff),
             // so after an outage the backlog comes back oldest admission first.
             let now = policy.time.now_ms();
-            let mut by_event: std::collections::BTreeMap<&str, (Vec<Acked<'_>>, Vec<&OutboxEntry>)> =
-                Default::default();
+            type Outcomes<'a> = (Vec<Acked<'a>>, Vec<&'a OutboxEntry>, Vec<&'a OutboxEntry>);
+            let mut by_event: std::collections::BTreeMap<&str, Outcomes<'_>> = Default::default();
             for (event, e) in &acked {
                 by_event.entry(event.as_str()).or_default().0.push(Acked {
                     raw: &e.raw,
                     session_id: &e.session_id,
                     deadline_ms: e.deadline_ms,
+                    admitted_ms: e.admitted_ms,
                 });
             }
             for (event, e) in &failed {
                 by_event.entry(event.as_str()).or_default().1.push(e);
             }
+            // Entries whose token was not written are due at once: the next claim
+            // checks their session and drops them (and their untold mark).
+            for (event, es) in &recheck {
+                by_event.entry(event.as_str()).or_default().2.extend(es.iter());
+            }
             let mut retries: Vec<Vec<(&[u8], u64)>> = Vec::with_capacity(by_event.len());
-            for (_, failed) in by_event.values() {
+            for (_, failed, recheck) in by_event.values() {
                 let oldest = failed.iter().map(|e| e.admitted_ms).min().unwrap_or(now);
                 let due = outbox::next_due(now, oldest, policy.backoff.first, policy.backoff.max);
-                retries.push(failed.iter().map(|e| (e.raw.as_slice(), due)).collect());
+                let mut r: Vec<(&[u8], u64)> =
+                    failed.iter().map(|e| (e.raw.as_slice(), due)).collect();
+                r.extend(recheck.iter().map(|e| (e.raw.as_slice(), now)));
+                retries.push(r);
             }
             let calls: Vec<Call<'_>> = by_event
                 .iter()
                 .zip(&retries)
-                .map(|((event, (acked, _)), retry)| {
+                .map(|((event, (acked, _, _)), retry)| {
                     settle::call(&scripts.settle, &keys, event, acked, retry)
                 })
                 .collect();

@@ -148,7 +148,13 @@ pub async fn run(a: DemoArgs) -> Result<Summary, DemoError> {
         "--session-ttl",
         "1h",
         "--publish-timeout",
-        "5s",
+        // At most half the checkout window (a told user's token must outlive it).
+        &humantime::format_duration(
+            (a.checkout_window / 2)
+                .min(Duration::from_secs(5))
+                .max(Duration::from_millis(100)),
+        )
+        .to_string(),
         "--outbox-lease",
         "10s",
         "--consumer-session-timeout",

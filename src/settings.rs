@@ -713,6 +713,12 @@ impl RunArgs {
             self.max_processing_time,
             bounds::SHORT,
         )?;
+        if self.checkout_window < self.publish_timeout * 2 {
+            return Err(invalid(
+                "--checkout-window (QUEUE_CHECKOUT_WINDOW)",
+                "must be at least twice --publish-timeout, or a QUEUE_READY could carry a token that expires before Kafka acknowledges it",
+            ));
+        }
         if self.redis.redis_timeout >= self.max_processing_time {
             return Err(invalid(
                 "--max-processing-time (QUEUE_MAX_PROCESSING_TIME)",
@@ -915,9 +921,8 @@ impl Settings {
             lease: self.outbox_lease,
             limit: self.outbox_batch,
             checkout_window: self.checkout_window,
-            renew_within: (self.checkout_window / 2)
-                .max(self.publish_timeout)
-                .min(self.checkout_window),
+            // At least the publish timeout (checked: the window is at least twice it).
+            renew_within: (self.checkout_window / 2).max(self.publish_timeout),
             session_ttl: self.session_ttl,
         }
     }

@@ -264,8 +264,8 @@ impl Worker {
         let mut failures: u32 = 0;
         let interval = self.settings.process_interval;
         // The longest one pass may hold the loop: the pass itself (cut at the max
-        // processing time), then the heartbeat (one Redis call).
-        let pass_bound = self.settings.max_processing_time + self.settings.redis_timeout;
+        // processing time), then the heartbeat (two Redis calls).
+        let pass_bound = self.settings.max_processing_time + self.settings.redis_timeout * 2;
         loop {
             self.expect_loop_within(interval);
             let full = tokio::select! {
@@ -379,10 +379,16 @@ impl Worker {
                 return false;
             }
             tokio::time::sleep(step.min(left)).await;
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
             let mut conn = self.conn.clone();
             let cmd = redis::cmd("PING");
             let ping = cmd.query_async::<String>(&mut conn);
-            if let Ok(Ok(_)) = tokio::time::timeout(self.settings.redis_timeout, ping).await {
+            // Never past the announced end of the wait.
+            let limit = self.settings.redis_timeout.min(left);
+            if let Ok(Ok(_)) = tokio::time::timeout(limit, ping).await {
                 return true;
             }
         }
@@ -1014,9 +1020,17 @@ impl Worker {
         let entries = self
             .note_admitted(event, &outcome, outcome.entries.clone(), in_flight)
             .await;
+        // As in a pass: handed to a task at once, so a pass cut at the max processing
+        // time cannot leave entries counted in flight for ever.
         self.await_pending().await;
-        self.stats.in_flight_add(event, entries.len() as i64);
-        self.delivery.dispatch(event, entries).await?;
+        if !entries.is_empty() {
+            self.stats.in_flight_add(event, entries.len() as i64);
+            let delivery = self.delivery.clone();
+            let batch = vec![(event.to_owned(), entries)];
+            self.pending = Some(tokio::spawn(
+                async move { delivery.dispatch_many(batch).await },
+            ));
+        }
         Ok(outcome)
     }
 

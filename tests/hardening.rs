@@ -927,6 +927,7 @@ fn ack(x: &OutboxEntry, deadline_ms: u64) -> Acked<'_> {
         raw: &x.raw,
         session_id: &x.session_id,
         deadline_ms,
+        admitted_ms: x.admitted_ms,
     }
 }
 
@@ -1382,4 +1383,231 @@ async fn a_replica_with_a_skewed_clock_neither_reaps_early_nor_admits_out_of_ord
         last = (ts, at);
     }
     let _ = std::fs::remove_dir_all(&shim_dir);
+}
+
+// ---------------------------------------------------------------------------------
+// 10. Sessions that leave or come back while their QUEUE_READY is unpublished
+// ---------------------------------------------------------------------------------
+
+fn claim_all_now(window: Duration) -> ClaimArgs {
+    ClaimArgs {
+        lease: Duration::from_secs(60),
+        limit: 100,
+        checkout_window: window,
+        renew_within: Duration::from_millis(1),
+        session_ttl: Duration::from_secs(3600),
+    }
+}
+
+/// Make every entry of `event`'s outbox due now.
+async fn all_due(conn: &mut MultiplexedConnection, event: &str) {
+    let key = keys().outbox(event);
+    for raw in zrange(conn, &key).await {
+        let _: () = redis::cmd("ZADD")
+            .arg(&key)
+            .arg(0)
+            .arg(raw)
+            .query_async(conn)
+            .await
+            .expect("ZADD");
+    }
+}
+
+/// Wait until Redis's clock is in a later whole second than `ms` (admitted_at has
+/// whole seconds, so two admissions must be a second apart to be told apart).
+async fn next_second(conn: &mut MultiplexedConnection, ms: u64) {
+    let c = conn.clone();
+    eventually(Duration::from_secs(3), "the next second", || {
+        let mut c = c.clone();
+        async move { (redis_ms(&mut c).await / 1000 > ms / 1000).then_some(()) }
+    })
+    .await;
+}
+
+/// A session the API takes out of checkout before its QUEUE_READY went out is never
+/// told: the claim drops its entry and its untold mark (so admission is not held by
+/// it), and a token is not written into its hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_left_before_it_was_told_is_never_told() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    let scripts = Scripts::new();
+    let k = keys();
+    let event = "left";
+    let window = Duration::from_secs(900);
+    let ids = enqueue(&mut conn, event, "s", 2, 1_000).await;
+    let out = admit_once(&mut conn, &scripts, event, &admit_args(10, 10, window)).await;
+    assert_eq!(out.admitted, 2);
+    // The API abandons the first: out of processing, hash says so.
+    let _: () = redis::cmd("SREM")
+        .arg(k.processing(event))
+        .arg(&ids[0])
+        .query_async(&mut conn)
+        .await
+        .expect("SREM");
+    hset(&mut conn, &k.session(event, &ids[0]), "status", "abandoned").await;
+
+    // set_tokens writes only into the hash that still shows its admission.
+    let entries: Vec<OutboxEntry> = out.entries.iter().map(|r| entry(r)).collect();
+    let patches = entries
+        .iter()
+        .map(|e| waitroom_worker::scripts::set_tokens::TokenPatch {
+            session_key: k.session(event, &e.session_id),
+            admitted_at: clock::rfc3339_seconds(e.admitted_ms),
+            token: format!("token-of-{}", e.session_id),
+        })
+        .collect();
+    let c = waitroom_worker::scripts::set_tokens::call(&scripts.set_tokens, patches);
+    let written =
+        waitroom_worker::scripts::set_tokens::parse(invoke(&mut conn, &c).await.expect("set"))
+            .expect("flags");
+    let by_sid: HashMap<&str, bool> = entries
+        .iter()
+        .map(|e| e.session_id.as_str())
+        .zip(written)
+        .collect();
+    assert!(!by_sid[ids[0].as_str()], "a token for an abandoned session");
+    assert!(by_sid[ids[1].as_str()]);
+
+    // The claim drops the abandoned session's entry and its mark, and leases the other.
+    all_due(&mut conn, event).await;
+    let claimed = claim_once(&mut conn, &scripts, event, &claim_all_now(window)).await;
+    assert_eq!(claimed.dropped, 1, "{claimed:?}");
+    let names: Vec<String> = claimed
+        .entries
+        .iter()
+        .map(|r| entry(r).session_id)
+        .collect();
+    assert_eq!(names, vec![ids[1].clone()]);
+    assert_eq!(
+        zscore(&mut conn, &k.deadlines(event), ids[0].as_bytes()).await,
+        None
+    );
+    // Only the one still unpublished counts for backpressure.
+    let after = admit_once(&mut conn, &scripts, event, &admit_args(10, 10, window)).await;
+    assert!(after.unpublished_age_ms.is_some());
+    let mark = zscore(&mut conn, &k.deadlines(event), ids[1].as_bytes()).await;
+    assert_eq!(mark, Some(UNTOLD + entries[1].admitted_ms));
+}
+
+/// A session re-queued and admitted again while its first admission's entry was
+/// still unpublished: a late acknowledgement of the first entry does not touch the
+/// second admission's mark, and the claim drops the first entry (the hash shows the
+/// second admission) without touching it either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_admission_never_shortens_a_newer_one() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    let scripts = Scripts::new();
+    let k = keys();
+    let event = "again";
+    let window = Duration::from_secs(900);
+    let ids = enqueue(&mut conn, event, "s", 1, 1_000).await;
+    let sid = &ids[0];
+    let first = admit_once(&mut conn, &scripts, event, &admit_args(10, 10, window)).await;
+    let e1 = entry(&first.entries[0]);
+
+    // The API takes it out and queues it again; a second later it is admitted again.
+    let _: () = redis::pipe()
+        .cmd("SREM")
+        .arg(k.processing(event))
+        .arg(sid)
+        .ignore()
+        .cmd("HSET")
+        .arg(k.session(event, sid))
+        .arg("status")
+        .arg("queued")
+        .ignore()
+        .cmd("ZADD")
+        .arg(k.queue(event))
+        .arg(2_000)
+        .arg(sid)
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .expect("re-queue");
+    next_second(&mut conn, e1.admitted_ms).await;
+    let second = admit_once(&mut conn, &scripts, event, &admit_args(10, 10, window)).await;
+    let e2 = entry(&second.entries[0]);
+    let mark2 = Some(UNTOLD + e2.admitted_ms);
+    assert_eq!(
+        zscore(&mut conn, &k.deadlines(event), sid.as_bytes()).await,
+        mark2
+    );
+
+    // The first entry is acknowledged late: it leaves the outbox, the mark stays.
+    let removed = settle_once(&mut conn, &scripts, event, &[ack(&e1, e1.deadline_ms)], &[]).await;
+    assert_eq!(removed, 1);
+    assert_eq!(
+        zscore(&mut conn, &k.deadlines(event), sid.as_bytes()).await,
+        mark2,
+        "an old acknowledgement lowered the newer admission's mark"
+    );
+
+    // An old entry that is claimed instead is dropped, and the mark stays too.
+    let _: () = redis::cmd("ZADD")
+        .arg(k.outbox(event))
+        .arg(0)
+        .arg(&e1.raw)
+        .query_async(&mut conn)
+        .await
+        .expect("ZADD");
+    all_due(&mut conn, event).await;
+    let claimed = claim_once(&mut conn, &scripts, event, &claim_all_now(window)).await;
+    assert_eq!(claimed.dropped, 1, "{claimed:?}");
+    let names: Vec<u64> = claimed
+        .entries
+        .iter()
+        .map(|r| entry(r).admitted_ms)
+        .collect();
+    assert_eq!(
+        names,
+        vec![e2.admitted_ms],
+        "only the second admission is told"
+    );
+    assert_eq!(
+        zscore(&mut conn, &k.deadlines(event), sid.as_bytes()).await,
+        mark2
+    );
+}
+
+/// A garbled outbox entry naming a session that was already told gives back no slot:
+/// its real deadline stays (the old token is still valid until then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbled_entry_never_cuts_a_told_session_short() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    let scripts = Scripts::new();
+    let k = keys();
+    let event = "garbled";
+    let window = Duration::from_secs(900);
+    enqueue(&mut conn, event, "s", 1, 1_000).await;
+    let out = admit_once(&mut conn, &scripts, event, &admit_args(10, 10, window)).await;
+    let e = entry(&out.entries[0]);
+    settle_once(&mut conn, &scripts, event, &[ack(&e, e.deadline_ms)], &[]).await;
+    let told = zscore(&mut conn, &k.deadlines(event), e.session_id.as_bytes()).await;
+    assert_eq!(told, Some(e.deadline_ms));
+
+    let garbled = format!(r#"["{}","",1,2]"#, e.session_id);
+    let _: () = redis::cmd("ZADD")
+        .arg(k.outbox(event))
+        .arg(0)
+        .arg(&garbled)
+        .query_async(&mut conn)
+        .await
+        .expect("ZADD");
+    let c = waitroom_worker::scripts::quarantine::call(
+        &scripts.quarantine,
+        &k,
+        event,
+        &[garbled.into_bytes()],
+    );
+    let q = waitroom_worker::scripts::quarantine::parse(invoke(&mut conn, &c).await.expect("q"))
+        .expect("reply");
+    assert_eq!(q.moved, 1);
+    assert_eq!(
+        zscore(&mut conn, &k.deadlines(event), e.session_id.as_bytes()).await,
+        told,
+        "a garbled entry cut a told session's window"
+    );
 }

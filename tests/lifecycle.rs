@@ -317,6 +317,8 @@ async fn slots_without_a_deadline_are_adopted_and_expire() {
             EVENT,
             "--checkout-window",
             "1s",
+            "--publish-timeout",
+            "500ms",
             "--session-ttl",
             "10s",
         ],

@@ -14,8 +14,9 @@ pub struct TokenPatch {
     pub token: String,
 }
 
-/// The call writing every token of one event; its reply is how many hashes were
-/// written (a hash that is gone or belongs to another admission is left alone).
+/// The call writing every token of one event; its reply says, per token, whether it
+/// was written (a hash that is gone, no longer `admitted` or of another admission is
+/// left alone, and its QUEUE_READY is not sent).
 pub fn call(script: &Script, patches: Vec<TokenPatch>) -> Call<'_> {
     let mut keys = Vec::with_capacity(patches.len());
     let mut args = Vec::with_capacity(2 * patches.len());
@@ -25,4 +26,13 @@ pub fn call(script: &Script, patches: Vec<TokenPatch>) -> Call<'_> {
         args.push(p.token);
     }
     Call { script, keys, args }
+}
+
+/// Read the reply: per token, whether it was written.
+pub fn parse(v: redis::Value) -> Result<Vec<bool>, super::ScriptError> {
+    let flags: Vec<i64> = redis::from_redis_value(v).map_err(|e| super::ScriptError::Reply {
+        script: "set_tokens",
+        detail: e.to_string(),
+    })?;
+    Ok(flags.into_iter().map(|f| f == 1).collect())
 }

@@ -9,12 +9,14 @@ pub fn script() -> Script {
     Script::new("settle", include_str!("../../lua/settle.lua"))
 }
 
-/// An acknowledged entry: the stored member, its session and its deadline (ms).
+/// An acknowledged entry: the stored member, its session, its deadline and its
+/// admission time (ms).
 #[derive(Debug, Clone, Copy)]
 pub struct Acked<'a> {
     pub raw: &'a [u8],
     pub session_id: &'a str,
     pub deadline_ms: u64,
+    pub admitted_ms: u64,
 }
 
 /// The settlement of `event`'s publish attempts: `acked` leave the outbox, each of
@@ -28,12 +30,13 @@ pub fn call<'a>(
 ) -> Call<'a> {
     // Entries that parsed are JSON, so UTF-8: the lossy conversion changes nothing.
     let text = |raw: &[u8]| String::from_utf8_lossy(raw).into_owned();
-    let mut args: Vec<String> = Vec::with_capacity(1 + 3 * acked.len() + 2 * retry.len());
+    let mut args: Vec<String> = Vec::with_capacity(1 + 4 * acked.len() + 2 * retry.len());
     args.push(acked.len().to_string());
     for a in acked {
         args.push(text(a.raw));
         args.push(a.session_id.to_owned());
         args.push(a.deadline_ms.to_string());
+        args.push(a.admitted_ms.to_string());
     }
     for (raw, due) in retry {
         args.push(due.to_string());
