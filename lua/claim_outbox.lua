@@ -33,8 +33,8 @@
 --
 -- Reply: { {renewed, dropped}, {claimed entries (bulk strings), oldest admission
 --          first; renewed ones as renewed} }
---   An entry that is not a well-formed JSON array is returned as it is (first),
---   for the worker to move aside.
+--   An entry that is not a well-formed JSON array within the bounds the worker
+--   accepts is returned as it is (first), for the worker to move aside.
 -- Error replies: WRONGTYPE when processing or deadlines hold the wrong type (nothing
 --   written); an outbox of the wrong type is moved aside to <outbox>:corrupt and
 --   nothing is claimed.
@@ -57,11 +57,19 @@ local due = redis.call('ZRANGEBYSCORE', outbox, '-inf', now, 'LIMIT', 0, limit)
 if #due == 0 then return { {0, 0}, due } end
 
 -- Validate: read every entry, oldest admission first.
+-- The same bounds the worker checks (src/outbox.rs): ids of 1 to 1024 bytes, whole
+-- ms from 1970 to year 9999, deadline not before admission. Anything else is
+-- returned as it is, for the worker to move aside.
+local MAX_MS = 253402300799999
+local function id_ok(v) return type(v) == 'string' and v ~= '' and #v <= 1024 end
+local function ms_ok(v)
+  return type(v) == 'number' and v >= 1 and v <= MAX_MS and v == math.floor(v)
+end
 local bad, good = {}, {}
 for i, raw in ipairs(due) do
   local ok, e = pcall(cjson.decode, raw)
-  if ok and type(e) == 'table' and type(e[1]) == 'string' and type(e[2]) == 'string'
-      and type(e[3]) == 'number' and type(e[4]) == 'number' then
+  if ok and type(e) == 'table' and #e == 4 and id_ok(e[1]) and id_ok(e[2])
+      and ms_ok(e[3]) and ms_ok(e[4]) and e[4] >= e[3] then
     good[#good + 1] = { raw = raw, sid = e[1], user = e[2], admitted = e[3],
       deadline = e[4], i = i }
   else
