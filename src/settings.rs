@@ -713,18 +713,6 @@ impl RunArgs {
             self.max_processing_time,
             bounds::SHORT,
         )?;
-        if self.checkout_window < self.publish_timeout * 2 {
-            return Err(invalid(
-                "--checkout-window (QUEUE_CHECKOUT_WINDOW)",
-                "must be at least twice --publish-timeout, or a QUEUE_READY could carry a token that expires before Kafka acknowledges it",
-            ));
-        }
-        if self.redis.redis_timeout >= self.max_processing_time {
-            return Err(invalid(
-                "--max-processing-time (QUEUE_MAX_PROCESSING_TIME)",
-                "must be longer than --redis-timeout, or a cycle is cut before one Redis call can time out",
-            ));
-        }
         if self.publish_timeout < Duration::from_millis(100) {
             return Err(invalid(
                 "--publish-timeout (QUEUE_PUBLISH_TIMEOUT)",
@@ -751,6 +739,18 @@ impl RunArgs {
             return Err(invalid(
                 "--outbox-batch (QUEUE_OUTBOX_BATCH)",
                 "must be between 1 and 10000",
+            ));
+        }
+        if self.checkout_window < self.publish_timeout * 2 {
+            return Err(invalid(
+                "--checkout-window (QUEUE_CHECKOUT_WINDOW)",
+                "must be at least twice --publish-timeout, or a QUEUE_READY could carry a token that expires before Kafka acknowledges it",
+            ));
+        }
+        if self.redis.redis_timeout >= self.max_processing_time {
+            return Err(invalid(
+                "--max-processing-time (QUEUE_MAX_PROCESSING_TIME)",
+                "must be longer than --redis-timeout, or a cycle is cut before one Redis call can time out",
             ));
         }
         let max_unpublished_age = self
@@ -1226,6 +1226,33 @@ mod tests {
     }
 
     #[test]
+    fn settings_that_contradict_each_other_are_refused() {
+        for (args, setting, why) in [
+            (
+                &["--checkout-window", "3s", "--publish-timeout", "2s"][..],
+                "--checkout-window",
+                "twice --publish-timeout",
+            ),
+            (
+                &["--redis-timeout", "10s", "--max-processing-time", "10s"][..],
+                "--max-processing-time",
+                "longer than --redis-timeout",
+            ),
+            (
+                &["--checkout-window", "1m", "--max-unpublished-age", "1m"][..],
+                "--max-unpublished-age",
+                "shorter than --checkout-window",
+            ),
+        ] {
+            let err = parse(args).expect_err("must be refused");
+            assert!(
+                err.contains(setting) && err.contains(why),
+                "{args:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn durations_at_their_bounds_are_accepted() {
         let s = parse(&[
             "--checkout-window",
@@ -1247,7 +1274,8 @@ mod tests {
             "--process-interval",
             "1h",
             "--redis-timeout",
-            "1h",
+            // Below the max processing time, which must outlast one Redis call.
+            "59m",
             "--consumer-session-timeout",
             "1h",
         ])

@@ -764,6 +764,21 @@ async fn claim_drains_a_backlog_larger_than_the_largest_batch() {
             ));
         }
         add.query_async::<()>(&mut conn).await.expect("ZADD");
+        // Each of them holds its slot and its hash shows this admission (a claim
+        // drops the entry of a session that does not).
+        let mut p = redis::pipe();
+        for &i in chunk {
+            let sid = format!("s{i}");
+            p.cmd("SADD").arg(k.processing(event)).arg(&sid).ignore();
+            p.cmd("HSET")
+                .arg(k.session(event, &sid))
+                .arg("status")
+                .arg("admitted")
+                .arg("admitted_at")
+                .arg(clock::rfc3339_seconds(base + i))
+                .ignore();
+        }
+        p.query_async::<()>(&mut conn).await.expect("slots");
     }
     assert_eq!(zcard(&mut conn, &k.outbox(event)).await, BACKLOG);
 
