@@ -30,7 +30,7 @@ use crate::token::{self, Signer};
 
 #[derive(Debug, Error)]
 pub enum DeliveryError {
-    #[error("writing checkout tokens: {0}")]
+    #[error("writing checkout tokens")]
     Tokens(#[source] ScriptError),
 }
 

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
+use waitroom_worker::error_chain::Chain;
 use waitroom_worker::settings::{Cli, Command, RedisArgs, Settings};
 use waitroom_worker::shutdown;
 use waitroom_worker::worker::Worker;
@@ -41,7 +42,8 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Each cause once: the worker's errors say only their own context.
+            eprintln!("error: {}", Chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -19,9 +19,9 @@ use thiserror::Error;
 /// Why a message could not be queued for sending.
 #[derive(Debug, Error)]
 pub enum PublishError {
-    #[error("kafka: {0}")]
+    #[error(transparent)]
     Kafka(#[from] KafkaError),
-    #[error("encoding the message: {0}")]
+    #[error("encoding the message")]
     Encode(#[from] serde_json::Error),
 }
 

@@ -320,7 +320,7 @@ pub enum SettingsError {
         setting: &'static str,
         reason: String,
     },
-    #[error("{setting}: {source}")]
+    #[error("{setting}")]
     Token {
         setting: &'static str,
         #[source]
@@ -971,7 +971,8 @@ mod tests {
         let Command::Run(run) = cli.command else {
             return Err("not run".into());
         };
-        run.settings().map_err(|e| e.to_string())
+        run.settings()
+            .map_err(|e| crate::error_chain::chain(&e).to_string())
     }
 
     #[test]
@@ -1284,7 +1285,7 @@ mod tests {
         let Command::Run(run) = cli.command else {
             panic!("not run");
         };
-        let err = run.settings().expect_err("refused").to_string();
+        let err = crate::error_chain::chain(&run.settings().expect_err("refused")).to_string();
         assert!(
             err.contains("QUEUE_JWT_SECRET") && err.contains("32"),
             "{err}"

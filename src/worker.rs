@@ -53,11 +53,11 @@ pub const EVENTS_PER_PIPELINE: usize = 500;
 /// Why one event's step failed.
 #[derive(Debug, Error)]
 pub enum EventError {
-    #[error("claiming outbox entries: {0}")]
+    #[error("claiming outbox entries")]
     Claim(#[source] ScriptError),
-    #[error("admitting: {0}")]
+    #[error("admitting")]
     Admit(#[source] ScriptError),
-    #[error("reaping expired slots: {0}")]
+    #[error("reaping expired slots")]
     Reap(#[source] ScriptError),
     #[error(transparent)]
     Delivery(#[from] DeliveryError),
@@ -415,7 +415,7 @@ impl Worker {
         for chunk in events.chunks(EVENTS_PER_PIPELINE) {
             if let Err(e) = self.process_events(chunk).await {
                 self.stats.error("redis");
-                tracing::error!(error = %e, "processing events failed, the rest waits for the next cycle");
+                tracing::error!(error = %crate::error_chain::chain(&e), "processing events failed, the rest waits for the next cycle");
                 if e.is_connection() {
                     ok = false;
                     break;
@@ -690,7 +690,7 @@ impl Worker {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     self.stats.error("redis");
-                    tracing::error!(error = %e, "delivery failed; the entries stay in the outbox");
+                    tracing::error!(error = %crate::error_chain::chain(&e), "delivery failed; the entries stay in the outbox");
                 }
                 Err(e) => {
                     self.stats.error("delivery");
@@ -702,7 +702,7 @@ impl Worker {
 
     fn event_failed(&self, event: &str, e: &EventError) {
         self.stats.error("event");
-        tracing::error!(event_id = %event, error = %e, "processing event failed, skipping it this cycle");
+        tracing::error!(event_id = %event, error = %crate::error_chain::chain(e), "processing event failed, skipping it this cycle");
     }
 
     fn note_reaped(&self, event: &str, reaped: &Reaped) {
@@ -856,7 +856,7 @@ impl Worker {
                 Ok(_) => {}
                 Err(e) => {
                     self.stats.error("event");
-                    tracing::error!(event_id = %event, error = %e, "refill failed; the next cycle retries");
+                    tracing::error!(event_id = %event, error = %crate::error_chain::chain(&e), "refill failed; the next cycle retries");
                     if e.is_connection() {
                         return false;
                     }
@@ -916,10 +916,10 @@ impl Worker {
 /// Why the worker could not start.
 #[derive(Debug, Error)]
 pub enum StartError {
-    #[error("redis: {0}")]
+    #[error("redis")]
     Redis(#[source] ScriptError),
-    #[error("kafka: {0}")]
+    #[error("kafka")]
     Kafka(#[source] rdkafka::error::KafkaError),
-    #[error("http endpoint on {0}: {1}")]
+    #[error("http endpoint on {0}")]
     Http(std::net::SocketAddr, #[source] std::io::Error),
 }

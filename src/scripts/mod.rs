@@ -22,7 +22,7 @@ use thiserror::Error;
 /// What can go wrong calling a script.
 #[derive(Debug, Error)]
 pub enum ScriptError {
-    #[error("redis: {0}")]
+    #[error(transparent)]
     Redis(#[from] RedisError),
     #[error("script {script}: SCRIPT LOAD returned sha {got}, expected {expected}")]
     ShaMismatch {
