@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use waitroom_worker::error_chain::Chain;
+use waitroom_worker::log_limit;
 use waitroom_worker::settings::{Cli, Command, RedisArgs, Settings};
 use waitroom_worker::shutdown;
 use waitroom_worker::worker::Worker;
@@ -39,7 +40,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    let result = runtime.block_on(dispatch(cli));
+    // Counts of repeated warnings still owed are written before the process ends.
+    log_limit::flush();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Each cause once: the worker's errors say only their own context.
@@ -166,6 +170,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         tracing::warn!(
             "shutdown timeout elapsed; exiting, unacknowledged entries stay in the outbox"
         );
+        log_limit::flush();
         std::process::exit(0);
     });
     let Some(worker) = Worker::start(settings, &mut listener)
