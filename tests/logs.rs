@@ -256,6 +256,81 @@ async fn a_kafka_outage_writes_a_bounded_number_of_warnings() {
     );
 }
 
+/// Redis refusing writes for 3 s (`maxmemory` reached) with 20 events waiting: every
+/// cycle (50 ms) fails to record the known events and every event's tokens fail to
+/// be written. Measured on this machine: the worker's loop before its warnings went
+/// through the limiter wrote 63 WARN/ERROR lines (a "could not update the known
+/// events" every cycle); with it, 4 (the first of each kind and its summary).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_refusing_writes_writes_a_bounded_number_of_warnings() {
+    let redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let mut conn = redis.conn().await;
+    let events: Vec<String> = (0..20).map(|i| format!("ev{i:02}")).collect();
+    for e in &events {
+        let _: () = redis::cmd("SADD")
+            .arg("waitroom:active_events")
+            .arg(e)
+            .query_async(&mut conn)
+            .await
+            .expect("SADD");
+    }
+    let set_maxmemory = |c: &mut redis::aio::MultiplexedConnection, v: &'static str| {
+        let mut c = c.clone();
+        async move {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("maxmemory")
+                .arg(v)
+                .query_async(&mut c)
+                .await
+                .expect("CONFIG SET maxmemory");
+        }
+    };
+    for e in &events {
+        enqueue(&mut conn, e, e, 1, waitroom_worker::clock::now_ms()).await;
+    }
+    set_maxmemory(&mut conn, "1").await;
+    let url = redis.url();
+    let w = Worker::spawn(
+        &run_args(
+            &url,
+            &kafka.bootstrap,
+            &["--process-interval", "50ms", "--retry-attempts", "1"],
+        ),
+        &[],
+    );
+    w.wait_for_line("Queue processor started", Duration::from_secs(30));
+    // Redis refuses writes for 3 s (this is the scenario, not a wait for something).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    set_maxmemory(&mut conn, "0").await;
+    eventually(Duration::from_secs(30), "every event admitted", || {
+        let mut c = conn.clone();
+        let events = events.clone();
+        async move {
+            for e in &events {
+                if scard(&mut c, &format!("waitroom:{e}:processing")).await != 1 {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await;
+    let lines = w.stop();
+    let loud: Vec<String> = lines
+        .iter()
+        .filter(|l| matches!(level(l).as_deref(), Some("WARN" | "ERROR")))
+        .map(|l| strip_ansi(l))
+        .collect();
+    eprintln!("{} WARN/ERROR lines:\n{}", loud.len(), loud.join("\n"));
+    assert!(
+        loud.len() <= 20,
+        "{} WARN/ERROR lines while Redis refused writes",
+        loud.len()
+    );
+}
+
 /// A refused start names each cause once: the short secret (from a setting) and a
 /// Redis error (from Redis, through three layers of context).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
