@@ -1,5 +1,7 @@
 //! What the binary writes on stderr: a bounded number of warnings through a Kafka
-//! outage, and each cause of a refused start printed once.
+//! outage and while Redis refuses writes, no colour codes in a pipe, one JSON
+//! object per line with `--log-format json`, and each cause of a refused start
+//! printed once.
 
 mod support;
 
@@ -29,6 +31,7 @@ impl Worker {
         for var in [
             "NO_COLOR",
             "CLICOLOR_FORCE",
+            "QUEUE_LOG_FORMAT",
             "QUEUE_JWT_SECRET",
             "REDIS_URL",
             "REDIS_CLUSTER_URLS",
@@ -111,7 +114,7 @@ impl Drop for Worker {
     }
 }
 
-/// A text line without its ANSI escape sequences (written even into a pipe).
+/// A text line without its ANSI escape sequences (the old output had them in pipes).
 fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
@@ -329,6 +332,152 @@ async fn redis_refusing_writes_writes_a_bounded_number_of_warnings() {
         "{} WARN/ERROR lines while Redis refused writes",
         loud.len()
     );
+}
+
+/// A quick worker run: started, admitting, stopped; its stderr lines.
+async fn short_run(extra: &[&str], env: &[(&str, &str)]) -> Vec<String> {
+    let redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let mut conn = redis.conn().await;
+    enqueue(&mut conn, "e1", "s", 3, waitroom_worker::clock::now_ms()).await;
+    let url = redis.url();
+    let mut args = run_args(
+        &url,
+        &kafka.bootstrap,
+        &["--event", "e1", "--process-interval", "50ms"],
+    );
+    args.extend_from_slice(extra);
+    let w = Worker::spawn(&args, env);
+    eventually(Duration::from_secs(30), "three admissions", || {
+        let mut c = conn.clone();
+        async move { (scard(&mut c, "waitroom:e1:processing").await == 3).then_some(()) }
+    })
+    .await;
+    w.wait_for_line("User admitted to checkout", Duration::from_secs(30));
+    w.stop()
+}
+
+/// With stderr a pipe (a file, a log collector) no ANSI escape is written, without
+/// anyone having to set NO_COLOR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_into_a_pipe_carry_no_colour_codes() {
+    let lines = short_run(&[], &[]).await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("Admitting users to checkout"))
+    );
+    let coloured: Vec<&String> = lines.iter().filter(|l| l.contains('\u{1b}')).collect();
+    assert!(coloured.is_empty(), "ESC in the output: {coloured:?}");
+}
+
+/// On a terminal the text format is coloured, unless NO_COLOR is set. The terminal is
+/// a pseudo-terminal from util-linux `script`; without it there is nothing to check.
+#[test]
+fn a_terminal_gets_colour_unless_no_color_is_set() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no `script` (util-linux) to make a terminal");
+        return;
+    }
+    // Redis on a closed port: the worker warns at once, then SIGTERM from `timeout`.
+    let port = free_port();
+    let on_a_terminal = |no_color: Option<&str>| -> String {
+        let inner = format!(
+            "timeout -s TERM 2 {BIN} run --redis-url redis://127.0.0.1:{port} \
+             --redis-timeout 200ms --jwt-secret {SECRET} --http-addr off"
+        );
+        let mut c = Command::new("script");
+        c.args(["-qec", &inner, "/dev/null"])
+            .env_remove("NO_COLOR")
+            .env_remove("QUEUE_LOG_FORMAT")
+            .env("RUST_LOG", "info");
+        if let Some(v) = no_color {
+            c.env("NO_COLOR", v);
+        }
+        let out = c.stdin(Stdio::null()).output().expect("run script");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let coloured = on_a_terminal(None);
+    assert!(coloured.contains("redis not reachable"), "{coloured}");
+    assert!(
+        coloured.contains('\u{1b}'),
+        "a terminal gets colour: {coloured}"
+    );
+    let plain = on_a_terminal(Some("1"));
+    assert!(plain.contains("redis not reachable"), "{plain}");
+    assert!(!plain.contains('\u{1b}'), "NO_COLOR=1: {plain}");
+}
+
+/// Every line is one JSON object with the level, the message and the line's fields.
+fn assert_json_lines(lines: &[String]) {
+    assert!(!lines.is_empty());
+    let mut admitted = false;
+    for l in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        let o = v
+            .as_object()
+            .unwrap_or_else(|| panic!("not an object: {l}"));
+        assert!(
+            o.get("level").and_then(|x| x.as_str()).is_some(),
+            "level: {l}"
+        );
+        assert!(o.get("timestamp").is_some(), "timestamp: {l}");
+        let msg = o
+            .get("message")
+            .and_then(|x| x.as_str())
+            .unwrap_or_default();
+        assert!(!msg.is_empty(), "message: {l}");
+        if msg == "Admitting users to checkout" {
+            assert_eq!(o["level"], "INFO");
+            assert_eq!(o["event_id"], "e1", "fields are keys of the object: {l}");
+            assert_eq!(o["user_count"], 3, "numbers stay numbers: {l}");
+            admitted = true;
+        }
+    }
+    assert!(admitted, "the admission line is there: {lines:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_json_writes_one_object_per_line() {
+    let lines = short_run(&["--log-format", "json"], &[]).await;
+    assert_json_lines(&lines);
+    let lines = short_run(&[], &[("QUEUE_LOG_FORMAT", "json")]).await;
+    assert_json_lines(&lines);
+    // It is a global option: a refused setting of any subcommand is a JSON line too.
+    let out = Command::new(BIN)
+        .args(["--log-format", "json", "status", "--redis-url", "nonsense"])
+        .output()
+        .expect("run status");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<String> = stderr.lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&lines[0]).expect("a JSON line");
+    assert_eq!(v["level"], "ERROR", "{stderr}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("REDIS_URL"),
+        "{stderr}"
+    );
+    // An empty value means unset: the text format.
+    let out = Command::new(BIN)
+        .args(["status", "--redis-url", "nonsense"])
+        .env("QUEUE_LOG_FORMAT", "")
+        .output()
+        .expect("run status");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    // An unknown format is refused by name.
+    let out = Command::new(BIN)
+        .args(["--log-format", "xml", "status"])
+        .output()
+        .expect("run status");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--log-format"));
 }
 
 /// A refused start names each cause once: the short secret (from a setting) and a
