@@ -18,6 +18,7 @@ use thiserror::Error;
 use crate::clock;
 use crate::embedded_kafka::EmbeddedKafka;
 use crate::enqueue;
+use crate::error_chain::chain;
 use crate::keys::{KeyLayout, Keys};
 use crate::redis_server::{PrivateCluster, PrivateRedis, ServerError};
 use crate::scripts::Scripts;
@@ -62,11 +63,11 @@ pub struct BenchArgs {
 
 #[derive(Debug, Error)]
 pub enum BenchError {
-    #[error("{0}")]
+    #[error(transparent)]
     Server(#[from] ServerError),
-    #[error("redis: {0}")]
+    #[error("redis")]
     Redis(#[from] redis::RedisError),
-    #[error("kafka: {0}")]
+    #[error("kafka")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("{0}")]
     Other(String),
@@ -146,7 +147,8 @@ fn settings(env: &Env, prefix: &str, extra: &[&str]) -> Result<Settings, BenchEr
     let Command::Run(run) = cli.command else {
         return Err(BenchError::Other("internal: not run".into()));
     };
-    run.settings().map_err(|e| BenchError::Other(e.to_string()))
+    run.settings()
+        .map_err(|e| BenchError::Other(chain(&e).to_string()))
 }
 
 async fn redis_cpu(conn: &mut MultiplexedConnection) -> Result<f64, BenchError> {
@@ -168,7 +170,7 @@ async fn start_worker(s: Settings) -> Result<Worker, BenchError> {
     let (_t, mut l) = shutdown::channel();
     Worker::start(s, &mut l)
         .await
-        .map_err(|e| BenchError::Other(e.to_string()))?
+        .map_err(|e| BenchError::Other(chain(&e).to_string()))?
         .ok_or_else(|| BenchError::Other("worker stopped".into()))
 }
 

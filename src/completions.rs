@@ -17,8 +17,9 @@ use rdkafka::error::KafkaError;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::error_chain::chain;
 use crate::keys::{KeyLayout, Keys};
-use crate::publisher::Publisher;
+use crate::publisher::{KafkaLogs, Publisher};
 use crate::refill::Refill;
 use crate::retry::Backoff;
 use crate::scripts::release::{self, Outcome, Released};
@@ -90,7 +91,7 @@ pub struct ConsumerSettings {
 }
 
 pub struct Completions {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<KafkaLogs>,
     conn: RedisConn,
     scripts: Arc<Scripts>,
     keys: Keys,
@@ -136,7 +137,7 @@ impl Completions {
         for (k, v) in settings.extra.iter() {
             config.set(k, v);
         }
-        let consumer: StreamConsumer = config.create()?;
+        let consumer: StreamConsumer<KafkaLogs> = config.create_with_context(KafkaLogs)?;
         consumer.subscribe(&[&settings.topic])?;
         Ok(Completions {
             consumer,
@@ -161,7 +162,7 @@ impl Completions {
             let msg = match msg {
                 Ok(m) => m,
                 Err(e) => {
-                    tracing::warn!(error = %e, "completion consumer error");
+                    crate::log_limited!(WARN, "completion consumer error", error = %chain(&e));
                     self.stats.error("kafka");
                     tokio::select! {
                         _ = shutdown.recv() => break,
@@ -180,11 +181,11 @@ impl Completions {
                 break;
             }
             if let Err(e) = self.consumer.store_offset_from_message(&msg) {
-                tracing::warn!(error = %e, "could not store a completion offset");
+                crate::log_limited!(WARN, "could not store a completion offset", error = %chain(&e));
             }
         }
         if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
-            tracing::debug!(error = %e, "final offset commit");
+            tracing::debug!(error = %chain(&e), "final offset commit");
         }
         self.consumer.unsubscribe();
         tracing::info!("completion consumer stopped");
@@ -228,7 +229,7 @@ impl Completions {
                     maybe_applied |= sent;
                     self.stats.error("redis");
                     let wait = self.settings.backoff.delay(attempt);
-                    tracing::warn!(session_id = %c.session_id, error = %e, retry_in = ?wait, "release failed, retrying");
+                    crate::log_limited!(WARN, "release failed, retrying", session_id = %c.session_id, error = %chain(&e), retry_in = ?wait);
                     tokio::select! {
                         _ = shutdown.recv() => return false,
                         _ = tokio::time::sleep(wait) => {}
@@ -236,7 +237,7 @@ impl Completions {
                 }
                 Err(Failed { error: e, .. }) => {
                     self.stats.error("release");
-                    tracing::error!(session_id = %c.session_id, error = %e, "release failed, skipping the message");
+                    crate::log_limited!(ERROR, "release failed, skipping the message", session_id = %c.session_id, error = %chain(&e));
                     return true;
                 }
             }
@@ -312,16 +313,18 @@ impl Completions {
 
     async fn reject(&self, payload: Option<&[u8]>, r: &Rejected) {
         Stats::add(&self.stats.completions_rejected, 1);
-        tracing::warn!(reason = %r, "skipping a completion message");
+        crate::log_limited!(WARN, "skipping a completion message", reason = %r);
         if let Some(topic) = &self.settings.dead_letter_topic {
             let body = payload.unwrap_or_default();
             match self.publisher.forward(topic, body, &r.to_string()) {
                 Ok(fut) => {
                     if !matches!(fut.await, Ok(Ok(_))) {
-                        tracing::warn!(topic = %topic, "dead-letter forward not acknowledged");
+                        crate::log_limited!(WARN, "dead-letter forward not acknowledged", topic = %topic);
                     }
                 }
-                Err(e) => tracing::warn!(topic = %topic, error = %e, "dead-letter forward failed"),
+                Err(e) => {
+                    crate::log_limited!(WARN, "dead-letter forward failed", topic = %topic, error = %chain(&e))
+                }
             }
         }
     }

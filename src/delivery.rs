@@ -16,6 +16,7 @@ use thiserror::Error;
 use tokio::task::JoinSet;
 
 use crate::clock;
+use crate::error_chain::chain;
 use crate::keys::Keys;
 use crate::outbox::{self, OutboxEntry};
 use crate::publisher::{Publisher, ReadyMessage};
@@ -30,7 +31,7 @@ use crate::token::{self, Signer};
 
 #[derive(Debug, Error)]
 pub enum DeliveryError {
-    #[error("writing checkout tokens: {0}")]
+    #[error("writing checkout tokens")]
     Tokens(#[source] ScriptError),
 }
 
@@ -150,7 +151,7 @@ impl Delivery {
                     Ok(Ok(p)) => ok.push(p),
                     Ok(Err(entry)) => unsigned.push(entry),
                     Err(_) => {
-                        tracing::error!(event_id = %event, "building a QUEUE_READY panicked; the entry stays in the outbox");
+                        crate::log_limited!(ERROR, "building a QUEUE_READY panicked; the entry stays in the outbox", event_id = %event);
                         self.stats.error("delivery");
                     }
                 }
@@ -206,7 +207,7 @@ impl Delivery {
                 Err(e) => {
                     // This event's tokens are not written: publish nothing for it; its
                     // entries come back when their lease runs out.
-                    tracing::error!(event_id = %event, error = %e, "writing checkout tokens failed");
+                    crate::log_limited!(ERROR, "writing checkout tokens failed", event_id = %event, error = %chain(&e));
                     self.stats.error("redis");
                     continue;
                 }
@@ -224,6 +225,7 @@ impl Delivery {
             }
             let mut failed = Vec::new();
             let mut stale = Vec::new();
+            let mut first_error = None;
             for (p, ok) in ps
                 .into_iter()
                 .zip(written.iter().copied().chain(std::iter::repeat(false)))
@@ -235,7 +237,7 @@ impl Delivery {
                 match self.publisher.enqueue(&p.message, &p.message_id) {
                     Ok(fut) => sent.push((event.clone(), p, fut)),
                     Err(e) => {
-                        tracing::warn!(event_id = %event, session_id = %p.entry.session_id, error = %e, "could not queue QUEUE_READY");
+                        first_error.get_or_insert(e);
                         failed.push(p.entry);
                     }
                 }
@@ -243,7 +245,9 @@ impl Delivery {
             if !stale.is_empty() {
                 recheck.push((event.clone(), stale));
             }
-            if !failed.is_empty() {
+            // One line per event and pass, however many entries failed.
+            if let Some(e) = first_error {
+                crate::log_limited!(WARN, "could not queue QUEUE_READY", event_id = %event, failed = failed.len(), error = %chain(&e));
                 not_sent.push((event, failed));
             }
         }
@@ -275,7 +279,7 @@ impl Delivery {
                 entry,
             }),
             Err(e) => {
-                tracing::error!(event_id = event, session_id = %entry.session_id, error = %e, "signing checkout token failed");
+                crate::log_limited!(ERROR, "signing checkout token failed", event_id = event, session_id = %entry.session_id, error = %chain(&e));
                 self.stats.error("sign");
                 Err(entry)
             }
@@ -308,6 +312,9 @@ impl Delivery {
                 .into_iter()
                 .flat_map(|(e, es)| es.into_iter().map(move |x| (e.clone(), x)))
                 .collect();
+            // Per event: how many Kafka did not acknowledge, and the first reason.
+            let mut refused: std::collections::BTreeMap<String, (usize, String)> =
+                Default::default();
             for (event, p, fut) in sent {
                 match fut.await {
                     Ok(Ok(_)) => {
@@ -315,11 +322,21 @@ impl Delivery {
                         acked.push((event, p.entry));
                     }
                     Ok(Err((e, _))) => {
-                        tracing::warn!(event_id = %event, session_id = %p.entry.session_id, error = %e, "QUEUE_READY not acknowledged, will retry");
+                        let r = refused.entry(event.clone()).or_insert_with(|| (0, chain(&e).to_string()));
+                        r.0 += 1;
                         failed.push((event, p.entry));
                     }
-                    Err(_) => failed.push((event, p.entry)),
+                    Err(_) => {
+                        let r = refused.entry(event.clone()).or_insert_with(|| (0, "the producer dropped the message".to_owned()));
+                        r.0 += 1;
+                        failed.push((event, p.entry));
+                    }
                 }
+            }
+            // One line per event and settlement, with the count, however many
+            // entries failed; repeats across settlements are summarised.
+            for (event, (n, error)) in &refused {
+                crate::log_limited!(WARN, "QUEUE_READY not acknowledged, will retry", event_id = %event, failed = n, error = %error);
             }
             Stats::add(&stats.published, acked.len() as u64);
             Stats::add(&stats.publish_failures, failed.len() as u64);
@@ -384,7 +401,7 @@ impl Delivery {
             if let Err(e) = result {
                 // The entries stay claimed; their lease runs out and they are published
                 // again (a duplicate the message id lets consumers drop).
-                tracing::error!(error = %e, "could not settle outbox entries");
+                crate::log_limited!(ERROR, "could not settle outbox entries", error = %chain(&e));
                 stats.error("redis");
             }
         });
@@ -396,7 +413,7 @@ impl Delivery {
         let publisher = self.publisher.clone();
         let flushed = tokio::task::spawn_blocking(move || publisher.flush(timeout)).await;
         if let Ok(Err(e)) = flushed {
-            tracing::warn!(error = %e, "kafka flush did not complete; unacknowledged entries stay in the outbox");
+            tracing::warn!(error = %chain(&e), "kafka flush did not complete; unacknowledged entries stay in the outbox");
         }
         let mut set = match self.inflight.lock() {
             Ok(mut g) => std::mem::take(&mut *g),

@@ -20,6 +20,7 @@ use thiserror::Error;
 
 use crate::embedded_kafka::EmbeddedKafka;
 use crate::enqueue;
+use crate::error_chain::chain;
 use crate::keys::{KeyLayout, Keys};
 use crate::publisher::ReadyMessage;
 use crate::redis_server::{PrivateRedis, ServerError};
@@ -65,11 +66,11 @@ pub struct DemoArgs {
 
 #[derive(Debug, Error)]
 pub enum DemoError {
-    #[error("{0}")]
+    #[error(transparent)]
     Redis(#[from] ServerError),
-    #[error("redis: {0}")]
+    #[error("redis")]
     RedisCmd(#[from] redis::RedisError),
-    #[error("kafka: {0}")]
+    #[error("kafka")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("bad demo setting: {0}")]
     Setting(String),
@@ -175,7 +176,7 @@ pub async fn run(a: DemoArgs) -> Result<Summary, DemoError> {
     };
     let settings = run_args
         .settings()
-        .map_err(|e| DemoError::Setting(e.to_string()))?;
+        .map_err(|e| DemoError::Setting(chain(&e).to_string()))?;
 
     let keys = Keys::new("waitroom", KeyLayout::Default);
     let client = redis::Client::open(redis.url())?;
@@ -198,7 +199,7 @@ pub async fn run(a: DemoArgs) -> Result<Summary, DemoError> {
     let (trigger, mut listener) = shutdown::channel();
     let worker = Worker::start(settings, &mut listener)
         .await
-        .map_err(|e| DemoError::Worker(e.to_string()))?
+        .map_err(|e| DemoError::Worker(chain(&e).to_string()))?
         .ok_or_else(|| DemoError::Worker("stopped before it started".into()))?;
     let stats = worker.stats();
     if let Some(addr) = worker.http_addr() {

@@ -12,6 +12,8 @@
 //! - [`demo`], [`enqueue`], [`redis_server`], [`embedded_kafka`]: the demo and its parts.
 //! - [`http`]: health, readiness, status and metrics; [`heartbeat`]: live replicas in Redis.
 //! - [`probe`]: `waitroom-worker health`, the container's probe of `/healthz`.
+//! - [`log_limit`]: repeated warnings written once, then counted; [`error_chain`]:
+//!   an error and its causes on one line, each once.
 //! - [`store`], [`retry`], [`shutdown`], [`stats`], [`clock`], [`redis_time`]: plumbing.
 
 pub mod bench;
@@ -21,9 +23,11 @@ pub mod delivery;
 pub mod demo;
 pub mod embedded_kafka;
 pub mod enqueue;
+pub mod error_chain;
 pub mod heartbeat;
 pub mod http;
 pub mod keys;
+pub mod log_limit;
 pub mod outbox;
 pub mod probe;
 pub mod publisher;

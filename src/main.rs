@@ -1,12 +1,15 @@
 //! The binary's edge: parse flags, set up logging, run a subcommand, turn signals
 //! into the shutdown signal, and report errors with context.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use waitroom_worker::settings::{Cli, Command, RedisArgs, Settings};
+use waitroom_worker::error_chain::Chain;
+use waitroom_worker::log_limit;
+use waitroom_worker::settings::{Cli, Command, LogFormat, RedisArgs, Settings};
 use waitroom_worker::shutdown;
 use waitroom_worker::worker::Worker;
 
@@ -46,26 +49,61 @@ fn main() -> ExitCode {
         (_, Some(f)) => f,
         (_, None) => EnvFilter::new("info"),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let format = cli.log_format;
+    init_logging(format, filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            let e = anyhow::Error::new(e).context("cannot start the async runtime");
+            report_failure(format, &e);
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    let result = runtime.block_on(dispatch(cli));
+    // Counts of repeated warnings still owed are written before the process ends.
+    log_limit::flush();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            report_failure(format, &e);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Log lines go to stderr: text for people, coloured only when stderr is a terminal
+/// and NO_COLOR (https://no-color.org) is unset, so a pipe or a file gets no escape
+/// codes; or one JSON object per line, the event's fields as keys beside
+/// `timestamp`, `level`, `target` and `message`.
+fn init_logging(format: LogFormat, filter: EnvFilter) {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            builder.with_ansi(colour).init();
+        }
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
+}
+
+/// The error that ends the process, each cause once: `error: context: cause` on
+/// stderr, or, in the JSON format, one more JSON line at level ERROR.
+fn report_failure(format: LogFormat, e: &anyhow::Error) {
+    let chain = Chain(e.as_ref());
+    match format {
+        LogFormat::Text => eprintln!("error: {chain}"),
+        LogFormat::Json => tracing::error!("{chain}"),
     }
 }
 
@@ -188,6 +226,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         tracing::warn!(
             "shutdown timeout elapsed; exiting, unacknowledged entries stay in the outbox"
         );
+        log_limit::flush();
         std::process::exit(0);
     });
     let Some(worker) = Worker::start(settings, &mut listener)

@@ -9,19 +9,66 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseProducer, DeliveryFuture, FutureRecord, Producer};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use crate::error_chain::chain;
+
+/// The producer, with librdkafka's reports going through [`KafkaLogs`].
+pub type FutureProducer = rdkafka::producer::FutureProducer<KafkaLogs>;
+
+/// Where librdkafka's own log lines and error reports go: through the log limiter
+/// ([`crate::log_limit`]). While the brokers are away, librdkafka reports every
+/// reconnect attempt of every client (producer, consumer, readiness probe), several
+/// a second; the first of each kind is written, the rest counted.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KafkaLogs;
+
+impl ClientContext for KafkaLogs {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                crate::log_limited!(ERROR, "librdkafka error", facility, detail = message)
+            }
+            RDKafkaLogLevel::Warning => {
+                crate::log_limited!(WARN, "librdkafka warning", facility, detail = message)
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", facility, "{message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        crate::log_limited!(ERROR, "kafka client error", error = %chain(&error), reason);
+    }
+}
+
+impl ConsumerContext for KafkaLogs {}
+
+impl rdkafka::producer::ProducerContext for KafkaLogs {
+    type DeliveryOpaque = ();
+
+    /// The readiness probe sends nothing; there is nothing to deliver.
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+}
 
 /// Why a message could not be queued for sending.
 #[derive(Debug, Error)]
 pub enum PublishError {
-    #[error("kafka: {0}")]
+    #[error(transparent)]
     Kafka(#[from] KafkaError),
-    #[error("encoding the message: {0}")]
+    #[error("encoding the message")]
     Encode(#[from] serde_json::Error),
 }
 
@@ -71,7 +118,7 @@ impl Publisher {
         for (k, v) in extra {
             config.set(k, v);
         }
-        let producer = config.create::<FutureProducer>()?;
+        let producer: FutureProducer = config.create_with_context(KafkaLogs)?;
         Ok(Publisher {
             config,
             producer: RwLock::new(Arc::new(producer)),
@@ -132,8 +179,11 @@ impl Publisher {
         let Some((code, reason)) = current.client().fatal_error() else {
             return false;
         };
-        tracing::error!(?code, %reason, "kafka producer fatal error, creating a new producer");
-        match self.config.create::<FutureProducer>() {
+        crate::log_limited!(ERROR, "kafka producer fatal error, creating a new producer", ?code, %reason);
+        match self
+            .config
+            .create_with_context::<_, FutureProducer>(KafkaLogs)
+        {
             Ok(fresh) => {
                 if let Ok(mut slot) = self.producer.write() {
                     *slot = Arc::new(fresh);
@@ -141,7 +191,7 @@ impl Publisher {
                 true
             }
             Err(e) => {
-                tracing::error!(error = %e, "could not create a new kafka producer");
+                crate::log_limited!(ERROR, "could not create a new kafka producer", error = %chain(&e));
                 false
             }
         }
@@ -158,7 +208,7 @@ impl Publisher {
     pub fn check(&self, timeout: Duration) -> Result<(), KafkaError> {
         let mut config = self.config.clone();
         config.set("enable.idempotence", "false");
-        let probe: rdkafka::producer::BaseProducer = config.create()?;
+        let probe: BaseProducer<KafkaLogs> = config.create_with_context(KafkaLogs)?;
         probe
             .client()
             .fetch_metadata(Some(&self.topic), timeout)

@@ -24,7 +24,7 @@ pub enum ServerError {
     ClusterNotOk(u16),
     #[error("no free loopback port between 20000 and 32000")]
     NoPortPair,
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 

@@ -71,8 +71,36 @@ fn key_value(s: &str) -> Result<(String, String), String> {
     about = "Admits users from a ticketing waiting room into checkout"
 )]
 pub struct Cli {
+    /// How log lines are written on stderr, for every subcommand: `text` for people
+    /// (coloured only when stderr is a terminal and NO_COLOR is unset) or `json`, one
+    /// object per line (timestamp, level, target, message, fields) for log shippers.
+    #[arg(
+        long,
+        global = true,
+        env = "QUEUE_LOG_FORMAT",
+        value_name = "text|json",
+        default_value = "text",
+        value_parser = log_format
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The binary's log format (`--log-format`); the library never reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `text` or `json`; empty (`QUEUE_LOG_FORMAT=`) means unset, so the default.
+fn log_format(s: &str) -> Result<LogFormat, String> {
+    match s.trim() {
+        "" | "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        other => Err(format!("{other:?} is not a log format (text or json)")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -325,7 +353,7 @@ pub enum SettingsError {
         setting: &'static str,
         reason: String,
     },
-    #[error("{setting}: {source}")]
+    #[error("{setting}")]
     Token {
         setting: &'static str,
         #[source]
@@ -987,7 +1015,8 @@ mod tests {
         let Command::Run(run) = cli.command else {
             return Err("not run".into());
         };
-        run.settings().map_err(|e| e.to_string())
+        run.settings()
+            .map_err(|e| crate::error_chain::chain(&e).to_string())
     }
 
     #[test]
@@ -1328,7 +1357,7 @@ mod tests {
         let Command::Run(run) = cli.command else {
             panic!("not run");
         };
-        let err = run.settings().expect_err("refused").to_string();
+        let err = crate::error_chain::chain(&run.settings().expect_err("refused")).to_string();
         assert!(
             err.contains("QUEUE_JWT_SECRET") && err.contains("32"),
             "{err}"

@@ -237,7 +237,7 @@ async fn split_by_slot(conn: ClusterConnection, pipeline: &Pipeline) -> RedisRes
                 }
             }
             Err(e) if crate::retry::is_transient(&e) => {
-                tracing::warn!(error = %e, commands = idx.len(), "part of a cluster pipeline failed; its commands are retried on the next pass");
+                crate::log_limited!(WARN, "part of a cluster pipeline failed; its commands are retried on the next pass", error = %crate::error_chain::chain(&e), commands = idx.len());
                 let failed = part_failed(&e).ok_or(e)?;
                 for &i in idx {
                     out[i] = Some(failed.clone());

@@ -53,11 +53,11 @@ pub const EVENTS_PER_PIPELINE: usize = 500;
 /// Why one event's step failed.
 #[derive(Debug, Error)]
 pub enum EventError {
-    #[error("claiming outbox entries: {0}")]
+    #[error("claiming outbox entries")]
     Claim(#[source] ScriptError),
-    #[error("admitting: {0}")]
+    #[error("admitting")]
     Admit(#[source] ScriptError),
-    #[error("reaping expired slots: {0}")]
+    #[error("reaping expired slots")]
     Reap(#[source] ScriptError),
     #[error(transparent)]
     Delivery(#[from] DeliveryError),
@@ -135,7 +135,7 @@ impl Worker {
                 Ok(c) => break c,
                 Err(ScriptError::Redis(e)) if retry::is_transient(&e) => {
                     let wait = backoff.delay(attempt);
-                    tracing::warn!(redis = %settings.redis, error = %e, retry_in = ?wait, "redis not reachable at start-up");
+                    crate::log_limited!(WARN, "redis not reachable at start-up", redis = %settings.redis, error = %crate::error_chain::chain(&e), retry_in = ?wait);
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = shutdown.recv() => return Ok(None),
@@ -287,7 +287,7 @@ impl Worker {
             let ok = match tokio::time::timeout(deadline, pass).await {
                 Ok(ok) => ok,
                 Err(_) => {
-                    tracing::warn!(max_processing_time = ?deadline, "cycle cut at the max processing time; the rest waits for the next cycle");
+                    crate::log_limited!(WARN, "cycle cut at the max processing time; the rest waits for the next cycle", max_processing_time = ?deadline);
                     self.stats.error("timeout");
                     false
                 }
@@ -314,7 +314,7 @@ impl Worker {
                 )
                 .await
                 {
-                    tracing::debug!(error = %e, "heartbeat failed");
+                    tracing::debug!(error = %crate::error_chain::chain(&e), "heartbeat failed");
                 }
             }
             self.stats.last_loop_ms.store(clock::now_ms(), relaxed);
@@ -349,7 +349,7 @@ impl Worker {
         }
         if let Err(e) = heartbeat::leave(&mut self.conn, &self.settings.keys, &self.identity).await
         {
-            tracing::debug!(error = %e, "could not remove the heartbeat");
+            tracing::debug!(error = %crate::error_chain::chain(&e), "could not remove the heartbeat");
         }
         tracing::info!("Queue processor stopping: flushing Kafka and settling in-flight messages");
         self.await_pending().await;
@@ -408,8 +408,12 @@ impl Worker {
                 Ok(e) if !e.is_empty() && !e.contains(['{', '}']) => {
                     set.insert(e);
                 }
-                Ok(e) => tracing::warn!(event_id = %e, key = %key, "ignoring an invalid event id"),
-                Err(_) => tracing::warn!(key = %key, "ignoring an event id that is not UTF-8"),
+                Ok(e) => {
+                    crate::log_limited!(WARN, "ignoring an invalid event id", event_id = %e, key = %key)
+                }
+                Err(_) => {
+                    crate::log_limited!(WARN, "ignoring an event id that is not UTF-8", key = %key)
+                }
             }
         }
         Ok(set.into_iter().collect())
@@ -430,7 +434,7 @@ impl Worker {
         let served = match self.active_events().await {
             Ok(e) => e,
             Err(e) => {
-                tracing::error!(error = %e, "reading active events failed");
+                crate::log_limited!(ERROR, "reading active events failed", error = %crate::error_chain::chain(&e));
                 self.stats.error("redis");
                 if retry::is_transient(&e) {
                     return false;
@@ -446,7 +450,7 @@ impl Worker {
         let lost_some = self.served.difference(&served_set).next().is_some();
         self.served = served_set;
         if let Err(e) = self.refresh_known(full, lost_some).await {
-            tracing::warn!(error = %e, key = %self.settings.keys.known_events(), "could not update the known events; retired events are drained later");
+            crate::log_limited!(WARN, "could not update the known events; retired events are drained later", error = %crate::error_chain::chain(&e), key = %self.settings.keys.known_events());
             self.stats.error("redis");
         }
         let mut tracked = self.served.clone();
@@ -465,7 +469,7 @@ impl Worker {
         for chunk in events.chunks(EVENTS_PER_PIPELINE) {
             if let Err(e) = self.process_events(chunk).await {
                 self.stats.error("redis");
-                tracing::error!(error = %e, "processing events failed, the rest waits for the next cycle");
+                crate::log_limited!(ERROR, "processing events failed, the rest waits for the next cycle", error = %crate::error_chain::chain(&e));
                 if e.is_connection() {
                     ok = false;
                     break;
@@ -581,7 +585,7 @@ impl Worker {
                 self.hints.remove(event);
             }
             Err(e) => {
-                tracing::warn!(event_id = %event, error = %e, "could not forget a drained event; retrying next pass")
+                crate::log_limited!(WARN, "could not forget a drained event; retrying next pass", event_id = %event, error = %crate::error_chain::chain(&e))
             }
         }
     }
@@ -737,11 +741,11 @@ impl Worker {
                 Some(Ok(claimed)) => {
                     if claimed.renewed > 0 {
                         Stats::add(&self.stats.renewed, claimed.renewed);
-                        tracing::warn!(event_id = %event, renewed = claimed.renewed, "admissions whose window ran out before Kafka acknowledged them were renewed (new deadline and token)");
+                        crate::log_limited!(WARN, "admissions whose window ran out before Kafka acknowledged them were renewed (new deadline and token)", event_id = %event, renewed = claimed.renewed);
                     }
                     if claimed.dropped > 0 {
                         Stats::add(&self.stats.outbox_dropped, claimed.dropped);
-                        tracing::warn!(event_id = %event, dropped = claimed.dropped, "outbox entries dropped: their session no longer holds the slot");
+                        crate::log_limited!(WARN, "outbox entries dropped: their session no longer holds the slot", event_id = %event, dropped = claimed.dropped);
                     }
                     let claimed = self.readable(event, claimed.entries).await;
                     if !claimed.is_empty() {
@@ -810,11 +814,11 @@ impl Worker {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     self.stats.error("redis");
-                    tracing::error!(error = %e, "delivery failed; the entries stay in the outbox");
+                    crate::log_limited!(ERROR, "delivery failed; the entries stay in the outbox", error = %crate::error_chain::chain(&e));
                 }
                 Err(e) => {
                     self.stats.error("delivery");
-                    tracing::error!(error = %e, "delivery task failed; the entries stay in the outbox");
+                    crate::log_limited!(ERROR, "delivery task failed; the entries stay in the outbox", error = %crate::error_chain::chain(&e));
                 }
             }
         }
@@ -822,7 +826,7 @@ impl Worker {
 
     fn event_failed(&self, event: &str, e: &EventError) {
         self.stats.error("event");
-        tracing::error!(event_id = %event, error = %e, "processing event failed, skipping it this cycle");
+        crate::log_limited!(ERROR, "processing event failed, skipping it this cycle", event_id = %event, error = %crate::error_chain::chain(e));
     }
 
     fn note_reaped(&self, event: &str, reaped: &Reaped) {
@@ -879,12 +883,12 @@ impl Worker {
             Ok(q) => {
                 self.note_repaired(event, &q.repaired);
                 if (q.moved as usize) < bad.len() {
-                    tracing::warn!(event_id = %event, moved = q.moved, unreadable = bad.len(), "some unreadable outbox entries could not be moved aside (gone already, or not UTF-8)");
+                    crate::log_limited!(WARN, "some unreadable outbox entries could not be moved aside (gone already, or not UTF-8)", event_id = %event, moved = q.moved, unreadable = bad.len());
                 }
             }
             Err(e) => {
                 self.stats.error("redis");
-                tracing::error!(event_id = %event, error = %e, "could not move unreadable outbox entries aside; they are claimed again after their lease");
+                crate::log_limited!(ERROR, "could not move unreadable outbox entries aside; they are claimed again after their lease", event_id = %event, error = %crate::error_chain::chain(&e));
             }
         }
         good
@@ -928,7 +932,7 @@ impl Worker {
             },
         );
         if outcome.skipped > 0 {
-            tracing::warn!(event_id = %event, skipped = outcome.skipped, "dropped queue members that cannot be admitted (missing session, not queued, no user, other event)");
+            crate::log_limited!(WARN, "dropped queue members that cannot be admitted (missing session, not queued, no user, other event)", event_id = %event, skipped = outcome.skipped);
         }
         if outcome.admitted == 0 {
             return Vec::new();
@@ -982,7 +986,7 @@ impl Worker {
                 Ok(_) => {}
                 Err(e) => {
                     self.stats.error("event");
-                    tracing::error!(event_id = %event, error = %e, "refill failed; the next cycle retries");
+                    crate::log_limited!(ERROR, "refill failed; the next cycle retries", event_id = %event, error = %crate::error_chain::chain(&e));
                     if e.is_connection() {
                         return false;
                     }
@@ -1052,10 +1056,10 @@ impl Worker {
 /// Why the worker could not start.
 #[derive(Debug, Error)]
 pub enum StartError {
-    #[error("redis: {0}")]
+    #[error("redis")]
     Redis(#[source] ScriptError),
-    #[error("kafka: {0}")]
+    #[error("kafka")]
     Kafka(#[source] rdkafka::error::KafkaError),
-    #[error("http endpoint on {0}: {1}")]
+    #[error("http endpoint on {0}")]
     Http(std::net::SocketAddr, #[source] std::io::Error),
 }

@@ -22,7 +22,7 @@ use thiserror::Error;
 /// What can go wrong calling a script.
 #[derive(Debug, Error)]
 pub enum ScriptError {
-    #[error("redis: {0}")]
+    #[error(transparent)]
     Redis(#[from] RedisError),
     #[error("script {script}: SCRIPT LOAD returned sha {got}, expected {expected}")]
     ShaMismatch {
@@ -120,7 +120,7 @@ impl Script {
         match cmd.query_async(conn).await {
             Err(e) if is_noscript(&e) => {
                 // EVAL with the source cannot meet NOSCRIPT, and caches the script again.
-                tracing::warn!(script = self.name, sha = %self.sha, "script missing from Redis cache, sending its source");
+                crate::log_limited!(WARN, "script missing from Redis cache, sending its source", script = self.name, sha = %self.sha);
                 let mut eval = redis::cmd("EVAL");
                 eval.arg(self.source).arg(keys.len()).arg(keys).arg(args);
                 Ok(eval.query_async(conn).await?)
@@ -176,11 +176,20 @@ pub async fn run_batch<C: ConnectionLike + Send>(
     }
     // Send just those calls again as EVAL with the source: it cannot meet NOSCRIPT
     // (a flush racing a SCRIPT LOAD could), and it puts the script back in the cache.
+    // One line for the batch (a flushed cache meets every event's call at once).
+    let mut scripts: Vec<&str> = missing.iter().map(|&i| calls[i].script.name).collect();
+    scripts.sort_unstable();
+    scripts.dedup();
+    crate::log_limited!(
+        WARN,
+        "script missing from Redis cache, sending its source",
+        ?scripts,
+        calls = missing.len()
+    );
     let mut again = redis::pipe();
     again.ignore_errors();
     for &i in &missing {
         let c = &calls[i];
-        tracing::warn!(script = c.script.name, sha = %c.script.sha, "script missing from Redis cache, sending its source");
         again
             .cmd("EVAL")
             .arg(c.script.source)
