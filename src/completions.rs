@@ -137,8 +137,10 @@ impl Completions {
         for (k, v) in settings.extra.iter() {
             config.set(k, v);
         }
+        // Subscribed only when it runs: a consumer that joined a group and is then
+        // dropped unpolled can hang in librdkafka's close (its rebalance callback
+        // waits on an assign nobody serves), which a worker that never ran would do.
         let consumer: StreamConsumer<KafkaLogs> = config.create_with_context(KafkaLogs)?;
-        consumer.subscribe(&[&settings.topic])?;
         Ok(Completions {
             consumer,
             conn,
@@ -153,6 +155,11 @@ impl Completions {
 
     /// Consume until shutdown; then commit what was applied and leave the group.
     pub async fn run(self, mut shutdown: Shutdown) {
+        if let Err(e) = self.consumer.subscribe(&[&self.settings.topic]) {
+            self.stats.error("kafka");
+            tracing::error!(topic = %self.settings.topic, error = %chain(&e), "cannot subscribe to the completion topic; slots come back by expiry only");
+            return;
+        }
         tracing::info!(topic = %self.settings.topic, group = %self.settings.group, "completion consumer started");
         loop {
             let msg = tokio::select! {
