@@ -313,19 +313,21 @@ if #admitted > 0 then
   local deadline_ms = math.ceil((now_ms + window_ms) / 1000) * 1000
   local admitted_at = rfc3339(math.floor(now_ms / 1000))
   local expires_at = rfc3339(deadline_ms / 1000)
-  local due = now_ms + lease_ms
+  -- Numbers as text once per call, not once per session.
+  local due = string.format('%d', now_ms + lease_ms)
+  local untold_score = string.format('%d', UNTOLD + now_ms)
+  local times = ',' .. string.format('%d', now_ms) .. ',' .. string.format('%d', deadline_ms) .. ']'
   local outbox_args, deadline_args = {}, {}
   for i, sid in ipairs(admitted) do
     local key = session_prefix .. sid
     redis.call('HSET', key, 'status', 'admitted', 'admitted_at', admitted_at,
       'checkout_expires_at', expires_at)
     redis.call('PEXPIRE', key, ttl_ms)
-    local entry = '[' .. cjson.encode(sid) .. ',' .. cjson.encode(users[i]) .. ','
-      .. string.format('%d', now_ms) .. ',' .. string.format('%d', deadline_ms) .. ']'
+    local entry = '[' .. cjson.encode(sid) .. ',' .. cjson.encode(users[i]) .. times
     entries[i] = entry
     outbox_args[#outbox_args + 1] = due
     outbox_args[#outbox_args + 1] = entry
-    deadline_args[#deadline_args + 1] = UNTOLD + now_ms
+    deadline_args[#deadline_args + 1] = untold_score
     deadline_args[#deadline_args + 1] = sid
   end
   chunked('ZADD', outbox, outbox_args, 500)

@@ -57,15 +57,18 @@ if kind ~= 'zset' and kind ~= 'none' then
   redis.call('RENAME', deadlines, deadlines .. ':corrupt')
   repaired[#repaired + 1] = deadlines
 end
-local cursor = '0'
-local c = redis.pcall('GET', cursor_key)
--- SSCAN takes a cursor of at most 2^64 - 1: compare as text, digits of one length.
-if type(c) == 'string' and c:match('^%d+$')
-    and (#c < 20 or (#c == 20 and c <= '18446744073709551615')) then
-  cursor = c
-elseif c then
-  redis.call('DEL', cursor_key)
-  repaired[#repaired + 1] = cursor_key
+-- The sweep's cursor is read only when a sweep runs (below).
+local function sweep_cursor()
+  local c = redis.pcall('GET', cursor_key)
+  -- SSCAN takes a cursor of at most 2^64 - 1: compare as text, digits of one length.
+  if type(c) == 'string' and c:match('^%d+$')
+      and (#c < 20 or (#c == 20 and c <= '18446744073709551615')) then
+    return c
+  elseif c then
+    redis.call('DEL', cursor_key)
+    repaired[#repaired + 1] = cursor_key
+  end
+  return '0'
 end
 local outbox_size = redis.pcall('ZCARD', outbox)
 if type(outbox_size) ~= 'number' then outbox_size = 1 end
@@ -107,7 +110,7 @@ end
 local adopted = 0
 if sweep > 0 and redis.call('SCARD', processing) > redis.call('ZCARD', deadlines) then
   local adopt_at = math.ceil((now + window) / 1000) * 1000
-  local page = redis.call('SSCAN', processing, cursor, 'COUNT', sweep)
+  local page = redis.call('SSCAN', processing, sweep_cursor(), 'COUNT', sweep)
   for _, sid in ipairs(page[2]) do
     if not redis.call('ZSCORE', deadlines, sid) then
       redis.call('ZADD', deadlines, adopt_at, sid)
