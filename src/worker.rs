@@ -47,6 +47,9 @@ struct Hint {
     outbox_depth: u64,
 }
 
+/// Every this many passes an idle event's figures (slots, outbox) are read afresh.
+pub const REFRESH_EVERY: u64 = 5;
+
 /// Events whose reap, claim and admit calls share one pipeline.
 pub const EVENTS_PER_PIPELINE: usize = 500;
 
@@ -617,8 +620,10 @@ impl Worker {
             })
             .collect();
         // An event with nothing to reap or publish is admitted only if someone waits:
-        // four O(1) reads (no script) per such event, in one round trip for the chunk;
-        // they also keep the event's figures following Redis between admit calls.
+        // two O(1) reads (no script) per such event, in one round trip for the chunk.
+        // Every REFRESH_EVERY-th pass two more keep the event's figures following
+        // Redis between admit calls (slots and outbox the API or others changed).
+        let refresh = self.passes.is_multiple_of(REFRESH_EVERY);
         let idle: Vec<usize> = (0..events.len())
             .filter(|&i| !full && !plans[i].0 && !plans[i].1)
             .collect();
@@ -628,11 +633,14 @@ impl Worker {
             // counts as someone waiting, so the admit call runs and reports for itself.
             let mut p = redis::pipe();
             p.ignore_errors();
+            let per = if refresh { 4 } else { 2 };
             for &i in &idle {
                 p.cmd("ZCARD").arg(s.keys.queue(&events[i].0));
                 p.cmd("ZCARD").arg(s.keys.priority(&events[i].0));
-                p.cmd("SCARD").arg(s.keys.processing(&events[i].0));
-                p.cmd("ZCARD").arg(s.keys.outbox(&events[i].0));
+                if refresh {
+                    p.cmd("SCARD").arg(s.keys.processing(&events[i].0));
+                    p.cmd("ZCARD").arg(s.keys.outbox(&events[i].0));
+                }
             }
             let lens: Vec<redis::RedisResult<u64>> = retry::with_retries(
                 s.retry_attempts,
@@ -651,9 +659,12 @@ impl Worker {
                 _ => None,
             };
             for (n, &i) in idle.iter().enumerate() {
-                let (q, p, in_use, outbox) =
-                    (len(4 * n), len(4 * n + 1), len(4 * n + 2), len(4 * n + 3));
+                let (q, p) = (len(per * n), len(per * n + 1));
                 plans[i].2 = q.unwrap_or(1) + p.unwrap_or(1) > 0;
+                if !refresh {
+                    continue;
+                }
+                let (in_use, outbox) = (len(per * n + 2), len(per * n + 3));
                 if let (Some(q), Some(p), Some(in_use), Some(outbox)) = (q, p, in_use, outbox) {
                     self.stats
                         .refresh_event(&events[i].0, q + p, in_use, outbox);
