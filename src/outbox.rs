@@ -9,8 +9,6 @@
 
 use std::time::Duration;
 
-use redis::RedisError;
-use redis::aio::ConnectionLike;
 use serde_json::Value;
 use thiserror::Error;
 
@@ -112,48 +110,6 @@ pub fn parse_all(raws: Vec<Vec<u8>>) -> (Vec<OutboxEntry>, Vec<Vec<u8>>) {
         }
     }
     (good, bad)
-}
-
-/// What to do with each entry after a publish attempt, applied in one round trip.
-#[derive(Debug, Default)]
-pub struct Settlement<'a> {
-    /// Kafka acknowledged these: remove them.
-    pub acked: Vec<&'a [u8]>,
-    /// These failed: due again at the given time (ms).
-    pub retry: Vec<(&'a [u8], u64)>,
-}
-
-/// Remove the acknowledged entries and reschedule the failed ones, for many
-/// outboxes (key, settlement) in one pipeline. Rescheduling uses ZADD XX: an entry
-/// another replica already acknowledged is not brought back.
-pub async fn settle_many<C: ConnectionLike + Send>(
-    conn: &mut C,
-    settlements: &[(String, Settlement<'_>)],
-) -> Result<(), RedisError> {
-    let mut p = redis::pipe();
-    let mut any = false;
-    for (key, s) in settlements {
-        any |= add_settlement(&mut p, key, s);
-    }
-    if !any {
-        return Ok(());
-    }
-    p.query_async::<()>(conn).await
-}
-
-fn add_settlement(p: &mut redis::Pipeline, outbox_key: &str, s: &Settlement<'_>) -> bool {
-    if !s.acked.is_empty() {
-        p.cmd("ZREM").arg(outbox_key).arg(&s.acked).ignore();
-    }
-    if !s.retry.is_empty() {
-        let mut c = redis::cmd("ZADD");
-        c.arg(outbox_key).arg("XX");
-        for (raw, due) in &s.retry {
-            c.arg(*due).arg(*raw);
-        }
-        p.add_command(c).ignore();
-    }
-    !s.acked.is_empty() || !s.retry.is_empty()
 }
 
 /// When a failed entry is due again: backoff grows with the entry's age (time since
