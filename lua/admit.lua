@@ -1,5 +1,5 @@
 -- admit.lua: move waiting sessions of one event into checkout, atomically.
--- version: 7
+-- version: 8
 --
 -- One call does, for one event: read the capacity settings (per-event config hash
 -- over the defaults), count the slots in use, look at the head of the priority lane
@@ -127,25 +127,27 @@ if burst == 0 then invalid[#invalid + 1] = 'rate_burst'; burst = -1 end
 
 -- Worker-owned keys of the wrong type are moved aside (kept for a look) so they
 -- never jam the event; the API's keys are only checked (an error reply, no write).
+-- The wrong type shows in the reads the script needs anyway (their error reply), so
+-- a healthy key costs no extra command.
 local repaired = {}
-local function owned(key, want)
-  local kind = redis.call('TYPE', key).ok
-  if kind ~= want and kind ~= 'none' then
+local function owned(key, reply)
+  if type(reply) == 'table' and reply.err then
     redis.call('RENAME', key, key .. ':corrupt')
     repaired[#repaired + 1] = key
+    return nil
   end
+  return reply
 end
-owned(outbox, 'zset')
-owned(deadlines, 'zset')
-owned(rate, 'hash')
+local outbox_len = owned(outbox, redis.pcall('ZCARD', outbox)) or 0
+local deadlines_len = owned(deadlines, redis.pcall('ZCARD', deadlines)) or 0
+local r = owned(rate, redis.pcall('HMGET', rate, 'minute', 'count', 'prev', 'tat')) or {}
 
 local in_use = redis.call('SCARD', processing)
-redis.call('ZCARD', queue)
-redis.call('ZCARD', priority)
+local queue_len = redis.call('ZCARD', queue)
+local priority_len = redis.call('ZCARD', priority)
 
 local minute = math.floor(now_ms / 60000)
 local rate_count, rate_prev = 0, 0
-local r = redis.call('HMGET', rate, 'minute', 'count', 'prev', 'tat')
 local function count(v)
   if type(v) == 'string' and #v <= 12 and v:match('^%d+$') then return tonumber(v) end
   return 0
@@ -183,31 +185,34 @@ elseif per_minute > 0 then
   rate_left = math.max(math.floor((early - (tat - now_ms)) / cost + 1e-6) + 1, 0)
 end
 
--- How old the oldest unpublished admission is (-1 when none).
-local unpublished_age = -1
-local head = redis.call('ZRANGEBYSCORE', deadlines, UNTOLD, '+inf', 'LIMIT', 0, 1, 'WITHSCORES')
-if head[2] then unpublished_age = math.max(now_ms - (tonumber(head[2]) - UNTOLD), 0) end
+-- The earliest real deadline (-1 when none), so the worker knows when this event
+-- needs the reaper, and how old the oldest unpublished admission is (-1 when none).
+-- Admitting adds only untold marks, so the earliest real deadline read here is
+-- still the earliest after the call (at worst earlier: a stale deadline of a
+-- session admitted now is overwritten by its mark).
+local next_deadline, unpublished_age = -1, -1
+if deadlines_len > 0 then
+  local first = redis.call('ZRANGE', deadlines, 0, 0, 'WITHSCORES')
+  local low, head = tonumber(first[2]), nil
+  if low and low >= UNTOLD then
+    head = low
+  else
+    next_deadline = low or -1
+    local h = redis.call('ZRANGEBYSCORE', deadlines, UNTOLD, '+inf', 'LIMIT', 0, 1, 'WITHSCORES')
+    head = tonumber(h[2])
+  end
+  if head then unpublished_age = math.max(now_ms - (head - UNTOLD), 0) end
+end
 local held = 0
 if not served then held = 2
 elseif unpublished_age > max_unpublished then held = 1 end
 
--- After the call: both lanes' length, the outbox's size, how many deadlines there
--- are and the earliest real one (-1 if none), so the worker knows when this event
--- needs the reaper or the outbox claim and can skip them for idle events.
-local function lengths()
-  local first = redis.call('ZRANGE', deadlines, 0, 0, 'WITHSCORES')
-  local next_deadline = tonumber(first[2]) or -1
-  if next_deadline >= UNTOLD then next_deadline = -1 end
-  return redis.call('ZCARD', queue) + redis.call('ZCARD', priority), redis.call('ZCARD', outbox),
-    redis.call('ZCARD', deadlines), next_deadline
-end
-
 local want = math.min(capacity - in_use, batch, max_admit)
 if rate_left >= 0 then want = math.min(want, rate_left) end
-if paused == 1 or held ~= 0 or want <= 0 then
-  local q, o, d, nd = lengths()
-  return { {0, 0, in_use, capacity, batch, paused, rate_left, q, o, d, nd, held,
-    unpublished_age, now_ms, per_minute, outflow}, invalid, {}, repaired }
+if paused == 1 or held ~= 0 or want <= 0 or queue_len + priority_len == 0 then
+  return { {0, 0, in_use, capacity, batch, paused, rate_left, queue_len + priority_len,
+    outbox_len, deadlines_len, next_deadline, held, unpublished_age, now_ms, per_minute,
+    outflow}, invalid, {}, repaired }
 end
 
 -- Session and user ids travel in JSON and JWTs, so they must be non-empty UTF-8 of at
@@ -245,7 +250,7 @@ end
 -- Validate: walk the lanes in order and decide for each member, without writing.
 local admitted, users, dropped, seen = {}, {}, {}, {}
 local examined = 0
-local has_priority = redis.call('EXISTS', priority) == 1
+local has_priority = priority_len > 0
 local lanes = has_priority and {priority, queue} or {queue}
 for _, lane in ipairs(lanes) do
   local offset = 0
@@ -290,20 +295,24 @@ local function rfc3339(sec)
 end
 
 -- Calls whose argument count grows with the batch go in chunks: Lua's unpack
--- refuses a few thousand values.
+-- refuses a few thousand values. Returns the sum of the replies (members removed or
+-- added), which keeps the lengths in the reply exact without reading them again.
 local function chunked(cmd, key, args, step)
+  local sum = 0
   for i = 1, #args, step do
-    redis.call(cmd, key, unpack(args, i, math.min(i + step - 1, #args)))
+    sum = sum + redis.call(cmd, key, unpack(args, i, math.min(i + step - 1, #args)))
   end
+  return sum
 end
 
 -- Mutate.
 local taken = {}
 for _, sid in ipairs(dropped) do taken[#taken + 1] = sid end
 for _, sid in ipairs(admitted) do taken[#taken + 1] = sid end
+local waiting = queue_len + priority_len
 if #taken > 0 then
-  chunked('ZREM', queue, taken, 500)
-  if has_priority then chunked('ZREM', priority, taken, 500) end
+  waiting = waiting - chunked('ZREM', queue, taken, 500)
+  if has_priority then waiting = waiting - chunked('ZREM', priority, taken, 500) end
 end
 
 local entries = {}
@@ -330,8 +339,8 @@ if #admitted > 0 then
     deadline_args[#deadline_args + 1] = untold_score
     deadline_args[#deadline_args + 1] = sid
   end
-  chunked('ZADD', outbox, outbox_args, 500)
-  chunked('ZADD', deadlines, deadline_args, 500)
+  outbox_len = outbox_len + chunked('ZADD', outbox, outbox_args, 500)
+  deadlines_len = deadlines_len + chunked('ZADD', deadlines, deadline_args, 500)
   redis.call('HSET', rate, 'minute', minute, 'count', rate_count + #admitted, 'prev', rate_prev)
   -- Fixed-point text, so the value always reads back as plain digits.
   if cost > 0 then
@@ -344,7 +353,7 @@ if #admitted > 0 then
   if unpublished_age < 0 then unpublished_age = 0 end
 end
 
-local q, o, d, nd = lengths()
 return { {#admitted, #dropped, in_use + #admitted, capacity, batch, paused,
-  rate_left < 0 and -1 or (rate_left - #admitted), q, o, d, nd, held, unpublished_age,
-  now_ms, per_minute, outflow}, invalid, entries, repaired }
+  rate_left < 0 and -1 or (rate_left - #admitted), waiting, outbox_len, deadlines_len,
+  next_deadline, held, unpublished_age, now_ms, per_minute, outflow}, invalid, entries,
+  repaired }

@@ -1,6 +1,6 @@
 -- claim_outbox.lua: take the due entries of one event's outbox for publishing,
 -- oldest admission first, renewing the admissions whose window ran out unpublished.
--- version: 3
+-- version: 4
 --
 -- An outbox entry is due when its score (ms) is at or before now (Redis TIME).
 -- Claiming moves the score to now + lease, so no other replica takes the same entry
@@ -50,13 +50,15 @@ if type(size) ~= 'number' then
   redis.call('RENAME', outbox, outbox .. ':corrupt')
   return { {0, 0}, {} }
 end
-redis.call('SCARD', processing)
-redis.call('ZCARD', deadlines)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
+-- Nothing due (entries leased or just admitted) costs three commands.
 local due = redis.call('ZRANGEBYSCORE', outbox, '-inf', now, 'LIMIT', 0, limit)
 if #due == 0 then return { {0, 0}, due } end
+-- The other keys are checked before anything is written.
+redis.call('SCARD', processing)
+redis.call('ZCARD', deadlines)
 
 -- Validate: read every entry, oldest admission first.
 -- The same bounds the worker checks (src/outbox.rs): ids of 1 to 1024 bytes, whole
@@ -110,24 +112,50 @@ end
 -- "Its untold mark" is a deadlines score >= UNTOLD whose admission time is not after
 -- this entry's: a renewed entry keeps its first admission's mark, a newer admission
 -- of the same session has a later one (and is not this entry's to touch).
+-- The common case (lease) reads one SMISMEMBER for all and one HMGET per entry;
+-- the mark is looked up only for the entries that may touch it.
 local UNTOLD = 1125899906842624
 local function mark_of(e)
   local score = tonumber(redis.call('ZSCORE', deadlines, e.sid))
   return score ~= nil and score >= UNTOLD and score - UNTOLD <= e.admitted
 end
-for _, e in ipairs(good) do
-  e.ours = mark_of(e)
-  if redis.call('SISMEMBER', processing, e.sid) == 0 then
+-- Entries of one admission share their second: format each second once.
+local stamps = {}
+local function stamp(ms)
+  local sec = math.floor(ms / 1000)
+  local text = stamps[sec]
+  if not text then
+    text = rfc3339(sec)
+    stamps[sec] = text
+  end
+  return text
+end
+-- Lua's unpack refuses a few thousand values: calls that grow with the claim go in
+-- chunks of at most 1000 values.
+local CHUNK = 1000
+local held = {}
+for first = 1, #good, CHUNK do
+  local sids = {}
+  for j = first, math.min(first + CHUNK - 1, #good) do sids[#sids + 1] = good[j].sid end
+  for _, v in ipairs(redis.call('SMISMEMBER', processing, unpack(sids))) do
+    held[#held + 1] = v
+  end
+end
+for j, e in ipairs(good) do
+  e.ours = false
+  if held[j] == 0 then
     e.action = 'drop'
+    e.ours = mark_of(e)
   else
     local h = redis.pcall('HMGET', prefix .. e.sid, 'status', 'admitted_at')
     if h.err or h[1] ~= 'admitted' then
       e.action = 'free'
-    elseif h[2] ~= rfc3339(math.floor(e.admitted / 1000)) then
+      e.ours = mark_of(e)
+    elseif h[2] ~= stamp(e.admitted) then
       e.action = 'drop'
-      e.ours = false
-    elseif e.deadline - now < renew_within and e.ours then
+    elseif e.deadline - now < renew_within and mark_of(e) then
       e.action = 'renew'
+      e.ours = true
     else
       e.action = 'lease'
     end
@@ -137,14 +165,18 @@ end
 -- Mutate. Unreadable entries are leased too, so they do not hold the head of the
 -- outbox while the worker moves them aside.
 local claimed, renewed, dropped = {}, 0, 0
+local leased = {}
+local until_ms = string.format('%d', now + lease)
 for _, raw in ipairs(bad) do
-  redis.call('ZADD', outbox, 'XX', now + lease, raw)
+  leased[#leased + 1] = until_ms
+  leased[#leased + 1] = raw
   claimed[#claimed + 1] = raw
 end
 local deadline = math.ceil((now + window) / 1000) * 1000
 for _, e in ipairs(good) do
   if e.action == 'lease' then
-    redis.call('ZADD', outbox, 'XX', now + lease, e.raw)
+    leased[#leased + 1] = until_ms
+    leased[#leased + 1] = e.raw
     claimed[#claimed + 1] = e.raw
   elseif e.action == 'renew' then
     local key = prefix .. e.sid
@@ -152,8 +184,8 @@ for _, e in ipairs(good) do
       .. string.format('%d', now) .. ',' .. string.format('%d', deadline) .. ']'
     redis.call('ZREM', outbox, e.raw)
     redis.call('ZADD', outbox, now + lease, entry)
-    redis.call('HSET', key, 'admitted_at', rfc3339(math.floor(now / 1000)),
-      'checkout_expires_at', rfc3339(deadline / 1000))
+    redis.call('HSET', key, 'admitted_at', stamp(now),
+      'checkout_expires_at', stamp(deadline))
     redis.call('PEXPIRE', key, ttl)
     claimed[#claimed + 1] = entry
     renewed = renewed + 1
@@ -170,5 +202,9 @@ for _, e in ipairs(good) do
     end
     dropped = dropped + 1
   end
+end
+-- One ZADD for the leased entries (per chunk).
+for first = 1, #leased, CHUNK do
+  redis.call('ZADD', outbox, 'XX', unpack(leased, first, math.min(first + CHUNK - 1, #leased)))
 end
 return { {renewed, dropped}, claimed }

@@ -1,5 +1,5 @@
 -- reap.lua: take back the slots of sessions whose checkout window has passed.
--- version: 3
+-- version: 4
 --
 -- Completion is the normal release; this is the backstop for users who left.
 -- Each call looks at no more than ARGV[3] deadlines and ARGV[5] processing members,
@@ -46,17 +46,23 @@ local deadlines, processing, cursor_key, outbox = KEYS[1], KEYS[2], KEYS[3], KEY
 local prefix, window, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now_text, sweep, ttl = ARGV[4], tonumber(ARGV[5]), ARGV[6]
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-
--- Validate. Worker-owned keys holding garbage are repaired, never left to jam.
-redis.call('SCARD', processing)
+-- Validate. Worker-owned keys holding garbage are repaired, never left to jam: the
+-- wrong type shows in the count the script reads anyway (its error reply).
+local in_use = redis.call('SCARD', processing)
 local repaired = {}
-local kind = redis.call('TYPE', deadlines).ok
-if kind ~= 'zset' and kind ~= 'none' then
+local dl_len = redis.pcall('ZCARD', deadlines)
+if type(dl_len) ~= 'number' then
   redis.call('RENAME', deadlines, deadlines .. ':corrupt')
   repaired[#repaired + 1] = deadlines
+  dl_len = 0
 end
+-- Nothing to reap, convert or adopt: an idle event costs two commands.
+if dl_len == 0 and (in_use == 0 or sweep == 0) then
+  return { 0, 0, 0, {}, repaired, 0 }
+end
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- The sweep's cursor is read only when a sweep runs (below).
 local function sweep_cursor()
   local c = redis.pcall('GET', cursor_key)
@@ -70,9 +76,6 @@ local function sweep_cursor()
   end
   return '0'
 end
-local outbox_size = redis.pcall('ZCARD', outbox)
-if type(outbox_size) ~= 'number' then outbox_size = 1 end
-
 local due = redis.call('ZRANGEBYSCORE', deadlines, '-inf', now - 1000, 'LIMIT', 0, limit)
 local expired, stale = {}, 0
 for _, sid in ipairs(due) do
@@ -82,8 +85,10 @@ for _, sid in ipairs(due) do
     stale = stale + 1
   end
 end
+-- Orphaned marks are looked for only when the outbox is empty (an outbox of the
+-- wrong type counts as not empty: it is the claim's to repair).
 local orphaned = {}
-if outbox_size == 0 then
+if dl_len > #due and redis.pcall('ZCARD', outbox) == 0 then
   orphaned = redis.call('ZRANGEBYSCORE', deadlines, UNTOLD, '+inf', 'LIMIT', 0, limit,
     'WITHSCORES')
 end
@@ -108,7 +113,8 @@ end
 -- an O(1) check, so the common case costs nothing. A member hidden by stale
 -- deadlines is found once those pass and are dropped above.
 local adopted = 0
-if sweep > 0 and redis.call('SCARD', processing) > redis.call('ZCARD', deadlines) then
+-- (Both counts as they are now: reaping removed #expired slots and #due deadlines.)
+if sweep > 0 and in_use - #expired > dl_len - #due then
   local adopt_at = math.ceil((now + window) / 1000) * 1000
   local page = redis.call('SSCAN', processing, sweep_cursor(), 'COUNT', sweep)
   for _, sid in ipairs(page[2]) do
