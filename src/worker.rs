@@ -37,6 +37,16 @@ use crate::store::{self, RedisConn};
 /// Every this many passes the reaper and the claim run for every event, idle or not.
 pub const FULL_PASS_EVERY: u64 = 30;
 
+/// What kind of pass this is, decided once per pass (every chunk of events of the
+/// pass gets the same).
+#[derive(Debug, Clone, Copy)]
+pub struct PassKind {
+    /// Reaper and claim run for every event, idle or not (every FULL_PASS_EVERY-th).
+    pub full: bool,
+    /// Idle events' figures are read afresh (every REFRESH_EVERY-th).
+    pub refresh: bool,
+}
+
 /// What the last admit reply said of an event: enough to know whether the reaper
 /// or the outbox claim has anything to do there.
 #[derive(Debug, Clone, Copy)]
@@ -445,7 +455,14 @@ impl Worker {
                 self.settings.events.clone()
             }
         };
-        let full = self.passes.is_multiple_of(FULL_PASS_EVERY);
+        // Counted per pass, not per chunk of events: with many events a per-chunk
+        // count made complete passes and refreshes many times more frequent.
+        let kind = PassKind {
+            full: self.passes.is_multiple_of(FULL_PASS_EVERY),
+            refresh: (self.passes + 1).is_multiple_of(REFRESH_EVERY),
+        };
+        self.passes = self.passes.wrapping_add(1);
+        let full = kind.full;
         if full {
             self.check_layout(&served).await;
         }
@@ -470,7 +487,7 @@ impl Worker {
         events.extend(self.retired.iter().map(|e| (e.clone(), false)));
         let mut ok = true;
         for chunk in events.chunks(EVENTS_PER_PIPELINE) {
-            if let Err(e) = self.process_events(chunk).await {
+            if let Err(e) = self.process_events(chunk, kind).await {
                 self.stats.error("redis");
                 crate::log_limited!(ERROR, "processing events failed, the rest waits for the next cycle", error = %crate::error_chain::chain(&e));
                 if e.is_connection() {
@@ -595,7 +612,11 @@ impl Worker {
 
     /// Reap, claim and admit for `events` (each with whether it is served) in one
     /// pipeline, then publish. One event's failure costs only that event.
-    pub async fn process_events(&mut self, events: &[(String, bool)]) -> Result<(), EventError> {
+    pub async fn process_events(
+        &mut self,
+        events: &[(String, bool)],
+        kind: PassKind,
+    ) -> Result<(), EventError> {
         let s = &self.settings;
         let now = self.time.now_ms();
         let args = s.admit_args();
@@ -604,8 +625,7 @@ impl Worker {
         // a deadline is due, a slot lacks one, or the outbox holds anything. Every
         // FULL_PASS_EVERY-th pass, and for events not seen yet, everything runs. A
         // deadline D is due once D + 1s has passed (the token's last valid second).
-        let full = self.passes.is_multiple_of(FULL_PASS_EVERY);
-        self.passes = self.passes.wrapping_add(1);
+        let PassKind { full, refresh } = kind;
         let mut plans: Vec<(bool, bool, bool)> = events
             .iter()
             .map(|(e, served)| match self.hints.get(e) {
@@ -613,7 +633,9 @@ impl Worker {
                     h.next_deadline_ms
                         .is_some_and(|d| d.saturating_add(1000) <= now)
                         || h.in_use > h.deadlines,
-                    h.outbox_depth > 0,
+                    // This worker's own entries in flight are not due (their lease
+                    // runs while they publish): the claim runs only for more.
+                    h.outbox_depth > self.stats.in_flight(e),
                     true,
                 ),
                 _ => (true, true, true),
@@ -623,7 +645,6 @@ impl Worker {
         // two O(1) reads (no script) per such event, in one round trip for the chunk.
         // Every REFRESH_EVERY-th pass two more keep the event's figures following
         // Redis between admit calls (slots and outbox the API or others changed).
-        let refresh = self.passes.is_multiple_of(REFRESH_EVERY);
         let idle: Vec<usize> = (0..events.len())
             .filter(|&i| !full && !plans[i].0 && !plans[i].1)
             .collect();
