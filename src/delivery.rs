@@ -22,8 +22,8 @@ use crate::outbox::{self, OutboxEntry};
 use crate::publisher::{Publisher, ReadyMessage};
 use crate::redis_time::RedisTime;
 use crate::retry::{self, Backoff};
-use crate::scripts::set_tokens::{self, TokenPatch};
-use crate::scripts::settle::{self, Acked};
+use crate::scripts::set_tokens::{self, TokenPatch, Written};
+use crate::scripts::settle::{self, Acked, EventSettlement};
 use crate::scripts::{self, Call, ScriptError, Scripts};
 use crate::stats::Stats;
 use crate::store::RedisConn;
@@ -175,10 +175,9 @@ impl Delivery {
                     .collect()
             })
             .collect();
-        let calls: Vec<Call<'_>> = patches
-            .into_iter()
-            .map(|ps| set_tokens::call(&self.scripts.set_tokens, ps))
-            .collect();
+        // In the default layout one call for every event, else one per event.
+        let (calls, grouping) =
+            set_tokens::calls(&self.scripts.set_tokens, self.keys.layout(), patches);
         let results = retry::with_retries(
             self.policy.attempts,
             self.policy.backoff,
@@ -193,25 +192,25 @@ impl Delivery {
         .map_err(|e| DeliveryError::Tokens(ScriptError::Redis(e)))?;
 
         let mut sent = Vec::new();
-        for ((event, ps), result) in prepared.into_iter().zip(results) {
-            let written: Vec<bool>;
-            match result {
-                Ok(v) => match set_tokens::parse(v) {
-                    Ok(flags) => written = flags,
-                    Err(e) => {
-                        tracing::error!(event_id = %event, error = %e, "writing checkout tokens: unexpected reply");
-                        self.stats.error("redis");
-                        continue;
-                    }
-                },
-                Err(e) => {
-                    // This event's tokens are not written: publish nothing for it; its
-                    // entries come back when their lease runs out.
-                    crate::log_limited!(ERROR, "writing checkout tokens failed", event_id = %event, error = %chain(&e));
+        for ((event, ps), result) in prepared
+            .into_iter()
+            .zip(set_tokens::per_event(grouping, results))
+        {
+            let written: Vec<bool> = match result {
+                Written::Flags(flags) => flags,
+                Written::Unexpected(e) => {
+                    tracing::error!(event_id = %event, error = %e, "writing checkout tokens: unexpected reply");
                     self.stats.error("redis");
                     continue;
                 }
-            }
+                Written::Failed(e) => {
+                    // This event's tokens are not written: publish nothing for it; its
+                    // entries come back when their lease runs out.
+                    crate::log_limited!(ERROR, "writing checkout tokens failed", event_id = %event, error = %e);
+                    self.stats.error("redis");
+                    continue;
+                }
+            };
             Stats::add(
                 &self.stats.tokens_written,
                 written.iter().filter(|w| **w).count() as u64,
@@ -376,12 +375,20 @@ impl Delivery {
                 r.extend(recheck.iter().map(|e| (e.raw.as_slice(), now)));
                 retries.push(r);
             }
-            let calls: Vec<Call<'_>> = by_event
+            let settlements: Vec<EventSettlement<'_>> = by_event
                 .iter()
                 .zip(&retries)
-                .map(|((event, (acked, _, _)), retry)| {
-                    settle::call(&scripts.settle, &keys, event, acked, retry)
+                .map(|((event, (acked, _, _)), retry)| EventSettlement {
+                    event,
+                    acked,
+                    retry,
                 })
+                .collect();
+            // One call for every event in the default layout, one per event in the
+            // cluster layout (each event's keys in their own hash slot).
+            let calls: Vec<Call<'_>> = settle::calls(&scripts.settle, &keys, &settlements)
+                .into_iter()
+                .map(|(call, _)| call)
                 .collect();
             let result = retry::with_retries(policy.attempts, policy.backoff, retry::is_transient, || {
                 let mut conn = conn.clone();

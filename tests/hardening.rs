@@ -115,7 +115,9 @@ async fn settle_once(
     let v = invoke(conn, &c)
         .await
         .unwrap_or_else(|e| panic!("settle of {event} failed: {e}"));
-    redis::from_redis_value(v).expect("settle reply is an integer")
+    let removed = settle::parse(v).expect("settle reply is one count per event");
+    assert_eq!(removed.len(), 1, "one event settled, one count");
+    removed[0] as i64
 }
 
 /// Redis's clock, ms.
@@ -1035,6 +1037,81 @@ async fn settle_acknowledges_only_the_current_entry() {
         "still untold"
     );
     assert_eq!(zrange(&mut conn, &k.outbox(event)).await, [renewed]);
+}
+
+/// One settle call settles several events, each on its own keys, with one count per
+/// event: the worker sends one call per delivery in the default key layout. A call
+/// whose argument sections do not add up is refused before anything is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_settle_call_settles_several_events_or_nothing() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    let scripts = Scripts::new();
+    let k = keys();
+    let args = admit_args(10, 10, Duration::from_secs(60));
+    let (a, b) = ("settle-a", "settle-b");
+    // Session ids are global (not per event): one prefix per event.
+    enqueue(&mut conn, a, "ta", 2, 1_000).await;
+    enqueue(&mut conn, b, "tb", 1, 1_000).await;
+    let out_a = admit_once(&mut conn, &scripts, a, &args).await;
+    let out_b = admit_once(&mut conn, &scripts, b, &args).await;
+    let (a1, a2) = (entry(&out_a.entries[0]), entry(&out_a.entries[1]));
+    let b1 = entry(&out_b.entries[0]);
+
+    // Refused: a section says two acknowledged entries, one follows.
+    let acked_a = [ack(&a1, a1.deadline_ms)];
+    let mut bad = settle::call_many(
+        &scripts.settle,
+        &k,
+        &[settle::EventSettlement {
+            event: a,
+            acked: &acked_a,
+            retry: &[],
+        }],
+    );
+    bad.args[0] = "2".into();
+    let err = invoke(&mut conn, &bad).await.expect_err("refused");
+    assert!(err.to_string().contains("bad settle arguments"), "{err}");
+    assert_eq!(zcard(&mut conn, &k.outbox(a)).await, 2, "nothing written");
+
+    // Event a: one acknowledged, one failed (due again at `later`); event b: one
+    // acknowledged. One call, one count per event.
+    let later = redis_ms(&mut conn).await + 120_000;
+    let acked_b = [ack(&b1, b1.deadline_ms)];
+    let retry_a: [(&[u8], u64); 1] = [(&a2.raw, later)];
+    let call = settle::call_many(
+        &scripts.settle,
+        &k,
+        &[
+            settle::EventSettlement {
+                event: a,
+                acked: &acked_a,
+                retry: &retry_a,
+            },
+            settle::EventSettlement {
+                event: b,
+                acked: &acked_b,
+                retry: &[],
+            },
+        ],
+    );
+    let v = invoke(&mut conn, &call).await.expect("settled");
+    assert_eq!(settle::parse(v).expect("counts"), vec![1, 1]);
+    assert_eq!(
+        zscore(&mut conn, &k.deadlines(a), a1.session_id.as_bytes()).await,
+        Some(a1.deadline_ms)
+    );
+    assert_eq!(
+        zscore(&mut conn, &k.deadlines(a), a2.session_id.as_bytes()).await,
+        Some(UNTOLD + a2.admitted_ms),
+        "the failed one stays untold"
+    );
+    assert_eq!(zscore(&mut conn, &k.outbox(a), &a2.raw).await, Some(later));
+    assert_eq!(
+        zscore(&mut conn, &k.deadlines(b), b1.session_id.as_bytes()).await,
+        Some(b1.deadline_ms)
+    );
+    assert_eq!(zcard(&mut conn, &k.outbox(b)).await, 0);
 }
 
 // ---------------------------------------------------------------------------------

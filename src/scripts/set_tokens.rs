@@ -36,3 +36,107 @@ pub fn parse(v: redis::Value) -> Result<Vec<bool>, super::ScriptError> {
     })?;
     Ok(flags.into_iter().map(|f| f == 1).collect())
 }
+
+/// What became of one event's tokens.
+#[derive(Debug)]
+pub enum Written {
+    /// Per token, in order: written or not.
+    Flags(Vec<bool>),
+    /// The reply could not be read.
+    Unexpected(super::ScriptError),
+    /// The call failed (the error and its causes, on one line).
+    Failed(String),
+}
+
+/// The calls writing every event's tokens (`patches`, one list per event): one call
+/// for all of them in the default key layout, one per event in the cluster layout
+/// (an event's sessions share a hash slot, different events' do not). Read the
+/// replies back per event with [`per_event`].
+pub fn calls(
+    script: &Script,
+    layout: crate::keys::KeyLayout,
+    patches: Vec<Vec<TokenPatch>>,
+) -> (Vec<Call<'_>>, Grouping) {
+    match layout {
+        crate::keys::KeyLayout::Default => {
+            let lens: Vec<usize> = patches.iter().map(Vec::len).collect();
+            let all: Vec<TokenPatch> = patches.into_iter().flatten().collect();
+            (vec![call(script, all)], Grouping::Merged(lens))
+        }
+        crate::keys::KeyLayout::Cluster => (
+            patches.into_iter().map(|ps| call(script, ps)).collect(),
+            Grouping::PerEvent,
+        ),
+    }
+}
+
+/// How the calls of [`calls`] map to events.
+#[derive(Debug)]
+pub enum Grouping {
+    /// One call; each event's number of tokens, in order.
+    Merged(Vec<usize>),
+    /// One call per event.
+    PerEvent,
+}
+
+/// The outcome per event, in the order the patches were given to [`calls`].
+pub fn per_event(
+    grouping: Grouping,
+    results: Vec<Result<redis::Value, redis::RedisError>>,
+) -> Vec<Written> {
+    let read = |r: Result<redis::Value, redis::RedisError>| match r {
+        Ok(v) => match parse(v) {
+            Ok(flags) => Written::Flags(flags),
+            Err(e) => Written::Unexpected(e),
+        },
+        Err(e) => Written::Failed(crate::error_chain::chain(&e).to_string()),
+    };
+    match grouping {
+        Grouping::PerEvent => results.into_iter().map(read).collect(),
+        Grouping::Merged(lens) => {
+            let outcome = match results.into_iter().next() {
+                Some(r) => read(r),
+                None => Written::Failed("no reply".to_owned()),
+            };
+            match outcome {
+                Written::Flags(flags) if flags.len() == lens.iter().sum::<usize>() => {
+                    let mut rest = flags.as_slice();
+                    lens.iter()
+                        .map(|&n| {
+                            let (mine, after) = rest.split_at(n);
+                            rest = after;
+                            Written::Flags(mine.to_vec())
+                        })
+                        .collect()
+                }
+                Written::Flags(flags) => {
+                    let detail = format!(
+                        "{} flags for {} tokens",
+                        flags.len(),
+                        lens.iter().sum::<usize>()
+                    );
+                    lens.iter()
+                        .map(|_| {
+                            Written::Unexpected(super::ScriptError::Reply {
+                                script: "set_tokens",
+                                detail: detail.clone(),
+                            })
+                        })
+                        .collect()
+                }
+                Written::Unexpected(e) => {
+                    let detail = e.to_string();
+                    lens.iter()
+                        .map(|_| {
+                            Written::Unexpected(super::ScriptError::Reply {
+                                script: "set_tokens",
+                                detail: detail.clone(),
+                            })
+                        })
+                        .collect()
+                }
+                Written::Failed(e) => lens.iter().map(|_| Written::Failed(e.clone())).collect(),
+            }
+        }
+    }
+}
