@@ -16,30 +16,20 @@
 //!   an error and its causes on one line, each once.
 //! - [`store`], [`retry`], [`shutdown`], [`stats`], [`clock`], [`redis_time`]: plumbing.
 
-pub mod bench;
-pub mod clock;
-pub mod completions;
-pub mod delivery;
-pub mod demo;
-pub mod embedded_kafka;
-pub mod enqueue;
-pub mod error_chain;
-pub mod heartbeat;
-pub mod http;
-pub mod keys;
-pub mod log_limit;
-pub mod outbox;
-pub mod probe;
-pub mod publisher;
-pub mod redis_server;
-pub mod redis_time;
-pub mod refill;
-pub mod report;
-pub mod retry;
-pub mod scripts;
-pub mod settings;
-pub mod shutdown;
-pub mod stats;
-pub mod store;
-pub mod token;
-pub mod worker;
+pub mod base;
+pub mod config;
+pub mod engine;
+pub mod kafka;
+pub mod model;
+pub mod ops;
+pub mod redis;
+pub mod tools;
+
+pub use base::{error_chain, log_limit, shutdown};
+pub use config as settings;
+pub use engine::{completions, delivery, refill, worker};
+pub use kafka::publisher;
+pub use model::{clock, keys, outbox, token};
+pub use ops::{http, probe, report, stats};
+pub use redis::{heartbeat, redis_time, retry, scripts, store};
+pub use tools::{bench, demo, embedded_kafka, enqueue, redis_server};

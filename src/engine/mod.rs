@@ -1,0 +1,4 @@
+pub mod completions;
+pub mod delivery;
+pub mod refill;
+pub mod worker;

@@ -1,0 +1,4 @@
+pub mod clock;
+pub mod keys;
+pub mod outbox;
+pub mod token;

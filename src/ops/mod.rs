@@ -1,0 +1,4 @@
+pub mod http;
+pub mod probe;
+pub mod report;
+pub mod stats;

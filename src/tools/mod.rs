@@ -1,0 +1,5 @@
+pub mod bench;
+pub mod demo;
+pub mod embedded_kafka;
+pub mod enqueue;
+pub mod redis_server;
