@@ -1,20 +1,8 @@
 //! waitroom-worker: admits users from a ticketing waiting room into checkout.
 //!
-//! The file tree is the architecture:
-//! - [`settings`]: flags, environment variables and their checks.
-//! - [`keys`]: the Redis key contract, in the default and the cluster layout.
-//! - [`scripts`]: the Lua scripts of `lua/`, one Rust module each.
-//! - [`worker`]: the admission loop; [`delivery`]: token, patch, publish, acknowledge.
-//! - [`completions`]: the completion consumer; [`refill`]: freed slots wake admission.
-//! - [`outbox`], [`publisher`], [`token`]: the outbox, Kafka, the checkout token.
-//! - [`report`]: the `status` and `inspect` views.
-//! - [`bench`]: `waitroom-worker bench`, the cost of the worker measured.
-//! - [`demo`], [`enqueue`], [`redis_server`], [`embedded_kafka`]: the demo and its parts.
-//! - [`http`]: health, readiness, status and metrics; [`heartbeat`]: live replicas in Redis.
-//! - [`probe`]: `waitroom-worker health`, the container's probe of `/healthz`.
-//! - [`log_limit`]: repeated warnings written once, then counted; [`error_chain`]:
-//!   an error and its causes on one line, each once.
-//! - [`store`], [`retry`], [`shutdown`], [`stats`], [`clock`], [`redis_time`]: plumbing.
+//! Modules are grouped in layer folders; the command line lives in the binary
+//! (`src/cli/`) and builds the worker's typed settings ([`Config`]) through
+//! [`ConfigBuilder`].
 
 pub mod base;
 pub mod config;
@@ -26,10 +14,19 @@ pub mod redis;
 pub mod tools;
 
 pub use base::{error_chain, log_limit, shutdown};
-pub use config as settings;
+pub use config::{
+    AdmissionConfig, Config, ConfigBuilder, ConfigError, ConsumerConfig, HttpConfig, KafkaConfig,
+    Naming, OutboxConfig, ProducerConfig, RedisBuilder, RedisConfig, RetryConfig, Setting,
+    WorkerConfig, check_process_interval, check_session_ttl,
+};
+pub use engine::worker::{EventError, StartError, Worker};
 pub use engine::{completions, delivery, refill, worker};
+pub use kafka::options::ClientOptions;
 pub use kafka::publisher;
+pub use model::keys::{KeyLayout, Keys};
 pub use model::{clock, keys, outbox, token};
+pub use ops::stats::{EventSnapshot, Stats};
 pub use ops::{http, probe, report, stats};
+pub use redis::retry::Backoff;
 pub use redis::{heartbeat, redis_time, retry, scripts, store};
 pub use tools::{bench, demo, embedded_kafka, enqueue, redis_server};

@@ -31,9 +31,12 @@ use crate::redis::store::RedisConn;
 /// A completion message: `session_id`, optionally `event_id` and `outcome`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub struct Completion {
+    /// The session whose checkout ended.
     pub session_id: String,
+    /// Its event, if the message says.
     #[serde(default)]
     pub event_id: Option<String>,
+    /// `completed` (default), `abandoned` or `failed`.
     #[serde(default)]
     pub outcome: Option<String>,
 }
@@ -41,12 +44,16 @@ pub struct Completion {
 /// Why a message was skipped.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum Rejected {
+    /// Not JSON, or without a session id.
     #[error("not a completion message: {0}")]
     Malformed(String),
+    /// An outcome the worker does not know.
     #[error("unknown outcome {0:?} (want completed, abandoned or failed)")]
     Outcome(String),
+    /// No session hash and no event id to find it.
     #[error("unknown session (no hash, no event_id in the message)")]
     UnknownSession,
+    /// The session belongs to another event than the message says.
     #[error("the session belongs to another event")]
     OtherEvent,
 }
@@ -78,9 +85,9 @@ struct Failed {
 
 /// Consumer settings.
 #[derive(Debug, Clone)]
-pub struct ConsumerSettings {
+pub(crate) struct ConsumerSettings {
     pub brokers: String,
-    pub extra: crate::config::KafkaConfig,
+    pub extra: crate::kafka::options::ClientOptions,
     pub topic: String,
     pub group: String,
     pub fetch_wait: Duration,
@@ -90,7 +97,7 @@ pub struct ConsumerSettings {
     pub backoff: Backoff,
 }
 
-pub struct Completions {
+pub(crate) struct Completions {
     consumer: StreamConsumer<KafkaLogs>,
     conn: RedisConn,
     scripts: Arc<Scripts>,
@@ -103,7 +110,7 @@ pub struct Completions {
 
 impl Completions {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(crate) fn new(
         settings: ConsumerSettings,
         conn: RedisConn,
         scripts: Arc<Scripts>,
@@ -154,7 +161,7 @@ impl Completions {
     }
 
     /// Consume until shutdown; then commit what was applied and leave the group.
-    pub async fn run(self, mut shutdown: Shutdown) {
+    pub(crate) async fn run(self, mut shutdown: Shutdown) {
         if let Err(e) = self.consumer.subscribe(&[&self.settings.topic]) {
             self.stats.error("kafka");
             tracing::error!(topic = %self.settings.topic, error = %chain(&e), "cannot subscribe to the completion topic; slots come back by expiry only");

@@ -14,7 +14,7 @@ use thiserror::Error;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::base::shutdown::Shutdown;
-use crate::config::Settings;
+use crate::config::Config;
 use crate::engine::completions::{Completions, ConsumerSettings};
 use crate::engine::delivery::{Delivery, DeliveryError, DeliveryPolicy};
 use crate::engine::refill::Refill;
@@ -35,7 +35,7 @@ use crate::redis::scripts::{self, Call, ScriptError, Scripts};
 use crate::redis::store::{self, RedisConn};
 
 /// Every this many passes the reaper and the claim run for every event, idle or not.
-pub const FULL_PASS_EVERY: u64 = 30;
+pub(crate) const FULL_PASS_EVERY: u64 = 30;
 
 /// What the last admit reply said of an event: enough to know whether the reaper
 /// or the outbox claim has anything to do there.
@@ -48,10 +48,10 @@ struct Hint {
 }
 
 /// Every this many passes an idle event's figures (slots, outbox) are read afresh.
-pub const REFRESH_EVERY: u64 = 5;
+pub(crate) const REFRESH_EVERY: u64 = 5;
 
 /// Events whose reap, claim and admit calls share one pipeline.
-pub const EVENTS_PER_PIPELINE: usize = 500;
+pub(crate) const EVENTS_PER_PIPELINE: usize = 500;
 
 /// Why one event's step failed.
 #[derive(Debug, Error)]
@@ -78,7 +78,7 @@ impl EventError {
 
 /// The worker: its connection, scripts, producer and settings.
 pub struct Worker {
-    settings: Settings,
+    settings: Config,
     conn: RedisConn,
     scripts: Arc<Scripts>,
     delivery: Arc<Delivery>,
@@ -113,7 +113,7 @@ impl Worker {
     /// Connect to Redis (retrying until it answers or shutdown is signalled), load
     /// the scripts and create the producer.
     pub async fn start(
-        settings: Settings,
+        settings: Config,
         shutdown: &mut Shutdown,
     ) -> Result<Option<Worker>, StartError> {
         let stats = Arc::new(Stats::default());
@@ -121,15 +121,13 @@ impl Worker {
             .started_at_ms
             .store(clock::now_ms(), std::sync::atomic::Ordering::Relaxed);
         let scripts = Arc::new(Scripts::new());
-        let backoff = Backoff {
-            first: settings.retry_delay,
-            max: settings.retry_max_delay,
-        };
+        let backoff = settings.retry.backoff;
         let mut attempt = 0;
         let conn = loop {
             attempt += 1;
             let result = async {
-                let mut conn = store::connect(&settings.redis, settings.redis_timeout).await?;
+                let mut conn =
+                    store::connect(&settings.redis.endpoint, settings.redis.timeout).await?;
                 scripts.load_all(&mut conn).await?;
                 Ok::<_, ScriptError>(conn)
             }
@@ -138,7 +136,7 @@ impl Worker {
                 Ok(c) => break c,
                 Err(ScriptError::Redis(e)) if retry::is_transient(&e) => {
                     let wait = backoff.delay(attempt);
-                    crate::log_limited!(WARN, "redis not reachable at start-up", redis = %settings.redis, error = %crate::base::error_chain::chain(&e), retry_in = ?wait);
+                    crate::log_limited!(WARN, "redis not reachable at start-up", redis = %settings.redis.endpoint, error = %crate::base::error_chain::chain(&e), retry_in = ?wait);
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = shutdown.recv() => return Ok(None),
@@ -149,10 +147,10 @@ impl Worker {
         };
         let publisher = Arc::new(
             Publisher::new(
-                &settings.kafka_brokers,
-                &settings.kafka_config,
-                &settings.ready_topic,
-                settings.publish_timeout,
+                &settings.kafka.brokers,
+                &settings.kafka.options,
+                &settings.kafka.producer.topic,
+                settings.kafka.producer.publish_timeout,
             )
             .map_err(StartError::Kafka)?,
         );
@@ -160,14 +158,14 @@ impl Worker {
         let time = Arc::new(RedisTime::default());
         let completions = Completions::new(
             ConsumerSettings {
-                brokers: settings.kafka_brokers.clone(),
-                extra: settings.kafka_config.clone(),
-                topic: settings.completed_topic.clone(),
-                group: settings.consumer_group.clone(),
-                fetch_wait: settings.consumer_fetch_wait,
-                session_timeout: settings.consumer_session_timeout,
-                dead_letter_topic: settings.dead_letter_topic.clone(),
-                session_ttl: settings.session_ttl,
+                brokers: settings.kafka.brokers.clone(),
+                extra: settings.kafka.options.clone(),
+                topic: settings.kafka.consumer.topic.clone(),
+                group: settings.kafka.consumer.group.clone(),
+                fetch_wait: settings.kafka.consumer.fetch_wait,
+                session_timeout: settings.kafka.consumer.session_timeout,
+                dead_letter_topic: settings.kafka.consumer.dead_letter_topic.clone(),
+                session_ttl: settings.admission.session_ttl,
                 backoff,
             },
             conn.clone(),
@@ -178,8 +176,8 @@ impl Worker {
             publisher.clone(),
         )
         .map_err(StartError::Kafka)?;
-        let identity = Identity::new(settings.worker_id.clone());
-        let http = match settings.http_addr {
+        let identity = Identity::new(settings.worker.id.clone());
+        let http = match settings.http.addr {
             Some(addr) => {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
@@ -190,7 +188,7 @@ impl Worker {
                     scripts: scripts.clone(),
                     publisher: publisher.clone(),
                     worker_id: identity.id.clone(),
-                    liveness_slack: settings.process_interval * 2 + Duration::from_secs(1),
+                    liveness_slack: settings.worker.process_interval * 2 + Duration::from_secs(1),
                 });
                 Some((listener, state))
             }
@@ -204,7 +202,7 @@ impl Worker {
             publisher,
             stats.clone(),
             DeliveryPolicy {
-                attempts: settings.retry_attempts,
+                attempts: settings.retry.attempts,
                 backoff,
                 time: time.clone(),
             },
@@ -245,10 +243,10 @@ impl Worker {
     /// timeout). Unacknowledged entries stay in the outbox for the next worker.
     pub async fn run(mut self, mut shutdown: Shutdown) {
         tracing::info!(
-            events = ?self.settings.events,
-            interval = ?self.settings.process_interval,
-            max_concurrent = self.settings.max_concurrent,
-            batch_size = self.settings.batch_size,
+            events = ?self.settings.admission.events,
+            interval = ?self.settings.worker.process_interval,
+            max_concurrent = self.settings.admission.max_concurrent,
+            batch_size = self.settings.admission.batch_size,
             "Queue processor started successfully"
         );
         let consumer = self
@@ -261,14 +259,14 @@ impl Worker {
             }
             tokio::spawn(http::serve(listener, state, shutdown.clone()))
         });
-        let mut ticker = tokio::time::interval(self.settings.process_interval);
+        let mut ticker = tokio::time::interval(self.settings.worker.process_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let refill = self.refill.clone();
         let mut failures: u32 = 0;
-        let interval = self.settings.process_interval;
+        let interval = self.settings.worker.process_interval;
         // The longest one pass may hold the loop: the pass itself (cut at the max
         // processing time), then the heartbeat (two Redis calls).
-        let pass_bound = self.settings.max_processing_time + self.settings.redis_timeout * 2;
+        let pass_bound = self.settings.worker.max_processing_time + self.settings.redis.timeout * 2;
         loop {
             self.expect_loop_within(interval);
             let full = tokio::select! {
@@ -278,7 +276,7 @@ impl Worker {
                 _ = refill.rung() => false,
             };
             self.expect_loop_within(pass_bound);
-            let deadline = self.settings.max_processing_time;
+            let deadline = self.settings.worker.max_processing_time;
             let pass_started = Instant::now();
             let pass = async {
                 if full {
@@ -313,7 +311,7 @@ impl Worker {
                     &self.settings.keys,
                     &self.identity,
                     last,
-                    self.settings.process_interval,
+                    self.settings.worker.process_interval,
                 )
                 .await
                 {
@@ -345,7 +343,7 @@ impl Worker {
             }
         }
         if let Some(c) = consumer {
-            let _ = tokio::time::timeout(self.settings.shutdown_timeout, c).await;
+            let _ = tokio::time::timeout(self.settings.worker.shutdown_timeout, c).await;
         }
         if let Some(h) = http {
             let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
@@ -356,7 +354,9 @@ impl Worker {
         }
         tracing::info!("Queue processor stopping: flushing Kafka and settling in-flight messages");
         self.await_pending().await;
-        self.delivery.finish(self.settings.shutdown_timeout).await;
+        self.delivery
+            .finish(self.settings.worker.shutdown_timeout)
+            .await;
         tracing::info!("Queue processor stopped");
     }
 
@@ -374,7 +374,9 @@ impl Worker {
         let end = Instant::now() + wait;
         let step = self
             .settings
-            .retry_delay
+            .retry
+            .backoff
+            .first
             .clamp(Duration::from_millis(50), Duration::from_secs(1));
         loop {
             let left = end.saturating_duration_since(Instant::now());
@@ -390,7 +392,7 @@ impl Worker {
             let cmd = redis::cmd("PING");
             let ping = cmd.query_async::<String>(&mut conn);
             // Never past the announced end of the wait.
-            let limit = self.settings.redis_timeout.min(left);
+            let limit = self.settings.redis.timeout.min(left);
             if let Ok(Ok(_)) = tokio::time::timeout(limit, ping).await {
                 return true;
             }
@@ -405,7 +407,7 @@ impl Worker {
             .arg(&key)
             .query_async(&mut self.conn)
             .await?;
-        let mut set: BTreeSet<String> = self.settings.events.iter().cloned().collect();
+        let mut set: BTreeSet<String> = self.settings.admission.events.iter().cloned().collect();
         for m in members {
             match String::from_utf8(m) {
                 Ok(e) if !e.is_empty() && !e.contains(['{', '}']) => {
@@ -442,7 +444,7 @@ impl Worker {
                 if retry::is_transient(&e) {
                     return false;
                 }
-                self.settings.events.clone()
+                self.settings.admission.events.clone()
             }
         };
         let full = self.passes.is_multiple_of(FULL_PASS_EVERY);
@@ -595,7 +597,10 @@ impl Worker {
 
     /// Reap, claim and admit for `events` (each with whether it is served) in one
     /// pipeline, then publish. One event's failure costs only that event.
-    pub async fn process_events(&mut self, events: &[(String, bool)]) -> Result<(), EventError> {
+    pub(crate) async fn process_events(
+        &mut self,
+        events: &[(String, bool)],
+    ) -> Result<(), EventError> {
         let s = &self.settings;
         let now = self.time.now_ms();
         let args = s.admit_args();
@@ -643,7 +648,7 @@ impl Worker {
                 }
             }
             let lens: Vec<redis::RedisResult<u64>> = retry::with_retries(
-                s.retry_attempts,
+                s.retry.attempts,
                 self.backoff(),
                 retry::is_transient,
                 || {
@@ -683,8 +688,8 @@ impl Worker {
                     &s.keys,
                     e,
                     now,
-                    s.checkout_window,
-                    s.session_ttl,
+                    s.admission.checkout_window,
+                    s.admission.session_ttl,
                 ));
             }
             if *claim_it {
@@ -706,7 +711,7 @@ impl Worker {
             .map(|(e, _)| (e.as_str(), self.stats.in_flight(e)))
             .collect();
         let results = retry::with_retries(
-            s.retry_attempts,
+            s.retry.attempts,
             self.backoff(),
             retry::is_transient,
             || {
@@ -969,7 +974,7 @@ impl Worker {
             Hold::PublishingStalled => tracing::warn!(
                 event_id = %event,
                 unpublished_age_ms = outcome.unpublished_age_ms.unwrap_or(0),
-                max_unpublished_age = ?self.settings.max_unpublished_age,
+                max_unpublished_age = ?self.settings.admission.max_unpublished_age,
                 "admission held: QUEUE_READY publishing is stalled (Kafka not acknowledging); it resumes by itself"
             ),
             Hold::Retired => {
@@ -986,7 +991,7 @@ impl Worker {
     /// Admit into the slots completions just freed, for the served events they woke.
     /// A completion of an event that is not served releases its slot (the consumer
     /// did that) but admits nobody.
-    pub async fn refill_pass(&mut self) -> bool {
+    pub(crate) async fn refill_pass(&mut self) -> bool {
         for (event, woken) in self.refill.take() {
             if !self.served.contains(&event) {
                 continue;
@@ -1008,10 +1013,7 @@ impl Worker {
     }
 
     fn backoff(&self) -> Backoff {
-        Backoff {
-            first: self.settings.retry_delay,
-            max: self.settings.retry_max_delay,
-        }
+        self.settings.retry.backoff
     }
 
     /// Admit the event's next batch and publish it.
@@ -1020,7 +1022,7 @@ impl Worker {
         let args = s.admit_args();
         let in_flight = self.stats.in_flight(event);
         let outcome = retry::with_retries(
-            s.retry_attempts,
+            s.retry.attempts,
             self.backoff(),
             ScriptError::is_transient,
             || {

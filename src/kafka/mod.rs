@@ -1,1 +1,2 @@
+pub mod options;
 pub mod publisher;

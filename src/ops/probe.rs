@@ -19,7 +19,7 @@ const MAX_SUMMARY: usize = 200;
 
 /// Where to probe: an `http://host[:port][/path]` URL taken apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub(crate) struct Target {
     /// Host name or IP address (an IPv6 address without its brackets).
     pub host: String,
     pub port: u16,
@@ -32,22 +32,60 @@ pub struct Target {
 /// Why the probe did not find a healthy worker.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ProbeError {
-    #[error("invalid --url (QUEUE_HEALTH_URL) {url:?}: {reason}")]
-    BadUrl { url: String, reason: String },
+    /// The URL is not one the probe can ask (the command line names its flag).
+    #[error("invalid URL {url:?}: {reason}")]
+    BadUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No connection.
     #[error("cannot connect to {authority}: {reason}")]
-    Unreachable { authority: String, reason: String },
+    Unreachable {
+        /// `host:port`.
+        authority: String,
+        /// Why.
+        reason: String,
+    },
+    /// No complete answer in time.
     #[error("no answer from {url} within {timeout}")]
-    Timeout { url: String, timeout: String },
+    Timeout {
+        /// The URL asked.
+        url: String,
+        /// The time allowed.
+        timeout: String,
+    },
+    /// The answer could not be read.
     #[error("reading the answer from {url}: {reason}")]
-    Read { url: String, reason: String },
+    Read {
+        /// The URL asked.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The connection closed before an answer.
     #[error("{url} closed the connection without answering")]
-    NoAnswer { url: String },
+    NoAnswer {
+        /// The URL asked.
+        url: String,
+    },
+    /// Something answered, not HTTP.
     #[error("{url} did not answer HTTP: {start:?}")]
-    NotHttp { url: String, start: String },
+    NotHttp {
+        /// The URL asked.
+        url: String,
+        /// The first bytes of the answer.
+        start: String,
+    },
+    /// The worker answered, not with 2xx.
     #[error("unhealthy: {url} answered {status_line}{summary}")]
     Unhealthy {
+        /// The URL asked.
         url: String,
+        /// The HTTP status line.
         status_line: String,
+        /// What the body says, if anything.
         summary: String,
     },
 }
@@ -61,7 +99,7 @@ fn bad(url: &str, reason: impl Into<String>) -> ProbeError {
 
 /// Take an `http://host[:port][/path]` URL apart. https and every other scheme are
 /// refused: the probe speaks plain HTTP to the worker's own endpoint.
-pub fn parse_url(url: &str) -> Result<Target, ProbeError> {
+pub(crate) fn parse_url(url: &str) -> Result<Target, ProbeError> {
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| bad(url, "expected http://host:port/path"))?;

@@ -21,14 +21,17 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
 use redis::{Arg, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 
-use crate::config::redact_url;
-
 /// Where Redis is: one server, or the seed nodes of a cluster.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Endpoint {
     /// `redis://`, `rediss://` or `unix://` URL of one server, and for `rediss://`
     /// the certificates to use instead of the system's.
-    Single { url: String, tls: TlsFiles },
+    Single {
+        /// The server's URL.
+        url: String,
+        /// Certificates instead of the system's.
+        tls: TlsFiles,
+    },
     /// URLs of some nodes of a Redis Cluster; the rest are discovered. With
     /// `rediss://` the system's trust store verifies the nodes (OpenSSL reads
     /// `SSL_CERT_FILE`).
@@ -97,7 +100,9 @@ impl fmt::Debug for Endpoint {
 /// The connection every module uses.
 #[derive(Clone)]
 pub enum RedisConn {
+    /// One server, reconnecting in the background.
     Single(ConnectionManager),
+    /// A Redis Cluster.
     Cluster(ClusterConnection),
 }
 
@@ -313,6 +318,49 @@ fn slot_of(cmd: &Cmd) -> Option<Slot> {
     args.next().map(Slot::for_key)
 }
 
+/// `redis://user:secret@host/` → `redis://user:***@host/`, and
+/// `unix:///run/redis.sock?pass=secret` → `unix:///run/redis.sock?pass=***`, for logs.
+pub fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = redact_userinfo(base);
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _))
+                    if k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password") =>
+                {
+                    format!("{k}=***")
+                }
+                _ => p.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
+}
+
+fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map(|(u, _)| u).unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,5 +412,26 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("a:7000") && shown.contains("b:7001"));
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("redis://:hunter2@host:6379/0"),
+            "redis://:***@host:6379/0"
+        );
+        assert_eq!(redact_url("rediss://u:p@h"), "rediss://u:***@h");
+        assert_eq!(
+            redact_url("unix:///run/redis.sock?db=1&pass=hunter2"),
+            "unix:///run/redis.sock?db=1&pass=***"
+        );
+        assert_eq!(
+            redact_url("redis://:a@h/0?password=b"),
+            "redis://:***@h/0?password=***"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
     }
 }

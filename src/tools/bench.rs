@@ -8,7 +8,6 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use clap::{Args, Parser};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -17,7 +16,7 @@ use thiserror::Error;
 
 use crate::base::error_chain::chain;
 use crate::base::shutdown;
-use crate::config::{Cli, Command, Settings};
+use crate::config::{Config, ConfigBuilder};
 use crate::engine::worker::Worker;
 use crate::model::clock;
 use crate::model::keys::{KeyLayout, Keys};
@@ -29,73 +28,102 @@ use crate::tools::embedded_kafka::EmbeddedKafka;
 use crate::tools::enqueue;
 use crate::tools::redis_server::{PrivateCluster, PrivateRedis, ServerError};
 
-#[derive(Debug, Clone, Args)]
-pub struct BenchArgs {
+/// What to measure and against what. [`Default`] is the full run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
     /// Use this Redis instead of a private redis-server (its data is left alone:
     /// every key is under a `bench-*` prefix).
-    #[arg(long)]
     pub redis_url: Option<String>,
     /// Use these Kafka brokers instead of the embedded one.
-    #[arg(long)]
     pub kafka_brokers: Option<String>,
     /// Users per throughput run.
-    #[arg(long, default_value_t = 20_000)]
     pub users: usize,
     /// Queue length of the "big queue" cycle-cost run.
-    #[arg(long, default_value_t = 1_000_000)]
     pub big_queue: usize,
     /// Most events of the full-pass run (also run with 1 and 1000).
-    #[arg(long, default_value_t = 10_000)]
     pub events: usize,
     /// Replicas of the replica section (on the largest event count).
-    #[arg(long, default_value_t = 8)]
     pub replicas: usize,
     /// Refill latency samples.
-    #[arg(long, default_value_t = 200)]
     pub samples: usize,
     /// A tiny run (CI smoke test): few users, small queues, few samples.
-    #[arg(long)]
     pub quick: bool,
-    /// Print JSON instead of a table.
-    #[arg(long)]
+    /// The report is printed as JSON: no progress lines on stderr.
     pub json: bool,
 }
 
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            redis_url: None,
+            kafka_brokers: None,
+            users: 20_000,
+            big_queue: 1_000_000,
+            events: 10_000,
+            replicas: 8,
+            samples: 200,
+            quick: false,
+            json: false,
+        }
+    }
+}
+
+/// Why the bench stopped.
 #[derive(Debug, Error)]
 pub enum BenchError {
+    /// A local server did not start.
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// A Redis command failed.
     #[error("redis")]
     Redis(#[from] redis::RedisError),
+    /// A Kafka client failed.
     #[error("kafka")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// Anything else, said in words.
     #[error("{0}")]
     Other(String),
 }
 
+/// One throughput run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Throughput {
+    /// Batch size.
     pub batch: u64,
+    /// Users admitted.
     pub users: usize,
+    /// Admissions per second.
     pub users_per_sec: f64,
+    /// Redis CPU per admission, microseconds.
     pub redis_cpu_us_per_admission: f64,
 }
 
+/// Every figure of a run (BENCHMARKS.md explains them).
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The full path (admit, sign, patch, publish, acknowledge), per batch size.
     pub end_to_end: Vec<Throughput>,
+    /// The admit script alone (the ceiling), per batch size.
     pub admit_script_only: Vec<Throughput>,
+    /// A naive per-user flow, for comparison.
     pub naive_per_user: Throughput,
     /// end-to-end / admit-only, per batch.
     pub ratio_to_ceiling: Vec<(u64, f64)>,
     /// end-to-end at batch 1000 / naive.
     pub ratio_to_naive: f64,
+    /// Completion to refilling admission, median, ms.
     pub refill_p50_ms: f64,
+    /// The same, 99th percentile.
     pub refill_p99_ms: f64,
+    /// Queue length of the short-queue cycle run.
     pub cycle_small_queue: usize,
+    /// Queue length of the long-queue cycle run.
     pub cycle_big_queue: usize,
+    /// Median cycle with the short queue, ms.
     pub cycle_small_queue_ms: f64,
+    /// Median cycle with the long queue, ms.
     pub cycle_big_queue_ms: f64,
+    /// Long-queue cycle / short-queue cycle.
     pub cycle_cost_ratio: f64,
     /// (events, ms of the first pass (admitting), ms of a steady pass, ms of Redis
     /// CPU in the steady pass).
@@ -107,6 +135,7 @@ pub struct Report {
     /// round of all of them at once, Redis CPU ms of that round, Redis CPU ms of one
     /// replica's complete pass, which each replica runs every 30th pass).
     pub replicas: (usize, usize, f64, f64, f64),
+    /// Peak resident memory after the single-server sections, MB.
     pub peak_rss_mb: f64,
     /// The same after the cluster section (before the replica section).
     pub peak_rss_after_cluster_mb: f64,
@@ -118,37 +147,18 @@ struct Env {
     conn: MultiplexedConnection,
 }
 
-fn settings(env: &Env, prefix: &str, extra: &[&str]) -> Result<Settings, BenchError> {
-    let mut args: Vec<String> = [
-        "waitroom-worker",
-        "run",
-        "--redis-url",
-        &env.redis_url,
-        "--kafka-brokers",
-        &env.brokers,
-        "--key-prefix",
-        prefix,
-        "--jwt-secret",
-        "bench-secret-0123456789abcdef0123456789abcdef",
-        "--http-addr",
-        "off",
-        "--consumer-group",
-        prefix,
-        "--publish-timeout",
-        "5s",
-        "--outbox-lease",
-        "30s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let cli = Cli::try_parse_from(args).map_err(|e| BenchError::Other(e.to_string()))?;
-    let Command::Run(run) = cli.command else {
-        return Err(BenchError::Other("internal: not run".into()));
-    };
-    run.settings()
-        .map_err(|e| BenchError::Other(chain(&e).to_string()))
+/// The settings every section starts from: this run's Redis and Kafka, its own
+/// key prefix and consumer group, no HTTP endpoint.
+fn settings(env: &Env, prefix: &str) -> ConfigBuilder {
+    Config::builder()
+        .redis_url(&env.redis_url)
+        .kafka_brokers(&env.brokers)
+        .key_prefix(prefix)
+        .jwt_secret("bench-secret-0123456789abcdef0123456789abcdef")
+        .http_addr(None)
+        .consumer_group(prefix)
+        .publish_timeout(Duration::from_secs(5))
+        .outbox_lease(Duration::from_secs(30))
 }
 
 async fn redis_cpu(conn: &mut MultiplexedConnection) -> Result<f64, BenchError> {
@@ -166,7 +176,10 @@ async fn zcard(conn: &mut MultiplexedConnection, key: &str) -> Result<u64, Bench
     Ok(redis::cmd("ZCARD").arg(key).query_async(conn).await?)
 }
 
-async fn start_worker(s: Settings) -> Result<Worker, BenchError> {
+async fn start_worker(b: ConfigBuilder) -> Result<Worker, BenchError> {
+    let s = b
+        .build()
+        .map_err(|e| BenchError::Other(chain(&e).to_string()))?;
     let (_t, mut l) = shutdown::channel();
     Worker::start(s, &mut l)
         .await
@@ -207,19 +220,12 @@ async fn end_to_end(env: &mut Env, batch: u64, users: usize) -> Result<Throughpu
     let prefix = format!("bench-e2e-{batch}");
     let keys = seed(env, &prefix, users).await?;
     let event = EVENT;
-    let b = batch.to_string();
-    let mut w = start_worker(settings(
-        env,
-        &prefix,
-        &[
-            "--event",
-            event,
-            "--max-concurrent",
-            "1000000000",
-            "--batch-size",
-            &b,
-        ],
-    )?)
+    let mut w = start_worker(
+        settings(env, &prefix)
+            .event(event)
+            .max_concurrent(1_000_000_000)
+            .batch_size(batch),
+    )
     .await?;
     let cpu0 = redis_cpu(&mut env.conn).await?;
     let t0 = Instant::now();
@@ -327,22 +333,14 @@ async fn refill(env: &mut Env, samples: usize) -> Result<(f64, f64), BenchError>
     let prefix = "bench-refill";
     let keys = seed(env, prefix, samples + 20).await?;
     let event = EVENT;
-    let w = start_worker(settings(
-        env,
-        prefix,
-        &[
-            "--event",
-            event,
-            "--process-interval",
-            "1s",
-            "--max-concurrent",
-            "10",
-            "--batch-size",
-            "10",
-            "--completed-topic",
-            "BENCH_COMPLETED",
-        ],
-    )?)
+    let w = start_worker(
+        settings(env, prefix)
+            .event(event)
+            .process_interval(Duration::from_secs(1))
+            .max_concurrent(10)
+            .batch_size(10)
+            .completed_topic("BENCH_COMPLETED"),
+    )
     .await?;
     let stats = w.stats();
     let (trigger, listener) = shutdown::channel();
@@ -420,18 +418,12 @@ async fn cycle_cost(env: &mut Env, queued: usize) -> Result<f64, BenchError> {
     let prefix = format!("bench-queue-{queued}");
     seed(env, &prefix, queued).await?;
     let event = EVENT;
-    let mut w = start_worker(settings(
-        env,
-        &prefix,
-        &[
-            "--event",
-            event,
-            "--max-concurrent",
-            "1000000000",
-            "--batch-size",
-            "100",
-        ],
-    )?)
+    let mut w = start_worker(
+        settings(env, &prefix)
+            .event(event)
+            .max_concurrent(1_000_000_000)
+            .batch_size(100),
+    )
     .await?;
     let mut times = Vec::new();
     for _ in 0..9 {
@@ -450,7 +442,7 @@ async fn full_pass(env: &mut Env, n: usize) -> Result<(f64, f64, f64), BenchErro
     let prefix = format!("bench-events-{n}");
     let keys = Keys::new(&prefix, KeyLayout::Default);
     seed_events(&mut env.conn, &keys, n).await?;
-    let w = start_worker(settings(env, &prefix, &["--batch-size", "10"])?).await?;
+    let w = start_worker(settings(env, &prefix).batch_size(10)).await?;
     let conn = env.conn.clone();
     time_passes(w, || {
         let mut c = conn.clone();
@@ -538,11 +530,11 @@ async fn cluster_pass(env: &Env, n: usize) -> Result<(f64, f64, f64), BenchError
     )
     .await?;
     seed_events(&mut conn, &keys, n).await?;
-    let w = start_worker(settings(
-        env,
-        &prefix,
-        &["--redis-cluster", &urls, "--batch-size", "10"],
-    )?)
+    let w = start_worker(
+        settings(env, &prefix)
+            .redis_cluster(urls.split(','))
+            .batch_size(10),
+    )
     .await?;
     let mut nodes = Vec::new();
     for i in 0..cluster.ports.len() {
@@ -578,7 +570,7 @@ async fn replicas_pass(
     let mut workers = Vec::with_capacity(replicas);
     let mut full_cpu = 0.0;
     for i in 0..replicas {
-        let mut w = start_worker(settings(env, &prefix, &["--batch-size", "10"])?).await?;
+        let mut w = start_worker(settings(env, &prefix).batch_size(10)).await?;
         // The first pass of a new replica runs everything everywhere: time its Redis CPU once.
         let cpu0 = redis_cpu(&mut env.conn).await?;
         if !w.cycle().await {
@@ -630,7 +622,8 @@ fn read_peak_rss_mb() -> f64 {
         .unwrap_or(0.0)
 }
 
-pub async fn run(mut a: BenchArgs) -> Result<Report, BenchError> {
+/// Run every section; the figures.
+pub async fn run(mut a: BenchOptions) -> Result<Report, BenchError> {
     if a.quick {
         a.users = a.users.min(2_000);
         a.big_queue = a.big_queue.min(20_000);

@@ -5,11 +5,11 @@
 //! publishes a completion, except for a share of users who walk away (their slots
 //! come back by expiry). Progress is printed live; a summary closes the run.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use clap::{Args, Parser};
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::ClientConfig;
 use rdkafka::Message;
@@ -20,7 +20,7 @@ use thiserror::Error;
 
 use crate::base::error_chain::chain;
 use crate::base::shutdown;
-use crate::config::{Cli, Command};
+use crate::config::Config;
 use crate::engine::worker::Worker;
 use crate::kafka::publisher::ReadyMessage;
 use crate::model::keys::{KeyLayout, Keys};
@@ -32,66 +32,90 @@ use crate::tools::redis_server::{PrivateRedis, ServerError};
 
 const EVENT: &str = "demo-sale";
 
-#[derive(Debug, Clone, Args)]
-pub struct DemoArgs {
+/// The sale to simulate. [`Default`] is `waitroom-worker demo` without flags.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
     /// Users joining the queue.
-    #[arg(long, default_value_t = 3000)]
     pub users: usize,
     /// Checkout slots.
-    #[arg(long, default_value_t = 100)]
     pub capacity: u64,
     /// Users admitted per cycle.
-    #[arg(long, default_value_t = 50)]
     pub batch: u64,
     /// Longest simulated checkout (each user takes a random time up to this).
-    #[arg(long, default_value = "400ms", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
     pub checkout_time: Duration,
     /// Share of admitted users who walk away without completing (0..1).
-    #[arg(long, default_value_t = 0.05)]
     pub abandon_rate: f64,
     /// Checkout window: how long an abandoned slot stays taken.
-    #[arg(long, default_value = "5s", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
     pub checkout_window: Duration,
-    /// Show the worker's logs (RUST_LOG, default info) instead of warnings only.
-    #[arg(long)]
-    pub verbose: bool,
     /// Admission interval.
-    #[arg(long, default_value = "100ms", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
     pub interval: Duration,
-    /// Cap admissions at N a minute (the event's `new_users_per_minute`), to watch a
-    /// smooth outflow: the progress lines show admissions per second.
-    #[arg(long, value_name = "PER_MINUTE")]
+    /// Cap admissions at N a minute (the event's `new_users_per_minute`).
     pub rate: Option<u64>,
 }
 
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            users: 3000,
+            capacity: 100,
+            batch: 50,
+            checkout_time: Duration::from_millis(400),
+            abandon_rate: 0.05,
+            checkout_window: Duration::from_secs(5),
+            interval: Duration::from_millis(100),
+            rate: None,
+        }
+    }
+}
+
+/// Why the demo stopped.
 #[derive(Debug, Error)]
 pub enum DemoError {
+    /// The private redis-server did not start.
     #[error(transparent)]
     Redis(#[from] ServerError),
+    /// A Redis command failed.
     #[error("redis")]
     RedisCmd(#[from] redis::RedisError),
+    /// A Kafka client failed.
     #[error("kafka")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// An option out of range.
     #[error("bad demo setting: {0}")]
     Setting(String),
+    /// The worker did not start.
     #[error("worker: {0}")]
     Worker(String),
+    /// More users in checkout than slots: the invariant broke.
     #[error("capacity exceeded: {peak} in checkout with {capacity} slots")]
-    CapacityExceeded { peak: u64, capacity: u64 },
+    CapacityExceeded {
+        /// Most sessions in checkout at once.
+        peak: u64,
+        /// The slots.
+        capacity: u64,
+    },
 }
 
 /// What the run ended with.
 #[derive(Debug, Clone)]
 pub struct Summary {
+    /// Users queued.
     pub users: usize,
+    /// Wall time of the run.
     pub seconds: f64,
+    /// Users admitted.
     pub admitted: u64,
+    /// Checkouts completed.
     pub completed: u64,
+    /// Slots taken back by expiry (abandoned checkouts).
     pub expired: u64,
+    /// Most users in checkout at once.
     pub peak: u64,
+    /// Tokens the simulated checkout refused.
     pub bad_tokens: u64,
     /// Slot freed by a completion -> next admission, seconds (p50, p99).
     pub refill_p50: Option<f64>,
+    /// The same, 99th percentile.
     pub refill_p99: Option<f64>,
 }
 
@@ -107,10 +131,11 @@ impl Rng {
     }
 }
 
-pub async fn run(a: DemoArgs) -> Result<Summary, DemoError> {
+/// Run the sale to its end: every user admitted and done (completed or expired).
+pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
     if a.users == 0 || a.capacity == 0 || a.batch == 0 || !(0.0..1.0).contains(&a.abandon_rate) {
         return Err(DemoError::Setting(
-            "--users, --capacity and --batch must be above 0, --abandon-rate in [0, 1)".into(),
+            "users, capacity and batch must be above 0, abandon_rate in [0, 1)".into(),
         ));
     }
     let redis = PrivateRedis::start()?;
@@ -127,55 +152,28 @@ pub async fn run(a: DemoArgs) -> Result<Summary, DemoError> {
         let b = sha1_smol::Sha1::from(&a).digest().to_string();
         format!("{a}{b}")
     };
-    let flags: Vec<String> = [
-        "waitroom-worker",
-        "run",
-        "--redis-url",
-        &redis.url(),
-        "--kafka-brokers",
-        &kafka.bootstrap,
-        "--jwt-secret",
-        &secret,
-        "--event",
-        EVENT,
-        "--process-interval",
-        &humantime::format_duration(a.interval).to_string(),
-        "--max-concurrent",
-        &a.capacity.to_string(),
-        "--batch-size",
-        &a.batch.min(1000).to_string(),
-        "--checkout-window",
-        &humantime::format_duration(a.checkout_window).to_string(),
-        "--session-ttl",
-        "1h",
-        "--publish-timeout",
+    let settings = Config::builder()
+        .redis_url(redis.url())
+        .kafka_brokers(&kafka.bootstrap)
+        .jwt_secret(&secret)
+        .event(EVENT)
+        .process_interval(a.interval)
+        .max_concurrent(a.capacity)
+        .batch_size(a.batch.min(1000))
+        .checkout_window(a.checkout_window)
+        .session_ttl(Duration::from_secs(3600))
         // At most half the checkout window (a told user's token must outlive it).
-        &humantime::format_duration(
+        .publish_timeout(
             (a.checkout_window / 2)
                 .min(Duration::from_secs(5))
                 .max(Duration::from_millis(100)),
         )
-        .to_string(),
-        "--outbox-lease",
-        "10s",
-        "--consumer-session-timeout",
-        "3s",
-        "--retry-delay",
-        "100ms",
-        "--retry-max-delay",
-        "1s",
-        "--http-addr",
-        "127.0.0.1:0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let cli = Cli::try_parse_from(flags).map_err(|e| DemoError::Setting(e.to_string()))?;
-    let Command::Run(run_args) = cli.command else {
-        return Err(DemoError::Setting("internal: not a run command".into()));
-    };
-    let settings = run_args
-        .settings()
+        .outbox_lease(Duration::from_secs(10))
+        .consumer_session_timeout(Duration::from_secs(3))
+        .retry_delay(Duration::from_millis(100))
+        .retry_max_delay(Duration::from_secs(1))
+        .http_addr(Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))))
+        .build()
         .map_err(|e| DemoError::Setting(chain(&e).to_string()))?;
 
     let keys = Keys::new("waitroom", KeyLayout::Default);
