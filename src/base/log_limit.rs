@@ -27,11 +27,11 @@ use std::time::{Duration, Instant};
 use tracing::Level;
 
 /// How long repeats of a kind are counted before their summary is written.
-pub const WINDOW: Duration = Duration::from_secs(10);
+pub(crate) const WINDOW: Duration = Duration::from_secs(10);
 
 /// Repeats of one kind that were not written.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub kind: &'static str,
     pub level: Level,
     /// How many occurrences were counted and not written.
@@ -49,13 +49,13 @@ struct Window {
 
 /// Per kind: when its window started and how many repeats it counted.
 #[derive(Debug)]
-pub struct LogLimiter {
+pub(crate) struct LogLimiter {
     window: Duration,
     kinds: HashMap<&'static str, Window>,
 }
 
 impl LogLimiter {
-    pub fn new(window: Duration) -> Self {
+    pub(crate) fn new(window: Duration) -> Self {
         LogLimiter {
             window,
             kinds: HashMap::new(),
@@ -65,7 +65,7 @@ impl LogLimiter {
     /// One occurrence of `kind` at `now`: whether to write it, and a summary to
     /// write first if this occurrence ended a window whose summary is still due
     /// (then this one is counted in it rather than written).
-    pub fn hit(
+    pub(crate) fn hit(
         &mut self,
         kind: &'static str,
         level: Level,
@@ -105,7 +105,7 @@ impl LogLimiter {
 
     /// The summaries of windows that ended by `now` with repeats counted; each such
     /// kind starts a new window at `now` (so its next summary is a window away).
-    pub fn due(&mut self, now: Instant) -> Vec<Summary> {
+    pub(crate) fn due(&mut self, now: Instant) -> Vec<Summary> {
         let window = self.window;
         let mut out = Vec::new();
         for (kind, w) in &mut self.kinds {
@@ -126,7 +126,7 @@ impl LogLimiter {
     }
 
     /// Every summary still owed, window ended or not (at exit).
-    pub fn drain(&mut self, now: Instant) -> Vec<Summary> {
+    pub(crate) fn drain(&mut self, now: Instant) -> Vec<Summary> {
         let mut out: Vec<Summary> = self
             .kinds
             .iter_mut()
@@ -147,7 +147,7 @@ impl LogLimiter {
     }
 
     /// When the earliest window with repeats ends, if any has repeats.
-    pub fn next_due(&self) -> Option<Instant> {
+    pub(crate) fn next_due(&self) -> Option<Instant> {
         self.kinds
             .values()
             .filter(|w| w.repeated > 0)
@@ -178,7 +178,7 @@ fn lock() -> MutexGuard<'static, LogLimiter> {
 
 /// Whether this occurrence of `kind` is to be written now (see the module doc).
 /// Used through [`log_limited!`](crate::log_limited).
-pub fn allow(kind: &'static str, level: Level) -> bool {
+pub(crate) fn allow(kind: &'static str, level: Level) -> bool {
     let (write, summary) = lock().hit(kind, level, Instant::now());
     if let Some(s) = summary {
         emit(&s);
@@ -275,7 +275,6 @@ fn emit(s: &Summary) {
 /// `log_limited!(WARN, "message", field = value, ...)`: a `tracing` event whose
 /// repeats are counted and summarised (see [`crate::base::log_limit`]); the message is
 /// the kind. Fields take `tracing`'s syntax (`%` Display, `?` Debug).
-#[macro_export]
 macro_rules! log_limited {
     ($level:ident, $msg:literal $(, $($field:tt)+)?) => {
         if $crate::base::log_limit::allow($msg, ::tracing::Level::$level) {
@@ -283,6 +282,7 @@ macro_rules! log_limited {
         }
     };
 }
+pub(crate) use log_limited;
 
 #[cfg(test)]
 mod tests {

@@ -19,10 +19,12 @@ pub fn channel() -> (ShutdownTrigger, Shutdown) {
 }
 
 impl ShutdownTrigger {
+    /// Send the signal.
     pub fn trigger(&self) {
         self.0.send_replace(true);
     }
 
+    /// Another listener.
     pub fn subscribe(&self) -> Shutdown {
         Shutdown(self.0.subscribe())
     }

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 /// Events with freed slots, and a bell for the admission loop.
 #[derive(Debug, Default)]
-pub struct Refill {
+pub(crate) struct Refill {
     /// Event -> when it was first woken since the last pass (for the latency).
     dirty: Mutex<BTreeMap<String, Instant>>,
     bell: Notify,
@@ -18,7 +18,7 @@ pub struct Refill {
 
 impl Refill {
     /// Mark `event` as having free slots and wake the loop.
-    pub fn wake(&self, event: &str) {
+    pub(crate) fn wake(&self, event: &str) {
         let mut d = match self.dirty.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -30,13 +30,13 @@ impl Refill {
     }
 
     /// Wait until some event was woken.
-    pub async fn rung(&self) {
+    pub(crate) async fn rung(&self) {
         self.bell.notified().await;
     }
 
     /// Take the woken events (each once, however many releases it had), with when
     /// each was first woken.
-    pub fn take(&self) -> Vec<(String, Instant)> {
+    pub(crate) fn take(&self) -> Vec<(String, Instant)> {
         let mut d = match self.dirty.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),

@@ -21,14 +21,14 @@ use thiserror::Error;
 use crate::base::error_chain::chain;
 
 /// The producer, with librdkafka's reports going through [`KafkaLogs`].
-pub type FutureProducer = rdkafka::producer::FutureProducer<KafkaLogs>;
+pub(crate) type FutureProducer = rdkafka::producer::FutureProducer<KafkaLogs>;
 
 /// Where librdkafka's own log lines and error reports go: through the log limiter
 /// ([`crate::base::log_limit`]). While the brokers are away, librdkafka reports every
 /// reconnect attempt of every client (producer, consumer, readiness probe), several
 /// a second; the first of each kind is written, the rest counted.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct KafkaLogs;
+pub(crate) struct KafkaLogs;
 
 impl ClientContext for KafkaLogs {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
@@ -66,8 +66,10 @@ impl rdkafka::producer::ProducerContext for KafkaLogs {
 /// Why a message could not be queued for sending.
 #[derive(Debug, Error)]
 pub enum PublishError {
+    /// The producer refused it.
     #[error(transparent)]
     Kafka(#[from] KafkaError),
+    /// It could not be encoded.
     #[error("encoding the message")]
     Encode(#[from] serde_json::Error),
 }
@@ -78,11 +80,17 @@ pub const MESSAGE_ID_HEADER: &str = "message-id";
 /// The QUEUE_READY payload, fields in the seed's order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadyMessage {
+    /// The admitted session.
     pub session_id: String,
+    /// Its user.
     pub user_id: String,
+    /// The event.
     pub event_id: String,
+    /// The signed checkout token (a JWT).
     pub checkout_token: String,
+    /// When it was admitted (RFC 3339, seconds).
     pub admitted_at: String,
+    /// When its checkout window, and the token, end (RFC 3339, seconds).
     pub expires_at: String,
     /// The admission instant with milliseconds; fixed per admission, so a replayed
     /// message is byte for byte the same.
@@ -98,6 +106,8 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// A producer of `topic` on `brokers`: idempotent, `acks=all`, messages
+    /// failing after `publish_timeout`; `extra` librdkafka settings last.
     pub fn new(
         brokers: &str,
         extra: &[(String, String)],

@@ -49,6 +49,7 @@ pub struct Keys {
 }
 
 impl Keys {
+    /// Key names under `prefix`, in `layout`.
     pub fn new(prefix: impl Into<String>, layout: KeyLayout) -> Self {
         Keys {
             prefix: prefix.into(),
@@ -56,10 +57,12 @@ impl Keys {
         }
     }
 
+    /// The prefix of every key.
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
 
+    /// The layout.
     pub fn layout(&self) -> KeyLayout {
         self.layout
     }

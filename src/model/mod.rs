@@ -1,4 +1,6 @@
+//! The domain, pure (no I/O): key names, time, outbox entries, checkout tokens.
+
 pub mod clock;
-pub mod keys;
+pub(crate) mod keys;
 pub mod outbox;
 pub mod token;

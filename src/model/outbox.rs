@@ -17,9 +17,13 @@ use thiserror::Error;
 pub struct OutboxEntry {
     /// The member exactly as stored, to remove or reschedule it.
     pub raw: Vec<u8>,
+    /// The admitted session.
     pub session_id: String,
+    /// Its user.
     pub user_id: String,
+    /// When it was admitted (ms since the epoch).
     pub admitted_ms: u64,
+    /// When its checkout window ends (ms since the epoch).
     pub deadline_ms: u64,
 }
 
@@ -33,22 +37,28 @@ pub const MAX_MS: u64 = crate::model::clock::MAX_MS;
 /// Why an outbox member could not be read: the structure, or which field is wrong.
 #[derive(Debug, Clone, Copy, Error, PartialEq, Eq)]
 pub enum EntryError {
+    /// Wrong: not a four-element JSON array.
     #[error("outbox entry is not a JSON array [session_id, user_id, admitted_ms, deadline_ms]")]
     Shape,
+    /// Wrong: the session id.
     #[error("outbox entry's session_id is not a string of 1 to 1024 bytes")]
     SessionId,
+    /// Wrong: the user id.
     #[error("outbox entry's user_id is not a string of 1 to 1024 bytes")]
     UserId,
+    /// Wrong: the admission instant.
     #[error(
         "outbox entry's admitted_ms is not an integer from 1 to 253402300799999 \
          (1970-01-01T00:00:00.001Z to 9999-12-31T23:59:59.999Z)"
     )]
     AdmittedMs,
+    /// Wrong: the deadline.
     #[error(
         "outbox entry's deadline_ms is not an integer from 1 to 253402300799999 \
          (1970-01-01T00:00:00.001Z to 9999-12-31T23:59:59.999Z)"
     )]
     DeadlineMs,
+    /// Wrong: a deadline before the admission.
     #[error("outbox entry's deadline_ms is before its admitted_ms")]
     DeadlineBeforeAdmission,
 }

@@ -12,22 +12,29 @@ use thiserror::Error;
 /// Shortest HMAC secret accepted, in bytes (RFC 7518 §3.2: at least the hash size).
 pub const MIN_SECRET_LEN: usize = 32;
 
+/// Why a token could not be made or was refused.
 #[derive(Debug, Error)]
 pub enum TokenError {
     #[error("the JWT secret is {0} bytes; at least {MIN_SECRET_LEN} are required")]
+    /// An HS256 secret shorter than [`MIN_SECRET_LEN`].
     SecretTooShort(usize),
     #[error("the JWT key could not be read: {0}")]
+    /// A PEM key that does not parse.
     Key(String),
     #[error("signing failed: {0}")]
+    /// Signing failed.
     Sign(String),
     #[error("token rejected: {0}")]
+    /// A token that does not verify.
     Invalid(String),
 }
 
 /// The claims of a checkout token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
+    /// The issuer.
     pub iss: String,
+    /// The audience (the checkout service).
     pub aud: String,
     /// The user id.
     pub sub: String,
@@ -118,6 +125,7 @@ impl Signer {
         })
     }
 
+    /// The signing algorithm.
     pub fn algorithm(&self) -> Algorithm {
         self.header.alg
     }
@@ -143,6 +151,7 @@ impl Signer {
         }
     }
 
+    /// The signed token of `claims`.
     pub fn sign(&self, claims: &Claims) -> Result<String, TokenError> {
         jsonwebtoken::encode(&self.header, claims, &self.key)
             .map_err(|e| TokenError::Sign(e.to_string()))
@@ -157,11 +166,13 @@ pub struct Verifier {
 }
 
 impl Verifier {
+    /// A verifier of HS256 tokens with this secret, issuer and audience.
     pub fn hs256(secret: &[u8], issuer: &str, audience: &str) -> Result<Self, TokenError> {
         let key = DecodingKey::from_secret(secret).map_err(|e| TokenError::Key(e.to_string()))?;
         Ok(Self::new(Algorithm::HS256, key, issuer, audience))
     }
 
+    /// A verifier of `alg` tokens with this key, issuer and audience.
     pub fn new(alg: Algorithm, key: DecodingKey, issuer: &str, audience: &str) -> Self {
         let mut validation = Validation::new(alg);
         validation.algorithms = vec![alg];
@@ -172,6 +183,7 @@ impl Verifier {
         Verifier { key, validation }
     }
 
+    /// The claims of a valid token, or why it is not.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map(|d| d.claims)

@@ -35,7 +35,7 @@ use crate::redis::scripts::Scripts;
 use crate::redis::store::RedisConn;
 
 /// What the handlers read.
-pub struct HttpState {
+pub(crate) struct HttpState {
     pub stats: Arc<Stats>,
     pub conn: RedisConn,
     pub scripts: Arc<Scripts>,
@@ -46,7 +46,7 @@ pub struct HttpState {
     pub liveness_slack: Duration,
 }
 
-pub fn router(state: Arc<HttpState>) -> Router {
+pub(crate) fn router(state: Arc<HttpState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -56,7 +56,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
 }
 
 /// Serve until shutdown.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<HttpState>,
     mut shutdown: Shutdown,
@@ -192,7 +192,7 @@ async fn scripts_ready(s: &HttpState) -> Result<(), String> {
 }
 
 #[derive(Serialize)]
-pub struct StatusBody {
+pub(crate) struct StatusBody {
     pub worker_id: String,
     pub is_running: bool,
     pub started_at: String,

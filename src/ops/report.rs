@@ -16,15 +16,23 @@ use crate::redis::heartbeat;
 /// One event at a glance.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct EventStatus {
+    /// Sessions waiting in the main queue.
     pub queue_length: u64,
+    /// Sessions waiting in the priority lane.
     pub priority_length: u64,
     /// How long the first in line has waited (ms), if anyone waits.
     pub oldest_wait_ms: Option<u64>,
+    /// Checkout slots taken.
     pub slots_in_use: u64,
+    /// The event's capacity.
     pub capacity: u64,
+    /// Whether the config hash pauses it.
     pub paused: bool,
+    /// Admissions whose QUEUE_READY Kafka has not acknowledged.
     pub outbox_depth: u64,
+    /// Admissions in the current minute, all replicas.
     pub admitted_this_minute: u64,
+    /// Admissions in the previous minute, all replicas.
     pub admitted_last_minute: u64,
     /// Age of the oldest admission whose QUEUE_READY is not acknowledged yet (ms).
     pub unpublished_age_ms: Option<u64>,
@@ -35,9 +43,12 @@ pub struct EventStatus {
     pub held: Option<String>,
 }
 
+/// Every event at a glance, and the replicas alive.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Status {
+    /// Per event id.
     pub events: BTreeMap<String, EventStatus>,
+    /// Ids of the live workers.
     pub live_workers: Vec<String>,
 }
 
@@ -270,14 +281,21 @@ pub fn render_status(s: &Status) -> String {
 /// Where one session stands.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SessionView {
+    /// The session id.
     pub session_id: String,
+    /// Its hash's key.
     pub key: String,
+    /// Its event (given, or read from the hash).
     pub event_id: Option<String>,
+    /// The hash's fields (the token shortened unless asked).
     pub hash: BTreeMap<String, String>,
     /// 1-based position in the queue, if waiting there.
     pub queue_position: Option<u64>,
+    /// 1-based position in the priority lane, if waiting there.
     pub priority_position: Option<u64>,
+    /// Whether it holds a checkout slot.
     pub in_processing: bool,
+    /// When its slot is taken back, if it has a deadline.
     pub deadline: Option<String>,
     /// When it was admitted, if its QUEUE_READY is not acknowledged yet: its slot
     /// has no deadline until then (it is never reaped untold).

@@ -30,13 +30,21 @@ fn held_labels(event: &str, reason: &str) -> Labels {
 /// Figures of one event as the last pass over it saw them.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct EventSnapshot {
+    /// Sessions waiting (main queue and priority lane).
     pub queue_length: u64,
+    /// Checkout slots taken (`SCARD processing`).
     pub slots_in_use: u64,
+    /// The event's capacity (its `max_concurrent`, or the default).
     pub capacity: u64,
+    /// Most sessions admitted per cycle.
     pub batch_size: u64,
+    /// Whether the config hash pauses the event.
     pub paused: bool,
+    /// Outbox entries: admissions whose QUEUE_READY Kafka has not acknowledged.
     pub outbox_depth: u64,
+    /// Sessions this worker admitted to the event since it started.
     pub admitted_total: u64,
+    /// When these figures were read (ms since the epoch).
     pub updated_ms: u64,
     /// Why admission is held, if it is: `publishing_stalled` (QUEUE_READY not
     /// acknowledged for longer than the max unpublished age), `retired` (no longer
@@ -58,10 +66,14 @@ pub struct EventSnapshot {
 
 /// Reasons an event's admission can be held (the `reason` label of
 /// `waitroom_admission_held`).
-pub const HOLD_REASONS: [&str; 3] = ["publishing_stalled", "retired", "paused"];
+pub(crate) const HOLD_REASONS: [&str; 3] = ["publishing_stalled", "retired", "paused"];
 
+/// The worker's counters and gauges: read by `/status` and the tests, exposed in
+/// Prometheus text by `/metrics`.
 pub struct Stats {
+    /// When the worker started (ms since the epoch).
     pub started_at_ms: AtomicU64,
+    /// When the last cycle finished (ms since the epoch).
     pub last_processed_ms: AtomicU64,
     /// When the loop last went round (even a failed cycle).
     pub last_loop_ms: AtomicU64,
@@ -74,29 +86,48 @@ pub struct Stats {
     /// When the last full cycle succeeded, and when the last one failed: ready only
     /// while the latest cycle succeeded.
     pub last_cycle_ok_ms: AtomicU64,
+    /// When the last cycle failed (ms since the epoch).
     pub last_cycle_failed_ms: AtomicU64,
     /// Served events whose keys are found only in the other key layout (a
     /// `--key-layout` mismatch): the worker would admit nobody there.
     layout_mismatch: RwLock<Vec<String>>,
     /// Outbox entries handed to delivery and not yet settled, per event.
     in_flight: std::sync::Mutex<BTreeMap<String, u64>>,
+    /// Cycles run.
     pub cycles: Counter,
+    /// Sessions admitted.
     pub admitted: Counter,
+    /// Queue members dropped instead of admitted (no hash, not `queued`, ...).
     pub skipped: Counter,
+    /// QUEUE_READY messages Kafka acknowledged.
     pub published: Counter,
+    /// QUEUE_READY messages not acknowledged (retried later).
     pub publish_failures: Counter,
+    /// Checkout tokens written into session hashes.
     pub tokens_written: Counter,
+    /// Outbox entries claimed back (after a failed publish or a dead worker).
     pub outbox_claimed: Counter,
+    /// Unreadable outbox entries moved aside.
     pub outbox_invalid: Counter,
+    /// Slots freed by completions.
     pub released: Counter,
+    /// Completions that freed nothing (duplicates, already expired).
     pub release_noop: Counter,
+    /// Completion messages that could not be used.
     pub completions_rejected: Counter,
+    /// Slots taken back when their checkout window passed.
     pub expired: Counter,
+    /// Slots without a deadline given one.
     pub adopted: Counter,
+    /// Admissions renewed before QUEUE_READY left (their window was running out).
     pub renewed: Counter,
+    /// Outbox entries dropped (their session no longer holds the slot).
     pub outbox_dropped: Counter,
+    /// Worker-owned keys of the wrong type moved aside or reset.
     pub repaired: Counter,
+    /// Admissions woken by a freed slot.
     pub refills: Counter,
+    /// Errors of every kind (by kind in `/metrics`).
     pub errors: Counter,
     errors_by_kind: Family<Labels, Counter>,
     event_admitted: Family<Labels, Counter>,
@@ -115,7 +146,9 @@ pub struct Stats {
     outflow_per_minute: Family<Labels, Gauge>,
     /// Events whose per-event series exist: the served and the draining ones.
     tracked: RwLock<BTreeSet<String>>,
+    /// How long cycles take, seconds.
     pub cycle_duration: Histogram,
+    /// Slot freed by a completion to the admission that refilled it, seconds.
     pub refill_latency: Histogram,
     events: RwLock<BTreeMap<String, EventSnapshot>>,
     refill_samples: RwLock<Vec<f64>>,
@@ -141,6 +174,7 @@ impl Default for Stats {
 const MAX_SAMPLES: usize = 100_000;
 
 impl Stats {
+    /// Every figure at zero, registered for `/metrics`.
     pub fn new() -> Self {
         let s = Stats {
             started_at_ms: AtomicU64::new(0),
@@ -338,23 +372,25 @@ impl Stats {
         Stats { registry: r, ..s }
     }
 
-    pub fn add(counter: &Counter, n: u64) {
+    /// Add `n` to a counter.
+    pub(crate) fn add(counter: &Counter, n: u64) {
         counter.inc_by(n);
     }
 
+    /// A counter's value.
     pub fn get(counter: &Counter) -> u64 {
         counter.get()
     }
 
     /// Count an error of `kind` (redis, kafka, event, completion, timeout...).
-    pub fn error(&self, kind: &str) {
+    pub(crate) fn error(&self, kind: &str) {
         self.errors.inc();
         self.errors_by_kind
             .get_or_create(&vec![("kind".to_owned(), kind.to_owned())])
             .inc();
     }
 
-    pub fn event_admitted(&self, event: &str, admitted: u64, skipped: u64) {
+    pub(crate) fn event_admitted(&self, event: &str, admitted: u64, skipped: u64) {
         Stats::add(&self.admitted, admitted);
         Stats::add(&self.skipped, skipped);
         self.event_admitted
@@ -367,7 +403,7 @@ impl Stats {
 
     /// Count a release; the per-event series only for a tracked event, so random
     /// event ids in completions cannot grow the label sets without bound.
-    pub fn event_released(&self, event: &str) {
+    pub(crate) fn event_released(&self, event: &str) {
         self.released.inc();
         if self.is_tracked(event) {
             self.event_released.get_or_create(&event_label(event)).inc();
@@ -383,7 +419,7 @@ impl Stats {
 
     /// The events that have per-event series from now on (served or draining);
     /// the series and figures of every other event are removed.
-    pub fn track(&self, events: BTreeSet<String>) {
+    pub(crate) fn track(&self, events: BTreeSet<String>) {
         let gone: Vec<String> = match self.tracked.write() {
             Ok(mut t) => {
                 let gone = t.difference(&events).cloned().collect();
@@ -426,7 +462,7 @@ impl Stats {
         }
     }
 
-    pub fn event_expired(&self, event: &str, n: u64) {
+    pub(crate) fn event_expired(&self, event: &str, n: u64) {
         Stats::add(&self.expired, n);
         self.event_expired
             .get_or_create(&event_label(event))
@@ -434,7 +470,7 @@ impl Stats {
     }
 
     /// Record what the last pass saw of `event`.
-    pub fn observe_event(&self, event: &str, mut snap: EventSnapshot) {
+    pub(crate) fn observe_event(&self, event: &str, mut snap: EventSnapshot) {
         let l = event_label(event);
         self.queue_length
             .get_or_create(&l)
@@ -482,7 +518,13 @@ impl Stats {
 
     /// What an idle pass read of `event` (no admit call): the lengths only, so its
     /// figures follow Redis between admit calls.
-    pub fn refresh_event(&self, event: &str, queue_length: u64, slots_in_use: u64, outbox: u64) {
+    pub(crate) fn refresh_event(
+        &self,
+        event: &str,
+        queue_length: u64,
+        slots_in_use: u64,
+        outbox: u64,
+    ) {
         let snap = match self.events.read() {
             Ok(m) => m.get(event).cloned(),
             Err(_) => None,
@@ -499,7 +541,7 @@ impl Stats {
     }
 
     /// Entries of `event` handed to delivery (`n` more) or settled (`-n`).
-    pub fn in_flight_add(&self, event: &str, n: i64) {
+    pub(crate) fn in_flight_add(&self, event: &str, n: i64) {
         let mut m = match self.in_flight.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -512,7 +554,7 @@ impl Stats {
     }
 
     /// Entries of `event` handed to delivery and not yet settled.
-    pub fn in_flight(&self, event: &str) -> u64 {
+    pub(crate) fn in_flight(&self, event: &str) -> u64 {
         match self.in_flight.lock() {
             Ok(m) => m.get(event).copied().unwrap_or(0),
             Err(p) => p.into_inner().get(event).copied().unwrap_or(0),
@@ -520,14 +562,14 @@ impl Stats {
     }
 
     /// Record which served events look written in the other key layout.
-    pub fn set_layout_mismatch(&self, events: Vec<String>) {
+    pub(crate) fn set_layout_mismatch(&self, events: Vec<String>) {
         if let Ok(mut m) = self.layout_mismatch.write() {
             *m = events;
         }
     }
 
     /// Served events whose keys are only in the other key layout.
-    pub fn layout_mismatch(&self) -> Vec<String> {
+    pub(crate) fn layout_mismatch(&self) -> Vec<String> {
         self.layout_mismatch
             .read()
             .map(|m| m.clone())
@@ -539,7 +581,7 @@ impl Stats {
         self.events.read().map(|m| m.clone()).unwrap_or_default()
     }
 
-    pub fn observe_refill(&self, seconds: f64) {
+    pub(crate) fn observe_refill(&self, seconds: f64) {
         self.refill_latency.observe(seconds);
         if let Ok(mut v) = self.refill_samples.write()
             && v.len() < MAX_SAMPLES

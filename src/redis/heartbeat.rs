@@ -19,7 +19,7 @@ use crate::model::keys::Keys;
 
 /// Who this worker is.
 #[derive(Debug, Clone)]
-pub struct Identity {
+pub(crate) struct Identity {
     pub id: String,
     pub host: String,
     pub pid: u32,
@@ -29,7 +29,7 @@ pub struct Identity {
 
 impl Identity {
     /// `id` given, or `<host>-<pid>`.
-    pub fn new(id: Option<String>) -> Self {
+    pub(crate) fn new(id: Option<String>) -> Self {
         let host = std::env::var("HOSTNAME")
             .ok()
             .filter(|h| !h.is_empty())
@@ -54,13 +54,15 @@ impl Identity {
 }
 
 /// How long a heartbeat counts: a few intervals, at least 10s (saturating).
-pub fn ttl(interval: Duration) -> Duration {
+pub(crate) fn ttl(interval: Duration) -> Duration {
     interval.saturating_mul(3).max(Duration::from_secs(10))
 }
 
 /// Redis's clock (TIME), ms: every replica's heartbeat is stamped and judged on it,
 /// so replicas whose clocks disagree still agree on who is live.
-pub async fn redis_now_ms<C: ConnectionLike + Send>(conn: &mut C) -> Result<u64, RedisError> {
+pub(crate) async fn redis_now_ms<C: ConnectionLike + Send>(
+    conn: &mut C,
+) -> Result<u64, RedisError> {
     let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
     Ok(secs.saturating_mul(1000).saturating_add(micros / 1000))
 }
@@ -72,7 +74,7 @@ fn millis(d: Duration) -> u64 {
 /// Write this worker's heartbeat, which counts for `ttl(period)` (`period`: this
 /// worker's interval), and drop the replicas whose own heartbeat has expired.
 /// Two round trips: Redis's clock, then one pipeline.
-pub async fn beat<C: ConnectionLike + Send>(
+pub(crate) async fn beat<C: ConnectionLike + Send>(
     conn: &mut C,
     keys: &Keys,
     me: &Identity,
@@ -125,7 +127,7 @@ pub async fn beat<C: ConnectionLike + Send>(
 /// Ids of the workers whose heartbeat has not expired at `now_ms` (Redis's clock):
 /// score > now. An id that is not UTF-8 is shown with U+FFFD in place of its bad
 /// bytes rather than failing the whole list.
-pub async fn live<C: ConnectionLike + Send>(
+pub(crate) async fn live<C: ConnectionLike + Send>(
     conn: &mut C,
     keys: &Keys,
     now_ms: u64,
@@ -143,7 +145,7 @@ pub async fn live<C: ConnectionLike + Send>(
 }
 
 /// Say goodbye on a clean shutdown, so the replica drops from the list at once.
-pub async fn leave<C: ConnectionLike + Send>(
+pub(crate) async fn leave<C: ConnectionLike + Send>(
     conn: &mut C,
     keys: &Keys,
     me: &Identity,

@@ -14,13 +14,13 @@ use crate::model::clock;
 
 /// The local clock plus the last measured offset to Redis's.
 #[derive(Debug, Default)]
-pub struct RedisTime {
+pub(crate) struct RedisTime {
     offset_ms: AtomicI64,
 }
 
 impl RedisTime {
     /// Record that Redis said `redis_now_ms` just now.
-    pub fn observe(&self, redis_now_ms: u64) {
+    pub(crate) fn observe(&self, redis_now_ms: u64) {
         if redis_now_ms == 0 {
             return;
         }
@@ -32,7 +32,7 @@ impl RedisTime {
     }
 
     /// Redis's clock now, as far as this process knows (ms since the epoch).
-    pub fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         let local = clock::now_ms() as i64;
         local
             .saturating_add(self.offset_ms.load(Ordering::Relaxed))
@@ -40,7 +40,8 @@ impl RedisTime {
     }
 
     /// How far the local clock is behind Redis's (negative: ahead), ms.
-    pub fn offset_ms(&self) -> i64 {
+    #[cfg(test)]
+    fn offset_ms(&self) -> i64 {
         self.offset_ms.load(Ordering::Relaxed)
     }
 }

@@ -9,7 +9,9 @@ use redis::{ErrorKind, RedisError, ServerErrorKind};
 /// Exponential backoff: `first`, `2 * first`, `4 * first`, ... never above `max`.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
+    /// The first delay.
     pub first: Duration,
+    /// The longest delay.
     pub max: Duration,
 }
 
@@ -25,7 +27,7 @@ impl Backoff {
 
 /// Whether a Redis error may go away on its own: a dropped or refused connection, a
 /// timeout, a server still loading its data, a cluster moving slots or failing over.
-pub fn is_transient(e: &RedisError) -> bool {
+pub(crate) fn is_transient(e: &RedisError) -> bool {
     if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
         return true;
     }
@@ -43,7 +45,7 @@ pub fn is_transient(e: &RedisError) -> bool {
 
 /// Run `op` up to `attempts` times, sleeping with `backoff` between tries, as long
 /// as `transient` says the error may pass. Returns the last error otherwise.
-pub async fn with_retries<T, E, F, Fut>(
+pub(crate) async fn with_retries<T, E, F, Fut>(
     attempts: u32,
     backoff: Backoff,
     transient: impl Fn(&E) -> bool,

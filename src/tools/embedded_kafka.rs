@@ -8,7 +8,9 @@ use std::thread::JoinHandle;
 use rdkafka::error::KafkaError;
 use rdkafka::mocking::MockCluster;
 
+/// A running mock cluster; stopped when dropped.
 pub struct EmbeddedKafka {
+    /// Its bootstrap servers.
     pub bootstrap: String,
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,

@@ -16,8 +16,11 @@ const CHUNK: usize = 1000;
 /// What was queued: how many, and the first and last session ids (queue order).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Enqueued {
+    /// Sessions queued.
     pub count: usize,
+    /// The first one's id.
     pub first: Option<String>,
+    /// The last one's id.
     pub last: Option<String>,
 }
 

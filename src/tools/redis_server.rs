@@ -10,31 +10,42 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+/// Why a local server did not start.
 #[derive(Debug, Error)]
 pub enum ServerError {
+    /// redis-server is not installed.
     #[error(
         "redis-server not found on PATH ({0}); install it (Debian: apt-get install redis-server)"
     )]
     Missing(std::io::Error),
+    /// It started and does not answer.
     #[error("redis-server did not answer on port {0} within 10s")]
     NoAnswer(u16),
+    /// `redis-cli --cluster create` failed.
     #[error("redis-cli --cluster create failed: {0}")]
     ClusterCreate(String),
+    /// The cluster did not become ok.
     #[error("cluster node on port {0} did not report cluster_state:ok within 20s")]
     ClusterNotOk(u16),
+    /// No free port pair for a node and its bus.
     #[error("no free loopback port between 20000 and 32000")]
     NoPortPair,
+    /// Any other I/O error.
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
+/// A redis-server of this process's own, on a free loopback port, in a temp
+/// directory; stopped and removed when dropped.
 pub struct PrivateRedis {
+    /// Its port.
     pub port: u16,
     child: Child,
     dir: PathBuf,
 }
 
 impl PrivateRedis {
+    /// Start it and wait until it answers PING.
     pub fn start() -> Result<Self, ServerError> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let dir =
@@ -67,6 +78,7 @@ impl PrivateRedis {
         }
     }
 
+    /// Its URL.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
@@ -147,6 +159,7 @@ fn wait_for(port: u16, args: &[&str], within: Duration, ok: impl Fn(&str) -> boo
 /// with `durable`, each keeps an AOF fsynced on every write, so a master killed and
 /// started again comes back with its data and its slots.
 pub struct PrivateCluster {
+    /// The masters' ports.
     pub ports: Vec<u16>,
     /// Each master's cluster bus port (`--cluster-port`).
     bus_ports: Vec<u16>,
@@ -156,6 +169,7 @@ pub struct PrivateCluster {
 }
 
 impl PrivateCluster {
+    /// Start the three masters, create the cluster, wait until it is ok.
     pub fn start(durable: bool) -> Result<Self, ServerError> {
         let ports = (0..3)
             .map(|_| reserve_port())
@@ -246,6 +260,7 @@ impl PrivateCluster {
         }
     }
 
+    /// Master `i`'s URL.
     pub fn url(&self, i: usize) -> String {
         format!("redis://127.0.0.1:{}", self.ports[i])
     }
