@@ -15,6 +15,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
@@ -213,6 +214,7 @@ pub enum Setting {
     ConsumerGroup,
     ConsumerFetchWait,
     ConsumerSessionTimeout,
+    HttpAddr,
     WorkerId,
     Event,
     ProcessInterval,
@@ -261,6 +263,7 @@ impl Setting {
             ConsumerGroup => "consumer_group",
             ConsumerFetchWait => "consumer_fetch_wait",
             ConsumerSessionTimeout => "consumer_session_timeout",
+            HttpAddr => "http_addr",
             WorkerId => "worker_id",
             Event => "event",
             ProcessInterval => "process_interval",
@@ -608,7 +611,7 @@ pub struct ConfigBuilder {
     dead_letter_topic: Option<String>,
     consumer_fetch_wait: Duration,
     consumer_session_timeout: Duration,
-    http_addr: Option<SocketAddr>,
+    http_addr: HttpInput,
     worker_id: Option<String>,
     events: Vec<String>,
     process_interval: Duration,
@@ -618,7 +621,7 @@ pub struct ConfigBuilder {
     checkout_window: Duration,
     jwt_issuer: String,
     jwt_audience: String,
-    jwt_algorithm: Algorithm,
+    jwt_algorithm: AlgorithmInput,
     jwt_secret: Option<Vec<u8>>,
     jwt_secret_file: Option<PathBuf>,
     jwt_private_key_file: Option<PathBuf>,
@@ -648,7 +651,7 @@ impl Default for ConfigBuilder {
             dead_letter_topic: None,
             consumer_fetch_wait: Duration::from_millis(10),
             consumer_session_timeout: Duration::from_secs(6),
-            http_addr: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 9090))),
+            http_addr: HttpInput::Addr(Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 9090)))),
             worker_id: None,
             events: Vec::new(),
             process_interval: Duration::from_secs(1),
@@ -658,7 +661,7 @@ impl Default for ConfigBuilder {
             checkout_window: Duration::from_secs(15 * 60),
             jwt_issuer: "waitroom".into(),
             jwt_audience: "checkout".into(),
-            jwt_algorithm: Algorithm::HS256,
+            jwt_algorithm: AlgorithmInput::Given(Algorithm::HS256),
             jwt_secret: None,
             jwt_secret_file: None,
             jwt_private_key_file: None,
@@ -674,6 +677,20 @@ impl Default for ConfigBuilder {
             naming: &BuilderNames,
         }
     }
+}
+
+/// The HTTP address as given: typed, or as written (checked in `build`, in order).
+#[derive(Clone)]
+enum HttpInput {
+    Addr(Option<SocketAddr>),
+    Written(String),
+}
+
+/// The signing algorithm as given: typed, or by name (checked with the signer).
+#[derive(Clone)]
+enum AlgorithmInput {
+    Given(Algorithm),
+    Named(String),
 }
 
 /// A setter per input: `fn name(mut self, value) -> Self`.
@@ -762,6 +779,32 @@ impl ConfigBuilder {
         self
     }
 
+    /// Where the HTTP endpoint listens; `None`: off (default `127.0.0.1:9090`).
+    pub fn http_addr(mut self, addr: Option<SocketAddr>) -> Self {
+        self.http_addr = HttpInput::Addr(addr);
+        self
+    }
+
+    /// Where the HTTP endpoint listens, as written: `host:port`, or `off` (or
+    /// nothing) for none; anything else is refused by [`ConfigBuilder::build`].
+    pub fn http_addr_written(mut self, text: impl Into<String>) -> Self {
+        self.http_addr = HttpInput::Written(text.into());
+        self
+    }
+
+    /// Signing algorithm: HS256 (default), RS256, ES256 or EdDSA.
+    pub fn jwt_algorithm(mut self, alg: Algorithm) -> Self {
+        self.jwt_algorithm = AlgorithmInput::Given(alg);
+        self
+    }
+
+    /// Signing algorithm by its name (`HS256`, `RS256`, `ES256`, `EdDSA`); another
+    /// name is refused by [`ConfigBuilder::build`].
+    pub fn jwt_algorithm_named(mut self, name: impl Into<String>) -> Self {
+        self.jwt_algorithm = AlgorithmInput::Named(name.into());
+        self
+    }
+
     /// The HS256 secret (at least 32 bytes).
     pub fn jwt_secret(mut self, secret: impl AsRef<[u8]>) -> Self {
         self.jwt_secret = Some(secret.as_ref().to_vec());
@@ -787,8 +830,6 @@ impl ConfigBuilder {
         consumer_fetch_wait: Duration => consumer_fetch_wait = consumer_fetch_wait;
         /// How soon a dead replica's partitions move on (default 6s).
         consumer_session_timeout: Duration => consumer_session_timeout = consumer_session_timeout;
-        /// Where the HTTP endpoint listens; `None`: off (default `127.0.0.1:9090`).
-        http_addr: Option<SocketAddr> => http_addr = http_addr;
         /// This worker's id in heartbeats (default `<host>-<pid>`).
         worker_id: impl Into<String> => worker_id = Some(worker_id.into());
         /// Time between admission cycles (default 1s).
@@ -805,8 +846,6 @@ impl ConfigBuilder {
         jwt_issuer: impl Into<String> => jwt_issuer = jwt_issuer.into();
         /// `aud` of the checkout tokens (default `checkout`).
         jwt_audience: impl Into<String> => jwt_audience = jwt_audience.into();
-        /// Signing algorithm: HS256 (default), RS256, ES256 or EdDSA.
-        jwt_algorithm: Algorithm => jwt_algorithm = jwt_algorithm;
         /// File holding the HS256 secret (trailing newline ignored).
         jwt_secret_file: impl Into<PathBuf> => jwt_secret_file = Some(jwt_secret_file.into());
         /// PEM private key for RS256, ES256 or EdDSA.
@@ -992,6 +1031,18 @@ impl ConfigBuilder {
                 ),
             ));
         }
+        let http_addr = match &self.http_addr {
+            HttpInput::Addr(a) => *a,
+            HttpInput::Written(text) => match text.trim() {
+                "" | "off" => None,
+                a => Some(a.parse().map_err(|_| {
+                    invalid(
+                        name(HttpAddr),
+                        format!("{a:?} is not host:port (e.g. 127.0.0.1:9090) or off"),
+                    )
+                })?),
+            },
+        };
         if let Some(id) = &self.worker_id
             && (id.is_empty() || id.contains([' ', '{', '}']))
         {
@@ -1062,26 +1113,29 @@ impl ConfigBuilder {
                 max_processing_time: self.max_processing_time,
                 shutdown_timeout: self.shutdown_timeout,
             },
-            http: HttpConfig {
-                addr: self.http_addr,
-            },
+            http: HttpConfig { addr: http_addr },
         })
     }
 
     fn signer(&self, naming: &dyn Naming) -> Result<Signer, ConfigError> {
         use Setting::*;
-        let alg = self.jwt_algorithm;
+        let unsupported = |name: &str| {
+            invalid(
+                naming.name(JwtAlgorithm),
+                format!("{name:?} is not one of HS256, RS256, ES256, EdDSA"),
+            )
+        };
+        let alg = match &self.jwt_algorithm {
+            AlgorithmInput::Given(alg) => *alg,
+            AlgorithmInput::Named(name) => {
+                Algorithm::from_str(name).map_err(|_| unsupported(name))?
+            }
+        };
         if !matches!(
             alg,
             Algorithm::HS256 | Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA
         ) {
-            return Err(invalid(
-                naming.name(JwtAlgorithm),
-                format!(
-                    "{:?} is not one of HS256, RS256, ES256, EdDSA",
-                    format!("{alg:?}")
-                ),
-            ));
+            return Err(unsupported(&format!("{alg:?}")));
         }
         let iss = self.jwt_issuer.as_str();
         let aud = self.jwt_audience.as_str();
@@ -1216,6 +1270,52 @@ mod tests {
             .expect("valid");
         assert_eq!(c.retry.backoff.first, Duration::from_millis(50));
         assert_eq!(c.retry.backoff.max, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn written_values_are_read_where_the_command_line_checked_them() {
+        let c = Config::builder()
+            .jwt_secret(SECRET)
+            .http_addr_written("off")
+            .jwt_algorithm_named("HS256")
+            .build()
+            .expect("valid");
+        assert_eq!(c.http.addr, None);
+        let e = error(
+            Config::builder()
+                .jwt_secret(SECRET)
+                .http_addr_written("nine-oh-nine-oh"),
+        );
+        assert_eq!(
+            e,
+            "http_addr: \"nine-oh-nine-oh\" is not host:port (e.g. 127.0.0.1:9090) or off"
+        );
+        // In the order the checks always had: the batch size before the address,
+        // the address before the algorithm.
+        let e = error(
+            Config::builder()
+                .jwt_secret(SECRET)
+                .batch_size(0)
+                .http_addr_written("x")
+                .jwt_algorithm_named("none"),
+        );
+        assert!(e.starts_with("batch_size: "), "{e}");
+        let e = error(
+            Config::builder()
+                .jwt_secret(SECRET)
+                .http_addr_written("x")
+                .jwt_algorithm_named("none"),
+        );
+        assert!(e.starts_with("http_addr: "), "{e}");
+        let e = error(
+            Config::builder()
+                .jwt_secret(SECRET)
+                .jwt_algorithm_named("none"),
+        );
+        assert_eq!(
+            e,
+            "jwt_algorithm: \"none\" is not one of HS256, RS256, ES256, EdDSA"
+        );
     }
 
     #[test]

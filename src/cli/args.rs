@@ -5,13 +5,10 @@
 //! only makes sense together, and name a refused setting by its flag and variable
 //! ([`FLAGS`]).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use jsonwebtoken::Algorithm;
 use waitroom_worker::bench::BenchOptions;
 use waitroom_worker::demo::{DemoError, DemoOptions};
 use waitroom_worker::{
@@ -398,6 +395,7 @@ impl Naming for Flags {
             ConsumerGroup => "--consumer-group (QUEUE_CONSUMER_GROUP)",
             ConsumerFetchWait => "--consumer-fetch-wait (QUEUE_CONSUMER_FETCH_WAIT)",
             ConsumerSessionTimeout => "--consumer-session-timeout (QUEUE_CONSUMER_SESSION_TIMEOUT)",
+            HttpAddr => "--http-addr (QUEUE_HTTP_ADDR)",
             WorkerId => "--worker-id (QUEUE_WORKER_ID)",
             Event => "--event",
             ProcessInterval => "--process-interval (QUEUE_PROCESS_INTERVAL)",
@@ -497,26 +495,6 @@ impl RunArgs {
     /// The flags as the library's settings, checked; a refusal names the flag and
     /// its variable.
     pub(crate) fn config(&self) -> Result<Config, ConfigError> {
-        let http_addr: Option<SocketAddr> = match self.http_addr.trim() {
-            "" | "off" => None,
-            a => Some(a.parse().map_err(|_| {
-                invalid(
-                    "--http-addr (QUEUE_HTTP_ADDR)",
-                    format!("{a:?} is not host:port (e.g. 127.0.0.1:9090) or off"),
-                )
-            })?),
-        };
-        // Any algorithm jsonwebtoken knows; the builder refuses those it does not
-        // sign with, in the same words.
-        let algorithm = Algorithm::from_str(&self.jwt_algorithm).map_err(|_| {
-            invalid(
-                "--jwt-algorithm (QUEUE_JWT_ALGORITHM)",
-                format!(
-                    "{:?} is not one of HS256, RS256, ES256, EdDSA",
-                    self.jwt_algorithm
-                ),
-            )
-        })?;
         let mut b = Config::builder()
             .naming(&FLAGS)
             .redis(self.redis.builder())
@@ -527,7 +505,7 @@ impl RunArgs {
             .consumer_group(&self.consumer_group)
             .consumer_fetch_wait(self.consumer_fetch_wait)
             .consumer_session_timeout(self.consumer_session_timeout)
-            .http_addr(http_addr)
+            .http_addr_written(&self.http_addr)
             .process_interval(self.process_interval)
             .max_concurrent(self.max_concurrent)
             .batch_size(self.batch_size)
@@ -535,7 +513,7 @@ impl RunArgs {
             .checkout_window(self.checkout_window)
             .jwt_issuer(&self.jwt_issuer)
             .jwt_audience(&self.jwt_audience)
-            .jwt_algorithm(algorithm)
+            .jwt_algorithm_named(&self.jwt_algorithm)
             .retry_attempts(self.retry_attempts)
             .retry_delay(self.retry_delay)
             .retry_max_delay(self.retry_max_delay)

@@ -109,7 +109,8 @@ fn report_failure(format: LogFormat, e: &anyhow::Error) {
     let chain = Chain(e.as_ref());
     match format {
         LogFormat::Text => eprintln!("error: {chain}"),
-        LogFormat::Json => tracing::error!("{chain}"),
+        // The target the line always had (the binary's root), whatever module writes it.
+        LogFormat::Json => tracing::error!(target: "waitroom_worker", "{chain}"),
     }
 }
 
