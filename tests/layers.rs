@@ -555,3 +555,36 @@ fn the_check_finds_what_it_must_and_only_that() {
         "comments, strings, chars and the root macro alias are not edges: {found:#?}"
     );
 }
+
+/// The README's source layout names every file of `src/`, and names no file that
+/// is not there: the table is the tree.
+#[test]
+fn the_readme_source_layout_is_the_tree() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    let tree: BTreeSet<String> = files
+        .iter()
+        .map(|f| {
+            let rel = f.strip_prefix(root).expect("under the crate");
+            rel.to_string_lossy().replace('\\', "/")
+        })
+        .collect();
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let start = readme
+        .find("Source layout.")
+        .expect("README has a source layout section");
+    let section = &readme[start..];
+    let end = section.find("\n## ").unwrap_or(section.len());
+    let named: BTreeSet<String> = section[..end]
+        .split('`')
+        .filter(|w| w.starts_with("src/") && w.ends_with(".rs"))
+        .map(str::to_owned)
+        .collect();
+    let missing: Vec<&String> = tree.difference(&named).collect();
+    let stale: Vec<&String> = named.difference(&tree).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "README source layout: files not named there: {missing:?}; named but not in src/: {stale:?}"
+    );
+}
