@@ -1,45 +1,84 @@
 //! waitroom-worker: admits users from a ticketing waiting room into checkout.
 //!
-//! The file tree is the architecture:
-//! - [`settings`]: flags, environment variables and their checks.
-//! - [`keys`]: the Redis key contract, in the default and the cluster layout.
-//! - [`scripts`]: the Lua scripts of `lua/`, one Rust module each.
-//! - [`worker`]: the admission loop; [`delivery`]: token, patch, publish, acknowledge.
-//! - [`completions`]: the completion consumer; [`refill`]: freed slots wake admission.
-//! - [`outbox`], [`publisher`], [`token`]: the outbox, Kafka, the checkout token.
-//! - [`report`]: the `status` and `inspect` views.
-//! - [`bench`]: `waitroom-worker bench`, the cost of the worker measured.
-//! - [`demo`], [`enqueue`], [`redis_server`], [`embedded_kafka`]: the demo and its parts.
-//! - [`http`]: health, readiness, status and metrics; [`heartbeat`]: live replicas in Redis.
-//! - [`probe`]: `waitroom-worker health`, the container's probe of `/healthz`.
-//! - [`log_limit`]: repeated warnings written once, then counted; [`error_chain`]:
-//!   an error and its causes on one line, each once.
-//! - [`store`], [`retry`], [`shutdown`], [`stats`], [`clock`], [`redis_time`]: plumbing.
+//! The file tree is the architecture. Each folder is a layer and imports only from
+//! the layers below it (`tests/layers.rs` fails the build otherwise, and on any
+//! import cycle):
+//!
+//! | rank | layer | what it holds |
+//! |---|---|---|
+//! | 0 | `model/` | the domain, pure: key names, clock, outbox entry, checkout token |
+//! | 0 | `base/` | what every layer may use: the shutdown signal, bounded repeated logs, error chains |
+//! | 1 | `redis/` | the connection, retries, the Lua scripts (one module per `lua/` file), heartbeats, Redis's clock |
+//! | 1 | `kafka/` | the producer, the QUEUE_READY message, extra librdkafka options |
+//! | 2 | `config.rs` | typed, nested settings, their checks and their builder |
+//! | 2 | `ops/` | what operators see: HTTP endpoints, metrics, the `status` and `inspect` views, the probe |
+//! | 3 | `engine/` | the worker: start, loop, shutdown, delivery, completions, refill |
+//! | 4 | `tools/` | bench, demo, load generator, and the local redis-server and Kafka they start |
+//!
+//! Layers of one rank do not import each other. The command line (`src/cli/`) is
+//! the binary's, above all of them: the library knows no flags.
+//!
+//! Everything inside is `pub(crate)`; what follows is the surface the binary, the
+//! tests, the fuzz targets and the tools use, chosen here.
 
-pub mod bench;
-pub mod clock;
-pub mod completions;
-pub mod delivery;
-pub mod demo;
-pub mod embedded_kafka;
-pub mod enqueue;
-pub mod error_chain;
-pub mod heartbeat;
-pub mod http;
-pub mod keys;
-pub mod log_limit;
-pub mod outbox;
-pub mod probe;
-pub mod publisher;
-pub mod redis_server;
-pub mod redis_time;
-pub mod refill;
-pub mod report;
-pub mod retry;
-pub mod scripts;
-pub mod settings;
-pub mod shutdown;
-pub mod stats;
-pub mod store;
-pub mod token;
-pub mod worker;
+#![warn(unreachable_pub, missing_docs)]
+
+mod base;
+mod config;
+mod engine;
+mod kafka;
+mod model;
+mod ops;
+mod redis;
+mod tools;
+
+// The worker: its settings, start, run and shutdown, its figures, its key names.
+pub use crate::base::shutdown;
+pub use crate::config::{
+    AdmissionConfig, Config, ConfigBuilder, ConfigError, ConsumerConfig, HttpConfig, KafkaConfig,
+    Naming, OutboxConfig, ProducerConfig, RedisBuilder, RedisConfig, RetryConfig, Setting,
+    WorkerConfig, check_process_interval, check_session_ttl,
+};
+pub use crate::engine::worker::{EventError, StartError, Worker};
+pub use crate::kafka::options::ClientOptions;
+pub use crate::model::keys::{KeyLayout, Keys};
+pub use crate::ops::stats::{EventSnapshot, Stats};
+pub use crate::redis::retry::Backoff;
+
+// The domain, pure: time, outbox entries, checkout tokens.
+pub use crate::model::{clock, outbox, token};
+
+// Redis as the worker speaks it: the connection, and the Lua scripts one module
+// each (the integration tests and fuzz targets call them directly).
+pub use crate::redis::{scripts, store};
+
+/// Kafka as the worker speaks it: the QUEUE_READY producer and message.
+pub mod publisher {
+    pub use crate::kafka::publisher::{MESSAGE_ID_HEADER, PublishError, Publisher, ReadyMessage};
+}
+
+/// The checkout service's completion message, as the worker reads it.
+pub mod completions {
+    pub use crate::engine::completions::{Completion, Rejected, parse};
+    pub use crate::redis::scripts::release::Outcome;
+}
+
+// Operator commands: the `status` and `inspect` views, the probe, the logs.
+pub use crate::base::error_chain;
+pub use crate::ops::report;
+
+/// `waitroom-worker health`: the container's probe of `/healthz`.
+pub mod probe {
+    pub use crate::ops::probe::{ProbeError, check};
+}
+
+/// Repeated warnings written once, then counted.
+pub mod log_limit {
+    pub use crate::base::log_limit::flush;
+}
+
+// Tools: the bench, the demo, the load generator and the local servers they start.
+pub use crate::tools::{bench, demo, embedded_kafka, enqueue, redis_server};
+
+// `crate::log_limited!` for every module; not exported.
+pub(crate) use crate::base::log_limit::log_limited;

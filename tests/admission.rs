@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use support::*;
+use waitroom_worker::Keys;
+use waitroom_worker::Stats;
 use waitroom_worker::clock;
-use waitroom_worker::keys::Keys;
 use waitroom_worker::scripts::Scripts;
 use waitroom_worker::scripts::admit::{self, AdmitArgs};
 use waitroom_worker::shutdown;
-use waitroom_worker::stats::Stats;
 use waitroom_worker::token::{Signer, Verifier};
 
 const EVENT: &str = "concert-2024";
@@ -50,12 +50,7 @@ async fn seed_walkthrough_admits_exactly_the_free_slots_in_order() {
         .await
         .expect("fill processing");
 
-    let mut w = start_worker(settings(
-        &redis.url(),
-        &kafka.bootstrap,
-        &["--event", EVENT],
-    ))
-    .await;
+    let mut w = start_worker(settings(&redis.url(), &kafka.bootstrap).event(EVENT)).await;
     // Default batch 10: five cycles fill the 50 free slots; more cycles change nothing.
     for _ in 0..8 {
         assert!(w.cycle().await);
@@ -142,19 +137,17 @@ async fn capacity_holds_with_two_workers_and_no_session_is_admitted_twice() {
     let k = keys();
     let users = 400;
     enqueue(&mut conn, EVENT, "s", users, clock::now_ms()).await;
-    let flags = [
-        "--event",
-        EVENT,
-        "--max-concurrent",
-        "20",
-        "--batch-size",
-        "7",
-    ];
     let (trigger, listener) = shutdown::channel();
     let mut handles = Vec::new();
     let mut stats = Vec::new();
     for _ in 0..2 {
-        let w = start_worker(settings(&redis.url(), &kafka.bootstrap, &flags)).await;
+        let w = start_worker(
+            settings(&redis.url(), &kafka.bootstrap)
+                .event(EVENT)
+                .max_concurrent(20)
+                .batch_size(7),
+        )
+        .await;
         stats.push(w.stats());
         handles.push(tokio::spawn(w.run(listener.clone())));
     }
@@ -276,12 +269,7 @@ async fn invalid_sessions_are_dropped_and_take_no_slot() {
         .ignore();
     p.query_async::<()>(&mut conn).await.expect("setup");
 
-    let mut w = start_worker(settings(
-        &redis.url(),
-        &kafka.bootstrap,
-        &["--event", EVENT],
-    ))
-    .await;
+    let mut w = start_worker(settings(&redis.url(), &kafka.bootstrap).event(EVENT)).await;
     assert!(w.cycle().await);
     assert_eq!(
         zcard(&mut conn, &k.queue(EVENT)).await,
@@ -311,12 +299,7 @@ async fn script_flush_between_cycles_does_not_stop_admissions() {
     let mut conn = redis.conn().await;
     let k = keys();
     enqueue(&mut conn, EVENT, "s", 30, clock::now_ms()).await;
-    let mut w = start_worker(settings(
-        &redis.url(),
-        &kafka.bootstrap,
-        &["--event", EVENT],
-    ))
-    .await;
+    let mut w = start_worker(settings(&redis.url(), &kafka.bootstrap).event(EVENT)).await;
     assert!(w.cycle().await);
     assert_eq!(scard(&mut conn, &k.processing(EVENT)).await, 10);
     redis::cmd("SCRIPT")
@@ -347,12 +330,7 @@ async fn kafka_outage_loses_nothing_and_the_outbox_drains_after() {
     let mut conn = redis.conn().await;
     let k = keys();
     let ids = enqueue(&mut conn, EVENT, "s", 60, clock::now_ms()).await;
-    let mut w = start_worker(settings(
-        &redis.url(),
-        &kafka.bootstrap,
-        &["--event", EVENT],
-    ))
-    .await;
+    let mut w = start_worker(settings(&redis.url(), &kafka.bootstrap).event(EVENT)).await;
     assert!(w.cycle().await);
     outbox_empty(&mut conn, &k, EVENT).await;
 
@@ -449,12 +427,7 @@ async fn admissions_of_a_dead_worker_are_published_by_the_next_one() {
         );
     }
 
-    let mut w = start_worker(settings(
-        &redis.url(),
-        &kafka.bootstrap,
-        &["--event", EVENT],
-    ))
-    .await;
+    let mut w = start_worker(settings(&redis.url(), &kafka.bootstrap).event(EVENT)).await;
     let outbox_key = k.outbox(EVENT);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while zcard(&mut conn, &outbox_key).await > 0 {
@@ -524,20 +497,13 @@ async fn a_poisoned_outbox_entry_costs_only_itself() {
         .await
         .expect("seed");
 
-    let w = run_worker(settings(
-        &redis.url(),
-        &kafka.bootstrap,
-        &[
-            "--event",
-            p,
-            "--event",
-            q,
-            "--checkout-window",
-            "5s",
-            "--session-ttl",
-            "10m",
-        ],
-    ))
+    let w = run_worker(
+        settings(&redis.url(), &kafka.bootstrap)
+            .event(p)
+            .event(q)
+            .checkout_window(Duration::from_secs(5))
+            .session_ttl(Duration::from_secs(600)),
+    )
     .await;
     let mut reader = TopicReader::new(&kafka.bootstrap, TOPIC);
     let told: HashSet<String> = reader

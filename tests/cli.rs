@@ -449,7 +449,7 @@ fn text(b: &[u8]) -> String {
 async fn health_probe_passes_against_a_running_worker() {
     let redis = RedisServer::start();
     let kafka = MockKafka::start();
-    let w = run_worker(settings(&redis.url(), &kafka.bootstrap, &["--event", "e1"])).await;
+    let w = run_worker(settings(&redis.url(), &kafka.bootstrap).event("e1")).await;
     let addr = w.http.expect("http on");
     let out = health(&["--url", &format!("http://{addr}/healthz")], &[]).await;
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));

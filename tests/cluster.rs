@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use support::*;
-use waitroom_worker::keys::{KeyLayout, Keys};
 use waitroom_worker::scripts::Scripts;
 use waitroom_worker::store::{self, Endpoint, RedisConn};
 use waitroom_worker::token::Verifier;
+use waitroom_worker::{KeyLayout, Keys};
 
 const CAPACITY: u64 = 5;
 const USERS_PER_EVENT: usize = 20;
@@ -108,18 +108,12 @@ async fn events_on_three_masters_are_admitted_in_their_slots_and_never_over_capa
         assert_eq!(status, "queued");
     }
 
-    let settings = settings(
-        &cluster.url(0),
-        &kafka.bootstrap,
-        &[
-            "--redis-cluster",
-            &cluster.url(1),
-            "--max-concurrent",
-            &CAPACITY.to_string(),
-            "--batch-size",
-            "3",
-        ],
-    );
+    let settings = settings(&cluster.url(0), &kafka.bootstrap)
+        .redis_cluster([cluster.url(1)])
+        .max_concurrent(CAPACITY)
+        .batch_size(3)
+        .build()
+        .expect("settings valid");
     assert_eq!(settings.keys.layout(), KeyLayout::Cluster);
     let worker = run_worker(settings).await;
     let http = worker.http.expect("http on");
@@ -313,22 +307,12 @@ async fn a_master_going_down_stops_only_its_own_events() {
     enqueue_all(&mut conn, &k, &events, USERS).await;
     // One user per event every 20 ms: admission is still going on all three when
     // the master goes down.
-    let settings = settings(
-        &cluster.url(0),
-        &kafka.bootstrap,
-        &[
-            "--redis-cluster",
-            &format!("{},{}", cluster.url(1), cluster.url(2)),
-            "--max-concurrent",
-            "1000",
-            "--batch-size",
-            "1",
-            "--redis-timeout",
-            "1s",
-            "--retry-attempts",
-            "1",
-        ],
-    );
+    let settings = settings(&cluster.url(0), &kafka.bootstrap)
+        .redis_cluster([cluster.url(1), cluster.url(2)])
+        .max_concurrent(1000)
+        .batch_size(1)
+        .redis_timeout(Duration::from_secs(1))
+        .retry_attempts(1);
     let worker = run_worker(settings).await;
 
     let started = eventually(Duration::from_secs(20), "all three admitting", || {

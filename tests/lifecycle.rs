@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use support::*;
+use waitroom_worker::Stats;
 use waitroom_worker::clock;
-use waitroom_worker::stats::Stats;
 
 const EVENT: &str = "gig";
 
@@ -71,20 +71,13 @@ async fn completions_free_slots_and_refill_before_the_next_tick() {
     let mut conn = redis.conn().await;
     let k = keys();
     let ids = enqueue(&mut conn, EVENT, "s", 20, clock::now_ms()).await;
-    let w = run_worker(settings(
-        &redis.url(),
-        &kafka.bootstrap,
-        &[
-            "--event",
-            EVENT,
-            "--process-interval",
-            "5s",
-            "--max-concurrent",
-            "10",
-            "--batch-size",
-            "10",
-        ],
-    ))
+    let w = run_worker(
+        settings(&redis.url(), &kafka.bootstrap)
+            .event(EVENT)
+            .process_interval(Duration::from_secs(5))
+            .max_concurrent(10)
+            .batch_size(10),
+    )
     .await;
     wait_scard(&conn, &k.processing(EVENT), 10, "the first 10 admitted").await;
     let checkout = CheckoutService::new(&kafka.bootstrap);
@@ -140,18 +133,12 @@ async fn duplicate_and_garbage_completions_are_counted_and_harmless() {
     let mut conn = redis.conn().await;
     let k = keys();
     let ids = enqueue(&mut conn, EVENT, "s", 3, clock::now_ms()).await;
-    let w = run_worker(settings(
-        &redis.url(),
-        &kafka.bootstrap,
-        &[
-            "--event",
-            EVENT,
-            "--max-concurrent",
-            "3",
-            "--dead-letter-topic",
-            "DLQ",
-        ],
-    ))
+    let w = run_worker(
+        settings(&redis.url(), &kafka.bootstrap)
+            .event(EVENT)
+            .max_concurrent(3)
+            .dead_letter_topic("DLQ"),
+    )
     .await;
     wait_scard(&conn, &k.processing(EVENT), 3, "3 admitted").await;
     let checkout = CheckoutService::new(&kafka.bootstrap);
@@ -213,22 +200,14 @@ async fn unconfirmed_sessions_expire_and_their_slots_are_refilled() {
     let kafka = MockKafka::start();
     let mut conn = redis.conn().await;
     let k = keys();
-    let w = run_worker(settings(
-        &redis.url(),
-        &kafka.bootstrap,
-        &[
-            "--event",
-            EVENT,
-            "--process-interval",
-            "100ms",
-            "--max-concurrent",
-            "5",
-            "--checkout-window",
-            "2s",
-            "--session-ttl",
-            "30s",
-        ],
-    ))
+    let w = run_worker(
+        settings(&redis.url(), &kafka.bootstrap)
+            .event(EVENT)
+            .process_interval(Duration::from_millis(100))
+            .max_concurrent(5)
+            .checkout_window(Duration::from_secs(2))
+            .session_ttl(Duration::from_secs(30)),
+    )
     .await;
     let checkout = CheckoutService::new(&kafka.bootstrap);
     warm_up(&checkout, std::slice::from_ref(&w.stats)).await;
@@ -309,20 +288,13 @@ async fn slots_without_a_deadline_are_adopted_and_expire() {
         .query_async::<()>(&mut conn)
         .await
         .expect("SADD");
-    let mut w = start_worker(settings(
-        &redis.url(),
-        &kafka.bootstrap,
-        &[
-            "--event",
-            EVENT,
-            "--checkout-window",
-            "1s",
-            "--publish-timeout",
-            "500ms",
-            "--session-ttl",
-            "10s",
-        ],
-    ))
+    let mut w = start_worker(
+        settings(&redis.url(), &kafka.bootstrap)
+            .event(EVENT)
+            .checkout_window(Duration::from_secs(1))
+            .publish_timeout(Duration::from_millis(500))
+            .session_ttl(Duration::from_secs(10)),
+    )
     .await;
     assert!(w.cycle().await);
     assert_eq!(Stats::get(&w.stats().adopted), 1);
@@ -354,12 +326,7 @@ async fn config_overrides_take_effect_without_a_restart() {
     let mut conn = redis.conn().await;
     let k = keys();
     enqueue(&mut conn, EVENT, "s", 200, clock::now_ms()).await;
-    let mut w = start_worker(settings(
-        &redis.url(),
-        &kafka.bootstrap,
-        &["--event", EVENT],
-    ))
-    .await;
+    let mut w = start_worker(settings(&redis.url(), &kafka.bootstrap).event(EVENT)).await;
     let cfg_conn = conn.clone();
     let hset = |f: &'static str, v: &'static str| {
         let (mut c, key) = (cfg_conn.clone(), k.config(EVENT));
@@ -481,11 +448,11 @@ async fn priority_lane_goes_first_and_each_lane_is_fifo() {
             .ignore();
     }
     p.query_async::<()>(&mut conn).await.expect("priority lane");
-    let mut w = start_worker(settings(
-        &redis.url(),
-        &kafka.bootstrap,
-        &["--event", EVENT, "--batch-size", "2"],
-    ))
+    let mut w = start_worker(
+        settings(&redis.url(), &kafka.bootstrap)
+            .event(EVENT)
+            .batch_size(2),
+    )
     .await;
     let mut order = Vec::new();
     for _ in 0..4 {
@@ -507,22 +474,17 @@ async fn two_workers_release_and_reap_without_double_work() {
     let kafka = MockKafka::start();
     let mut conn = redis.conn().await;
     let k = keys();
-    let flags = [
-        "--event",
-        EVENT,
-        "--process-interval",
-        "50ms",
-        "--max-concurrent",
-        "10",
-        "--checkout-window",
-        "2s",
-        "--session-ttl",
-        "60s",
-        "--consumer-session-timeout",
-        "3s",
-    ];
-    let a = run_worker(settings(&redis.url(), &kafka.bootstrap, &flags)).await;
-    let b = run_worker(settings(&redis.url(), &kafka.bootstrap, &flags)).await;
+    let replica = || {
+        settings(&redis.url(), &kafka.bootstrap)
+            .event(EVENT)
+            .process_interval(Duration::from_millis(50))
+            .max_concurrent(10)
+            .checkout_window(Duration::from_secs(2))
+            .session_ttl(Duration::from_secs(60))
+            .consumer_session_timeout(Duration::from_secs(3))
+    };
+    let a = run_worker(replica()).await;
+    let b = run_worker(replica()).await;
     let checkout = CheckoutService::new(&kafka.bootstrap);
     warm_up(&checkout, &[a.stats.clone(), b.stats.clone()]).await;
 
@@ -657,18 +619,12 @@ async fn a_release_applied_after_its_timeout_is_counted_once() {
     let mut conn = redis.conn().await;
     let k = keys();
     let ids = enqueue(&mut conn, EVENT, "s", 5, clock::now_ms()).await;
-    let w = run_worker(settings(
-        &redis.url(),
-        &kafka.bootstrap,
-        &[
-            "--event",
-            EVENT,
-            "--max-concurrent",
-            "5",
-            "--redis-timeout",
-            "300ms",
-        ],
-    ))
+    let w = run_worker(
+        settings(&redis.url(), &kafka.bootstrap)
+            .event(EVENT)
+            .max_concurrent(5)
+            .redis_timeout(Duration::from_millis(300)),
+    )
     .await;
     wait_scard(&conn, &k.processing(EVENT), 5, "5 admitted").await;
     let checkout = CheckoutService::new(&kafka.bootstrap);

@@ -6,8 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::*;
+use waitroom_worker::Stats;
 use waitroom_worker::clock;
-use waitroom_worker::stats::Stats;
 
 const EVENT: &str = "show";
 const BIN: &str = env!("CARGO_BIN_EXE_waitroom-worker");
@@ -28,18 +28,10 @@ async fn endpoints_report_what_redis_shows() {
     let mut conn = redis.conn().await;
     let k = keys();
     enqueue(&mut conn, EVENT, "s", 30, clock::now_ms()).await;
-    let s = settings(
-        &redis.url(),
-        &kafka.bootstrap,
-        &[
-            "--event",
-            EVENT,
-            "--max-concurrent",
-            "10",
-            "--worker-id",
-            "w-test",
-        ],
-    );
+    let s = settings(&redis.url(), &kafka.bootstrap)
+        .event(EVENT)
+        .max_concurrent(10)
+        .worker_id("w-test");
     let w = run_worker(s).await;
     let addr = w.http.expect("http on");
     let stats = w.stats.clone();
@@ -145,11 +137,9 @@ async fn endpoints_report_what_redis_shows() {
 async fn readyz_follows_redis_and_kafka() {
     let mut redis = RedisServer::start();
     let kafka = MockKafka::start();
-    let s = settings(
-        &redis.url(),
-        &kafka.bootstrap,
-        &["--event", EVENT, "--redis-timeout", "1s"],
-    );
+    let s = settings(&redis.url(), &kafka.bootstrap)
+        .event(EVENT)
+        .redis_timeout(Duration::from_secs(1));
     let w = run_worker(s).await;
     let addr = w.http.expect("http on");
     until_http(addr, "/readyz", 200, "ready at first").await;
@@ -191,12 +181,7 @@ async fn status_and_inspect_match_redis() {
         .query_async::<()>(&mut conn)
         .await
         .expect("HSET");
-    let mut w = start_worker(settings(
-        &redis.url(),
-        &kafka.bootstrap,
-        &["--batch-size", "5"],
-    ))
-    .await;
+    let mut w = start_worker(settings(&redis.url(), &kafka.bootstrap).batch_size(5)).await;
     assert!(w.cycle().await);
     assert!(w.cycle().await);
 
@@ -346,12 +331,7 @@ async fn inspect_shortens_the_checkout_token_unless_asked() {
     let mut conn = redis.conn().await;
     let k = keys();
     let ids = enqueue(&mut conn, EVENT, "s", 1, clock::now_ms()).await;
-    let mut w = start_worker(settings(
-        &redis.url(),
-        &kafka.bootstrap,
-        &["--event", EVENT],
-    ))
-    .await;
+    let mut w = start_worker(settings(&redis.url(), &kafka.bootstrap).event(EVENT)).await;
     assert!(w.cycle().await);
     let token = eventually(Duration::from_secs(10), "the token in the hash", || {
         let mut c = conn.clone();
@@ -408,15 +388,13 @@ async fn replicas_with_different_intervals_stay_live_together() {
     let kafka = MockKafka::start();
     let mut conn = redis.conn().await;
     let k = keys();
-    let replica = |id: &'static str, interval: &'static str| {
-        settings(
-            &redis.url(),
-            &kafka.bootstrap,
-            &["--worker-id", id, "--process-interval", interval],
-        )
+    let replica = |id: &'static str, interval: Duration| {
+        settings(&redis.url(), &kafka.bootstrap)
+            .worker_id(id)
+            .process_interval(interval)
     };
-    let fast = run_worker(replica("fast", "50ms")).await;
-    let slow = run_worker(replica("slow", "12s")).await;
+    let fast = run_worker(replica("fast", Duration::from_millis(50))).await;
+    let slow = run_worker(replica("slow", Duration::from_secs(12))).await;
     let members = |c: &redis::aio::MultiplexedConnection| {
         let mut c = c.clone();
         let key = k.workers();

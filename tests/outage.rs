@@ -40,24 +40,15 @@ async fn an_outage_of_several_windows_wrongs_nobody() {
     let mut conn = redis.conn().await;
     let k = keys();
     let ids = enqueue(&mut conn, EVENT, "s", 40, waitroom_worker::clock::now_ms()).await;
-    let w = run_worker(settings(
-        &redis.url(),
-        &kafka.bootstrap,
-        &[
-            "--event",
-            EVENT,
-            "--max-concurrent",
-            "6",
-            "--batch-size",
-            "6",
-            "--checkout-window",
-            "3s",
-            "--session-ttl",
-            "10m",
-            "--max-unpublished-age",
-            "1s",
-        ],
-    ))
+    let w = run_worker(
+        settings(&redis.url(), &kafka.bootstrap)
+            .event(EVENT)
+            .max_concurrent(6)
+            .batch_size(6)
+            .checkout_window(Duration::from_secs(3))
+            .session_ttl(Duration::from_secs(600))
+            .max_unpublished_age(Duration::from_secs(1)),
+    )
     .await;
 
     // Capacity is watched the whole time, from a connection of its own.

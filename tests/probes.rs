@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::*;
-use waitroom_worker::clock;
+use waitroom_worker::{KeyLayout, clock};
 
 const EVENT: &str = "probes";
 const BIN: &str = env!("CARGO_BIN_EXE_waitroom-worker");
@@ -29,22 +29,14 @@ async fn liveness_outlasts_a_backoff_and_readiness_waits_for_a_cycle() {
     let kafka = MockKafka::start();
     let mut conn = redis.conn().await;
     enqueue(&mut conn, EVENT, "s", 5, clock::now_ms()).await;
-    let w = run_worker(settings(
-        &redis.url(),
-        &kafka.bootstrap,
-        &[
-            "--event",
-            EVENT,
-            "--max-processing-time",
-            "1s",
-            "--redis-timeout",
-            "300ms",
-            "--retry-delay",
-            "2s",
-            "--retry-max-delay",
-            "30s",
-        ],
-    ))
+    let w = run_worker(
+        settings(&redis.url(), &kafka.bootstrap)
+            .event(EVENT)
+            .max_processing_time(Duration::from_secs(1))
+            .redis_timeout(Duration::from_millis(300))
+            .retry_delay(Duration::from_secs(2))
+            .retry_max_delay(Duration::from_secs(30)),
+    )
     .await;
     let addr = w.http.expect("http endpoint");
     eventually(Duration::from_secs(20), "ready", || async move {
@@ -103,7 +95,7 @@ async fn figures_follow_redis_and_vanish_with_the_event() {
         .query_async(&mut conn)
         .await
         .expect("SADD");
-    let w = run_worker(settings(&redis.url(), &kafka.bootstrap, &[])).await;
+    let w = run_worker(settings(&redis.url(), &kafka.bootstrap)).await;
     eventually(Duration::from_secs(20), "all admitted and told", || {
         let stats = w.stats.clone();
         async move {
@@ -165,22 +157,14 @@ async fn outbox_waiting_is_zero_when_kafka_is_fine_and_the_age_grows_when_it_is_
     let kafka = MockKafka::start();
     let mut conn = redis.conn().await;
     enqueue(&mut conn, EVENT, "s", 400, clock::now_ms()).await;
-    let w = run_worker(settings(
-        &redis.url(),
-        &kafka.bootstrap,
-        &[
-            "--event",
-            EVENT,
-            "--max-concurrent",
-            "1000",
-            "--batch-size",
-            "4",
-            "--checkout-window",
-            "10m",
-            "--session-ttl",
-            "1h",
-        ],
-    ))
+    let w = run_worker(
+        settings(&redis.url(), &kafka.bootstrap)
+            .event(EVENT)
+            .max_concurrent(1000)
+            .batch_size(4)
+            .checkout_window(Duration::from_secs(600))
+            .session_ttl(Duration::from_secs(3600)),
+    )
     .await;
     let mut samples = 0;
     let mut max_depth = 0;
@@ -222,11 +206,11 @@ async fn a_key_layout_mismatch_is_not_ready_and_says_why() {
     let kafka = MockKafka::start();
     let mut conn = redis.conn().await;
     enqueue(&mut conn, EVENT, "s", 50, clock::now_ms()).await;
-    let w = run_worker(settings(
-        &redis.url(),
-        &kafka.bootstrap,
-        &["--event", EVENT, "--key-layout", "cluster"],
-    ))
+    let w = run_worker(
+        settings(&redis.url(), &kafka.bootstrap)
+            .event(EVENT)
+            .key_layout(KeyLayout::Cluster),
+    )
     .await;
     let addr = w.http.expect("http endpoint");
     let body = eventually(Duration::from_secs(20), "a cycle ran", || async move {

@@ -52,7 +52,13 @@ struct Sale {
 }
 
 impl Sale {
-    async fn start(event: &str, users: usize, rate: &str, interval: &str, replicas: usize) -> Sale {
+    async fn start(
+        event: &str,
+        users: usize,
+        rate: &str,
+        interval: Duration,
+        replicas: usize,
+    ) -> Sale {
         let redis = RedisServer::start();
         let kafka = MockKafka::start();
         let mut conn = redis.conn().await;
@@ -65,19 +71,18 @@ impl Sale {
         )
         .await;
         set_config(&mut conn, event, "new_users_per_minute", rate).await;
-        let flags = [
-            "--event",
-            event,
-            "--max-concurrent",
-            "100000",
-            "--batch-size",
-            "1000",
-            "--process-interval",
-            interval,
-        ];
         let mut workers = Vec::new();
         for _ in 0..replicas {
-            workers.push(run_worker(settings(&redis.url(), &kafka.bootstrap, &flags)).await);
+            workers.push(
+                run_worker(
+                    settings(&redis.url(), &kafka.bootstrap)
+                        .event(event)
+                        .max_concurrent(100000)
+                        .batch_size(1000)
+                        .process_interval(interval),
+                )
+                .await,
+            );
         }
         let mut reader = TopicReader::new(&kafka.bootstrap, TOPIC);
         reader.read_until(1, Duration::from_secs(30));
@@ -113,7 +118,7 @@ fn from_first(times: &[u64], ms: u64) -> usize {
 /// (one interval's worth: 1), and a minute holds 600 within one burst.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn six_hundred_a_minute_arrive_evenly() {
-    let mut sale = Sale::start("rate600", 3000, "600", "100ms", 1).await;
+    let mut sale = Sale::start("rate600", 3000, "600", Duration::from_millis(100), 1).await;
     let times = sale.admissions_for(Duration::from_secs(62));
     sale.stop().await;
     let in_minute = from_first(&times, 60_000);
@@ -129,7 +134,7 @@ async fn six_hundred_a_minute_arrive_evenly() {
 /// a minute, with no burst beyond one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seven_a_minute_average_exactly() {
-    let mut sale = Sale::start("rate7", 100, "7", "1s", 1).await;
+    let mut sale = Sale::start("rate7", 100, "7", Duration::from_secs(1), 1).await;
     let times = sale.admissions_for(Duration::from_secs(62));
     sale.stop().await;
     // Cell 7 is due 60 s after cell 0, right at the window's edge: 7, or 8 within
@@ -155,7 +160,7 @@ async fn seven_a_minute_average_exactly() {
 /// Two replicas share the limiter: together they stay within the same bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_share_the_rate() {
-    let mut sale = Sale::start("rate2", 3000, "600", "100ms", 2).await;
+    let mut sale = Sale::start("rate2", 3000, "600", Duration::from_millis(100), 2).await;
     let times = sale.admissions_for(Duration::from_secs(12));
     sale.stop().await;
     let peak = max_in_window(&times, 1000);
@@ -171,7 +176,7 @@ async fn two_replicas_share_the_rate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_change_takes_effect_within_one_interval() {
     const EVENT: &str = "ratechange";
-    let mut sale = Sale::start(EVENT, 3000, "6000", "100ms", 1).await;
+    let mut sale = Sale::start(EVENT, 3000, "6000", Duration::from_millis(100), 1).await;
     sale.reader.read_until(50, Duration::from_secs(30));
     // Down to 60 a minute: from one interval after the change, at most one a second
     // (plus the burst of one).

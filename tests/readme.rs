@@ -213,12 +213,7 @@ async fn every_redis_cli_example_of_the_readme_runs_as_written() {
     assert!(wait < 60_000, "oldest wait {wait} ms");
 
     // The VIP's hash makes it admissible, and the lane goes first.
-    let mut w = start_worker(settings(
-        &redis.url(),
-        &kafka.bootstrap,
-        &["--event", EVENT],
-    ))
-    .await;
+    let mut w = start_worker(settings(&redis.url(), &kafka.bootstrap).event(EVENT)).await;
     let o = w.admit_event(EVENT).await.expect("admit");
     assert_eq!(o.skipped, 0, "nobody dropped: {o:?}");
     assert!(

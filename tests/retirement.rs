@@ -57,20 +57,13 @@ async fn a_retired_event_is_drained_admits_nobody_and_is_forgotten() {
         .await
         .expect("SADD");
 
-    let w = run_worker(settings(
-        &redis.url(),
-        &kafka.bootstrap,
-        &[
-            "--max-concurrent",
-            "3",
-            "--batch-size",
-            "3",
-            "--checkout-window",
-            "3s",
-            "--session-ttl",
-            "10m",
-        ],
-    ))
+    let w = run_worker(
+        settings(&redis.url(), &kafka.bootstrap)
+            .max_concurrent(3)
+            .batch_size(3)
+            .checkout_window(Duration::from_secs(3))
+            .session_ttl(Duration::from_secs(600)),
+    )
     .await;
 
     // The retired event's outbox still publishes: its three are told.

@@ -25,20 +25,11 @@ async fn a_worker_admits_over_tls_with_its_own_ca_and_a_client_certificate() {
     let mut conn = redis.conn().await;
     let k = keys();
     enqueue(&mut conn, EVENT, "t", 5, clock::now_ms()).await;
-    let s = settings(
-        &redis.tls_url(),
-        &kafka.bootstrap,
-        &[
-            "--event",
-            EVENT,
-            "--redis-tls-ca",
-            &certs.path("ca.pem"),
-            "--redis-tls-cert",
-            &certs.path("client.pem"),
-            "--redis-tls-key",
-            &certs.path("client.key"),
-        ],
-    );
+    let s = settings(&redis.tls_url(), &kafka.bootstrap)
+        .event(EVENT)
+        .redis_tls_ca(certs.path("ca.pem"))
+        .redis_tls_cert(certs.path("client.pem"))
+        .redis_tls_key(certs.path("client.key"));
     let mut w = start_worker(s).await;
     assert!(w.cycle().await, "a cycle over TLS reaches Redis");
     assert_eq!(scard(&mut conn, &k.processing(EVENT)).await, 5);

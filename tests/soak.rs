@@ -12,9 +12,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::*;
+use waitroom_worker::Stats;
 use waitroom_worker::scripts::release::{self, Outcome};
 use waitroom_worker::scripts::{self, Scripts};
-use waitroom_worker::stats::Stats;
 
 const EVENT: &str = "soak";
 
@@ -44,20 +44,11 @@ async fn a_million_users_through_one_event() {
     waitroom_worker::enqueue::enqueue(&mut conn, &k, EVENT, users, Duration::from_secs(7200))
         .await
         .expect("enqueue");
-    let s = settings(
-        &redis.url(),
-        &kafka.bootstrap,
-        &[
-            "--event",
-            EVENT,
-            "--max-concurrent",
-            "1000",
-            "--batch-size",
-            "1000",
-            "--process-interval",
-            "10ms",
-        ],
-    );
+    let s = settings(&redis.url(), &kafka.bootstrap)
+        .event(EVENT)
+        .max_concurrent(1000)
+        .batch_size(1000)
+        .process_interval(Duration::from_millis(10));
     let w = run_worker(s).await;
     let stats = w.stats.clone();
 

@@ -15,7 +15,6 @@ use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -23,12 +22,9 @@ use rdkafka::message::Headers;
 use rdkafka::mocking::MockCluster;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use redis::aio::MultiplexedConnection;
-use waitroom_worker::keys::{KeyLayout, Keys};
 use waitroom_worker::redis_server::{PrivateCluster, answers_ping};
-use waitroom_worker::settings::{Cli, Command as Sub, Settings};
 use waitroom_worker::shutdown::{self, ShutdownTrigger};
-use waitroom_worker::stats::Stats;
-use waitroom_worker::worker::Worker;
+use waitroom_worker::{Config, ConfigBuilder, KeyLayout, Keys, Stats, Worker};
 
 pub const SECRET: &str = "test-secret-0123456789abcdef0123456789";
 pub const TOPIC: &str = "QUEUE_READY";
@@ -355,11 +351,29 @@ impl TopicReader {
     }
 }
 
+/// What a worker starts from: settings already built, or a builder (built here,
+/// and it must be valid).
+pub trait IntoConfig {
+    fn into_config(self) -> Config;
+}
+
+impl IntoConfig for Config {
+    fn into_config(self) -> Config {
+        self
+    }
+}
+
+impl IntoConfig for ConfigBuilder {
+    fn into_config(self) -> Config {
+        self.build().expect("settings valid")
+    }
+}
+
 /// A worker started from `settings` (scripts loaded, Kafka clients made), not yet
 /// running: a test drives its cycles or hands it to [`run_worker`].
-pub async fn start_worker(settings: Settings) -> Worker {
+pub async fn start_worker(settings: impl IntoConfig) -> Worker {
     let (_t, mut l) = shutdown::channel();
-    Worker::start(settings, &mut l)
+    Worker::start(settings.into_config(), &mut l)
         .await
         .expect("worker starts")
         .expect("not shut down")
@@ -374,7 +388,7 @@ pub struct Running {
     handle: tokio::task::JoinHandle<()>,
 }
 
-pub async fn run_worker(settings: Settings) -> Running {
+pub async fn run_worker(settings: impl IntoConfig) -> Running {
     let w = start_worker(settings).await;
     let (stats, http) = (w.stats(), w.http_addr());
     let (trigger, listener) = shutdown::channel();
@@ -395,51 +409,21 @@ impl Running {
     }
 }
 
-/// Settings as `waitroom-worker run` would build them from these flags, on top of
-/// test defaults (fast interval, short publish timeout and lease).
-pub fn settings(redis_url: &str, brokers: &str, extra: &[&str]) -> Settings {
-    let mut args: Vec<String> = [
-        "waitroom-worker",
-        "run",
-        "--redis-url",
-        redis_url,
-        "--kafka-brokers",
-        brokers,
-        "--jwt-secret",
-        SECRET,
-        "--process-interval",
-        "20ms",
-        "--publish-timeout",
-        "1s",
-        "--outbox-lease",
-        "2s",
-        "--retry-delay",
-        "50ms",
-        "--retry-max-delay",
-        "500ms",
-        "--shutdown-timeout",
-        "5s",
-        "--http-addr",
-        "127.0.0.1:0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    // A flag given in `extra` replaces the test default (defaults come in pairs).
-    let mut i = 2;
-    while i + 1 < args.len() {
-        if extra.contains(&args[i].as_str()) {
-            args.drain(i..i + 2);
-        } else {
-            i += 2;
-        }
-    }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let cli = Cli::try_parse_from(args).expect("flags parse");
-    let Sub::Run(run) = cli.command else {
-        panic!("not a run command")
-    };
-    run.settings().expect("settings valid")
+/// Settings as `waitroom-worker run` builds them by default, with test defaults
+/// on top (fast interval, short publish timeout and lease, HTTP on a free port);
+/// a test sets what it needs on the builder, which replaces these.
+pub fn settings(redis_url: &str, brokers: &str) -> ConfigBuilder {
+    Config::builder()
+        .redis_url(redis_url)
+        .kafka_brokers(brokers)
+        .jwt_secret(SECRET)
+        .process_interval(Duration::from_millis(20))
+        .publish_timeout(Duration::from_secs(1))
+        .outbox_lease(Duration::from_secs(2))
+        .retry_delay(Duration::from_millis(50))
+        .retry_max_delay(Duration::from_millis(500))
+        .shutdown_timeout(Duration::from_secs(5))
+        .http_addr(Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))))
 }
 
 pub fn keys() -> Keys {

@@ -1,0 +1,279 @@
+//! The command line, the top layer: parse flags, set up logging, run a subcommand,
+//! turn signals into the shutdown signal, and report errors with context.
+//!
+//! It lives in the binary, not in the library: the library knows no flags. The
+//! flags become the library's typed settings through its builders ([`args`]).
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use waitroom_worker::error_chain::Chain;
+use waitroom_worker::probe::ProbeError;
+use waitroom_worker::{Config, Worker, log_limit, shutdown};
+
+mod args;
+
+use args::{Cli, Command, LogFormat, RedisArgs};
+
+/// An environment variable set to the empty string means unset, for every setting
+/// (`REDIS_CLUSTER_URLS=` in a compose file must not select a cluster of no nodes).
+fn drop_empty_settings_from_env() {
+    let empty: Vec<std::ffi::OsString> = std::env::vars_os()
+        .filter(|(k, v)| {
+            v.is_empty()
+                && k.to_str().is_some_and(|k| {
+                    ["QUEUE_", "REDIS_", "KAFKA_"]
+                        .iter()
+                        .any(|p| k.starts_with(p))
+                })
+        })
+        .map(|(k, _)| k)
+        .collect();
+    for k in empty {
+        // SAFETY: called first thing in main, before the runtime or any other thread
+        // exists, so nothing can read the environment concurrently.
+        unsafe { std::env::remove_var(k) };
+    }
+}
+
+/// Run the command line; the process's exit code.
+pub(crate) fn main() -> ExitCode {
+    drop_empty_settings_from_env();
+    let cli = Cli::parse();
+    // The demo draws its own progress; the worker's per-user log lines would drown it,
+    // so it logs warnings only unless asked (--verbose), whatever RUST_LOG says.
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| EnvFilter::try_new(v).ok());
+    let filter = match (&cli.command, from_env) {
+        (Command::Demo(d), _) if !d.verbose => EnvFilter::new("warn"),
+        (Command::Bench(_), None) => EnvFilter::new("error"),
+        (_, Some(f)) => f,
+        (_, None) => EnvFilter::new("info"),
+    };
+    let format = cli.log_format;
+    init_logging(format, filter);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let e = anyhow::Error::new(e).context("cannot start the async runtime");
+            report_failure(format, &e);
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(dispatch(cli));
+    // Counts of repeated warnings still owed are written before the process ends.
+    log_limit::flush();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            report_failure(format, &e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Log lines go to stderr: text for people, coloured only when stderr is a terminal
+/// and NO_COLOR (https://no-color.org) is unset, so a pipe or a file gets no escape
+/// codes; or one JSON object per line, the event's fields as keys beside
+/// `timestamp`, `level`, `target` and `message`.
+fn init_logging(format: LogFormat, filter: EnvFilter) {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            builder.with_ansi(colour).init();
+        }
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
+}
+
+/// The error that ends the process, each cause once: `error: context: cause` on
+/// stderr, or, in the JSON format, one more JSON line at level ERROR.
+fn report_failure(format: LogFormat, e: &anyhow::Error) {
+    let chain = Chain(e.as_ref());
+    match format {
+        LogFormat::Text => eprintln!("error: {chain}"),
+        // The target the line always had (the binary's root), whatever module writes it.
+        LogFormat::Json => tracing::error!(target: "waitroom_worker", "{chain}"),
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => {
+            let config = args.config().context("invalid setting")?;
+            run(config).await
+        }
+        Command::Enqueue(args) => {
+            let keys = args.keys().context("invalid setting")?;
+            let mut conn = connect(&args.redis).await?;
+            let done = waitroom_worker::enqueue::enqueue(
+                &mut conn,
+                &keys,
+                &args.event,
+                args.users,
+                args.session_ttl,
+            )
+            .await
+            .context("queueing users")?;
+            println!(
+                "queued {} users for {} (first {}, last {})",
+                done.count,
+                args.event,
+                done.first.as_deref().unwrap_or("-"),
+                done.last.as_deref().unwrap_or("-")
+            );
+            Ok(())
+        }
+        Command::Status(args) => {
+            let keys = args.keys().context("invalid setting")?;
+            let mut conn = connect(&args.redis).await?;
+            let s = waitroom_worker::report::status(
+                &mut conn,
+                &keys,
+                &args.events,
+                args.max_concurrent,
+                args.max_unpublished_age,
+            )
+            .await
+            .context("reading status")?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&s).context("encoding JSON")?
+                );
+            } else {
+                print!("{}", waitroom_worker::report::render_status(&s));
+            }
+            Ok(())
+        }
+        Command::Inspect(args) => {
+            let keys = args.redis.keys().context("invalid setting")?;
+            if keys.layout() == waitroom_worker::KeyLayout::Cluster && args.event.is_none() {
+                anyhow::bail!("invalid setting: --event is required with --key-layout cluster");
+            }
+            let mut conn = connect(&args.redis).await?;
+            let mut v = waitroom_worker::report::inspect(
+                &mut conn,
+                &keys,
+                &args.session,
+                args.event.as_deref(),
+            )
+            .await
+            .context("reading the session")?;
+            if !args.show_token {
+                v.shorten_token();
+            }
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v).context("encoding JSON")?
+                );
+            } else {
+                print!("{}", waitroom_worker::report::render_session(&v));
+            }
+            Ok(())
+        }
+        Command::Bench(args) => {
+            let json = args.json;
+            let report = waitroom_worker::bench::run(args.options())
+                .await
+                .context("bench")?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).context("encoding JSON")?
+                );
+            } else {
+                print!("{}", waitroom_worker::bench::render(&report));
+            }
+            Ok(())
+        }
+        Command::Demo(args) => {
+            let options = args.options().context("demo")?;
+            waitroom_worker::demo::run(options).await.context("demo")?;
+            Ok(())
+        }
+        Command::Health(args) => {
+            let line = waitroom_worker::probe::check(&args.url, args.timeout)
+                .await
+                .map_err(|e| match e {
+                    ProbeError::BadUrl { url, reason } => {
+                        anyhow::anyhow!("invalid --url (QUEUE_HEALTH_URL) {url:?}: {reason}")
+                    }
+                    e => e.into(),
+                })?;
+            println!("{line}");
+            Ok(())
+        }
+    }
+}
+
+async fn connect(r: &RedisArgs) -> anyhow::Result<waitroom_worker::store::RedisConn> {
+    let endpoint = r.endpoint().context("invalid setting")?;
+    waitroom_worker::store::connect(&endpoint, r.redis_timeout)
+        .await
+        .with_context(|| format!("connecting to {endpoint}"))
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let (trigger, mut listener) = shutdown::channel();
+    let grace = config.worker.shutdown_timeout;
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!(timeout = ?grace, "shutdown signal received, finishing the cycle in flight");
+        trigger.trigger();
+        tokio::time::sleep(grace).await;
+        tracing::warn!(
+            "shutdown timeout elapsed; exiting, unacknowledged entries stay in the outbox"
+        );
+        log_limit::flush();
+        std::process::exit(0);
+    });
+    let Some(worker) = Worker::start(config, &mut listener)
+        .await
+        .context("starting the worker")?
+    else {
+        return Ok(());
+    };
+    worker.run(listener).await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,438 @@
+//! From an outbox entry to a published admission: sign the token, write it into the
+//! session hash, send QUEUE_READY, and take the entry out of the outbox only once
+//! Kafka acknowledged the message.
+//!
+//! The same path serves fresh admissions and entries claimed back from the outbox
+//! (after a crash, an outage or a failed publish), so both behave the same. Waiting
+//! for Kafka's acknowledgement happens in a background task: the admission loop
+//! goes on while messages are in flight, and a Kafka outage slows nothing but the
+//! outbox's draining.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::producer::DeliveryFuture;
+use thiserror::Error;
+use tokio::task::JoinSet;
+
+use crate::base::error_chain::chain;
+use crate::kafka::publisher::{Publisher, ReadyMessage};
+use crate::model::clock;
+use crate::model::keys::Keys;
+use crate::model::outbox::{self, OutboxEntry};
+use crate::model::token::{self, Signer};
+use crate::ops::stats::Stats;
+use crate::redis::redis_time::RedisTime;
+use crate::redis::retry::{self, Backoff};
+use crate::redis::scripts::set_tokens::{self, TokenPatch, Written};
+use crate::redis::scripts::settle::{self, Acked, EventSettlement};
+use crate::redis::scripts::{self, Call, ScriptError, Scripts};
+use crate::redis::store::RedisConn;
+
+#[derive(Debug, Error)]
+pub enum DeliveryError {
+    #[error("writing checkout tokens")]
+    Tokens(#[source] ScriptError),
+}
+
+/// How hard to try, and by which clock.
+#[derive(Debug, Clone)]
+pub(crate) struct DeliveryPolicy {
+    /// Tries of a Redis operation.
+    pub attempts: u32,
+    /// Backoff between those tries; also bounds the spacing of publish retries of
+    /// one outbox entry (at least `first`, at most `max`).
+    pub backoff: Backoff,
+    /// Redis's clock as seen from here: when a failed entry is due again.
+    pub time: Arc<RedisTime>,
+}
+
+/// Signs, patches and publishes outbox entries.
+pub(crate) struct Delivery {
+    conn: RedisConn,
+    scripts: Arc<Scripts>,
+    keys: Keys,
+    signer: Signer,
+    publisher: Arc<Publisher>,
+    stats: Arc<Stats>,
+    policy: DeliveryPolicy,
+    inflight: Mutex<JoinSet<()>>,
+}
+
+/// One entry on its way: what was built for it.
+struct Prepared {
+    entry: OutboxEntry,
+    message: ReadyMessage,
+    message_id: String,
+}
+
+impl Delivery {
+    pub(crate) fn new(
+        conn: RedisConn,
+        scripts: Arc<Scripts>,
+        keys: Keys,
+        signer: Signer,
+        publisher: Arc<Publisher>,
+        stats: Arc<Stats>,
+        policy: DeliveryPolicy,
+    ) -> Self {
+        Delivery {
+            conn,
+            scripts,
+            keys,
+            signer,
+            publisher,
+            stats,
+            policy,
+            inflight: Mutex::new(JoinSet::new()),
+        }
+    }
+
+    /// Sign and write the tokens of `entries` (one round trip), then queue their
+    /// messages. Returns once the tokens are in Redis and the messages are queued;
+    /// acknowledging happens in the background. On error nothing was queued and the
+    /// entries stay in the outbox, due again when their lease runs out.
+    #[allow(dead_code)] // the loop calls dispatch_many; left for the engine's rework
+    pub(crate) async fn dispatch(
+        &self,
+        event: &str,
+        entries: Vec<OutboxEntry>,
+    ) -> Result<(), DeliveryError> {
+        self.dispatch_many(vec![(event.to_owned(), entries)]).await
+    }
+
+    /// [`Delivery::dispatch`] for many events at once: one round trip writes the
+    /// tokens of all of them, one background task settles all of them.
+    pub(crate) async fn dispatch_many(
+        &self,
+        batches: Vec<(String, Vec<OutboxEntry>)>,
+    ) -> Result<(), DeliveryError> {
+        let batches: Vec<(String, Vec<OutboxEntry>)> =
+            batches.into_iter().filter(|(_, e)| !e.is_empty()).collect();
+        if batches.is_empty() {
+            return Ok(());
+        }
+        // The caller counted these in flight; they stop being so once settled (or
+        // once this fails before anything was sent).
+        let handed: Vec<(String, i64)> = batches
+            .iter()
+            .map(|(e, es)| (e.clone(), es.len() as i64))
+            .collect();
+        let result = self.dispatch_counted(batches, &handed).await;
+        if result.is_err() {
+            self.settled(&handed);
+        }
+        result
+    }
+
+    fn settled(&self, handed: &[(String, i64)]) {
+        for (event, n) in handed {
+            self.stats.in_flight_add(event, -n);
+        }
+    }
+
+    async fn dispatch_counted(
+        &self,
+        batches: Vec<(String, Vec<OutboxEntry>)>,
+        handed: &[(String, i64)],
+    ) -> Result<(), DeliveryError> {
+        let mut prepared: Vec<(String, Vec<Prepared>)> = Vec::with_capacity(batches.len());
+        let mut not_sent: Vec<(String, Vec<OutboxEntry>)> = Vec::new();
+        let mut recheck: Vec<(String, Vec<OutboxEntry>)> = Vec::new();
+        for (event, entries) in batches {
+            let mut ok = Vec::with_capacity(entries.len());
+            let mut unsigned = Vec::new();
+            for entry in entries {
+                // No data should make signing panic (entries are range-checked when
+                // read), but if one did, it costs that entry, never the pass.
+                let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.prepare(&event, entry)
+                }));
+                match prepared {
+                    Ok(Ok(p)) => ok.push(p),
+                    Ok(Err(entry)) => unsigned.push(entry),
+                    Err(_) => {
+                        crate::log_limited!(ERROR, "building a QUEUE_READY panicked; the entry stays in the outbox", event_id = %event);
+                        self.stats.error("delivery");
+                    }
+                }
+            }
+            if !unsigned.is_empty() {
+                not_sent.push((event.clone(), unsigned));
+            }
+            prepared.push((event, ok));
+        }
+
+        // One round trip writes the tokens of every event.
+        let patches: Vec<Vec<TokenPatch>> = prepared
+            .iter()
+            .map(|(event, ps)| {
+                ps.iter()
+                    .map(|p| TokenPatch {
+                        session_key: self.keys.session(event, &p.entry.session_id),
+                        admitted_at: p.message.admitted_at.clone(),
+                        token: p.message.checkout_token.clone(),
+                    })
+                    .collect()
+            })
+            .collect();
+        // In the default layout one call for every event, else one per event.
+        let (calls, grouping) =
+            set_tokens::calls(&self.scripts.set_tokens, self.keys.layout(), patches);
+        let results = retry::with_retries(
+            self.policy.attempts,
+            self.policy.backoff,
+            retry::is_transient,
+            || {
+                let mut conn = self.conn.clone();
+                let calls = &calls;
+                async move { scripts::run_batch(&mut conn, calls).await }
+            },
+        )
+        .await
+        .map_err(|e| DeliveryError::Tokens(ScriptError::Redis(e)))?;
+
+        let mut sent = Vec::new();
+        for ((event, ps), result) in prepared
+            .into_iter()
+            .zip(set_tokens::per_event(grouping, results))
+        {
+            let written: Vec<bool> = match result {
+                Written::Flags(flags) => flags,
+                Written::Unexpected(e) => {
+                    tracing::error!(event_id = %event, error = %e, "writing checkout tokens: unexpected reply");
+                    self.stats.error("redis");
+                    continue;
+                }
+                Written::Failed(e) => {
+                    // This event's tokens are not written: publish nothing for it; its
+                    // entries come back when their lease runs out.
+                    crate::log_limited!(ERROR, "writing checkout tokens failed", event_id = %event, error = %e);
+                    self.stats.error("redis");
+                    continue;
+                }
+            };
+            Stats::add(
+                &self.stats.tokens_written,
+                written.iter().filter(|w| **w).count() as u64,
+            );
+            // A token not written means the hash no longer shows this admission (the
+            // API abandoned or re-queued the session): no QUEUE_READY for it. Its
+            // entry stays leased; the next claim drops it and frees its mark.
+            let unwritten = written.iter().filter(|w| !**w).count();
+            if unwritten > 0 {
+                tracing::info!(event_id = %event, count = unwritten, "not telling sessions whose hash no longer shows their admission");
+            }
+            let mut failed = Vec::new();
+            let mut stale = Vec::new();
+            let mut first_error = None;
+            for (p, ok) in ps
+                .into_iter()
+                .zip(written.iter().copied().chain(std::iter::repeat(false)))
+            {
+                if !ok {
+                    stale.push(p.entry);
+                    continue;
+                }
+                match self.publisher.enqueue(&p.message, &p.message_id) {
+                    Ok(fut) => sent.push((event.clone(), p, fut)),
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                        failed.push(p.entry);
+                    }
+                }
+            }
+            if !stale.is_empty() {
+                recheck.push((event.clone(), stale));
+            }
+            // One line per event and pass, however many entries failed.
+            if let Some(e) = first_error {
+                crate::log_limited!(WARN, "could not queue QUEUE_READY", event_id = %event, failed = failed.len(), error = %chain(&e));
+                not_sent.push((event, failed));
+            }
+        }
+        self.settle_in_background(sent, not_sent, recheck, handed.to_vec());
+        Ok(())
+    }
+
+    /// Sign one entry and build its message; gives the entry back if signing failed.
+    fn prepare(&self, event: &str, entry: OutboxEntry) -> Result<Prepared, OutboxEntry> {
+        let claims = self.signer.claims(
+            event,
+            &entry.session_id,
+            &entry.user_id,
+            entry.admitted_ms,
+            entry.deadline_ms,
+        );
+        match self.signer.sign(&claims) {
+            Ok(tok) => Ok(Prepared {
+                message: ReadyMessage {
+                    session_id: entry.session_id.clone(),
+                    user_id: entry.user_id.clone(),
+                    event_id: event.to_owned(),
+                    checkout_token: tok,
+                    admitted_at: clock::rfc3339_seconds(entry.admitted_ms),
+                    expires_at: clock::rfc3339_seconds(entry.deadline_ms),
+                    timestamp: clock::rfc3339_millis(entry.admitted_ms),
+                },
+                message_id: token::admission_id(event, &entry.session_id, entry.admitted_ms),
+                entry,
+            }),
+            Err(e) => {
+                crate::log_limited!(ERROR, "signing checkout token failed", event_id = event, session_id = %entry.session_id, error = %chain(&e));
+                self.stats.error("sign");
+                Err(entry)
+            }
+        }
+    }
+
+    /// Await Kafka's verdict on every queued message, then remove the acknowledged
+    /// entries and reschedule the rest, in one pipeline for all events.
+    fn settle_in_background(
+        &self,
+        sent: Vec<(String, Prepared, DeliveryFuture)>,
+        not_sent: Vec<(String, Vec<OutboxEntry>)>,
+        recheck: Vec<(String, Vec<OutboxEntry>)>,
+        handed: Vec<(String, i64)>,
+    ) {
+        let conn = self.conn.clone();
+        let keys = self.keys.clone();
+        let stats = self.stats.clone();
+        let publisher = self.publisher.clone();
+        let policy = self.policy.clone();
+        let scripts = self.scripts.clone();
+        let mut inflight = match self.inflight.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        while inflight.try_join_next().is_some() {}
+        inflight.spawn(async move {
+            let mut acked: Vec<(String, OutboxEntry)> = Vec::with_capacity(sent.len());
+            let mut failed: Vec<(String, OutboxEntry)> = not_sent
+                .into_iter()
+                .flat_map(|(e, es)| es.into_iter().map(move |x| (e.clone(), x)))
+                .collect();
+            // Per event: how many Kafka did not acknowledge, and the first reason.
+            let mut refused: std::collections::BTreeMap<String, (usize, String)> =
+                Default::default();
+            for (event, p, fut) in sent {
+                match fut.await {
+                    Ok(Ok(_)) => {
+                        tracing::info!(event_id = %event, session_id = %p.entry.session_id, user_id = %p.entry.user_id, "User admitted to checkout successfully");
+                        acked.push((event, p.entry));
+                    }
+                    Ok(Err((e, _))) => {
+                        let r = refused.entry(event.clone()).or_insert_with(|| (0, chain(&e).to_string()));
+                        r.0 += 1;
+                        failed.push((event, p.entry));
+                    }
+                    Err(_) => {
+                        let r = refused.entry(event.clone()).or_insert_with(|| (0, "the producer dropped the message".to_owned()));
+                        r.0 += 1;
+                        failed.push((event, p.entry));
+                    }
+                }
+            }
+            // One line per event and settlement, with the count, however many
+            // entries failed; repeats across settlements are summarised.
+            for (event, (n, error)) in &refused {
+                crate::log_limited!(WARN, "QUEUE_READY not acknowledged, will retry", event_id = %event, failed = n, error = %error);
+            }
+            Stats::add(&stats.published, acked.len() as u64);
+            Stats::add(&stats.publish_failures, failed.len() as u64);
+            if !failed.is_empty() {
+                stats.error("kafka");
+                publisher.recover_if_fatal();
+            }
+            // One settle call per event: acknowledged entries leave the outbox and
+            // their slot's untold mark becomes the real deadline, atomically; failed
+            // entries are all due again at one time per event (the oldest's backoff),
+            // so after an outage the backlog comes back oldest admission first.
+            let now = policy.time.now_ms();
+            type Outcomes<'a> = (Vec<Acked<'a>>, Vec<&'a OutboxEntry>, Vec<&'a OutboxEntry>);
+            let mut by_event: std::collections::BTreeMap<&str, Outcomes<'_>> = Default::default();
+            for (event, e) in &acked {
+                by_event.entry(event.as_str()).or_default().0.push(Acked {
+                    raw: &e.raw,
+                    session_id: &e.session_id,
+                    deadline_ms: e.deadline_ms,
+                    admitted_ms: e.admitted_ms,
+                });
+            }
+            for (event, e) in &failed {
+                by_event.entry(event.as_str()).or_default().1.push(e);
+            }
+            // Entries whose token was not written are due at once: the next claim
+            // checks their session and drops them (and their untold mark).
+            for (event, es) in &recheck {
+                by_event.entry(event.as_str()).or_default().2.extend(es.iter());
+            }
+            let mut retries: Vec<Vec<(&[u8], u64)>> = Vec::with_capacity(by_event.len());
+            for (_, failed, recheck) in by_event.values() {
+                let oldest = failed.iter().map(|e| e.admitted_ms).min().unwrap_or(now);
+                let due = outbox::next_due(now, oldest, policy.backoff.first, policy.backoff.max);
+                let mut r: Vec<(&[u8], u64)> =
+                    failed.iter().map(|e| (e.raw.as_slice(), due)).collect();
+                r.extend(recheck.iter().map(|e| (e.raw.as_slice(), now)));
+                retries.push(r);
+            }
+            let settlements: Vec<EventSettlement<'_>> = by_event
+                .iter()
+                .zip(&retries)
+                .map(|((event, (acked, _, _)), retry)| EventSettlement {
+                    event,
+                    acked,
+                    retry,
+                })
+                .collect();
+            // One call for every event in the default layout, one per event in the
+            // cluster layout (each event's keys in their own hash slot).
+            let calls: Vec<Call<'_>> = settle::calls(&scripts.settle, &keys, &settlements)
+                .into_iter()
+                .map(|(call, _)| call)
+                .collect();
+            let result = retry::with_retries(policy.attempts, policy.backoff, retry::is_transient, || {
+                let mut conn = conn.clone();
+                let calls = &calls;
+                async move {
+                    let results = scripts::run_batch(&mut conn, calls).await?;
+                    match results.into_iter().find_map(Result::err) {
+                        Some(e) => Err(e),
+                        None => Ok(()),
+                    }
+                }
+            })
+            .await;
+            for (event, n) in &handed {
+                stats.in_flight_add(event, -n);
+            }
+            if let Err(e) = result {
+                // The entries stay claimed; their lease runs out and they are published
+                // again (a duplicate the message id lets consumers drop).
+                crate::log_limited!(ERROR, "could not settle outbox entries", error = %chain(&e));
+                stats.error("redis");
+            }
+        });
+    }
+
+    /// Flush the producer and wait for every in-flight settlement, at most `timeout`.
+    /// What is not settled by then stays in the outbox for the next worker.
+    pub(crate) async fn finish(&self, timeout: Duration) {
+        let publisher = self.publisher.clone();
+        let flushed = tokio::task::spawn_blocking(move || publisher.flush(timeout)).await;
+        if let Ok(Err(e)) = flushed {
+            tracing::warn!(error = %chain(&e), "kafka flush did not complete; unacknowledged entries stay in the outbox");
+        }
+        let mut set = match self.inflight.lock() {
+            Ok(mut g) => std::mem::take(&mut *g),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
+        };
+        let drained =
+            tokio::time::timeout(timeout, async { while set.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(
+                "shutdown timeout reached with settlements in flight; they stay in the outbox"
+            );
+        }
+    }
+}

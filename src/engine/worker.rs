@@ -1,0 +1,1096 @@
+//! The admission loop: every interval, for every active event, publish what the
+//! outbox still holds, then admit the next batch.
+//!
+//! Errors are isolated the way the seed asks: a bad session costs itself (the admit
+//! script drops it), a failing event is logged and skipped, and a Redis or Kafka
+//! failure is logged, counted and retried on the next cycle; nothing ends the loop
+//! but the shutdown signal.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::base::shutdown::Shutdown;
+use crate::config::Config;
+use crate::engine::completions::{Completions, ConsumerSettings};
+use crate::engine::delivery::{Delivery, DeliveryError, DeliveryPolicy};
+use crate::engine::refill::Refill;
+use crate::kafka::publisher::Publisher;
+use crate::model::clock;
+use crate::model::outbox;
+use crate::model::outbox::OutboxEntry;
+use crate::ops::http::{self, HttpState};
+use crate::ops::stats::{EventSnapshot, Stats};
+use crate::redis::heartbeat::{self, Identity};
+use crate::redis::redis_time::RedisTime;
+use crate::redis::retry::{self, Backoff};
+use crate::redis::scripts::admit::{self, AdmitOutcome, Hold};
+use crate::redis::scripts::claim_outbox;
+use crate::redis::scripts::quarantine;
+use crate::redis::scripts::reap::{self, Reaped};
+use crate::redis::scripts::{self, Call, ScriptError, Scripts};
+use crate::redis::store::{self, RedisConn};
+
+/// Every this many passes the reaper and the claim run for every event, idle or not.
+pub(crate) const FULL_PASS_EVERY: u64 = 30;
+
+/// What kind of pass this is, decided once per pass (every chunk of events of the
+/// pass gets the same).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PassKind {
+    /// Reaper and claim run for every event, idle or not (every FULL_PASS_EVERY-th).
+    pub(crate) full: bool,
+    /// Idle events' figures are read afresh (every REFRESH_EVERY-th).
+    pub(crate) refresh: bool,
+}
+
+/// What the last admit reply said of an event: enough to know whether the reaper
+/// or the outbox claim has anything to do there.
+#[derive(Debug, Clone, Copy)]
+struct Hint {
+    in_use: u64,
+    deadlines: u64,
+    next_deadline_ms: Option<u64>,
+    outbox_depth: u64,
+}
+
+/// Every this many passes an idle event's figures (slots, outbox) are read afresh.
+pub(crate) const REFRESH_EVERY: u64 = 5;
+
+/// Events whose reap, claim and admit calls share one pipeline.
+pub(crate) const EVENTS_PER_PIPELINE: usize = 500;
+
+/// Why one event's step failed.
+#[derive(Debug, Error)]
+pub enum EventError {
+    #[error("claiming outbox entries")]
+    Claim(#[source] ScriptError),
+    #[error("admitting")]
+    Admit(#[source] ScriptError),
+    #[error("reaping expired slots")]
+    Reap(#[source] ScriptError),
+    #[error(transparent)]
+    Delivery(#[from] DeliveryError),
+}
+
+impl EventError {
+    /// Whether Redis itself seems unreachable (then the rest of the cycle is skipped).
+    fn is_connection(&self) -> bool {
+        match self {
+            EventError::Claim(e) | EventError::Admit(e) | EventError::Reap(e) => e.is_transient(),
+            EventError::Delivery(DeliveryError::Tokens(e)) => e.is_transient(),
+        }
+    }
+}
+
+/// The worker: its connection, scripts, producer and settings.
+pub struct Worker {
+    settings: Config,
+    conn: RedisConn,
+    scripts: Arc<Scripts>,
+    delivery: Arc<Delivery>,
+    /// The previous pass's delivery, still signing and writing tokens while this
+    /// pass admits; awaited before the next one starts, so messages keep their order.
+    pending: Option<tokio::task::JoinHandle<Result<(), DeliveryError>>>,
+    stats: Arc<Stats>,
+    refill: Arc<Refill>,
+    completions: Option<Completions>,
+    identity: Identity,
+    http: Option<(tokio::net::TcpListener, Arc<HttpState>)>,
+    /// What the last admit reply said of each event (to skip idle work).
+    hints: HashMap<String, Hint>,
+    /// Passes run, to make every FULL_PASS_EVERY-th one complete.
+    passes: u64,
+    /// Last invalid config fields reported per event, so each change is logged once.
+    invalid_seen: HashMap<String, Vec<String>>,
+    /// Last hold reported per event, so each change is logged once.
+    held_seen: HashMap<String, Hold>,
+    /// Redis's clock as seen from here (offset measured from admit replies).
+    time: Arc<RedisTime>,
+    /// The events served in the last cycle (given by `--event` or in
+    /// `active_events`): only these admit, refills included.
+    served: BTreeSet<String>,
+    /// Events this process has put into `<prefix>:known_events`.
+    registered: HashSet<String>,
+    /// Known events that are no longer served: drained until nothing is left.
+    retired: BTreeSet<String>,
+}
+
+impl Worker {
+    /// Connect to Redis (retrying until it answers or shutdown is signalled), load
+    /// the scripts and create the producer.
+    pub async fn start(
+        settings: Config,
+        shutdown: &mut Shutdown,
+    ) -> Result<Option<Worker>, StartError> {
+        let stats = Arc::new(Stats::default());
+        stats
+            .started_at_ms
+            .store(clock::now_ms(), std::sync::atomic::Ordering::Relaxed);
+        let scripts = Arc::new(Scripts::new());
+        let backoff = settings.retry.backoff;
+        let mut attempt = 0;
+        let conn = loop {
+            attempt += 1;
+            let result = async {
+                let mut conn =
+                    store::connect(&settings.redis.endpoint, settings.redis.timeout).await?;
+                scripts.load_all(&mut conn).await?;
+                Ok::<_, ScriptError>(conn)
+            }
+            .await;
+            match result {
+                Ok(c) => break c,
+                Err(ScriptError::Redis(e)) if retry::is_transient(&e) => {
+                    let wait = backoff.delay(attempt);
+                    crate::log_limited!(WARN, "redis not reachable at start-up", redis = %settings.redis.endpoint, error = %crate::base::error_chain::chain(&e), retry_in = ?wait);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.recv() => return Ok(None),
+                    }
+                }
+                Err(e) => return Err(StartError::Redis(e)),
+            }
+        };
+        let publisher = Arc::new(
+            Publisher::new(
+                &settings.kafka.brokers,
+                &settings.kafka.options,
+                &settings.kafka.producer.topic,
+                settings.kafka.producer.publish_timeout,
+            )
+            .map_err(StartError::Kafka)?,
+        );
+        let refill = Arc::new(Refill::default());
+        let time = Arc::new(RedisTime::default());
+        let completions = Completions::new(
+            ConsumerSettings {
+                brokers: settings.kafka.brokers.clone(),
+                extra: settings.kafka.options.clone(),
+                topic: settings.kafka.consumer.topic.clone(),
+                group: settings.kafka.consumer.group.clone(),
+                fetch_wait: settings.kafka.consumer.fetch_wait,
+                session_timeout: settings.kafka.consumer.session_timeout,
+                dead_letter_topic: settings.kafka.consumer.dead_letter_topic.clone(),
+                session_ttl: settings.admission.session_ttl,
+                backoff,
+            },
+            conn.clone(),
+            scripts.clone(),
+            settings.keys.clone(),
+            refill.clone(),
+            stats.clone(),
+            publisher.clone(),
+        )
+        .map_err(StartError::Kafka)?;
+        let identity = Identity::new(settings.worker.id.clone());
+        let http = match settings.http.addr {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| StartError::Http(addr, e))?;
+                let state = Arc::new(HttpState {
+                    stats: stats.clone(),
+                    conn: conn.clone(),
+                    scripts: scripts.clone(),
+                    publisher: publisher.clone(),
+                    worker_id: identity.id.clone(),
+                    liveness_slack: settings.worker.process_interval * 2 + Duration::from_secs(1),
+                });
+                Some((listener, state))
+            }
+            None => None,
+        };
+        let delivery = Delivery::new(
+            conn.clone(),
+            scripts.clone(),
+            settings.keys.clone(),
+            settings.signer.clone(),
+            publisher,
+            stats.clone(),
+            DeliveryPolicy {
+                attempts: settings.retry.attempts,
+                backoff,
+                time: time.clone(),
+            },
+        );
+        Ok(Some(Worker {
+            settings,
+            conn,
+            scripts,
+            delivery: Arc::new(delivery),
+            pending: None,
+            stats,
+            refill,
+            completions: Some(completions),
+            identity,
+            http,
+            invalid_seen: HashMap::new(),
+            held_seen: HashMap::new(),
+            time,
+            served: BTreeSet::new(),
+            registered: HashSet::new(),
+            retired: BTreeSet::new(),
+            hints: HashMap::new(),
+            passes: 0,
+        }))
+    }
+
+    /// Where the HTTP endpoint listens, if it is on.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Run cycles until `shutdown` fires; then finish the cycle in flight, flush
+    /// Kafka and wait for in-flight acknowledgements (bounded by the shutdown
+    /// timeout). Unacknowledged entries stay in the outbox for the next worker.
+    pub async fn run(mut self, mut shutdown: Shutdown) {
+        tracing::info!(
+            events = ?self.settings.admission.events,
+            interval = ?self.settings.worker.process_interval,
+            max_concurrent = self.settings.admission.max_concurrent,
+            batch_size = self.settings.admission.batch_size,
+            "Queue processor started successfully"
+        );
+        let consumer = self
+            .completions
+            .take()
+            .map(|c| tokio::spawn(c.run(shutdown.clone())));
+        let http = self.http.take().map(|(listener, state)| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "http endpoint listening (/healthz /readyz /status /metrics)");
+            }
+            tokio::spawn(http::serve(listener, state, shutdown.clone()))
+        });
+        let mut ticker = tokio::time::interval(self.settings.worker.process_interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let refill = self.refill.clone();
+        let mut failures: u32 = 0;
+        let interval = self.settings.worker.process_interval;
+        // The longest one pass may hold the loop: the pass itself (cut at the max
+        // processing time), then the heartbeat (two Redis calls).
+        let pass_bound = self.settings.worker.max_processing_time + self.settings.redis.timeout * 2;
+        loop {
+            self.expect_loop_within(interval);
+            let full = tokio::select! {
+                biased;
+                _ = shutdown.recv() => break,
+                _ = ticker.tick() => true,
+                _ = refill.rung() => false,
+            };
+            self.expect_loop_within(pass_bound);
+            let deadline = self.settings.worker.max_processing_time;
+            let pass_started = Instant::now();
+            let pass = async {
+                if full {
+                    self.cycle().await
+                } else {
+                    self.refill_pass().await
+                }
+            };
+            let ok = match tokio::time::timeout(deadline, pass).await {
+                Ok(ok) => ok,
+                Err(_) => {
+                    crate::log_limited!(WARN, "cycle cut at the max processing time; the rest waits for the next cycle", max_processing_time = ?deadline);
+                    self.stats.error("timeout");
+                    false
+                }
+            };
+            let now = clock::now_ms();
+            let relaxed = std::sync::atomic::Ordering::Relaxed;
+            if ok && full {
+                self.stats.last_cycle_ok_ms.store(now, relaxed);
+            } else if !ok {
+                self.stats.last_cycle_failed_ms.store(now, relaxed);
+            }
+            if full {
+                Stats::add(&self.stats.cycles, 1);
+                self.stats
+                    .cycle_duration
+                    .observe(pass_started.elapsed().as_secs_f64());
+                let last = self.stats.last_processed_ms.load(relaxed);
+                if let Err(e) = heartbeat::beat(
+                    &mut self.conn,
+                    &self.settings.keys,
+                    &self.identity,
+                    last,
+                    self.settings.worker.process_interval,
+                )
+                .await
+                {
+                    tracing::debug!(error = %crate::base::error_chain::chain(&e), "heartbeat failed");
+                }
+            }
+            self.stats.last_loop_ms.store(clock::now_ms(), relaxed);
+            if ok {
+                failures = 0;
+            } else {
+                // Back off while Redis is away, but keep listening for shutdown, and
+                // end the backoff as soon as Redis answers again.
+                failures = failures.saturating_add(1);
+                let wait = self.backoff().delay(failures).saturating_sub(interval);
+                if !wait.is_zero() {
+                    self.stats.backing_off.store(true, relaxed);
+                    self.expect_loop_within(wait + interval);
+                    let recovered = tokio::select! {
+                        _ = shutdown.recv() => break,
+                        r = self.wait_for_redis(wait) => r,
+                    };
+                    self.stats.backing_off.store(false, relaxed);
+                    if recovered {
+                        tracing::info!("redis answers again; backoff ended early");
+                        failures = 0;
+                        ticker.reset_immediately();
+                    }
+                }
+            }
+        }
+        if let Some(c) = consumer {
+            let _ = tokio::time::timeout(self.settings.worker.shutdown_timeout, c).await;
+        }
+        if let Some(h) = http {
+            let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
+        }
+        if let Err(e) = heartbeat::leave(&mut self.conn, &self.settings.keys, &self.identity).await
+        {
+            tracing::debug!(error = %crate::base::error_chain::chain(&e), "could not remove the heartbeat");
+        }
+        tracing::info!("Queue processor stopping: flushing Kafka and settling in-flight messages");
+        self.await_pending().await;
+        self.delivery
+            .finish(self.settings.worker.shutdown_timeout)
+            .await;
+        tracing::info!("Queue processor stopped");
+    }
+
+    /// Tell liveness by when the loop should go round again.
+    fn expect_loop_within(&self, d: Duration) {
+        let due = clock::now_ms().saturating_add(d.as_millis() as u64);
+        self.stats
+            .loop_due_ms
+            .store(due, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sleep up to `wait`, pinging Redis every little while; returns true as soon as
+    /// it answers (the backoff ends early), false when the wait ran out.
+    async fn wait_for_redis(&self, wait: Duration) -> bool {
+        let end = Instant::now() + wait;
+        let step = self
+            .settings
+            .retry
+            .backoff
+            .first
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            tokio::time::sleep(step.min(left)).await;
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let mut conn = self.conn.clone();
+            let cmd = redis::cmd("PING");
+            let ping = cmd.query_async::<String>(&mut conn);
+            // Never past the announced end of the wait.
+            let limit = self.settings.redis.timeout.min(left);
+            if let Ok(Ok(_)) = tokio::time::timeout(limit, ping).await {
+                return true;
+            }
+        }
+    }
+
+    /// The events to serve: those given on the command line and the members of
+    /// `<prefix>:active_events`, sorted and without duplicates.
+    async fn active_events(&mut self) -> Result<Vec<String>, redis::RedisError> {
+        let key = self.settings.keys.active_events();
+        let members: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
+            .arg(&key)
+            .query_async(&mut self.conn)
+            .await?;
+        let mut set: BTreeSet<String> = self.settings.admission.events.iter().cloned().collect();
+        for m in members {
+            match String::from_utf8(m) {
+                Ok(e) if !e.is_empty() && !e.contains(['{', '}']) => {
+                    set.insert(e);
+                }
+                Ok(e) => {
+                    crate::log_limited!(WARN, "ignoring an invalid event id", event_id = %e, key = %key)
+                }
+                Err(_) => {
+                    crate::log_limited!(WARN, "ignoring an event id that is not UTF-8", key = %key)
+                }
+            }
+        }
+        Ok(set.into_iter().collect())
+    }
+
+    /// One pass over every event. Returns false when Redis looked unreachable.
+    ///
+    /// Events go in chunks: one pipeline runs, for every event of the chunk, the
+    /// reaper, the outbox claim and the admit script (3 calls per event, one round
+    /// trip per chunk), and one more round trip writes the tokens of the chunk; so
+    /// a pass over 10,000 events costs a few dozen round trips, not 50,000.
+    ///
+    /// Served events admit. Retired events (known, no longer served) are drained:
+    /// their slots expire and their outbox publishes, nobody is admitted, and once
+    /// nothing of them is left they are forgotten.
+    pub async fn cycle(&mut self) -> bool {
+        let started = Instant::now();
+        let served = match self.active_events().await {
+            Ok(e) => e,
+            Err(e) => {
+                crate::log_limited!(ERROR, "reading active events failed", error = %crate::base::error_chain::chain(&e));
+                self.stats.error("redis");
+                if retry::is_transient(&e) {
+                    return false;
+                }
+                self.settings.admission.events.clone()
+            }
+        };
+        // Counted per pass, not per chunk of events: with many events a per-chunk
+        // count made complete passes and refreshes many times more frequent.
+        let kind = PassKind {
+            full: self.passes.is_multiple_of(FULL_PASS_EVERY),
+            refresh: (self.passes + 1).is_multiple_of(REFRESH_EVERY),
+        };
+        self.passes = self.passes.wrapping_add(1);
+        let full = kind.full;
+        if full {
+            self.check_layout(&served).await;
+        }
+        let served_set: BTreeSet<String> = served.iter().cloned().collect();
+        let lost_some = self.served.difference(&served_set).next().is_some();
+        self.served = served_set;
+        if let Err(e) = self.refresh_known(full, lost_some).await {
+            crate::log_limited!(WARN, "could not update the known events; retired events are drained later", error = %crate::base::error_chain::chain(&e), key = %self.settings.keys.known_events());
+            self.stats.error("redis");
+        }
+        let mut tracked = self.served.clone();
+        tracked.extend(self.retired.iter().cloned());
+        self.stats.track(tracked);
+        self.hints
+            .retain(|e, _| self.served.contains(e) || self.retired.contains(e));
+        tracing::debug!(
+            event_count = served.len(),
+            retired = self.retired.len(),
+            "Processing queues for active events"
+        );
+        let mut events: Vec<(String, bool)> = served.into_iter().map(|e| (e, true)).collect();
+        events.extend(self.retired.iter().map(|e| (e.clone(), false)));
+        let mut ok = true;
+        for chunk in events.chunks(EVENTS_PER_PIPELINE) {
+            if let Err(e) = self.process_events(chunk, kind).await {
+                self.stats.error("redis");
+                crate::log_limited!(ERROR, "processing events failed, the rest waits for the next cycle", error = %crate::base::error_chain::chain(&e));
+                if e.is_connection() {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        self.stats
+            .last_processed_ms
+            .store(clock::now_ms(), std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(elapsed = ?started.elapsed(), "cycle done");
+        ok
+    }
+
+    /// Detect a `--key-layout` that does not match what the API writes: a served
+    /// event whose queue exists only under the other layout's name would admit
+    /// nobody, silently. Checked at start and on every full pass (at most 100
+    /// events, two EXISTS each); `/readyz` and the log say so.
+    async fn check_layout(&mut self, served: &[String]) {
+        use crate::model::keys::{KeyLayout, Keys};
+        let keys = &self.settings.keys;
+        let other = Keys::new(
+            keys.prefix(),
+            match keys.layout() {
+                KeyLayout::Default => KeyLayout::Cluster,
+                KeyLayout::Cluster => KeyLayout::Default,
+            },
+        );
+        let sample: Vec<&String> = served.iter().take(100).collect();
+        if sample.is_empty() {
+            self.stats.set_layout_mismatch(Vec::new());
+            return;
+        }
+        let mut p = redis::pipe();
+        for e in &sample {
+            p.cmd("EXISTS").arg(keys.queue(e));
+            p.cmd("EXISTS").arg(other.queue(e));
+        }
+        let found: Vec<u64> = match p.query_async(&mut self.conn).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(error = %e, "key layout check skipped");
+                return;
+            }
+        };
+        let mismatch: Vec<String> = sample
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                found.get(2 * i) == Some(&0) && found.get(2 * i + 1).is_some_and(|n| *n > 0)
+            })
+            .map(|(_, e)| (*e).clone())
+            .collect();
+        if !mismatch.is_empty() && mismatch != self.stats.layout_mismatch() {
+            tracing::error!(events = ?mismatch, key_layout = %keys.layout(), "these events' queues exist only under the other key layout's names: this worker admits nobody there; check --key-layout (and the API's key names)");
+        }
+        self.stats.set_layout_mismatch(mismatch);
+    }
+
+    /// Keep `<prefix>:known_events` up to date: add the served events this process
+    /// has not added yet (all of them on a full pass), and on a full pass or when an
+    /// event stopped being served, read it back to learn the retired events.
+    async fn refresh_known(
+        &mut self,
+        full: bool,
+        lost_some: bool,
+    ) -> Result<(), redis::RedisError> {
+        let key = self.settings.keys.known_events();
+        let new: Vec<&String> = self
+            .served
+            .iter()
+            .filter(|e| full || !self.registered.contains(*e))
+            .collect();
+        if !new.is_empty() {
+            let _: () = redis::cmd("SADD")
+                .arg(&key)
+                .arg(&new)
+                .query_async(&mut self.conn)
+                .await?;
+            let new: Vec<String> = new.into_iter().cloned().collect();
+            self.registered.extend(new);
+        }
+        if full || lost_some {
+            let members: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
+                .arg(&key)
+                .query_async(&mut self.conn)
+                .await?;
+            self.retired = members
+                .into_iter()
+                .filter_map(|m| String::from_utf8(m).ok())
+                .filter(|e| !e.is_empty() && !e.contains(['{', '}']) && !self.served.contains(e))
+                .collect();
+        } else {
+            let served = &self.served;
+            self.retired.retain(|e| !served.contains(e));
+        }
+        Ok(())
+    }
+
+    /// Forget a retired event once nothing of it is left: no slot, no deadline, no
+    /// unpublished admission.
+    async fn forget(&mut self, event: &str) {
+        let key = self.settings.keys.known_events();
+        let result: Result<(), redis::RedisError> = redis::cmd("SREM")
+            .arg(&key)
+            .arg(event)
+            .query_async(&mut self.conn)
+            .await;
+        match result {
+            Ok(()) => {
+                tracing::info!(event_id = %event, "retired event drained: no slot, deadline or unpublished admission left");
+                self.retired.remove(event);
+                self.registered.remove(event);
+                self.hints.remove(event);
+            }
+            Err(e) => {
+                crate::log_limited!(WARN, "could not forget a drained event; retrying next pass", event_id = %event, error = %crate::base::error_chain::chain(&e))
+            }
+        }
+    }
+
+    /// Reap, claim and admit for `events` (each with whether it is served) in one
+    /// pipeline, then publish. One event's failure costs only that event.
+    pub(crate) async fn process_events(
+        &mut self,
+        events: &[(String, bool)],
+        kind: PassKind,
+    ) -> Result<(), EventError> {
+        let s = &self.settings;
+        let now = self.time.now_ms();
+        let args = s.admit_args();
+        let claim_args = s.claim_args();
+        // Idle events skip the reaper and the claim: the last admit reply says whether
+        // a deadline is due, a slot lacks one, or the outbox holds anything. Every
+        // FULL_PASS_EVERY-th pass, and for events not seen yet, everything runs. A
+        // deadline D is due once D + 1s has passed (the token's last valid second).
+        let PassKind { full, refresh } = kind;
+        let mut plans: Vec<(bool, bool, bool)> = events
+            .iter()
+            .map(|(e, served)| match self.hints.get(e) {
+                Some(h) if !full && *served => (
+                    h.next_deadline_ms
+                        .is_some_and(|d| d.saturating_add(1000) <= now)
+                        || h.in_use > h.deadlines,
+                    // This worker's own entries in flight are not due (their lease
+                    // runs while they publish): the claim runs only for more.
+                    h.outbox_depth > self.stats.in_flight(e),
+                    true,
+                ),
+                _ => (true, true, true),
+            })
+            .collect();
+        // An event with nothing to reap or publish is admitted only if someone waits:
+        // two O(1) reads (no script) per such event, in one round trip for the chunk.
+        // Every REFRESH_EVERY-th pass two more keep the event's figures following
+        // Redis between admit calls (slots and outbox the API or others changed).
+        let idle: Vec<usize> = (0..events.len())
+            .filter(|&i| !full && !plans[i].0 && !plans[i].1)
+            .collect();
+        if !idle.is_empty() {
+            // Each length on its own: one event's error (its cluster master away) must
+            // not keep the others from being admitted. A length that cannot be read
+            // counts as someone waiting, so the admit call runs and reports for itself.
+            let mut p = redis::pipe();
+            p.ignore_errors();
+            let per = if refresh { 4 } else { 2 };
+            for &i in &idle {
+                p.cmd("ZCARD").arg(s.keys.queue(&events[i].0));
+                p.cmd("ZCARD").arg(s.keys.priority(&events[i].0));
+                if refresh {
+                    p.cmd("SCARD").arg(s.keys.processing(&events[i].0));
+                    p.cmd("ZCARD").arg(s.keys.outbox(&events[i].0));
+                }
+            }
+            let lens: Vec<redis::RedisResult<u64>> = retry::with_retries(
+                s.retry.attempts,
+                self.backoff(),
+                retry::is_transient,
+                || {
+                    let mut conn = self.conn.clone();
+                    let p = &p;
+                    async move { p.query_async(&mut conn).await }
+                },
+            )
+            .await
+            .map_err(|e| EventError::Admit(ScriptError::Redis(e)))?;
+            let len = |j: usize| match lens.get(j) {
+                Some(Ok(n)) => Some(*n),
+                _ => None,
+            };
+            for (n, &i) in idle.iter().enumerate() {
+                let (q, p) = (len(per * n), len(per * n + 1));
+                plans[i].2 = q.unwrap_or(1) + p.unwrap_or(1) > 0;
+                if !refresh {
+                    continue;
+                }
+                let (in_use, outbox) = (len(per * n + 2), len(per * n + 3));
+                if let (Some(q), Some(p), Some(in_use), Some(outbox)) = (q, p, in_use, outbox) {
+                    self.stats
+                        .refresh_event(&events[i].0, q + p, in_use, outbox);
+                    if let Some(h) = self.hints.get_mut(&events[i].0) {
+                        h.in_use = in_use;
+                        h.outbox_depth = outbox;
+                    }
+                }
+            }
+        }
+        let mut calls: Vec<Call<'_>> = Vec::with_capacity(events.len() * 3);
+        for ((e, served), (reap_it, claim_it, admit_it)) in events.iter().zip(&plans) {
+            if *reap_it {
+                calls.push(reap::call(
+                    &self.scripts.reap,
+                    &s.keys,
+                    e,
+                    now,
+                    s.admission.checkout_window,
+                    s.admission.session_ttl,
+                ));
+            }
+            if *claim_it {
+                calls.push(claim_outbox::call(
+                    &self.scripts.claim_outbox,
+                    &s.keys,
+                    e,
+                    &claim_args,
+                ));
+            }
+            if *admit_it {
+                calls.push(admit::call(&self.scripts.admit, &s.keys, e, &args, *served));
+            }
+        }
+        // What this worker had in flight before Redis counted the outboxes: read
+        // after, an acknowledgement in between would show as waiting.
+        let in_flight: HashMap<&str, u64> = events
+            .iter()
+            .map(|(e, _)| (e.as_str(), self.stats.in_flight(e)))
+            .collect();
+        let results = retry::with_retries(
+            s.retry.attempts,
+            self.backoff(),
+            retry::is_transient,
+            || {
+                let mut conn = self.conn.clone();
+                let calls = &calls;
+                async move { scripts::run_batch(&mut conn, calls).await }
+            },
+        )
+        .await
+        .map_err(|e| EventError::Admit(ScriptError::Redis(e)))?;
+        drop(calls);
+
+        let mut to_deliver = Vec::new();
+        let mut drained = Vec::new();
+        let mut results = results.into_iter();
+        for ((event, served), (reap_it, claim_it, admit_it)) in events.iter().zip(plans) {
+            if reap_it {
+                let Some(r) = results.next() else { break };
+                match r.map_err(ScriptError::Redis).and_then(reap::parse) {
+                    Ok(reaped) => self.note_reaped(event, &reaped),
+                    Err(e) => self.event_failed(event, &EventError::Reap(e)),
+                }
+            }
+            let c = if claim_it {
+                match results.next() {
+                    Some(c) => Some(c),
+                    None => break,
+                }
+            } else {
+                None
+            };
+            let a = if admit_it {
+                match results.next() {
+                    Some(a) => Some(a),
+                    None => break,
+                }
+            } else {
+                None
+            };
+            let mut entries = Vec::new();
+            match c.map(|c| c.map_err(ScriptError::Redis).and_then(claim_outbox::parse)) {
+                None => {}
+                Some(Ok(claimed)) => {
+                    if claimed.renewed > 0 {
+                        Stats::add(&self.stats.renewed, claimed.renewed);
+                        crate::log_limited!(WARN, "admissions whose window ran out before Kafka acknowledged them were renewed (new deadline and token)", event_id = %event, renewed = claimed.renewed);
+                    }
+                    if claimed.dropped > 0 {
+                        Stats::add(&self.stats.outbox_dropped, claimed.dropped);
+                        crate::log_limited!(WARN, "outbox entries dropped: their session no longer holds the slot", event_id = %event, dropped = claimed.dropped);
+                    }
+                    let claimed = self.readable(event, claimed.entries).await;
+                    if !claimed.is_empty() {
+                        tracing::info!(event_id = %event, count = claimed.len(), "Publishing pending admissions from the outbox");
+                        Stats::add(&self.stats.outbox_claimed, claimed.len() as u64);
+                    }
+                    entries.extend(claimed);
+                }
+                Some(Err(e)) => self.event_failed(event, &EventError::Claim(e)),
+            }
+            match a.map(|a| a.map_err(ScriptError::Redis).and_then(admit::parse)) {
+                None => {}
+                Some(Ok(mut outcome)) => {
+                    self.time.observe(outcome.now_ms);
+                    self.hints.insert(
+                        event.clone(),
+                        Hint {
+                            in_use: outcome.in_use,
+                            deadlines: outcome.deadlines,
+                            next_deadline_ms: outcome.next_deadline_ms,
+                            outbox_depth: outcome.outbox_depth,
+                        },
+                    );
+                    if !served
+                        && outcome.in_use == 0
+                        && outcome.deadlines == 0
+                        && outcome.outbox_depth == 0
+                    {
+                        drained.push(event.clone());
+                    }
+                    let admitted = std::mem::take(&mut outcome.entries);
+                    let in_flight = in_flight.get(event.as_str()).copied().unwrap_or(0);
+                    entries.extend(
+                        self.note_admitted(event, &outcome, admitted, in_flight)
+                            .await,
+                    );
+                }
+                Some(Err(e)) => self.event_failed(event, &EventError::Admit(e)),
+            }
+            if !entries.is_empty() {
+                to_deliver.push((event.clone(), entries));
+            }
+        }
+        for event in drained {
+            self.forget(&event).await;
+        }
+        // Overlap: this pass's tokens and messages go out while the next pass admits.
+        self.await_pending().await;
+        for (event, entries) in &to_deliver {
+            self.stats.in_flight_add(event, entries.len() as i64);
+        }
+        if !to_deliver.is_empty() {
+            let delivery = self.delivery.clone();
+            self.pending = Some(tokio::spawn(async move {
+                delivery.dispatch_many(to_deliver).await
+            }));
+        }
+        Ok(())
+    }
+
+    /// Wait for the previous pass's delivery; its failure leaves its entries in the
+    /// outbox (due again when their lease runs out), so it is only counted here.
+    async fn await_pending(&mut self) {
+        if let Some(h) = self.pending.take() {
+            match h.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    self.stats.error("redis");
+                    crate::log_limited!(ERROR, "delivery failed; the entries stay in the outbox", error = %crate::base::error_chain::chain(&e));
+                }
+                Err(e) => {
+                    self.stats.error("delivery");
+                    crate::log_limited!(ERROR, "delivery task failed; the entries stay in the outbox", error = %crate::base::error_chain::chain(&e));
+                }
+            }
+        }
+    }
+
+    fn event_failed(&self, event: &str, e: &EventError) {
+        self.stats.error("event");
+        crate::log_limited!(ERROR, "processing event failed, skipping it this cycle", event_id = %event, error = %crate::base::error_chain::chain(e));
+    }
+
+    fn note_reaped(&self, event: &str, reaped: &Reaped) {
+        if reaped.expired > 0 {
+            self.stats.event_expired(event, reaped.expired);
+            tracing::info!(event_id = %event, expired = reaped.expired, "Expired checkout slots reclaimed");
+        }
+        if reaped.adopted > 0 {
+            Stats::add(&self.stats.adopted, reaped.adopted);
+            tracing::warn!(event_id = %event, adopted = reaped.adopted, "sessions in processing without a deadline were given one");
+        }
+        if reaped.orphans > 0 {
+            tracing::warn!(event_id = %event, orphans = reaped.orphans, "unpublished admissions without an outbox entry (the outbox was changed by hand) got a real deadline");
+        }
+        self.note_repaired(event, &reaped.repaired);
+    }
+
+    fn note_repaired(&self, event: &str, keys: &[String]) {
+        for key in keys {
+            Stats::add(&self.stats.repaired, 1);
+            tracing::error!(event_id = %event, key = %key, "worker-owned key held the wrong type or value; moved aside to <key>:corrupt or reset");
+        }
+    }
+
+    /// Parse outbox entries; unreadable ones are moved aside (and counted) by
+    /// `quarantine.lua`, which also gives their slots back. If that fails, they stay
+    /// where they are (claimed again after their lease) and the readable ones go on:
+    /// a poisoned entry costs only itself.
+    async fn readable(&mut self, event: &str, raws: Vec<Vec<u8>>) -> Vec<OutboxEntry> {
+        let (good, bad) = outbox::parse_all(raws);
+        if bad.is_empty() {
+            return good;
+        }
+        let keys = &self.settings.keys;
+        Stats::add(&self.stats.outbox_invalid, bad.len() as u64);
+        for raw in &bad {
+            let why = OutboxEntry::parse(raw.clone()).err();
+            tracing::error!(event_id = %event, key = %keys.outbox_invalid(event), reason = ?why, "unreadable outbox entry moved aside; its slot comes back");
+        }
+        let call = quarantine::call(&self.scripts.quarantine, keys, event, &bad);
+        let moved = scripts::run_batch(&mut self.conn, std::slice::from_ref(&call)).await;
+        let result = match moved {
+            Ok(mut r) => r
+                .pop()
+                .ok_or_else(|| ScriptError::Reply {
+                    script: "quarantine",
+                    detail: "no reply".into(),
+                })
+                .and_then(|r| r.map_err(ScriptError::Redis))
+                .and_then(quarantine::parse),
+            Err(e) => Err(ScriptError::Redis(e)),
+        };
+        match result {
+            Ok(q) => {
+                self.note_repaired(event, &q.repaired);
+                if (q.moved as usize) < bad.len() {
+                    crate::log_limited!(WARN, "some unreadable outbox entries could not be moved aside (gone already, or not UTF-8)", event_id = %event, moved = q.moved, unreadable = bad.len());
+                }
+            }
+            Err(e) => {
+                self.stats.error("redis");
+                crate::log_limited!(ERROR, "could not move unreadable outbox entries aside; they are claimed again after their lease", event_id = %event, error = %crate::base::error_chain::chain(&e));
+            }
+        }
+        good
+    }
+
+    /// Count, log and observe one admit outcome; returns its outbox entries.
+    async fn note_admitted(
+        &mut self,
+        event: &str,
+        outcome: &AdmitOutcome,
+        entries: Vec<Vec<u8>>,
+        in_flight: u64,
+    ) -> Vec<OutboxEntry> {
+        self.report_invalid_config(event, &outcome.invalid_config);
+        self.report_hold(event, outcome);
+        self.note_repaired(event, &outcome.repaired);
+        tracing::debug!(event_id = %event, batch_size = outcome.batch, in_use = outcome.in_use, capacity = outcome.capacity, "Processing queue batch");
+        self.stats
+            .event_admitted(event, outcome.admitted, outcome.skipped);
+        let held = outcome.held.reason().or(outcome.paused.then_some("paused"));
+        // What was unacknowledged before this call admitted, less what this worker
+        // has in flight: what waits on Kafka or on another replica.
+        let before = outcome.outbox_depth.saturating_sub(outcome.admitted);
+        self.stats.observe_event(
+            event,
+            EventSnapshot {
+                queue_length: outcome.queue_length,
+                slots_in_use: outcome.in_use,
+                capacity: outcome.capacity,
+                batch_size: outcome.batch,
+                paused: outcome.paused,
+                outbox_depth: outcome.outbox_depth,
+                admitted_total: 0,
+                updated_ms: outcome.now_ms,
+                held,
+                unpublished_age_ms: outcome.unpublished_age_ms,
+                rate_per_minute: outcome.rate_per_minute,
+                outflow_per_minute: outcome.outflow_per_minute,
+                outbox_in_flight: in_flight,
+                outbox_waiting: before.saturating_sub(in_flight),
+            },
+        );
+        if outcome.skipped > 0 {
+            crate::log_limited!(WARN, "dropped queue members that cannot be admitted (missing session, not queued, no user, other event)", event_id = %event, skipped = outcome.skipped);
+        }
+        if outcome.admitted == 0 {
+            return Vec::new();
+        }
+        tracing::info!(event_id = %event, user_count = outcome.admitted, "Admitting users to checkout");
+        let entries = self.readable(event, entries).await;
+        tracing::info!(
+            event_id = %event,
+            attempted = outcome.admitted + outcome.skipped,
+            admitted = outcome.admitted,
+            "Batch processing completed"
+        );
+        entries
+    }
+
+    /// Log a change of an event's hold once (held, and lifted).
+    fn report_hold(&mut self, event: &str, outcome: &AdmitOutcome) {
+        let before = self.held_seen.get(event).copied().unwrap_or_default();
+        if before == outcome.held {
+            return;
+        }
+        match outcome.held {
+            Hold::PublishingStalled => tracing::warn!(
+                event_id = %event,
+                unpublished_age_ms = outcome.unpublished_age_ms.unwrap_or(0),
+                max_unpublished_age = ?self.settings.admission.max_unpublished_age,
+                "admission held: QUEUE_READY publishing is stalled (Kafka not acknowledging); it resumes by itself"
+            ),
+            Hold::Retired => {
+                tracing::info!(event_id = %event, "event no longer served: admitting nobody, draining its slots and outbox")
+            }
+            Hold::No if before == Hold::PublishingStalled => {
+                tracing::info!(event_id = %event, "admission resumed: publishing caught up")
+            }
+            Hold::No => {}
+        }
+        self.held_seen.insert(event.to_owned(), outcome.held);
+    }
+
+    /// Admit into the slots completions just freed, for the served events they woke.
+    /// A completion of an event that is not served releases its slot (the consumer
+    /// did that) but admits nobody.
+    pub(crate) async fn refill_pass(&mut self) -> bool {
+        for (event, woken) in self.refill.take() {
+            if !self.served.contains(&event) {
+                continue;
+            }
+            Stats::add(&self.stats.refills, 1);
+            match self.admit_event(&event).await {
+                Ok(o) if o.admitted > 0 => self.stats.observe_refill(woken.elapsed().as_secs_f64()),
+                Ok(_) => {}
+                Err(e) => {
+                    self.stats.error("event");
+                    crate::log_limited!(ERROR, "refill failed; the next cycle retries", event_id = %event, error = %crate::base::error_chain::chain(&e));
+                    if e.is_connection() {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    fn backoff(&self) -> Backoff {
+        self.settings.retry.backoff
+    }
+
+    /// Admit the event's next batch and publish it.
+    pub async fn admit_event(&mut self, event: &str) -> Result<AdmitOutcome, EventError> {
+        let s = &self.settings;
+        let args = s.admit_args();
+        let in_flight = self.stats.in_flight(event);
+        let outcome = retry::with_retries(
+            s.retry.attempts,
+            self.backoff(),
+            ScriptError::is_transient,
+            || {
+                let mut conn = self.conn.clone();
+                let (script, keys, args) = (&self.scripts.admit, &s.keys, &args);
+                async move { admit::admit(script, &mut conn, keys, event, args).await }
+            },
+        )
+        .await
+        .map_err(EventError::Admit)?;
+        self.time.observe(outcome.now_ms);
+        let entries = self
+            .note_admitted(event, &outcome, outcome.entries.clone(), in_flight)
+            .await;
+        // As in a pass: handed to a task at once, so a pass cut at the max processing
+        // time cannot leave entries counted in flight for ever.
+        self.await_pending().await;
+        if !entries.is_empty() {
+            self.stats.in_flight_add(event, entries.len() as i64);
+            let delivery = self.delivery.clone();
+            let batch = vec![(event.to_owned(), entries)];
+            self.pending = Some(tokio::spawn(
+                async move { delivery.dispatch_many(batch).await },
+            ));
+        }
+        Ok(outcome)
+    }
+
+    fn report_invalid_config(&mut self, event: &str, invalid: &[String]) {
+        let seen = self
+            .invalid_seen
+            .get(event)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        if seen != invalid {
+            if !invalid.is_empty() {
+                tracing::warn!(event_id = %event, fields = ?invalid, key = %self.settings.keys.config(event), "invalid per-event config values; using the defaults for them (an invalid paused pauses)");
+            }
+            self.invalid_seen.insert(event.to_owned(), invalid.to_vec());
+        }
+    }
+}
+
+/// Why the worker could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("redis")]
+    Redis(#[source] ScriptError),
+    #[error("kafka")]
+    Kafka(#[source] rdkafka::error::KafkaError),
+    #[error("http endpoint on {0}")]
+    Http(std::net::SocketAddr, #[source] std::io::Error),
+}

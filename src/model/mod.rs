@@ -1,0 +1,6 @@
+//! The domain, pure (no I/O): key names, time, outbox entries, checkout tokens.
+
+pub mod clock;
+pub(crate) mod keys;
+pub mod outbox;
+pub mod token;

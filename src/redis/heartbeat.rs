@@ -1,0 +1,175 @@
+//! Worker heartbeats in Redis, so `redis-cli` (and `waitroom-worker status`) list the
+//! live replicas:
+//!
+//! - `<prefix>:workers` ZSET: member = worker id, score = the instant (ms, Redis's
+//!   clock) its heartbeat expires: its last beat plus *its own* TTL. A replica is
+//!   live while its score is in the future, so liveness follows each replica's own
+//!   interval whoever reads or prunes: a 1 s replica never drops a 12 s one.
+//! - `<prefix>:worker:<id>` HASH: `id`, `host`, `pid`, `version`, `started_at`,
+//!   `last_cycle`, `last_beat`, `period_ms` (its interval), `ttl_ms` (how long a
+//!   beat counts), with that TTL, so a dead worker's hash vanishes.
+
+use std::time::Duration;
+
+use redis::RedisError;
+use redis::aio::ConnectionLike;
+
+use crate::model::clock;
+use crate::model::keys::Keys;
+
+/// Who this worker is.
+#[derive(Debug, Clone)]
+pub(crate) struct Identity {
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    pub version: &'static str,
+    pub started_ms: u64,
+}
+
+impl Identity {
+    /// `id` given, or `<host>-<pid>`.
+    pub(crate) fn new(id: Option<String>) -> Self {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_owned())
+            })
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_owned());
+        let pid = std::process::id();
+        Identity {
+            id: id
+                .filter(|i| !i.is_empty())
+                .unwrap_or_else(|| format!("{host}-{pid}")),
+            host,
+            pid,
+            version: env!("CARGO_PKG_VERSION"),
+            started_ms: clock::now_ms(),
+        }
+    }
+}
+
+/// How long a heartbeat counts: a few intervals, at least 10s (saturating).
+pub(crate) fn ttl(interval: Duration) -> Duration {
+    interval.saturating_mul(3).max(Duration::from_secs(10))
+}
+
+/// Redis's clock (TIME), ms: every replica's heartbeat is stamped and judged on it,
+/// so replicas whose clocks disagree still agree on who is live.
+pub(crate) async fn redis_now_ms<C: ConnectionLike + Send>(
+    conn: &mut C,
+) -> Result<u64, RedisError> {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
+    Ok(secs.saturating_mul(1000).saturating_add(micros / 1000))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Write this worker's heartbeat, which counts for `ttl(period)` (`period`: this
+/// worker's interval), and drop the replicas whose own heartbeat has expired.
+/// Two round trips: Redis's clock, then one pipeline.
+pub(crate) async fn beat<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    me: &Identity,
+    last_cycle_ms: u64,
+    period: Duration,
+) -> Result<(), RedisError> {
+    let now = redis_now_ms(conn).await?;
+    let ttl_ms = millis(ttl(period)).max(1);
+    let key = keys.worker(&me.id);
+    redis::pipe()
+        .cmd("HSET")
+        .arg(&key)
+        .arg("id")
+        .arg(&me.id)
+        .arg("host")
+        .arg(&me.host)
+        .arg("pid")
+        .arg(me.pid)
+        .arg("version")
+        .arg(me.version)
+        .arg("started_at")
+        .arg(clock::rfc3339_seconds(me.started_ms))
+        .arg("last_cycle")
+        .arg(clock::rfc3339_millis(last_cycle_ms))
+        .arg("last_beat")
+        .arg(clock::rfc3339_millis(now))
+        .arg("period_ms")
+        .arg(millis(period))
+        .arg("ttl_ms")
+        .arg(ttl_ms)
+        .ignore()
+        .cmd("PEXPIRE")
+        .arg(&key)
+        .arg(ttl_ms)
+        .ignore()
+        .cmd("ZADD")
+        .arg(keys.workers())
+        .arg(now.saturating_add(ttl_ms))
+        .arg(&me.id)
+        .ignore()
+        .cmd("ZREMRANGEBYSCORE")
+        .arg(keys.workers())
+        .arg("-inf")
+        .arg(now)
+        .ignore()
+        .query_async::<()>(conn)
+        .await
+}
+
+/// Ids of the workers whose heartbeat has not expired at `now_ms` (Redis's clock):
+/// score > now. An id that is not UTF-8 is shown with U+FFFD in place of its bad
+/// bytes rather than failing the whole list.
+pub(crate) async fn live<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    now_ms: u64,
+) -> Result<Vec<String>, RedisError> {
+    let ids: Vec<Vec<u8>> = redis::cmd("ZRANGEBYSCORE")
+        .arg(keys.workers())
+        .arg(format!("({now_ms}"))
+        .arg("+inf")
+        .query_async(conn)
+        .await?;
+    Ok(ids
+        .into_iter()
+        .map(|id| String::from_utf8_lossy(&id).into_owned())
+        .collect())
+}
+
+/// Say goodbye on a clean shutdown, so the replica drops from the list at once.
+pub(crate) async fn leave<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    me: &Identity,
+) -> Result<(), RedisError> {
+    redis::pipe()
+        .cmd("ZREM")
+        .arg(keys.workers())
+        .arg(&me.id)
+        .ignore()
+        .cmd("DEL")
+        .arg(keys.worker(&me.id))
+        .ignore()
+        .query_async::<()>(conn)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_is_a_few_intervals_and_saturates() {
+        assert_eq!(ttl(Duration::from_secs(1)), Duration::from_secs(10));
+        assert_eq!(ttl(Duration::from_secs(5)), Duration::from_secs(15));
+        assert_eq!(ttl(Duration::MAX), Duration::MAX);
+    }
+}

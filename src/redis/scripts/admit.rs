@@ -1,0 +1,240 @@
+//! Calls `lua/admit.lua`: one atomic admission step for one event.
+
+use std::time::Duration;
+
+use redis::Value;
+use redis::aio::ConnectionLike;
+
+use super::{Call, Script, ScriptError};
+use crate::model::keys::Keys;
+
+const NAME: &str = "admit";
+
+pub fn script() -> Script {
+    Script::new(NAME, include_str!("../../../lua/admit.lua"))
+}
+
+/// Offset of an untold mark in the deadlines set: until Kafka acknowledged a
+/// session's QUEUE_READY, its score there is `UNTOLD_MS + admitted_ms` (2^50 ms is
+/// about 35,000 years, past any real deadline), so the reaper never takes it back.
+pub const UNTOLD_MS: u64 = 1 << 50;
+
+/// Most sessions one call may admit, whatever the settings say: bounds how long one
+/// call holds Redis (and stays well inside Lua's `unpack` limit).
+pub const MAX_ADMIT_PER_CALL: u64 = 1000;
+
+/// What one admission step needs besides the keys. Times come from Redis's own
+/// clock inside the script, so no instant is passed.
+#[derive(Debug, Clone)]
+pub struct AdmitArgs {
+    pub default_max_concurrent: u64,
+    pub default_batch_size: u64,
+    pub checkout_window: Duration,
+    pub session_ttl: Duration,
+    pub outbox_lease: Duration,
+    /// Hold admission while the oldest unpublished admission is older than this.
+    pub max_unpublished_age: Duration,
+    /// The workers' process interval: the default rate burst is one interval's worth.
+    pub process_interval: Duration,
+}
+
+/// Why an event admitted nobody although it could have.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Hold {
+    /// Not held.
+    #[default]
+    No,
+    /// QUEUE_READY publishing is stalled: the oldest unpublished admission is older
+    /// than the max unpublished age (a Kafka outage). Lifts by itself.
+    PublishingStalled,
+    /// The event is no longer served (retired): it is drained, nobody is admitted.
+    Retired,
+}
+
+impl Hold {
+    /// The reason as operators read it (`/status`, `status`, metrics), if held.
+    pub fn reason(self) -> Option<&'static str> {
+        match self {
+            Hold::No => None,
+            Hold::PublishingStalled => Some("publishing_stalled"),
+            Hold::Retired => Some("retired"),
+        }
+    }
+}
+
+/// What the step did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdmitOutcome {
+    pub admitted: u64,
+    /// Members dropped from the lanes: missing hash, not `queued`, no user, other event.
+    pub skipped: u64,
+    /// Slots in use after the step.
+    pub in_use: u64,
+    pub capacity: u64,
+    pub batch: u64,
+    pub paused: bool,
+    /// Admissions left in this minute under `new_users_per_minute`, if one is set.
+    pub rate_left: Option<u64>,
+    /// Waiting sessions left in both lanes.
+    pub queue_length: u64,
+    /// Size of the event's outbox after the call.
+    pub outbox_depth: u64,
+    /// Size of the deadlines set after the call.
+    pub deadlines: u64,
+    /// The earliest checkout deadline (ms), if any told slot has one.
+    pub next_deadline_ms: Option<u64>,
+    /// Whether admission is held, and why.
+    pub held: Hold,
+    /// Age of the oldest admission whose QUEUE_READY is not acknowledged yet.
+    pub unpublished_age_ms: Option<u64>,
+    /// Redis's clock (ms) when the step ran.
+    pub now_ms: u64,
+    /// Worker-owned keys that held the wrong type and were moved aside.
+    pub repaired: Vec<String>,
+    /// The configured `new_users_per_minute`, if any.
+    pub rate_per_minute: Option<u64>,
+    /// Admissions of the last 60 s (all replicas).
+    pub outflow_per_minute: u64,
+    /// Config hash fields that were invalid (their defaults were used).
+    pub invalid_config: Vec<String>,
+    /// Outbox entries of the admitted sessions, in admission order.
+    pub entries: Vec<Vec<u8>>,
+}
+
+/// The call for one admission step of `event` (to run alone or in a batch); a
+/// retired event (`served` false) admits nobody and only reports.
+pub fn call<'a>(
+    script: &'a Script,
+    keys: &Keys,
+    event: &str,
+    a: &AdmitArgs,
+    served: bool,
+) -> Call<'a> {
+    Call {
+        script,
+        keys: vec![
+            keys.queue(event),
+            keys.priority(event),
+            keys.processing(event),
+            keys.config(event),
+            keys.outbox(event),
+            keys.deadlines(event),
+            keys.rate(event),
+        ],
+        args: vec![
+            keys.session_prefix(event),
+            event.to_owned(),
+            a.default_max_concurrent.to_string(),
+            a.default_batch_size.to_string(),
+            a.checkout_window.as_millis().to_string(),
+            a.session_ttl.as_millis().max(1).to_string(),
+            a.outbox_lease.as_millis().to_string(),
+            MAX_ADMIT_PER_CALL.to_string(),
+            (2 * MAX_ADMIT_PER_CALL).to_string(),
+            a.max_unpublished_age.as_millis().to_string(),
+            if served { "1" } else { "0" }.to_owned(),
+            a.process_interval.as_millis().max(1).to_string(),
+        ],
+    }
+}
+
+/// Run one admission step for `event`.
+pub async fn admit<C: ConnectionLike + Send>(
+    script: &Script,
+    conn: &mut C,
+    keys: &Keys,
+    event: &str,
+    a: &AdmitArgs,
+) -> Result<AdmitOutcome, ScriptError> {
+    let c = call(script, keys, event, a, true);
+    let keys_ref: Vec<&str> = c.keys.iter().map(String::as_str).collect();
+    let argv_ref: Vec<&str> = c.args.iter().map(String::as_str).collect();
+    let reply: Value = script.invoke(conn, &keys_ref, &argv_ref).await?;
+    parse(reply)
+}
+
+fn bad(detail: impl Into<String>) -> ScriptError {
+    ScriptError::Reply {
+        script: NAME,
+        detail: detail.into(),
+    }
+}
+
+/// Read the script's reply.
+pub fn parse(reply: Value) -> Result<AdmitOutcome, ScriptError> {
+    let Value::Array(parts) = reply else {
+        return Err(bad("not an array"));
+    };
+    let [
+        Value::Array(counts),
+        Value::Array(invalid),
+        Value::Array(entries),
+        Value::Array(repaired),
+    ] = parts.as_slice()
+    else {
+        return Err(bad("want 4 arrays"));
+    };
+    let nums: Vec<i64> = counts
+        .iter()
+        .map(|v| match v {
+            Value::Int(i) => Ok(*i),
+            _ => Err(bad("counts must be integers")),
+        })
+        .collect::<Result<_, _>>()?;
+    let [
+        admitted,
+        skipped,
+        in_use,
+        capacity,
+        batch,
+        paused,
+        rate_left,
+        queue_length,
+        outbox_depth,
+        deadlines,
+        next_deadline_ms,
+        held,
+        unpublished_age_ms,
+        now_ms,
+        rate_per_minute,
+        outflow_per_minute,
+    ] = nums.as_slice()
+    else {
+        return Err(bad("want 16 counts"));
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Ok(b.clone()),
+        _ => Err(bad("want bulk strings")),
+    };
+    let names = |vs: &[Value]| -> Result<Vec<String>, ScriptError> {
+        vs.iter()
+            .map(|v| text(v).map(|b| String::from_utf8_lossy(&b).into_owned()))
+            .collect()
+    };
+    Ok(AdmitOutcome {
+        admitted: (*admitted).max(0) as u64,
+        skipped: (*skipped).max(0) as u64,
+        in_use: (*in_use).max(0) as u64,
+        capacity: (*capacity).max(0) as u64,
+        batch: (*batch).max(0) as u64,
+        paused: *paused == 1,
+        rate_left: (*rate_left >= 0).then_some(*rate_left as u64),
+        queue_length: (*queue_length).max(0) as u64,
+        outbox_depth: (*outbox_depth).max(0) as u64,
+        deadlines: (*deadlines).max(0) as u64,
+        next_deadline_ms: (*next_deadline_ms >= 0).then_some(*next_deadline_ms as u64),
+        held: match held {
+            0 => Hold::No,
+            1 => Hold::PublishingStalled,
+            2 => Hold::Retired,
+            _ => return Err(bad("held must be 0, 1 or 2")),
+        },
+        unpublished_age_ms: (*unpublished_age_ms >= 0).then_some(*unpublished_age_ms as u64),
+        now_ms: (*now_ms).max(0) as u64,
+        rate_per_minute: (*rate_per_minute >= 0).then_some(*rate_per_minute as u64),
+        outflow_per_minute: (*outflow_per_minute).max(0) as u64,
+        invalid_config: names(invalid)?,
+        repaired: names(repaired)?,
+        entries: entries.iter().map(text).collect::<Result<_, _>>()?,
+    })
+}

@@ -1,0 +1,284 @@
+//! The Lua scripts in `lua/` and how they are called.
+//!
+//! Each script is one state transition, and has exactly one module here that builds
+//! its KEYS and ARGV and reads its reply; the two read side by side. Scripts are
+//! called with EVALSHA by a SHA1 computed here from the embedded source. Redis forgets
+//! scripts on restart, failover and `SCRIPT FLUSH`; on NOSCRIPT the call is sent again
+//! as EVAL with the source (which caches the script again), so a vanished cache never
+//! stops the worker and a flush racing a reload cannot fail the call.
+
+pub mod admit;
+pub mod claim_outbox;
+pub mod quarantine;
+pub mod reap;
+pub mod release;
+pub mod set_tokens;
+pub mod settle;
+
+use redis::aio::ConnectionLike;
+use redis::{ErrorKind, FromRedisValue, RedisError, ServerErrorKind};
+use thiserror::Error;
+
+/// What can go wrong calling a script.
+#[derive(Debug, Error)]
+pub enum ScriptError {
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    #[error("script {script}: SCRIPT LOAD returned sha {got}, expected {expected}")]
+    ShaMismatch {
+        script: &'static str,
+        expected: String,
+        got: String,
+    },
+    #[error("script {script}: unexpected reply: {detail}")]
+    Reply {
+        script: &'static str,
+        detail: String,
+    },
+}
+
+impl ScriptError {
+    /// Whether the call may succeed if simply tried again (a dropped connection, a
+    /// timeout, a server that is loading or busy).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ScriptError::Redis(e) => crate::redis::retry::is_transient(e),
+            _ => false,
+        }
+    }
+}
+
+/// One Lua script: its source, version and SHA1.
+#[derive(Debug, Clone)]
+pub struct Script {
+    name: &'static str,
+    version: u32,
+    source: &'static str,
+    sha: String,
+}
+
+impl Script {
+    /// `source` must carry a `-- version: N` line in its header.
+    pub fn new(name: &'static str, source: &'static str) -> Self {
+        let version = source
+            .lines()
+            .take_while(|l| l.starts_with("--"))
+            .find_map(|l| l.strip_prefix("-- version:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let sha = sha1_smol::Sha1::from(source).digest().to_string();
+        Script {
+            name,
+            version,
+            source,
+            sha,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    pub fn sha(&self) -> &str {
+        &self.sha
+    }
+
+    /// SCRIPT LOAD the source and check that Redis computed the same SHA.
+    pub async fn load<C: ConnectionLike + Send>(&self, conn: &mut C) -> Result<(), ScriptError> {
+        let got: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(self.source)
+            .query_async(conn)
+            .await?;
+        if got != self.sha {
+            return Err(ScriptError::ShaMismatch {
+                script: self.name,
+                expected: self.sha.clone(),
+                got,
+            });
+        }
+        Ok(())
+    }
+
+    /// EVALSHA, loading the script first if Redis does not know it.
+    pub async fn invoke<C, T>(
+        &self,
+        conn: &mut C,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<T, ScriptError>
+    where
+        C: ConnectionLike + Send,
+        T: FromRedisValue,
+    {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.sha).arg(keys.len()).arg(keys).arg(args);
+        match cmd.query_async(conn).await {
+            Err(e) if is_noscript(&e) => {
+                // EVAL with the source cannot meet NOSCRIPT, and caches the script again.
+                crate::log_limited!(WARN, "script missing from Redis cache, sending its source", script = self.name, sha = %self.sha);
+                let mut eval = redis::cmd("EVAL");
+                eval.arg(self.source).arg(keys.len()).arg(keys).arg(args);
+                Ok(eval.query_async(conn).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+}
+
+/// One script call of a batch.
+#[derive(Debug, Clone)]
+pub struct Call<'a> {
+    pub script: &'a Script,
+    pub keys: Vec<String>,
+    pub args: Vec<String>,
+}
+
+impl Call<'_> {
+    fn add_to(&self, pipe: &mut redis::Pipeline) {
+        pipe.cmd("EVALSHA")
+            .arg(&self.script.sha)
+            .arg(self.keys.len())
+            .arg(&self.keys)
+            .arg(&self.args);
+    }
+}
+
+/// Run many script calls in one pipeline (one round trip), each with its own result,
+/// so one event's error costs only that event. Calls that met NOSCRIPT did not run:
+/// their scripts are loaded and just those calls are sent again, so a flushed cache
+/// costs one more round trip, never a lost or doubled call.
+pub async fn run_batch<C: ConnectionLike + Send>(
+    conn: &mut C,
+    calls: &[Call<'_>],
+) -> Result<Vec<Result<redis::Value, RedisError>>, RedisError> {
+    if calls.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for c in calls {
+        c.add_to(&mut pipe);
+    }
+    let mut results: Vec<Result<redis::Value, RedisError>> = pipe.query_async(conn).await?;
+    let missing: Vec<usize> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| matches!(r, Err(e) if is_noscript(e)))
+        .map(|(i, _)| i)
+        .collect();
+    if missing.is_empty() {
+        return Ok(results);
+    }
+    // Send just those calls again as EVAL with the source: it cannot meet NOSCRIPT
+    // (a flush racing a SCRIPT LOAD could), and it puts the script back in the cache.
+    // One line for the batch (a flushed cache meets every event's call at once).
+    let mut scripts: Vec<&str> = missing.iter().map(|&i| calls[i].script.name).collect();
+    scripts.sort_unstable();
+    scripts.dedup();
+    crate::log_limited!(
+        WARN,
+        "script missing from Redis cache, sending its source",
+        ?scripts,
+        calls = missing.len()
+    );
+    let mut again = redis::pipe();
+    again.ignore_errors();
+    for &i in &missing {
+        let c = &calls[i];
+        again
+            .cmd("EVAL")
+            .arg(c.script.source)
+            .arg(c.keys.len())
+            .arg(&c.keys)
+            .arg(&c.args);
+    }
+    let retried: Vec<Result<redis::Value, RedisError>> = again.query_async(conn).await?;
+    for (i, r) in missing.into_iter().zip(retried) {
+        results[i] = r;
+    }
+    Ok(results)
+}
+
+fn is_noscript(e: &RedisError) -> bool {
+    matches!(e.kind(), ErrorKind::Server(ServerErrorKind::NoScript)) || e.code() == Some("NOSCRIPT")
+}
+
+/// Every script the worker uses, built once.
+#[derive(Debug, Clone)]
+pub struct Scripts {
+    pub admit: Script,
+    pub claim_outbox: Script,
+    pub set_tokens: Script,
+    pub release: Script,
+    pub reap: Script,
+    pub settle: Script,
+    pub quarantine: Script,
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Scripts {
+    pub fn new() -> Self {
+        Scripts {
+            admit: admit::script(),
+            claim_outbox: claim_outbox::script(),
+            set_tokens: set_tokens::script(),
+            release: release::script(),
+            reap: reap::script(),
+            settle: settle::script(),
+            quarantine: quarantine::script(),
+        }
+    }
+
+    pub fn all(&self) -> [&Script; 7] {
+        [
+            &self.admit,
+            &self.claim_outbox,
+            &self.set_tokens,
+            &self.release,
+            &self.reap,
+            &self.settle,
+            &self.quarantine,
+        ]
+    }
+
+    /// Load every script (at start-up, so a broken script fails fast) and log
+    /// name, version and SHA of each.
+    pub async fn load_all<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+    ) -> Result<(), ScriptError> {
+        for s in self.all() {
+            s.load(conn).await?;
+            tracing::info!(
+                script = s.name(),
+                version = s.version(),
+                sha = s.sha(),
+                "script loaded"
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_script_has_a_version_and_a_sha() {
+        for s in Scripts::new().all() {
+            assert!(s.version() >= 1, "{} has no version line", s.name());
+            assert_eq!(s.sha().len(), 40);
+        }
+    }
+}

@@ -1,0 +1,437 @@
+//! The Redis connection: one multiplexed, self-reconnecting connection per process,
+//! to a single server or to a Redis Cluster.
+//!
+//! Commands time out (a hung server must not hang a cycle), and a dropped connection
+//! is re-established in the background; the command that saw the drop fails, is
+//! counted, and is retried by the caller.
+//!
+//! Against a cluster, every module keeps building one pipeline per round trip as it
+//! does against one server: [`RedisConn`] splits a pipeline by hash slot and sends the
+//! parts concurrently, because a cluster node only runs commands of slots it owns. With
+//! the cluster key layout, everything one event needs lives in one slot, so a pass
+//! over many events costs one pipeline per hash slot in use, all in flight at once.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
+use redis::{Arg, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+
+/// Where Redis is: one server, or the seed nodes of a cluster.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `redis://`, `rediss://` or `unix://` URL of one server, and for `rediss://`
+    /// the certificates to use instead of the system's.
+    Single {
+        /// The server's URL.
+        url: String,
+        /// Certificates instead of the system's.
+        tls: TlsFiles,
+    },
+    /// URLs of some nodes of a Redis Cluster; the rest are discovered. With
+    /// `rediss://` the system's trust store verifies the nodes (OpenSSL reads
+    /// `SSL_CERT_FILE`).
+    Cluster(Vec<String>),
+}
+
+/// PEM files for a TLS connection to one server, read when the settings are
+/// checked so a missing file fails at start-up, not at the first reconnect.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA certificates that sign the server's certificate; None: the system's.
+    pub ca: Option<Vec<u8>>,
+    /// Client certificate and its PKCS#8 key, for a server with `tls-auth-clients`.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl TlsFiles {
+    fn certificates(&self) -> Option<redis::TlsCertificates> {
+        if self.ca.is_none() && self.client.is_none() {
+            return None;
+        }
+        Some(redis::TlsCertificates {
+            client_tls: self
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: self.ca.clone(),
+        })
+    }
+}
+
+/// Shows the URLs with any password replaced, so an endpoint can be logged.
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Single { url, tls } => {
+                f.write_str(&redact_url(url))?;
+                match (&tls.ca, &tls.client) {
+                    (None, None) => Ok(()),
+                    (ca, client) => write!(
+                        f,
+                        " (tls:{}{})",
+                        if ca.is_some() { " own CA" } else { "" },
+                        if client.is_some() { " client cert" } else { "" }
+                    ),
+                }
+            }
+            Endpoint::Cluster(urls) => {
+                let shown: Vec<String> = urls.iter().map(|u| redact_url(u)).collect();
+                write!(f, "cluster {}", shown.join(","))
+            }
+        }
+    }
+}
+
+/// Never prints a password: the same as [`fmt::Display`].
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// The connection every module uses.
+#[derive(Clone)]
+pub enum RedisConn {
+    /// One server, reconnecting in the background.
+    Single(ConnectionManager),
+    /// A Redis Cluster.
+    Cluster(ClusterConnection),
+}
+
+impl fmt::Debug for RedisConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RedisConn::Single(_) => "RedisConn::Single",
+            RedisConn::Cluster(_) => "RedisConn::Cluster",
+        })
+    }
+}
+
+/// Connect to `endpoint`, with `timeout` on connecting and on every command.
+pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<RedisConn, RedisError> {
+    match endpoint {
+        Endpoint::Single { url, tls } => {
+            let client = match tls.certificates() {
+                Some(certs) => redis::Client::build_with_tls(url.as_str(), certs)?,
+                None => redis::Client::open(url.as_str())?,
+            };
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_secs(2));
+            Ok(RedisConn::Single(
+                client.get_connection_manager_with_config(config).await?,
+            ))
+        }
+        Endpoint::Cluster(urls) => {
+            // Retries (redirects included) wait a random 10-20 ms, then 10-40 ms.
+            // redis-rs waits at least 1.28 s by default, and a pass waits for its
+            // slowest part: a master that is down would slow every other master's
+            // events as much.
+            let client = ClusterClientBuilder::new(urls.iter().map(String::as_str))
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .retries(2)
+                .min_retry_wait(10)
+                .max_retry_wait(200)
+                .build()?;
+            Ok(RedisConn::Cluster(client.get_async_connection().await?))
+        }
+    }
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            // A transaction must stay whole (and in one slot); anything else is split.
+            RedisConn::Cluster(c) => {
+                if pipeline.is_transaction() || offset != 0 || count != pipeline.len() {
+                    c.req_packed_commands(pipeline, offset, count)
+                } else {
+                    Box::pin(split_by_slot(c.clone(), pipeline))
+                }
+            }
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Send a pipeline to a cluster as one pipeline per hash slot, concurrently, and put
+/// the replies back in the order of the commands. Commands of one slot keep their
+/// order; a command without a key goes on its own as a plain command, so redis-rs
+/// routes it as it would outside a pipeline (SCRIPT LOAD to every master, say).
+///
+/// A part that fails as a whole with a transient error (its master unreachable or
+/// failing over) turns into a TRYAGAIN error reply for each of its commands, so with
+/// `ignore_errors` the events of the other masters go on and only that master's
+/// events wait for the next pass. Any other error, or every part failing, fails the
+/// pipeline, as one pipeline to one server would. (When a reply in a part is MOVED or
+/// ASK, redis-rs sends the whole part again; the scripts are atomic, so a call that
+/// ran twice admits within capacity and its first admissions wait in the outbox.)
+async fn split_by_slot(conn: ClusterConnection, pipeline: &Pipeline) -> RedisResult<Vec<Value>> {
+    let mut parts: Vec<(Pipeline, Vec<usize>, bool)> = Vec::new();
+    let mut by_slot: HashMap<Slot, usize> = HashMap::new();
+    for (i, cmd) in pipeline.cmd_iter().enumerate() {
+        let part = match slot_of(cmd) {
+            Some(slot) => *by_slot.entry(slot).or_insert_with(|| {
+                parts.push((redis::pipe(), Vec::new(), false));
+                parts.len() - 1
+            }),
+            None => {
+                parts.push((redis::pipe(), Vec::new(), true));
+                parts.len() - 1
+            }
+        };
+        parts[part].0.add_command(cmd.clone());
+        parts[part].1.push(i);
+    }
+    if parts.len() <= 1 {
+        let mut c = conn;
+        return c.req_packed_commands(pipeline, 0, pipeline.len()).await;
+    }
+    let sends = parts.iter().map(|(p, _, keyless)| {
+        let mut c = conn.clone();
+        async move {
+            match p.cmd_iter().next() {
+                Some(cmd) if *keyless => c.req_packed_command(cmd).await.map(|v| vec![v]),
+                _ => c.req_packed_commands(p, 0, p.len()).await,
+            }
+        }
+    });
+    let replies = futures_util::future::join_all(sends).await;
+    if replies.iter().all(Result::is_err) {
+        let first = replies.into_iter().find_map(Result::err);
+        return Err(first.unwrap_or_else(|| {
+            RedisError::from((redis::ErrorKind::Client, "empty cluster pipeline"))
+        }));
+    }
+    let mut out: Vec<Option<Value>> = vec![None; pipeline.len()];
+    for ((_, idx, _), reply) in parts.iter().zip(replies) {
+        match reply {
+            Ok(values) => {
+                for (&i, v) in idx.iter().zip(values) {
+                    out[i] = Some(v);
+                }
+            }
+            Err(e) if crate::redis::retry::is_transient(&e) => {
+                crate::log_limited!(WARN, "part of a cluster pipeline failed; its commands are retried on the next pass", error = %crate::base::error_chain::chain(&e), commands = idx.len());
+                let failed = part_failed(&e).ok_or(e)?;
+                for &i in idx {
+                    out[i] = Some(failed.clone());
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    out.into_iter()
+        .map(|v| {
+            v.ok_or_else(|| {
+                RedisError::from((
+                    redis::ErrorKind::Client,
+                    "cluster pipeline part returned fewer replies than commands",
+                ))
+            })
+        })
+        .collect()
+}
+
+/// The error reply that stands for each command of a part that failed as a whole
+/// with a transient error: TRYAGAIN (transient for the worker too), with the cause
+/// on one line. None if Redis's own parser refuses the line.
+fn part_failed(e: &RedisError) -> Option<Value> {
+    let cause: String = e
+        .to_string()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let line = format!("-TRYAGAIN cluster part failed: {cause}\r\n");
+    redis::parse_redis_value(line.as_bytes()).ok()
+}
+
+/// The hash slot of a command that names a key: the first key of EVAL, EVALSHA and
+/// FCALL (after the script and the key count), the first argument of the rest. None
+/// for the commands without a key that the worker sends (PING, SCRIPT, INFO, ...),
+/// and for a script called with no key.
+fn slot_of(cmd: &Cmd) -> Option<Slot> {
+    const KEYLESS: [&[u8]; 9] = [
+        b"PING",
+        b"SCRIPT",
+        b"INFO",
+        b"CLIENT",
+        b"CONFIG",
+        b"TIME",
+        b"DBSIZE",
+        b"CLUSTER",
+        b"FUNCTION",
+    ];
+    const SCRIPTED: [&[u8]; 6] = [
+        b"EVAL",
+        b"EVALSHA",
+        b"EVAL_RO",
+        b"EVALSHA_RO",
+        b"FCALL",
+        b"FCALL_RO",
+    ];
+    let mut args = cmd.args_iter().filter_map(|a| match a {
+        Arg::Simple(b) => Some(b),
+        _ => None,
+    });
+    let name = args.next()?;
+    if KEYLESS.iter().any(|n| name.eq_ignore_ascii_case(n)) {
+        return None;
+    }
+    if SCRIPTED.iter().any(|n| name.eq_ignore_ascii_case(n)) {
+        args.next()?; // the script, SHA or function
+        let numkeys: u64 = std::str::from_utf8(args.next()?).ok()?.parse().ok()?;
+        if numkeys == 0 {
+            return None;
+        }
+    }
+    args.next().map(Slot::for_key)
+}
+
+/// `redis://user:secret@host/` → `redis://user:***@host/`, and
+/// `unix:///run/redis.sock?pass=secret` → `unix:///run/redis.sock?pass=***`, for logs.
+pub fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = redact_userinfo(base);
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _))
+                    if k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password") =>
+                {
+                    format!("{k}=***")
+                }
+                _ => p.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
+}
+
+fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map(|(u, _)| u).unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_of_one_event_share_a_slot_and_keyless_ones_have_none() {
+        let q = redis::cmd("ZCARD").arg("w:{e1}:queue").clone();
+        let admit = redis::cmd("EVALSHA")
+            .arg("abc")
+            .arg(2)
+            .arg("w:{e1}:queue")
+            .arg("w:{e1}:processing")
+            .arg("x")
+            .clone();
+        let other = redis::cmd("ZCARD").arg("w:{e2}:queue").clone();
+        assert_eq!(slot_of(&q), slot_of(&admit));
+        assert!(slot_of(&q).is_some());
+        assert_ne!(slot_of(&q), slot_of(&other));
+        assert_eq!(slot_of(&redis::cmd("PING")), None);
+        assert_eq!(
+            slot_of(&redis::cmd("SCRIPT").arg("LOAD").arg("x").clone()),
+            None
+        );
+    }
+
+    #[test]
+    fn a_failed_part_reads_as_a_transient_error_reply() {
+        let io = RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused\r\nby node",
+        ));
+        let Some(Value::ServerError(e)) = part_failed(&io) else {
+            panic!("not an error reply");
+        };
+        let e = RedisError::from(e);
+        assert!(crate::redis::retry::is_transient(&e), "{e}");
+        assert!(e.to_string().contains("refused  by node"), "{e}");
+    }
+
+    #[test]
+    fn an_endpoint_never_shows_a_password() {
+        let e = Endpoint::Cluster(vec![
+            "redis://:hunter2@a:7000".into(),
+            "redis://u:pw@b:7001".into(),
+        ]);
+        let shown = format!("{e} {e:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("pw@"),
+            "{shown}"
+        );
+        assert!(shown.contains("a:7000") && shown.contains("b:7001"));
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("redis://:hunter2@host:6379/0"),
+            "redis://:***@host:6379/0"
+        );
+        assert_eq!(redact_url("rediss://u:p@h"), "rediss://u:***@h");
+        assert_eq!(
+            redact_url("unix:///run/redis.sock?db=1&pass=hunter2"),
+            "unix:///run/redis.sock?db=1&pass=***"
+        );
+        assert_eq!(
+            redact_url("redis://:a@h/0?password=b"),
+            "redis://:***@h/0?password=***"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
+}

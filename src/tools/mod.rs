@@ -1,0 +1,8 @@
+//! What drives the worker from outside: the bench, the demo, the load generator,
+//! and the private redis-server and embedded Kafka they (and the tests) start.
+
+pub mod bench;
+pub mod demo;
+pub mod embedded_kafka;
+pub mod enqueue;
+pub mod redis_server;
