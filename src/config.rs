@@ -22,6 +22,7 @@ use jsonwebtoken::Algorithm;
 use thiserror::Error;
 
 use crate::kafka::options::ClientOptions;
+use crate::model::event::EventId;
 use crate::model::keys::{KeyLayout, Keys};
 use crate::model::token::{Signer, TokenError};
 use crate::redis::retry::Backoff;
@@ -1053,11 +1054,8 @@ impl ConfigBuilder {
         }
         let mut events: Vec<String> = Vec::new();
         for e in &self.events {
-            if e.is_empty() || e.contains(['{', '}']) {
-                return Err(invalid(
-                    name(Event),
-                    format!("{e:?} is not a valid event id (empty or has braces)"),
-                ));
+            if let Err(bad) = EventId::parse(e.as_str()) {
+                return Err(invalid(name(Event), bad.to_string()));
             }
             if !events.contains(e) {
                 events.push(e.clone());

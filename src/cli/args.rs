@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use waitroom_worker::EventId;
 use waitroom_worker::bench::BenchOptions;
 use waitroom_worker::demo::{DemoError, DemoOptions};
 use waitroom_worker::{
@@ -484,7 +485,7 @@ impl EnqueueArgs {
     /// Check the flags; the key names (with the Redis settings checked).
     pub(crate) fn keys(&self) -> Result<Keys, ConfigError> {
         check_session_ttl(self.session_ttl, &FLAGS)?;
-        if self.event.is_empty() || self.event.contains(['{', '}']) {
+        if !EventId::is_valid(&self.event) {
             return Err(invalid("--event", "must be non-empty, without braces"));
         }
         self.redis.keys()

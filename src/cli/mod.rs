@@ -83,7 +83,8 @@ pub(crate) fn main() -> ExitCode {
 /// Log lines go to stderr: text for people, coloured only when stderr is a terminal
 /// and NO_COLOR (https://no-color.org) is unset, so a pipe or a file gets no escape
 /// codes; or one JSON object per line, the event's fields as keys beside
-/// `timestamp`, `level`, `target` and `message`.
+/// `timestamp`, `level`, `target` and `message`, and the span it happened in (the
+/// event a pass was working on: `"span": {"name": "event", "event_id": ...}`).
 fn init_logging(format: LogFormat, filter: EnvFilter) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -97,7 +98,7 @@ fn init_logging(format: LogFormat, filter: EnvFilter) {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
-            .with_current_span(false)
+            .with_current_span(true)
             .with_span_list(false)
             .init(),
     }

@@ -22,7 +22,7 @@ use crate::base::shutdown::Shutdown;
 use crate::engine::refill::Refill;
 use crate::kafka::publisher::{KafkaLogs, Publisher};
 use crate::model::keys::{KeyLayout, Keys};
-use crate::ops::stats::Stats;
+use crate::ops::stats::{ErrorKind, Stats};
 use crate::redis::retry::Backoff;
 use crate::redis::scripts::release::{self, Outcome, Released};
 use crate::redis::scripts::{ScriptError, Scripts};
@@ -163,7 +163,7 @@ impl Completions {
     /// Consume until shutdown; then commit what was applied and leave the group.
     pub(crate) async fn run(self, mut shutdown: Shutdown) {
         if let Err(e) = self.consumer.subscribe(&[&self.settings.topic]) {
-            self.stats.error("kafka");
+            self.stats.error(ErrorKind::Kafka);
             tracing::error!(topic = %self.settings.topic, error = %chain(&e), "cannot subscribe to the completion topic; slots come back by expiry only");
             return;
         }
@@ -177,7 +177,7 @@ impl Completions {
                 Ok(m) => m,
                 Err(e) => {
                     crate::log_limited!(WARN, "completion consumer error", error = %chain(&e));
-                    self.stats.error("kafka");
+                    self.stats.error(ErrorKind::Kafka);
                     tokio::select! {
                         _ = shutdown.recv() => break,
                         _ = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -241,7 +241,7 @@ impl Completions {
                 }
                 Err(Failed { error: e, sent }) if e.is_transient() => {
                     maybe_applied |= sent;
-                    self.stats.error("redis");
+                    self.stats.error(ErrorKind::Redis);
                     let wait = self.settings.backoff.delay(attempt);
                     crate::log_limited!(WARN, "release failed, retrying", session_id = %c.session_id, error = %chain(&e), retry_in = ?wait);
                     tokio::select! {
@@ -250,7 +250,7 @@ impl Completions {
                     }
                 }
                 Err(Failed { error: e, .. }) => {
-                    self.stats.error("release");
+                    self.stats.error(ErrorKind::Release);
                     crate::log_limited!(ERROR, "release failed, skipping the message", session_id = %c.session_id, error = %chain(&e));
                     return true;
                 }

@@ -21,7 +21,7 @@ use crate::model::clock;
 use crate::model::keys::Keys;
 use crate::model::outbox::{self, OutboxEntry};
 use crate::model::token::{self, Signer};
-use crate::ops::stats::Stats;
+use crate::ops::stats::{ErrorKind, Stats};
 use crate::redis::redis_time::RedisTime;
 use crate::redis::retry::{self, Backoff};
 use crate::redis::scripts::set_tokens::{self, TokenPatch, Written};
@@ -153,7 +153,7 @@ impl Delivery {
                     Ok(Err(entry)) => unsigned.push(entry),
                     Err(_) => {
                         crate::log_limited!(ERROR, "building a QUEUE_READY panicked; the entry stays in the outbox", event_id = %event);
-                        self.stats.error("delivery");
+                        self.stats.error(ErrorKind::Delivery);
                     }
                 }
             }
@@ -201,14 +201,14 @@ impl Delivery {
                 Written::Flags(flags) => flags,
                 Written::Unexpected(e) => {
                     tracing::error!(event_id = %event, error = %e, "writing checkout tokens: unexpected reply");
-                    self.stats.error("redis");
+                    self.stats.error(ErrorKind::Redis);
                     continue;
                 }
                 Written::Failed(e) => {
                     // This event's tokens are not written: publish nothing for it; its
                     // entries come back when their lease runs out.
                     crate::log_limited!(ERROR, "writing checkout tokens failed", event_id = %event, error = %e);
-                    self.stats.error("redis");
+                    self.stats.error(ErrorKind::Redis);
                     continue;
                 }
             };
@@ -280,7 +280,7 @@ impl Delivery {
             }),
             Err(e) => {
                 crate::log_limited!(ERROR, "signing checkout token failed", event_id = event, session_id = %entry.session_id, error = %chain(&e));
-                self.stats.error("sign");
+                self.stats.error(ErrorKind::Sign);
                 Err(entry)
             }
         }
@@ -341,7 +341,7 @@ impl Delivery {
             Stats::add(&stats.published, acked.len() as u64);
             Stats::add(&stats.publish_failures, failed.len() as u64);
             if !failed.is_empty() {
-                stats.error("kafka");
+                stats.error(ErrorKind::Kafka);
                 publisher.recover_if_fatal();
             }
             // One settle call per event: acknowledged entries leave the outbox and
@@ -410,7 +410,7 @@ impl Delivery {
                 // The entries stay claimed; their lease runs out and they are published
                 // again (a duplicate the message id lets consumers drop).
                 crate::log_limited!(ERROR, "could not settle outbox entries", error = %chain(&e));
-                stats.error("redis");
+                stats.error(ErrorKind::Redis);
             }
         });
     }

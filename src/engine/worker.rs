@@ -9,6 +9,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use thiserror::Error;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -20,10 +21,11 @@ use crate::engine::delivery::{Delivery, DeliveryError, DeliveryPolicy};
 use crate::engine::refill::Refill;
 use crate::kafka::publisher::Publisher;
 use crate::model::clock;
+use crate::model::event::EventId;
 use crate::model::outbox;
 use crate::model::outbox::OutboxEntry;
 use crate::ops::http::{self, HttpState};
-use crate::ops::stats::{EventSnapshot, Stats};
+use crate::ops::stats::{ErrorKind, EventSnapshot, Stats};
 use crate::redis::heartbeat::{self, Identity};
 use crate::redis::redis_time::RedisTime;
 use crate::redis::retry::{self, Backoff};
@@ -45,6 +47,38 @@ pub(crate) struct PassKind {
     pub(crate) full: bool,
     /// Idle events' figures are read afresh (every REFRESH_EVERY-th).
     pub(crate) refresh: bool,
+}
+
+/// What one event needs in this pass.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    reap: bool,
+    claim: bool,
+    admit: bool,
+}
+
+/// What a call of the pass's pipeline is, so its reply goes where it belongs.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Reap,
+    Claim,
+    Admit,
+}
+
+/// One event's replies in a pass (None: that call was not made).
+#[derive(Debug, Default)]
+struct Replies {
+    reap: Option<redis::RedisResult<redis::Value>>,
+    claim: Option<redis::RedisResult<redis::Value>>,
+    admit: Option<redis::RedisResult<redis::Value>>,
+}
+
+/// What applying an event's replies gave: entries to deliver, and whether a retired
+/// event has nothing left.
+#[derive(Debug, Default)]
+struct Applied {
+    entries: Vec<OutboxEntry>,
+    drained: bool,
 }
 
 /// What the last admit reply said of an event: enough to know whether the reaper
@@ -299,7 +333,7 @@ impl Worker {
                 Ok(ok) => ok,
                 Err(_) => {
                     crate::log_limited!(WARN, "cycle cut at the max processing time; the rest waits for the next cycle", max_processing_time = ?deadline);
-                    self.stats.error("timeout");
+                    self.stats.error(ErrorKind::Timeout);
                     false
                 }
             };
@@ -420,7 +454,7 @@ impl Worker {
         let mut set: BTreeSet<String> = self.settings.admission.events.iter().cloned().collect();
         for m in members {
             match String::from_utf8(m) {
-                Ok(e) if !e.is_empty() && !e.contains(['{', '}']) => {
+                Ok(e) if EventId::is_valid(&e) => {
                     set.insert(e);
                 }
                 Ok(e) => {
@@ -450,7 +484,7 @@ impl Worker {
             Ok(e) => e,
             Err(e) => {
                 crate::log_limited!(ERROR, "reading active events failed", error = %crate::base::error_chain::chain(&e));
-                self.stats.error("redis");
+                self.stats.error(ErrorKind::Redis);
                 if retry::is_transient(&e) {
                     return false;
                 }
@@ -473,7 +507,7 @@ impl Worker {
         self.served = served_set;
         if let Err(e) = self.refresh_known(full, lost_some).await {
             crate::log_limited!(WARN, "could not update the known events; retired events are drained later", error = %crate::base::error_chain::chain(&e), key = %self.settings.keys.known_events());
-            self.stats.error("redis");
+            self.stats.error(ErrorKind::Redis);
         }
         let mut tracked = self.served.clone();
         tracked.extend(self.retired.iter().cloned());
@@ -490,7 +524,7 @@ impl Worker {
         let mut ok = true;
         for chunk in events.chunks(EVENTS_PER_PIPELINE) {
             if let Err(e) = self.process_events(chunk, kind).await {
-                self.stats.error("redis");
+                self.stats.error(ErrorKind::Redis);
                 crate::log_limited!(ERROR, "processing events failed, the rest waits for the next cycle", error = %crate::base::error_chain::chain(&e));
                 if e.is_connection() {
                     ok = false;
@@ -581,7 +615,7 @@ impl Worker {
             self.retired = members
                 .into_iter()
                 .filter_map(|m| String::from_utf8(m).ok())
-                .filter(|e| !e.is_empty() && !e.contains(['{', '}']) && !self.served.contains(e))
+                .filter(|e| EventId::is_valid(e) && !self.served.contains(e))
                 .collect();
         } else {
             let served = &self.served;
@@ -614,93 +648,28 @@ impl Worker {
 
     /// Reap, claim and admit for `events` (each with whether it is served) in one
     /// pipeline, then publish. One event's failure costs only that event.
+    ///
+    /// The steps: plan what each event needs ([`Plan`]), ask Redis whether idle
+    /// events have anyone waiting, build the calls (each tagged with its event and
+    /// [`Step`]), run them in one pipeline, and apply each reply to its event, in a
+    /// tracing span per event.
     pub(crate) async fn process_events(
         &mut self,
         events: &[(String, bool)],
         kind: PassKind,
     ) -> Result<(), EventError> {
-        let s = &self.settings;
         let now = self.time.now_ms();
+        let mut plans = self.plan(events, kind, now);
+        self.check_idle(events, &mut plans, kind).await?;
+
+        let s = &self.settings;
         let args = s.admit_args();
         let claim_args = s.claim_args();
-        // Idle events skip the reaper and the claim: the last admit reply says whether
-        // a deadline is due, a slot lacks one, or the outbox holds anything. Every
-        // FULL_PASS_EVERY-th pass, and for events not seen yet, everything runs. A
-        // deadline D is due once D + 1s has passed (the token's last valid second).
-        let PassKind { full, refresh } = kind;
-        let mut plans: Vec<(bool, bool, bool)> = events
-            .iter()
-            .map(|(e, served)| match self.hints.get(e) {
-                Some(h) if !full && *served => (
-                    h.next_deadline_ms
-                        .is_some_and(|d| d.saturating_add(1000) <= now)
-                        || h.in_use > h.deadlines,
-                    // This worker's own entries in flight are not due (their lease
-                    // runs while they publish): the claim runs only for more.
-                    h.outbox_depth > self.stats.in_flight(e),
-                    true,
-                ),
-                _ => (true, true, true),
-            })
-            .collect();
-        // An event with nothing to reap or publish is admitted only if someone waits:
-        // two O(1) reads (no script) per such event, in one round trip for the chunk.
-        // Every REFRESH_EVERY-th pass two more keep the event's figures following
-        // Redis between admit calls (slots and outbox the API or others changed).
-        let idle: Vec<usize> = (0..events.len())
-            .filter(|&i| !full && !plans[i].0 && !plans[i].1)
-            .collect();
-        if !idle.is_empty() {
-            // Each length on its own: one event's error (its cluster master away) must
-            // not keep the others from being admitted. A length that cannot be read
-            // counts as someone waiting, so the admit call runs and reports for itself.
-            let mut p = redis::pipe();
-            p.ignore_errors();
-            let per = if refresh { 4 } else { 2 };
-            for &i in &idle {
-                p.cmd("ZCARD").arg(s.keys.queue(&events[i].0));
-                p.cmd("ZCARD").arg(s.keys.priority(&events[i].0));
-                if refresh {
-                    p.cmd("SCARD").arg(s.keys.processing(&events[i].0));
-                    p.cmd("ZCARD").arg(s.keys.outbox(&events[i].0));
-                }
-            }
-            let lens: Vec<redis::RedisResult<u64>> = retry::with_retries(
-                s.retry.attempts,
-                self.backoff(),
-                retry::is_transient,
-                || {
-                    let mut conn = self.conn.clone();
-                    let p = &p;
-                    async move { p.query_async(&mut conn).await }
-                },
-            )
-            .await
-            .map_err(|e| EventError::Admit(ScriptError::Redis(e)))?;
-            let len = |j: usize| match lens.get(j) {
-                Some(Ok(n)) => Some(*n),
-                _ => None,
-            };
-            for (n, &i) in idle.iter().enumerate() {
-                let (q, p) = (len(per * n), len(per * n + 1));
-                plans[i].2 = q.unwrap_or(1) + p.unwrap_or(1) > 0;
-                if !refresh {
-                    continue;
-                }
-                let (in_use, outbox) = (len(per * n + 2), len(per * n + 3));
-                if let (Some(q), Some(p), Some(in_use), Some(outbox)) = (q, p, in_use, outbox) {
-                    self.stats
-                        .refresh_event(&events[i].0, q + p, in_use, outbox);
-                    if let Some(h) = self.hints.get_mut(&events[i].0) {
-                        h.in_use = in_use;
-                        h.outbox_depth = outbox;
-                    }
-                }
-            }
-        }
+        let mut steps: Vec<(usize, Step)> = Vec::with_capacity(events.len() * 3);
         let mut calls: Vec<Call<'_>> = Vec::with_capacity(events.len() * 3);
-        for ((e, served), (reap_it, claim_it, admit_it)) in events.iter().zip(&plans) {
-            if *reap_it {
+        for (i, ((e, served), plan)) in events.iter().zip(&plans).enumerate() {
+            if plan.reap {
+                steps.push((i, Step::Reap));
                 calls.push(reap::call(
                     &self.scripts.reap,
                     &s.keys,
@@ -710,7 +679,8 @@ impl Worker {
                     s.admission.session_ttl,
                 ));
             }
-            if *claim_it {
+            if plan.claim {
+                steps.push((i, Step::Claim));
                 calls.push(claim_outbox::call(
                     &self.scripts.claim_outbox,
                     &s.keys,
@@ -718,15 +688,16 @@ impl Worker {
                     &claim_args,
                 ));
             }
-            if *admit_it {
+            if plan.admit {
+                steps.push((i, Step::Admit));
                 calls.push(admit::call(&self.scripts.admit, &s.keys, e, &args, *served));
             }
         }
         // What this worker had in flight before Redis counted the outboxes: read
         // after, an acknowledgement in between would show as waiting.
-        let in_flight: HashMap<&str, u64> = events
+        let in_flight: Vec<u64> = events
             .iter()
-            .map(|(e, _)| (e.as_str(), self.stats.in_flight(e)))
+            .map(|(e, _)| self.stats.in_flight(e))
             .collect();
         let results = retry::with_retries(
             s.retry.attempts,
@@ -742,85 +713,30 @@ impl Worker {
         .map_err(|e| EventError::Admit(ScriptError::Redis(e)))?;
         drop(calls);
 
+        // Each reply goes to the event and step of its call.
+        let mut replies: Vec<Replies> = events.iter().map(|_| Replies::default()).collect();
+        for ((i, step), result) in steps.into_iter().zip(results) {
+            let r = &mut replies[i];
+            match step {
+                Step::Reap => r.reap = Some(result),
+                Step::Claim => r.claim = Some(result),
+                Step::Admit => r.admit = Some(result),
+            }
+        }
+
         let mut to_deliver = Vec::new();
         let mut drained = Vec::new();
-        let mut results = results.into_iter();
-        for ((event, served), (reap_it, claim_it, admit_it)) in events.iter().zip(plans) {
-            if reap_it {
-                let Some(r) = results.next() else { break };
-                match r.map_err(ScriptError::Redis).and_then(reap::parse) {
-                    Ok(reaped) => self.note_reaped(event, &reaped),
-                    Err(e) => self.event_failed(event, &EventError::Reap(e)),
-                }
+        for (((event, served), r), in_flight) in events.iter().zip(replies).zip(in_flight) {
+            let span = tracing::info_span!("event", event_id = %event);
+            let outcome = self
+                .apply(event, *served, r, in_flight)
+                .instrument(span)
+                .await;
+            if outcome.drained {
+                drained.push(event.clone());
             }
-            let c = if claim_it {
-                match results.next() {
-                    Some(c) => Some(c),
-                    None => break,
-                }
-            } else {
-                None
-            };
-            let a = if admit_it {
-                match results.next() {
-                    Some(a) => Some(a),
-                    None => break,
-                }
-            } else {
-                None
-            };
-            let mut entries = Vec::new();
-            match c.map(|c| c.map_err(ScriptError::Redis).and_then(claim_outbox::parse)) {
-                None => {}
-                Some(Ok(claimed)) => {
-                    if claimed.renewed > 0 {
-                        Stats::add(&self.stats.renewed, claimed.renewed);
-                        crate::log_limited!(WARN, "admissions whose window ran out before Kafka acknowledged them were renewed (new deadline and token)", event_id = %event, renewed = claimed.renewed);
-                    }
-                    if claimed.dropped > 0 {
-                        Stats::add(&self.stats.outbox_dropped, claimed.dropped);
-                        crate::log_limited!(WARN, "outbox entries dropped: their session no longer holds the slot", event_id = %event, dropped = claimed.dropped);
-                    }
-                    let claimed = self.readable(event, claimed.entries).await;
-                    if !claimed.is_empty() {
-                        tracing::info!(event_id = %event, count = claimed.len(), "Publishing pending admissions from the outbox");
-                        Stats::add(&self.stats.outbox_claimed, claimed.len() as u64);
-                    }
-                    entries.extend(claimed);
-                }
-                Some(Err(e)) => self.event_failed(event, &EventError::Claim(e)),
-            }
-            match a.map(|a| a.map_err(ScriptError::Redis).and_then(admit::parse)) {
-                None => {}
-                Some(Ok(mut outcome)) => {
-                    self.time.observe(outcome.now_ms);
-                    self.hints.insert(
-                        event.clone(),
-                        Hint {
-                            in_use: outcome.in_use,
-                            deadlines: outcome.deadlines,
-                            next_deadline_ms: outcome.next_deadline_ms,
-                            outbox_depth: outcome.outbox_depth,
-                        },
-                    );
-                    if !served
-                        && outcome.in_use == 0
-                        && outcome.deadlines == 0
-                        && outcome.outbox_depth == 0
-                    {
-                        drained.push(event.clone());
-                    }
-                    let admitted = std::mem::take(&mut outcome.entries);
-                    let in_flight = in_flight.get(event.as_str()).copied().unwrap_or(0);
-                    entries.extend(
-                        self.note_admitted(event, &outcome, admitted, in_flight)
-                            .await,
-                    );
-                }
-                Some(Err(e)) => self.event_failed(event, &EventError::Admit(e)),
-            }
-            if !entries.is_empty() {
-                to_deliver.push((event.clone(), entries));
+            if !outcome.entries.is_empty() {
+                to_deliver.push((event.clone(), outcome.entries));
             }
         }
         for event in drained {
@@ -840,6 +756,175 @@ impl Worker {
         Ok(())
     }
 
+    /// What each event needs this pass. Idle events skip the reaper and the claim:
+    /// the last admit reply says whether a deadline is due, a slot lacks one, or the
+    /// outbox holds more than this worker has in flight. Every FULL_PASS_EVERY-th
+    /// pass, retired events and events not seen yet run everything. A deadline D is
+    /// due once D + 1s has passed (the token's last valid second).
+    fn plan(&self, events: &[(String, bool)], kind: PassKind, now: u64) -> Vec<Plan> {
+        events
+            .iter()
+            .map(|(e, served)| match self.hints.get(e) {
+                Some(h) if !kind.full && *served => Plan {
+                    reap: h
+                        .next_deadline_ms
+                        .is_some_and(|d| d.saturating_add(1000) <= now)
+                        || h.in_use > h.deadlines,
+                    // This worker's own entries in flight are not due (their lease
+                    // runs while they publish): the claim runs only for more.
+                    claim: h.outbox_depth > self.stats.in_flight(e),
+                    admit: true,
+                },
+                _ => Plan {
+                    reap: true,
+                    claim: true,
+                    admit: true,
+                },
+            })
+            .collect()
+    }
+
+    /// An event with nothing to reap or publish is admitted only if someone waits:
+    /// two O(1) reads (no script) per such event, in one round trip for the chunk.
+    /// Every REFRESH_EVERY-th pass two more keep the event's figures following
+    /// Redis between admit calls (slots and outbox the API or others changed).
+    async fn check_idle(
+        &mut self,
+        events: &[(String, bool)],
+        plans: &mut [Plan],
+        kind: PassKind,
+    ) -> Result<(), EventError> {
+        let idle: Vec<usize> = (0..events.len())
+            .filter(|&i| !kind.full && !plans[i].reap && !plans[i].claim)
+            .collect();
+        if idle.is_empty() {
+            return Ok(());
+        }
+        let s = &self.settings;
+        // Each length on its own: one event's error (its cluster master away) must
+        // not keep the others from being admitted. A length that cannot be read
+        // counts as someone waiting, so the admit call runs and reports for itself.
+        let mut p = redis::pipe();
+        p.ignore_errors();
+        let per = if kind.refresh { 4 } else { 2 };
+        for &i in &idle {
+            p.cmd("ZCARD").arg(s.keys.queue(&events[i].0));
+            p.cmd("ZCARD").arg(s.keys.priority(&events[i].0));
+            if kind.refresh {
+                p.cmd("SCARD").arg(s.keys.processing(&events[i].0));
+                p.cmd("ZCARD").arg(s.keys.outbox(&events[i].0));
+            }
+        }
+        let lens: Vec<redis::RedisResult<u64>> = retry::with_retries(
+            s.retry.attempts,
+            self.backoff(),
+            retry::is_transient,
+            || {
+                let mut conn = self.conn.clone();
+                let p = &p;
+                async move { p.query_async(&mut conn).await }
+            },
+        )
+        .await
+        .map_err(|e| EventError::Admit(ScriptError::Redis(e)))?;
+        let len = |j: usize| match lens.get(j) {
+            Some(Ok(n)) => Some(*n),
+            _ => None,
+        };
+        for (n, &i) in idle.iter().enumerate() {
+            let (q, p) = (len(per * n), len(per * n + 1));
+            plans[i].admit = q.unwrap_or(1) + p.unwrap_or(1) > 0;
+            if !kind.refresh {
+                continue;
+            }
+            let (in_use, outbox) = (len(per * n + 2), len(per * n + 3));
+            if let (Some(q), Some(p), Some(in_use), Some(outbox)) = (q, p, in_use, outbox) {
+                self.stats
+                    .refresh_event(&events[i].0, q + p, in_use, outbox);
+                if let Some(h) = self.hints.get_mut(&events[i].0) {
+                    h.in_use = in_use;
+                    h.outbox_depth = outbox;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply one event's replies: note what the reaper took back, read the claimed
+    /// entries, take in the admit reply. Returns what goes to delivery, and whether
+    /// a retired event has nothing left.
+    async fn apply(&mut self, event: &str, served: bool, r: Replies, in_flight: u64) -> Applied {
+        let mut applied = Applied::default();
+        if let Some(reaped) = r.reap {
+            match reaped.map_err(ScriptError::Redis).and_then(reap::parse) {
+                Ok(reaped) => self.note_reaped(event, &reaped),
+                Err(e) => self.event_failed(&EventError::Reap(e)),
+            }
+        }
+        if let Some(claimed) = r.claim {
+            match claimed
+                .map_err(ScriptError::Redis)
+                .and_then(claim_outbox::parse)
+            {
+                Ok(claimed) => {
+                    if claimed.renewed > 0 {
+                        Stats::add(&self.stats.renewed, claimed.renewed);
+                        crate::log_limited!(
+                            WARN,
+                            "admissions whose window ran out before Kafka acknowledged them were renewed (new deadline and token)",
+                            renewed = claimed.renewed
+                        );
+                    }
+                    if claimed.dropped > 0 {
+                        Stats::add(&self.stats.outbox_dropped, claimed.dropped);
+                        crate::log_limited!(
+                            WARN,
+                            "outbox entries dropped: their session no longer holds the slot",
+                            dropped = claimed.dropped
+                        );
+                    }
+                    let claimed = self.readable(event, claimed.entries).await;
+                    if !claimed.is_empty() {
+                        tracing::info!(
+                            count = claimed.len(),
+                            "Publishing pending admissions from the outbox"
+                        );
+                        Stats::add(&self.stats.outbox_claimed, claimed.len() as u64);
+                    }
+                    applied.entries.extend(claimed);
+                }
+                Err(e) => self.event_failed(&EventError::Claim(e)),
+            }
+        }
+        if let Some(admitted) = r.admit {
+            match admitted.map_err(ScriptError::Redis).and_then(admit::parse) {
+                Ok(mut outcome) => {
+                    self.time.observe(outcome.now_ms);
+                    self.hints.insert(
+                        event.to_owned(),
+                        Hint {
+                            in_use: outcome.in_use,
+                            deadlines: outcome.deadlines,
+                            next_deadline_ms: outcome.next_deadline_ms,
+                            outbox_depth: outcome.outbox_depth,
+                        },
+                    );
+                    applied.drained = !served
+                        && outcome.in_use == 0
+                        && outcome.deadlines == 0
+                        && outcome.outbox_depth == 0;
+                    let admitted = std::mem::take(&mut outcome.entries);
+                    applied.entries.extend(
+                        self.note_admitted(event, &outcome, admitted, in_flight)
+                            .await,
+                    );
+                }
+                Err(e) => self.event_failed(&EventError::Admit(e)),
+            }
+        }
+        applied
+    }
+
     /// Wait for the previous pass's delivery; its failure leaves its entries in the
     /// outbox (due again when their lease runs out), so it is only counted here.
     async fn await_pending(&mut self) {
@@ -847,41 +932,47 @@ impl Worker {
             match h.await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    self.stats.error("redis");
+                    self.stats.error(ErrorKind::Redis);
                     crate::log_limited!(ERROR, "delivery failed; the entries stay in the outbox", error = %crate::base::error_chain::chain(&e));
                 }
                 Err(e) => {
-                    self.stats.error("delivery");
+                    self.stats.error(ErrorKind::Delivery);
                     crate::log_limited!(ERROR, "delivery task failed; the entries stay in the outbox", error = %crate::base::error_chain::chain(&e));
                 }
             }
         }
     }
 
-    fn event_failed(&self, event: &str, e: &EventError) {
-        self.stats.error("event");
-        crate::log_limited!(ERROR, "processing event failed, skipping it this cycle", event_id = %event, error = %crate::base::error_chain::chain(e));
+    fn event_failed(&self, e: &EventError) {
+        self.stats.error(ErrorKind::Event);
+        crate::log_limited!(ERROR, "processing event failed, skipping it this cycle", error = %crate::base::error_chain::chain(e));
     }
 
     fn note_reaped(&self, event: &str, reaped: &Reaped) {
         if reaped.expired > 0 {
             self.stats.event_expired(event, reaped.expired);
-            tracing::info!(event_id = %event, expired = reaped.expired, "Expired checkout slots reclaimed");
+            tracing::info!(expired = reaped.expired, "Expired checkout slots reclaimed");
         }
         if reaped.adopted > 0 {
             Stats::add(&self.stats.adopted, reaped.adopted);
-            tracing::warn!(event_id = %event, adopted = reaped.adopted, "sessions in processing without a deadline were given one");
+            tracing::warn!(
+                adopted = reaped.adopted,
+                "sessions in processing without a deadline were given one"
+            );
         }
         if reaped.orphans > 0 {
-            tracing::warn!(event_id = %event, orphans = reaped.orphans, "unpublished admissions without an outbox entry (the outbox was changed by hand) got a real deadline");
+            tracing::warn!(
+                orphans = reaped.orphans,
+                "unpublished admissions without an outbox entry (the outbox was changed by hand) got a real deadline"
+            );
         }
-        self.note_repaired(event, &reaped.repaired);
+        self.note_repaired(&reaped.repaired);
     }
 
-    fn note_repaired(&self, event: &str, keys: &[String]) {
+    fn note_repaired(&self, keys: &[String]) {
         for key in keys {
             Stats::add(&self.stats.repaired, 1);
-            tracing::error!(event_id = %event, key = %key, "worker-owned key held the wrong type or value; moved aside to <key>:corrupt or reset");
+            tracing::error!(key = %key, "worker-owned key held the wrong type or value; moved aside to <key>:corrupt or reset");
         }
     }
 
@@ -898,7 +989,7 @@ impl Worker {
         Stats::add(&self.stats.outbox_invalid, bad.len() as u64);
         for raw in &bad {
             let why = OutboxEntry::parse(raw.clone()).err();
-            tracing::error!(event_id = %event, key = %keys.outbox_invalid(event), reason = ?why, "unreadable outbox entry moved aside; its slot comes back");
+            tracing::error!(key = %keys.outbox_invalid(event), reason = ?why, "unreadable outbox entry moved aside; its slot comes back");
         }
         let call = quarantine::call(&self.scripts.quarantine, keys, event, &bad);
         let moved = scripts::run_batch(&mut self.conn, std::slice::from_ref(&call)).await;
@@ -915,14 +1006,19 @@ impl Worker {
         };
         match result {
             Ok(q) => {
-                self.note_repaired(event, &q.repaired);
+                self.note_repaired(&q.repaired);
                 if (q.moved as usize) < bad.len() {
-                    crate::log_limited!(WARN, "some unreadable outbox entries could not be moved aside (gone already, or not UTF-8)", event_id = %event, moved = q.moved, unreadable = bad.len());
+                    crate::log_limited!(
+                        WARN,
+                        "some unreadable outbox entries could not be moved aside (gone already, or not UTF-8)",
+                        moved = q.moved,
+                        unreadable = bad.len()
+                    );
                 }
             }
             Err(e) => {
-                self.stats.error("redis");
-                crate::log_limited!(ERROR, "could not move unreadable outbox entries aside; they are claimed again after their lease", event_id = %event, error = %crate::base::error_chain::chain(&e));
+                self.stats.error(ErrorKind::Redis);
+                crate::log_limited!(ERROR, "could not move unreadable outbox entries aside; they are claimed again after their lease", error = %crate::base::error_chain::chain(&e));
             }
         }
         good
@@ -938,8 +1034,13 @@ impl Worker {
     ) -> Vec<OutboxEntry> {
         self.report_invalid_config(event, &outcome.invalid_config);
         self.report_hold(event, outcome);
-        self.note_repaired(event, &outcome.repaired);
-        tracing::debug!(event_id = %event, batch_size = outcome.batch, in_use = outcome.in_use, capacity = outcome.capacity, "Processing queue batch");
+        self.note_repaired(&outcome.repaired);
+        tracing::debug!(
+            batch_size = outcome.batch,
+            in_use = outcome.in_use,
+            capacity = outcome.capacity,
+            "Processing queue batch"
+        );
         self.stats
             .event_admitted(event, outcome.admitted, outcome.skipped);
         let held = outcome.held.reason().or(outcome.paused.then_some("paused"));
@@ -966,7 +1067,11 @@ impl Worker {
             },
         );
         if outcome.skipped > 0 {
-            crate::log_limited!(WARN, "dropped queue members that cannot be admitted (missing session, not queued, no user, other event)", event_id = %event, skipped = outcome.skipped);
+            crate::log_limited!(
+                WARN,
+                "dropped queue members that cannot be admitted (missing session, not queued, no user, other event)",
+                skipped = outcome.skipped
+            );
         }
         if outcome.admitted == 0 {
             return Vec::new();
@@ -974,7 +1079,6 @@ impl Worker {
         tracing::info!(event_id = %event, user_count = outcome.admitted, "Admitting users to checkout");
         let entries = self.readable(event, entries).await;
         tracing::info!(
-            event_id = %event,
             attempted = outcome.admitted + outcome.skipped,
             admitted = outcome.admitted,
             "Batch processing completed"
@@ -990,16 +1094,17 @@ impl Worker {
         }
         match outcome.held {
             Hold::PublishingStalled => tracing::warn!(
-                event_id = %event,
                 unpublished_age_ms = outcome.unpublished_age_ms.unwrap_or(0),
                 max_unpublished_age = ?self.settings.admission.max_unpublished_age,
                 "admission held: QUEUE_READY publishing is stalled (Kafka not acknowledging); it resumes by itself"
             ),
             Hold::Retired => {
-                tracing::info!(event_id = %event, "event no longer served: admitting nobody, draining its slots and outbox")
+                tracing::info!(
+                    "event no longer served: admitting nobody, draining its slots and outbox"
+                )
             }
             Hold::No if before == Hold::PublishingStalled => {
-                tracing::info!(event_id = %event, "admission resumed: publishing caught up")
+                tracing::info!("admission resumed: publishing caught up")
             }
             Hold::No => {}
         }
@@ -1015,11 +1120,12 @@ impl Worker {
                 continue;
             }
             Stats::add(&self.stats.refills, 1);
-            match self.admit_event(&event).await {
+            let span = tracing::info_span!("event", event_id = %event);
+            match self.admit_event(&event).instrument(span).await {
                 Ok(o) if o.admitted > 0 => self.stats.observe_refill(woken.elapsed().as_secs_f64()),
                 Ok(_) => {}
                 Err(e) => {
-                    self.stats.error("event");
+                    self.stats.error(ErrorKind::Event);
                     crate::log_limited!(ERROR, "refill failed; the next cycle retries", event_id = %event, error = %crate::base::error_chain::chain(&e));
                     if e.is_connection() {
                         return false;
@@ -1077,7 +1183,7 @@ impl Worker {
             .unwrap_or(&[]);
         if seen != invalid {
             if !invalid.is_empty() {
-                tracing::warn!(event_id = %event, fields = ?invalid, key = %self.settings.keys.config(event), "invalid per-event config values; using the defaults for them (an invalid paused pauses)");
+                tracing::warn!(fields = ?invalid, key = %self.settings.keys.config(event), "invalid per-event config values; using the defaults for them (an invalid paused pauses)");
             }
             self.invalid_seen.insert(event.to_owned(), invalid.to_vec());
         }

@@ -1,6 +1,7 @@
 //! The domain, pure (no I/O): key names, time, outbox entries, checkout tokens.
 
 pub mod clock;
+pub(crate) mod event;
 pub(crate) mod keys;
 pub mod outbox;
 pub mod token;

@@ -9,6 +9,7 @@ use redis::aio::ConnectionLike;
 use serde::Serialize;
 
 use crate::model::clock;
+use crate::model::event::EventId;
 use crate::model::keys::Keys;
 use crate::model::outbox::OutboxEntry;
 use crate::redis::heartbeat;
@@ -73,9 +74,7 @@ fn pause_flag(v: Option<&str>) -> bool {
 /// An event id the worker would serve: UTF-8, non-empty, without braces. Other
 /// members of `active_events` are ignored by the worker, and so here.
 fn event_id(raw: Vec<u8>) -> Option<String> {
-    String::from_utf8(raw)
-        .ok()
-        .filter(|e| !e.is_empty() && !e.contains(['{', '}']))
+    String::from_utf8(raw).ok().filter(|e| EventId::is_valid(e))
 }
 
 /// Read the status of `events` (or, when empty, of every active event and every

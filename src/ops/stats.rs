@@ -68,6 +68,41 @@ pub struct EventSnapshot {
 /// `waitroom_admission_held`).
 pub(crate) const HOLD_REASONS: [&str; 3] = ["publishing_stalled", "retired", "paused"];
 
+/// What an error was, for `waitroom_errors_total{kind}`: a closed set, so every
+/// label value is written in one place (operators alert on them, README lists them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ErrorKind {
+    /// Redis unreachable, slow, or replying with an error.
+    Redis,
+    /// Kafka refused or dropped a message.
+    Kafka,
+    /// One event's pass failed (its calls); the other events went on.
+    Event,
+    /// Building or handing over an event's messages failed.
+    Delivery,
+    /// A completion could not be applied.
+    Release,
+    /// A checkout token could not be signed.
+    Sign,
+    /// A cycle hit --max-processing-time.
+    Timeout,
+}
+
+impl ErrorKind {
+    /// The `kind` label's value.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Redis => "redis",
+            ErrorKind::Kafka => "kafka",
+            ErrorKind::Event => "event",
+            ErrorKind::Delivery => "delivery",
+            ErrorKind::Release => "release",
+            ErrorKind::Sign => "sign",
+            ErrorKind::Timeout => "timeout",
+        }
+    }
+}
+
 /// The worker's counters and gauges: read by `/status` and the tests, exposed in
 /// Prometheus text by `/metrics`.
 pub struct Stats {
@@ -382,11 +417,11 @@ impl Stats {
         counter.get()
     }
 
-    /// Count an error of `kind` (redis, kafka, event, completion, timeout...).
-    pub(crate) fn error(&self, kind: &str) {
+    /// Count an error of `kind`.
+    pub(crate) fn error(&self, kind: ErrorKind) {
         self.errors.inc();
         self.errors_by_kind
-            .get_or_create(&vec![("kind".to_owned(), kind.to_owned())])
+            .get_or_create(&vec![("kind".to_owned(), kind.as_str().to_owned())])
             .inc();
     }
 
