@@ -16,6 +16,7 @@ use thiserror::Error;
 use tokio::task::JoinSet;
 
 use crate::base::error_chain::chain;
+use crate::engine::settler::{Outcome, Settler, SettlerParts};
 use crate::kafka::publisher::{Publisher, ReadyMessage};
 use crate::model::clock;
 use crate::model::keys::Keys;
@@ -25,8 +26,7 @@ use crate::ops::stats::{ErrorKind, Stats};
 use crate::redis::redis_time::RedisTime;
 use crate::redis::retry::{self, Backoff};
 use crate::redis::scripts::set_tokens::{self, TokenPatch, Written};
-use crate::redis::scripts::settle::{self, Acked, EventSettlement};
-use crate::redis::scripts::{self, Call, ScriptError, Scripts};
+use crate::redis::scripts::{self, ScriptError, Scripts};
 use crate::redis::store::RedisConn;
 
 #[derive(Debug, Error)]
@@ -56,6 +56,7 @@ pub(crate) struct Delivery {
     publisher: Arc<Publisher>,
     stats: Arc<Stats>,
     policy: DeliveryPolicy,
+    settler: Settler,
     inflight: Mutex<JoinSet<()>>,
 }
 
@@ -76,6 +77,14 @@ impl Delivery {
         stats: Arc<Stats>,
         policy: DeliveryPolicy,
     ) -> Self {
+        let settler = Settler::start(SettlerParts {
+            conn: conn.clone(),
+            keys: keys.clone(),
+            scripts: scripts.clone(),
+            stats: stats.clone(),
+            attempts: policy.attempts,
+            backoff: policy.backoff,
+        });
         Delivery {
             conn,
             scripts,
@@ -84,25 +93,16 @@ impl Delivery {
             publisher,
             stats,
             policy,
+            settler,
             inflight: Mutex::new(JoinSet::new()),
         }
     }
 
-    /// Sign and write the tokens of `entries` (one round trip), then queue their
-    /// messages. Returns once the tokens are in Redis and the messages are queued;
-    /// acknowledging happens in the background. On error nothing was queued and the
-    /// entries stay in the outbox, due again when their lease runs out.
-    #[allow(dead_code)] // the loop calls dispatch_many; left for the engine's rework
-    pub(crate) async fn dispatch(
-        &self,
-        event: &str,
-        entries: Vec<OutboxEntry>,
-    ) -> Result<(), DeliveryError> {
-        self.dispatch_many(vec![(event.to_owned(), entries)]).await
-    }
-
-    /// [`Delivery::dispatch`] for many events at once: one round trip writes the
-    /// tokens of all of them, one background task settles all of them.
+    /// Sign and write the tokens of every event's `entries` (one round trip), then
+    /// queue their messages. Returns once the tokens are in Redis and the messages
+    /// are queued; acknowledging and settling happen in the background. On error
+    /// nothing was queued and the entries stay in the outbox, due again when their
+    /// lease runs out.
     pub(crate) async fn dispatch_many(
         &self,
         batches: Vec<(String, Vec<OutboxEntry>)>,
@@ -295,12 +295,10 @@ impl Delivery {
         recheck: Vec<(String, Vec<OutboxEntry>)>,
         handed: Vec<(String, i64)>,
     ) {
-        let conn = self.conn.clone();
-        let keys = self.keys.clone();
         let stats = self.stats.clone();
         let publisher = self.publisher.clone();
         let policy = self.policy.clone();
-        let scripts = self.scripts.clone();
+        let settler = self.settler.clone();
         let mut inflight = match self.inflight.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -344,73 +342,43 @@ impl Delivery {
                 stats.error(ErrorKind::Kafka);
                 publisher.recover_if_fatal();
             }
-            // One settle call per event: acknowledged entries leave the outbox and
-            // their slot's untold mark becomes the real deadline, atomically; failed
-            // entries are all due again at one time per event (the oldest's backoff),
-            // so after an outage the backlog comes back oldest admission first.
+            // Acknowledged entries leave the outbox and their slot's untold mark
+            // becomes the real deadline, atomically (the settler merges this with
+            // whatever other deliveries finished meanwhile); failed entries are all
+            // due again at one time per event (the oldest's backoff), so after an
+            // outage the backlog comes back oldest admission first.
             let now = policy.time.now_ms();
-            type Outcomes<'a> = (Vec<Acked<'a>>, Vec<&'a OutboxEntry>, Vec<&'a OutboxEntry>);
-            let mut by_event: std::collections::BTreeMap<&str, Outcomes<'_>> = Default::default();
-            for (event, e) in &acked {
-                by_event.entry(event.as_str()).or_default().0.push(Acked {
-                    raw: &e.raw,
-                    session_id: &e.session_id,
-                    deadline_ms: e.deadline_ms,
-                    admitted_ms: e.admitted_ms,
-                });
-            }
+            let mut oldest_failed: std::collections::BTreeMap<&str, u64> = Default::default();
             for (event, e) in &failed {
-                by_event.entry(event.as_str()).or_default().1.push(e);
+                let o = oldest_failed.entry(event.as_str()).or_insert(e.admitted_ms);
+                *o = (*o).min(e.admitted_ms);
+            }
+            let due: std::collections::BTreeMap<String, u64> = oldest_failed
+                .into_iter()
+                .map(|(event, oldest)| {
+                    let due =
+                        outbox::next_due(now, oldest, policy.backoff.first, policy.backoff.max);
+                    (event.to_owned(), due)
+                })
+                .collect();
+            let mut outcome = Outcome {
+                acked,
+                retry: Vec::with_capacity(failed.len()),
+            };
+            for (event, e) in failed {
+                let at = due.get(&event).copied().unwrap_or(now);
+                outcome.retry.push((event, e, at));
             }
             // Entries whose token was not written are due at once: the next claim
             // checks their session and drops them (and their untold mark).
-            for (event, es) in &recheck {
-                by_event.entry(event.as_str()).or_default().2.extend(es.iter());
-            }
-            let mut retries: Vec<Vec<(&[u8], u64)>> = Vec::with_capacity(by_event.len());
-            for (_, failed, recheck) in by_event.values() {
-                let oldest = failed.iter().map(|e| e.admitted_ms).min().unwrap_or(now);
-                let due = outbox::next_due(now, oldest, policy.backoff.first, policy.backoff.max);
-                let mut r: Vec<(&[u8], u64)> =
-                    failed.iter().map(|e| (e.raw.as_slice(), due)).collect();
-                r.extend(recheck.iter().map(|e| (e.raw.as_slice(), now)));
-                retries.push(r);
-            }
-            let settlements: Vec<EventSettlement<'_>> = by_event
-                .iter()
-                .zip(&retries)
-                .map(|((event, (acked, _, _)), retry)| EventSettlement {
-                    event,
-                    acked,
-                    retry,
-                })
-                .collect();
-            // One call for every event in the default layout, one per event in the
-            // cluster layout (each event's keys in their own hash slot).
-            let calls: Vec<Call<'_>> = settle::calls(&scripts.settle, &keys, &settlements)
-                .into_iter()
-                .map(|(call, _)| call)
-                .collect();
-            let result = retry::with_retries(policy.attempts, policy.backoff, retry::is_transient, || {
-                let mut conn = conn.clone();
-                let calls = &calls;
-                async move {
-                    let results = scripts::run_batch(&mut conn, calls).await?;
-                    match results.into_iter().find_map(Result::err) {
-                        Some(e) => Err(e),
-                        None => Ok(()),
-                    }
+            for (event, es) in recheck {
+                for e in es {
+                    outcome.retry.push((event.clone(), e, now));
                 }
-            })
-            .await;
+            }
+            settler.settle(outcome).await;
             for (event, n) in &handed {
                 stats.in_flight_add(event, -n);
-            }
-            if let Err(e) = result {
-                // The entries stay claimed; their lease runs out and they are published
-                // again (a duplicate the message id lets consumers drop).
-                crate::log_limited!(ERROR, "could not settle outbox entries", error = %chain(&e));
-                stats.error(ErrorKind::Redis);
             }
         });
     }
