@@ -85,21 +85,7 @@ table.sort(good, function(a, b)
   return a.i < b.i
 end)
 
-local function rfc3339(sec)
-  local days, rem = math.floor(sec / 86400), sec % 86400
-  local z = days + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
-    - math.floor(doe / 146096)) / 365)
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local d = doy - math.floor((153 * mp + 2) / 5) + 1
-  local m = mp < 10 and mp + 3 or mp - 9
-  local y = yoe + era * 400 + (m <= 2 and 1 or 0)
-  return string.format('%04d-%02d-%02dT%02d:%02d:%02dZ', y, m, d,
-    math.floor(rem / 3600), math.floor(rem % 3600 / 60), rem % 60)
-end
+-- @include rfc3339
 
 -- Decide for each entry before writing anything. Every claimed entry is checked
 -- against Redis first, so nobody is told of a slot they no longer hold:
@@ -114,7 +100,7 @@ end
 -- of the same session has a later one (and is not this entry's to touch).
 -- The common case (lease) reads one SMISMEMBER for all and one HMGET per entry;
 -- the mark is looked up only for the entries that may touch it.
-local UNTOLD = 1125899906842624
+-- @include untold
 local function mark_of(e)
   local score = tonumber(redis.call('ZSCORE', deadlines, e.sid))
   return score ~= nil and score >= UNTOLD and score - UNTOLD <= e.admitted

@@ -29,7 +29,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 -- Validate: which entries are still there, and whose they are.
-local UNTOLD = 1125899906842624
+-- @include untold
 local present, sids = {}, {}
 for _, raw in ipairs(ARGV) do
   if redis.call('ZSCORE', outbox, raw) then

@@ -41,7 +41,7 @@
 --   orphans: untold marks with no outbox left that became real deadlines
 -- Error replies: WRONGTYPE when processing holds the wrong type (nothing written).
 
-local UNTOLD = 1125899906842624
+-- @include untold
 local deadlines, processing, cursor_key, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local prefix, window, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now_text, sweep, ttl = ARGV[4], tonumber(ARGV[5]), ARGV[6]

@@ -36,7 +36,7 @@
 --   event's outbox or deadlines hold the wrong type (that event's first chunk fails
 --   before it writes; events before it in the call are settled).
 
-local UNTOLD = 1125899906842624
+-- @include untold
 -- Lua's unpack refuses a few thousand values: calls that grow go in chunks.
 local CHUNK = 500
 

@@ -48,12 +48,43 @@ impl ScriptError {
     }
 }
 
-/// One Lua script: its source, version and SHA1.
+/// Lua that several scripts share (BullMQ's includes), in `lua/include/`: a script
+/// says `-- @include <name>` on a line of its own and the file's text goes there
+/// when the script is built, so the copies cannot drift apart. Redis only ever sees
+/// the whole text (its SHA is of that text).
+const INCLUDES: &[(&str, &str)] = &[
+    ("rfc3339", include_str!("../../../lua/include/rfc3339.lua")),
+    ("untold", include_str!("../../../lua/include/untold.lua")),
+];
+
+/// `source` with every `-- @include <name>` line replaced by that include. An
+/// unknown name is left as it is (a comment; the unit tests refuse it).
+fn expand(source: &str) -> String {
+    let mut out = String::with_capacity(source.len() + 2048);
+    for line in source.split_inclusive('\n') {
+        let include = line
+            .trim_end()
+            .strip_prefix("-- @include ")
+            .and_then(|name| INCLUDES.iter().find(|(n, _)| *n == name.trim()));
+        match include {
+            Some((_, text)) => {
+                out.push_str(text);
+                if !text.ends_with('\n') {
+                    out.push('\n');
+                }
+            }
+            None => out.push_str(line),
+        }
+    }
+    out
+}
+
+/// One Lua script: its source (includes spliced in), version and SHA1.
 #[derive(Debug, Clone)]
 pub struct Script {
     name: &'static str,
     version: u32,
-    source: &'static str,
+    source: String,
     sha: String,
 }
 
@@ -66,7 +97,8 @@ impl Script {
             .find_map(|l| l.strip_prefix("-- version:"))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0);
-        let sha = sha1_smol::Sha1::from(source).digest().to_string();
+        let source = expand(source);
+        let sha = sha1_smol::Sha1::from(&source).digest().to_string();
         Script {
             name,
             version,
@@ -91,7 +123,7 @@ impl Script {
     pub async fn load<C: ConnectionLike + Send>(&self, conn: &mut C) -> Result<(), ScriptError> {
         let got: String = redis::cmd("SCRIPT")
             .arg("LOAD")
-            .arg(self.source)
+            .arg(&self.source)
             .query_async(conn)
             .await?;
         if got != self.sha {
@@ -122,7 +154,7 @@ impl Script {
                 // EVAL with the source cannot meet NOSCRIPT, and caches the script again.
                 crate::log_limited!(WARN, "script missing from Redis cache, sending its source", script = self.name, sha = %self.sha);
                 let mut eval = redis::cmd("EVAL");
-                eval.arg(self.source).arg(keys.len()).arg(keys).arg(args);
+                eval.arg(&self.source).arg(keys.len()).arg(keys).arg(args);
                 Ok(eval.query_async(conn).await?)
             }
             other => Ok(other?),
@@ -192,7 +224,7 @@ pub async fn run_batch<C: ConnectionLike + Send>(
         let c = &calls[i];
         again
             .cmd("EVAL")
-            .arg(c.script.source)
+            .arg(&c.script.source)
             .arg(c.keys.len())
             .arg(&c.keys)
             .arg(&c.args);
@@ -280,5 +312,40 @@ mod tests {
             assert!(s.version() >= 1, "{} has no version line", s.name());
             assert_eq!(s.sha().len(), 40);
         }
+    }
+
+    #[test]
+    fn includes_are_spliced_in_and_every_one_is_known() {
+        for s in Scripts::new().all() {
+            assert!(
+                !s.source.contains("-- @include"),
+                "{}: an include was not found",
+                s.name()
+            );
+            assert_eq!(
+                s.sha(),
+                sha1_smol::Sha1::from(&s.source).digest().to_string(),
+                "{}: the SHA is of the text Redis runs",
+                s.name()
+            );
+        }
+        let scripts = Scripts::new();
+        for s in [&scripts.admit, &scripts.claim_outbox] {
+            assert_eq!(s.source.matches("local function rfc3339(sec)").count(), 1);
+        }
+        for s in scripts.all() {
+            if s.source.contains("UNTOLD") {
+                assert_eq!(
+                    s.source.matches("local UNTOLD = 1125899906842624").count(),
+                    1,
+                    "{}",
+                    s.name()
+                );
+            }
+        }
+        assert_eq!(
+            expand("a\n-- @include nowhere\nb"),
+            "a\n-- @include nowhere\nb"
+        );
     }
 }
