@@ -6,13 +6,13 @@
 //!
 //! | rank | layer | what it holds |
 //! |---|---|---|
-//! | 0 | `model/` | the domain, pure: key names, clock, outbox entry, checkout token |
+//! | 0 | `model/` | the domain, pure: event ids, key names, clock, outbox entry, checkout token |
 //! | 0 | `base/` | what every layer may use: the shutdown signal, bounded repeated logs, error chains |
 //! | 1 | `redis/` | the connection, retries, the Lua scripts (one module per `lua/` file), heartbeats, Redis's clock |
 //! | 1 | `kafka/` | the producer, the QUEUE_READY message, extra librdkafka options |
 //! | 2 | `config.rs` | typed, nested settings, their checks and their builder |
 //! | 2 | `ops/` | what operators see: HTTP endpoints, metrics, the `status` and `inspect` views, the probe |
-//! | 3 | `engine/` | the worker: start, loop, shutdown, delivery, completions, refill |
+//! | 3 | `engine/` | the worker: start, loop and its passes, shutdown, delivery, settlement, completions, refill |
 //! | 4 | `tools/` | bench, demo, load generator, and the local redis-server and Kafka they start |
 //!
 //! Layers of one rank do not import each other. The command line (`src/cli/`) is

@@ -100,12 +100,16 @@ pub(crate) const EVENTS_PER_PIPELINE: usize = 500;
 /// Why one event's step failed.
 #[derive(Debug, Error)]
 pub enum EventError {
+    /// The outbox claim (or the pass's pipeline as a whole) failed.
     #[error("claiming outbox entries")]
     Claim(#[source] ScriptError),
+    /// The admit call failed.
     #[error("admitting")]
     Admit(#[source] ScriptError),
+    /// The reaper failed.
     #[error("reaping expired slots")]
     Reap(#[source] ScriptError),
+    /// Writing the checkout tokens failed.
     #[error(transparent)]
     Delivery(#[from] DeliveryError),
 }
@@ -278,6 +282,7 @@ impl Worker {
         self.http.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
+    /// The worker's figures (what `/status` and `/metrics` show).
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
     }
@@ -1193,10 +1198,13 @@ impl Worker {
 /// Why the worker could not start.
 #[derive(Debug, Error)]
 pub enum StartError {
+    /// Redis refused the scripts.
     #[error("redis")]
     Redis(#[source] ScriptError),
+    /// The producer or the completion consumer could not be created.
     #[error("kafka")]
     Kafka(#[source] rdkafka::error::KafkaError),
+    /// The HTTP endpoint could not listen on its address.
     #[error("http endpoint on {0}")]
     Http(std::net::SocketAddr, #[source] std::io::Error),
 }
