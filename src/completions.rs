@@ -19,7 +19,7 @@ use thiserror::Error;
 
 use crate::error_chain::chain;
 use crate::keys::{KeyLayout, Keys};
-use crate::publisher::{KafkaLogs, Publisher};
+use crate::publisher::{KafkaLogs, Publisher, RECONNECT_BACKOFF_MAX_MS};
 use crate::refill::Refill;
 use crate::retry::Backoff;
 use crate::scripts::release::{self, Outcome, Released};
@@ -120,6 +120,7 @@ impl Completions {
             .set("enable.auto.offset.store", "false")
             .set("auto.commit.interval.ms", "500")
             .set("auto.offset.reset", "earliest")
+            .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS)
             .set(
                 "fetch.wait.max.ms",
                 settings.fetch_wait.as_millis().to_string(),
