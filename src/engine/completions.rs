@@ -20,7 +20,7 @@ use thiserror::Error;
 use crate::base::error_chain::chain;
 use crate::base::shutdown::Shutdown;
 use crate::engine::refill::Refill;
-use crate::kafka::publisher::{KafkaLogs, Publisher};
+use crate::kafka::publisher::{KafkaLogs, Publisher, RECONNECT_BACKOFF_MAX_MS};
 use crate::model::keys::{KeyLayout, Keys};
 use crate::ops::stats::{ErrorKind, Stats};
 use crate::redis::retry::Backoff;
@@ -127,6 +127,7 @@ impl Completions {
             .set("enable.auto.offset.store", "false")
             .set("auto.commit.interval.ms", "500")
             .set("auto.offset.reset", "earliest")
+            .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS)
             .set(
                 "fetch.wait.max.ms",
                 settings.fetch_wait.as_millis().to_string(),

@@ -63,6 +63,16 @@ impl rdkafka::producer::ProducerContext for KafkaLogs {
     fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
 }
 
+/// librdkafka's `reconnect.backoff.max.ms` for the worker's clients (its
+/// default is 10 s). The backoff doubles on each failed attempt, so after an outage
+/// of more than a few seconds a client can sit up to 10 s in backoff while the
+/// brokers are back: the producer holds admission (publishing stalled) and the
+/// consumer's group coordinator connection stays down (no completion applied) that
+/// much longer than the outage. 1 s, the Java client's default, bounds that delay;
+/// one attempt a second per broker during an outage costs nothing. `--kafka-config`
+/// can still set it.
+pub(crate) const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
+
 /// Why a message could not be queued for sending.
 #[derive(Debug, Error)]
 pub enum PublishError {
@@ -124,7 +134,8 @@ impl Publisher {
                 publish_timeout.as_millis().to_string(),
             )
             .set("linger.ms", "2")
-            .set("compression.type", "none");
+            .set("compression.type", "none")
+            .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
         for (k, v) in extra {
             config.set(k, v);
         }
