@@ -4,8 +4,5 @@
 pub(crate) mod heartbeat;
 pub(crate) mod redis_time;
 pub(crate) mod retry;
-// The scripts' items are documented by each module's header and its Lua file's
-// header (KEYS, ARGV, reply); their fields and variants are not, item by item.
-#[allow(missing_docs)]
 pub mod scripts;
 pub mod store;

@@ -10,6 +10,7 @@ use crate::model::keys::Keys;
 
 const NAME: &str = "admit";
 
+/// The script of `lua/admit.lua`, its includes spliced in.
 pub fn script() -> Script {
     Script::new(NAME, include_str!("../../../lua/admit.lua"))
 }
@@ -27,10 +28,15 @@ pub const MAX_ADMIT_PER_CALL: u64 = 1000;
 /// clock inside the script, so no instant is passed.
 #[derive(Debug, Clone)]
 pub struct AdmitArgs {
+    /// Slots of an event whose config hash sets no `max_concurrent`.
     pub default_max_concurrent: u64,
+    /// Most admissions per step of an event whose config hash sets no `batch_size`.
     pub default_batch_size: u64,
+    /// How long an admitted session may hold its slot (its checkout deadline).
     pub checkout_window: Duration,
+    /// TTL set on each admitted session's hash.
     pub session_ttl: Duration,
+    /// Entries come due after this, so other replicas publish them only if this one dies.
     pub outbox_lease: Duration,
     /// Hold admission while the oldest unpublished admission is older than this.
     pub max_unpublished_age: Duration,
@@ -65,13 +71,17 @@ impl Hold {
 /// What the step did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AdmitOutcome {
+    /// Sessions admitted by this step.
     pub admitted: u64,
     /// Members dropped from the lanes: missing hash, not `queued`, no user, other event.
     pub skipped: u64,
     /// Slots in use after the step.
     pub in_use: u64,
+    /// Slots of the event: its `max_concurrent`, or the default.
     pub capacity: u64,
+    /// Most admissions per step: the event's `batch_size`, or the default.
     pub batch: u64,
+    /// Whether the event is paused (an invalid `paused` value pauses it: fail safe).
     pub paused: bool,
     /// Admissions left in this minute under `new_users_per_minute`, if one is set.
     pub rate_left: Option<u64>,

@@ -8,6 +8,7 @@ use redis::Value;
 use super::{Call, Script, ScriptError};
 use crate::model::keys::Keys;
 
+/// The script of `lua/claim_outbox.lua`, its includes spliced in.
 pub fn script() -> Script {
     Script::new(
         "claim_outbox",
@@ -26,6 +27,7 @@ pub struct ClaimArgs {
     pub checkout_window: Duration,
     /// Renew an admission whose deadline is closer than this.
     pub renew_within: Duration,
+    /// TTL set again on a renewed admission's session hash.
     pub session_ttl: Duration,
 }
 

@@ -22,17 +22,25 @@ use thiserror::Error;
 /// What can go wrong calling a script.
 #[derive(Debug, Error)]
 pub enum ScriptError {
+    /// Redis refused the call, or the connection failed.
     #[error(transparent)]
     Redis(#[from] RedisError),
+    /// Redis hashed the source differently: EVALSHA by the worker's SHA would never find it.
     #[error("script {script}: SCRIPT LOAD returned sha {got}, expected {expected}")]
     ShaMismatch {
+        /// The script's name.
         script: &'static str,
+        /// The SHA1 the worker computed from the source.
         expected: String,
+        /// The SHA1 Redis returned.
         got: String,
     },
+    /// The reply is not in the shape the script's header documents.
     #[error("script {script}: unexpected reply: {detail}")]
     Reply {
+        /// The script's name.
         script: &'static str,
+        /// What was wrong with the reply.
         detail: String,
     },
 }
@@ -107,14 +115,17 @@ impl Script {
         }
     }
 
+    /// The script's name (its file in `lua/`), for logs and errors.
     pub fn name(&self) -> &'static str {
         self.name
     }
 
+    /// The `-- version: N` of its header (0 when there is none).
     pub fn version(&self) -> u32 {
         self.version
     }
 
+    /// The SHA1 of the text Redis runs, which EVALSHA calls it by.
     pub fn sha(&self) -> &str {
         &self.sha
     }
@@ -165,8 +176,11 @@ impl Script {
 /// One script call of a batch.
 #[derive(Debug, Clone)]
 pub struct Call<'a> {
+    /// The script to run.
     pub script: &'a Script,
+    /// Its KEYS, in the order its Lua header lists them.
     pub keys: Vec<String>,
+    /// Its ARGV, in the order its Lua header lists them.
     pub args: Vec<String>,
 }
 
@@ -243,12 +257,19 @@ fn is_noscript(e: &RedisError) -> bool {
 /// Every script the worker uses, built once.
 #[derive(Debug, Clone)]
 pub struct Scripts {
+    /// `lua/admit.lua`: moves waiting sessions of one event into checkout.
     pub admit: Script,
+    /// `lua/claim_outbox.lua`: takes due outbox entries under a lease for publishing.
     pub claim_outbox: Script,
+    /// `lua/set_tokens.lua`: writes checkout tokens into session hashes.
     pub set_tokens: Script,
+    /// `lua/release.lua`: frees the slot of a session that finished checkout.
     pub release: Script,
+    /// `lua/reap.lua`: takes back slots whose checkout window has passed.
     pub reap: Script,
+    /// `lua/settle.lua`: records what Kafka said of publish attempts.
     pub settle: Script,
+    /// `lua/quarantine.lua`: moves unreadable outbox entries aside.
     pub quarantine: Script,
 }
 
@@ -259,6 +280,7 @@ impl Default for Scripts {
 }
 
 impl Scripts {
+    /// Build every script from its embedded source (no Redis call).
     pub fn new() -> Self {
         Scripts {
             admit: admit::script(),
@@ -271,6 +293,7 @@ impl Scripts {
         }
     }
 
+    /// Every script, in one list (to load or log them all).
     pub fn all(&self) -> [&Script; 7] {
         [
             &self.admit,

@@ -6,6 +6,7 @@ use redis::Value;
 use super::{Call, Script, ScriptError};
 use crate::model::keys::Keys;
 
+/// The script of `lua/quarantine.lua`, its includes spliced in.
 pub fn script() -> Script {
     Script::new("quarantine", include_str!("../../../lua/quarantine.lua"))
 }

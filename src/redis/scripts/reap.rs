@@ -8,6 +8,7 @@ use super::{Call, Script, ScriptError};
 use crate::model::clock;
 use crate::model::keys::Keys;
 
+/// The script of `lua/reap.lua`, its includes spliced in.
 pub fn script() -> Script {
     Script::new("reap", include_str!("../../../lua/reap.lua"))
 }
@@ -20,9 +21,13 @@ pub const SWEEP_COUNT: u64 = 100;
 /// What one reap did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reaped {
+    /// Slots taken back (status set to `expired` where it was `admitted`).
     pub expired: u64,
+    /// Deadlines dropped because their session no longer holds a slot.
     pub stale: u64,
+    /// Slots held without a deadline that got one, so no slot leaks.
     pub adopted: u64,
+    /// Ids of the sessions whose slots were taken back.
     pub sessions: Vec<String>,
     /// Worker-owned keys that held garbage and were moved aside or reset.
     pub repaired: Vec<String>,

@@ -8,6 +8,7 @@ use super::{Call, Script, ScriptError};
 use crate::model::clock;
 use crate::model::keys::Keys;
 
+/// The script of `lua/release.lua`, its includes spliced in.
 pub fn script() -> Script {
     Script::new("release", include_str!("../../../lua/release.lua"))
 }
@@ -15,12 +16,16 @@ pub fn script() -> Script {
 /// How a checkout ended, as the completion message says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
+    /// The checkout finished (also when the message names no outcome).
     Completed,
+    /// The user left the checkout.
     Abandoned,
+    /// The checkout failed.
     Failed,
 }
 
 impl Outcome {
+    /// The outcome a completion message names; `None` for an unknown one.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "completed" => Some(Outcome::Completed),
@@ -94,6 +99,7 @@ pub fn parse(r: i64) -> Released {
     }
 }
 
+/// Release `session` of `event` in a call of its own (see [`call`]) and read the reply.
 #[allow(clippy::too_many_arguments)]
 pub async fn release<C: ConnectionLike + Send>(
     script: &Script,

@@ -2,6 +2,7 @@
 
 use super::{Call, Script};
 
+/// The script of `lua/set_tokens.lua`, its includes spliced in.
 pub fn script() -> Script {
     Script::new("set_tokens", include_str!("../../../lua/set_tokens.lua"))
 }
@@ -9,8 +10,11 @@ pub fn script() -> Script {
 /// One token to write: the session hash, the `admitted_at` it was signed for, the token.
 #[derive(Debug, Clone)]
 pub struct TokenPatch {
+    /// The session hash the token goes into.
     pub session_key: String,
+    /// The `admitted_at` it was signed for: written only while the hash still says it.
     pub admitted_at: String,
+    /// The signed checkout token.
     pub token: String,
 }
 

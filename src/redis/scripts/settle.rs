@@ -5,6 +5,7 @@
 use super::{Call, Script, ScriptError};
 use crate::model::keys::{KeyLayout, Keys};
 
+/// The script of `lua/settle.lua`, its includes spliced in.
 pub fn script() -> Script {
     Script::new("settle", include_str!("../../../lua/settle.lua"))
 }
@@ -13,9 +14,13 @@ pub fn script() -> Script {
 /// admission time (ms).
 #[derive(Debug, Clone, Copy)]
 pub struct Acked<'a> {
+    /// The entry exactly as stored (the outbox member to remove).
     pub raw: &'a [u8],
+    /// The session the entry admitted.
     pub session_id: &'a str,
+    /// The real checkout deadline (ms) that replaces the session's untold mark.
     pub deadline_ms: u64,
+    /// Only a mark not newer than this is replaced, so a later admission keeps its own.
     pub admitted_ms: u64,
 }
 
@@ -23,8 +28,11 @@ pub struct Acked<'a> {
 /// due again at its time (ms).
 #[derive(Debug, Clone, Copy)]
 pub struct EventSettlement<'a> {
+    /// The event whose outbox and deadlines are settled.
     pub event: &'a str,
+    /// Entries Kafka acknowledged: they leave the outbox.
     pub acked: &'a [Acked<'a>],
+    /// Entries whose publishing failed, each with when (ms) it is due again.
     pub retry: &'a [(&'a [u8], u64)],
 }
 
