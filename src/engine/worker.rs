@@ -89,6 +89,8 @@ struct Hint {
     deadlines: u64,
     next_deadline_ms: Option<u64>,
     outbox_depth: u64,
+    /// Both lanes' length after the call: someone was still waiting.
+    waiting: u64,
 }
 
 /// Every this many passes an idle event's figures (slots, outbox) are read afresh.
@@ -799,8 +801,18 @@ impl Worker {
         plans: &mut [Plan],
         kind: PassKind,
     ) -> Result<(), EventError> {
+        // An event whose last admit call left people waiting is admitted without
+        // asking (during a sale that is every busy event: no extra round trip),
+        // except on a refresh pass, which reads every idle event's figures.
         let idle: Vec<usize> = (0..events.len())
             .filter(|&i| !kind.full && !plans[i].reap && !plans[i].claim)
+            .filter(|&i| {
+                kind.refresh
+                    || self
+                        .hints
+                        .get(&events[i].0)
+                        .is_none_or(|h| h.waiting == 0)
+            })
             .collect();
         if idle.is_empty() {
             return Ok(());
@@ -912,6 +924,7 @@ impl Worker {
                             deadlines: outcome.deadlines,
                             next_deadline_ms: outcome.next_deadline_ms,
                             outbox_depth: outcome.outbox_depth,
+                            waiting: outcome.queue_length,
                         },
                     );
                     applied.drained = !served
