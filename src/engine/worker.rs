@@ -94,7 +94,7 @@ struct Hint {
 }
 
 /// Every this many passes an idle event's figures (slots, outbox) are read afresh.
-pub(crate) const REFRESH_EVERY: u64 = 5;
+pub(crate) const REFRESH_EVERY: u64 = 10;
 
 /// Events whose reap, claim and admit calls share one pipeline.
 pub(crate) const EVENTS_PER_PIPELINE: usize = 500;
