@@ -1,11 +1,13 @@
 # Builds the waitroom-worker binary (librdkafka is built from source by rdkafka-sys)
 # and runs it on a slim Debian (libssl3: TLS to Redis and Kafka goes through OpenSSL).
+# Without the default `tools` feature: the image carries only the worker (run,
+# status, inspect, health), not bench, demo, enqueue or the local servers they start.
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY lua ./lua
-RUN cargo build --release --locked --bin waitroom-worker
+RUN cargo build --release --locked --bin waitroom-worker --no-default-features
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 \

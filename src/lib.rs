@@ -13,7 +13,7 @@
 //! | 2 | `config.rs` | typed, nested settings, their checks and their builder |
 //! | 2 | `ops/` | what operators see: HTTP endpoints, metrics, the `status` and `inspect` views, the probe |
 //! | 3 | `engine/` | the worker: start, loop and its passes, shutdown, delivery, settlement, completions, refill |
-//! | 4 | `tools/` | bench, demo, load generator, and the local redis-server and Kafka they start |
+//! | 4 | `tools/` | bench, demo, load generator, and the local redis-server and Kafka they and the tests start (the `tools` feature) |
 //!
 //! Layers of one rank do not import each other. The command line (`src/cli/`) is
 //! the binary's, above all of them: the library knows no flags.
@@ -30,6 +30,7 @@ mod kafka;
 mod model;
 mod ops;
 mod redis;
+#[cfg(feature = "tools")]
 mod tools;
 
 // The worker: its settings, start, run and shutdown, its figures, its key names.
@@ -78,8 +79,10 @@ pub mod log_limit {
     pub use crate::base::log_limit::flush;
 }
 
-// Tools: the bench, the demo, the load generator and the local servers they start.
-pub use crate::tools::{bench, demo, embedded_kafka, enqueue, redis_server};
+// Tools (the `tools` feature, on by default): the bench, the demo, the load
+// generator, and the local servers they and the tests start.
+#[cfg(feature = "tools")]
+pub use crate::tools::{bench, demo, embedded_kafka, enqueue, ports, redis_server};
 
 // `crate::log_limited!` for every module; not exported.
 pub(crate) use crate::base::log_limit::log_limited;

@@ -13,11 +13,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-/// The tests of this file run one at a time: the outage test takes its mock broker's
-/// port down and back up, and a server another test starts meanwhile on a "free" port
-/// can take that port, which makes librdkafka's mock abort the whole binary.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 const BIN: &str = env!("CARGO_BIN_EXE_waitroom-worker");
 
 /// The worker binary with stderr read line by line on a thread of its own.
@@ -177,7 +172,6 @@ fn run_args<'a>(redis: &'a str, kafka: &'a str, extra: &[&'a str]) -> Vec<&'a st
 /// 80); with it, 8 to 10 (the first of each kind, then one summary per kind).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kafka_outage_writes_a_bounded_number_of_warnings() {
-    let _serial = SERIAL.lock().await;
     let redis = RedisServer::start();
     let kafka = MockKafka::start();
     let mut conn = redis.conn().await;
@@ -272,7 +266,6 @@ async fn a_kafka_outage_writes_a_bounded_number_of_warnings() {
 /// events" every cycle); with it, 4 (the first of each kind and its summary).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_refusing_writes_writes_a_bounded_number_of_warnings() {
-    let _serial = SERIAL.lock().await;
     let redis = RedisServer::start();
     let kafka = MockKafka::start();
     let mut conn = redis.conn().await;
@@ -368,7 +361,6 @@ async fn short_run(extra: &[&str], env: &[(&str, &str)]) -> Vec<String> {
 /// anyone having to set NO_COLOR.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_into_a_pipe_carry_no_colour_codes() {
-    let _serial = SERIAL.lock().await;
     let lines = short_run(&[], &[]).await;
     assert!(
         lines
@@ -383,7 +375,6 @@ async fn logs_into_a_pipe_carry_no_colour_codes() {
 /// a pseudo-terminal from util-linux `script`; without it there is nothing to check.
 #[test]
 fn a_terminal_gets_colour_unless_no_color_is_set() {
-    let _serial = SERIAL.blocking_lock();
     if Command::new("script").arg("--version").output().is_err() {
         eprintln!("skipped: no `script` (util-linux) to make a terminal");
         return;
@@ -449,7 +440,6 @@ fn assert_json_lines(lines: &[String]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_format_json_writes_one_object_per_line() {
-    let _serial = SERIAL.lock().await;
     let lines = short_run(&["--log-format", "json"], &[]).await;
     assert_json_lines(&lines);
     let lines = short_run(&[], &[("QUEUE_LOG_FORMAT", "json")]).await;
@@ -494,7 +484,6 @@ async fn log_format_json_writes_one_object_per_line() {
 /// Redis error (from Redis, through three layers of context).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_start_prints_each_cause_once() {
-    let _serial = SERIAL.lock().await;
     let out = Command::new(BIN)
         .args(["run", "--jwt-secret", "hunter2"])
         .env_remove("QUEUE_JWT_SECRET")

@@ -9,13 +9,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use waitroom_worker::EventId;
+#[cfg(feature = "tools")]
 use waitroom_worker::bench::BenchOptions;
+#[cfg(feature = "tools")]
 use waitroom_worker::demo::{DemoError, DemoOptions};
 use waitroom_worker::{
     ClientOptions, Config, ConfigError, KeyLayout, Keys, Naming, RedisBuilder, Setting,
-    check_process_interval, check_session_ttl,
+    check_process_interval,
 };
+#[cfg(feature = "tools")]
+use waitroom_worker::{EventId, check_session_ttl};
 
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 250ms, 1s, 15m, 2h)"))
@@ -65,17 +68,41 @@ pub(crate) enum Command {
     /// Run the admission worker until SIGTERM or SIGINT.
     Run(Box<RunArgs>),
     /// Queue N users for an event exactly as the API would (a load generator).
+    #[cfg(feature = "tools")]
     Enqueue(EnqueueArgs),
     /// One screen per event: queue, oldest wait, slots, paused, outbox, admissions, live workers.
     Status(StatusArgs),
     /// Where one session stands: its hash, queue position, slot, deadline, outbox.
     Inspect(InspectArgs),
     /// Measure throughput, Redis CPU, refill latency, scaling and memory (BENCHMARKS.md).
+    #[cfg(feature = "tools")]
     Bench(BenchArgs),
     /// A flash sale on this machine: private redis-server, embedded Kafka, simulated checkout.
+    #[cfg(feature = "tools")]
     Demo(DemoArgs),
     /// Probe a worker's /healthz (for a container HEALTHCHECK): exit 0 on 2xx, else 1.
     Health(HealthArgs),
+    // Without the `tools` feature (the production image) the tools are not in the
+    // binary. Their names are still known, hidden from the help, so that asking for
+    // one says why it is missing instead of "unrecognized subcommand".
+    #[cfg(not(feature = "tools"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Enqueue(NotBuilt),
+    #[cfg(not(feature = "tools"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Bench(NotBuilt),
+    #[cfg(not(feature = "tools"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Demo(NotBuilt),
+}
+
+/// The arguments of a tool this binary was built without: anything, since the
+/// command is refused whatever they are.
+#[cfg(not(feature = "tools"))]
+#[derive(Debug, Clone, Args)]
+pub(crate) struct NotBuilt {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    _args: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -133,6 +160,7 @@ pub(crate) struct InspectArgs {
     pub(crate) show_token: bool,
 }
 
+#[cfg(feature = "tools")]
 #[derive(Debug, Clone, Args)]
 pub(crate) struct EnqueueArgs {
     #[command(flatten)]
@@ -302,6 +330,7 @@ pub(crate) struct RunArgs {
     pub(crate) max_unpublished_age: Option<Duration>,
 }
 
+#[cfg(feature = "tools")]
 #[derive(Debug, Clone, Args)]
 pub(crate) struct BenchArgs {
     /// Use this Redis instead of a private redis-server (its data is left alone:
@@ -334,6 +363,7 @@ pub(crate) struct BenchArgs {
     pub(crate) json: bool,
 }
 
+#[cfg(feature = "tools")]
 #[derive(Debug, Clone, Args)]
 pub(crate) struct DemoArgs {
     /// Users joining the queue.
@@ -428,6 +458,7 @@ impl Naming for Flags {
     }
 }
 
+#[cfg(feature = "tools")]
 fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         setting,
@@ -481,6 +512,7 @@ impl StatusArgs {
     }
 }
 
+#[cfg(feature = "tools")]
 impl EnqueueArgs {
     /// Check the flags; the key names (with the Redis settings checked).
     pub(crate) fn keys(&self) -> Result<Keys, ConfigError> {
@@ -556,6 +588,7 @@ impl RunArgs {
     }
 }
 
+#[cfg(feature = "tools")]
 impl BenchArgs {
     /// What the bench measures.
     pub(crate) fn options(&self) -> BenchOptions {
@@ -573,6 +606,7 @@ impl BenchArgs {
     }
 }
 
+#[cfg(feature = "tools")]
 impl DemoArgs {
     /// The sale the demo plays, checked.
     pub(crate) fn options(&self) -> Result<DemoOptions, DemoError> {
@@ -927,6 +961,7 @@ mod tests {
             let cli = Cli::try_parse_from(args).expect("parses");
             match cli.command {
                 Command::Status(a) => a.keys().expect_err("refused").to_string(),
+                #[cfg(feature = "tools")]
                 Command::Enqueue(a) => a.keys().expect_err("refused").to_string(),
                 _ => panic!("not status or enqueue"),
             }
@@ -941,13 +976,16 @@ mod tests {
             e.contains("--redis-timeout") && e.contains("at most 1h"),
             "{e}"
         );
-        let e = err(&["w", "enqueue", "--event", "e", "--session-ttl", "31days"]);
-        assert!(
-            e.contains("--session-ttl") && e.contains("at most 720h"),
-            "{e}"
-        );
-        let e = err(&["w", "enqueue", "--event", "{e}"]);
-        assert!(e.contains("--event"), "{e}");
+        #[cfg(feature = "tools")]
+        {
+            let e = err(&["w", "enqueue", "--event", "e", "--session-ttl", "31days"]);
+            assert!(
+                e.contains("--session-ttl") && e.contains("at most 720h"),
+                "{e}"
+            );
+            let e = err(&["w", "enqueue", "--event", "{e}"]);
+            assert!(e.contains("--event"), "{e}");
+        }
         let ok = Cli::try_parse_from(["w", "status", "--process-interval", "1h"]).expect("parses");
         let Command::Status(a) = ok.command else {
             panic!("not status");
@@ -984,6 +1022,12 @@ mod tests {
             .build()
             .expect("defaults are valid");
         assert_eq!(format!("{from_flags:?}"), format!("{from_builder:?}"));
+    }
+
+    /// The tools' flags' defaults are their options' defaults.
+    #[cfg(feature = "tools")]
+    #[test]
+    fn tool_flag_defaults_are_the_options() {
         let cli = Cli::try_parse_from(["w", "bench"]).expect("parses");
         let Command::Bench(b) = cli.command else {
             panic!("not bench");
@@ -1000,5 +1044,33 @@ mod tests {
             format!("{:?}", d.options().expect("valid")),
             format!("{:?}", waitroom_worker::demo::DemoOptions::default())
         );
+    }
+
+    /// Without the `tools` feature the tools' names still parse, whatever follows
+    /// them (`--help` included), so that the binary can say they are not built in;
+    /// the help does not list them.
+    #[cfg(not(feature = "tools"))]
+    #[test]
+    fn tools_not_built_still_parse_and_are_hidden() {
+        for args in [
+            &["w", "demo", "--users", "5"][..],
+            &["w", "bench", "--quick", "--help"][..],
+            &["w", "enqueue", "--event", "e"][..],
+        ] {
+            let cli = Cli::try_parse_from(args).expect("parses");
+            assert!(
+                matches!(
+                    cli.command,
+                    Command::Demo(_) | Command::Bench(_) | Command::Enqueue(_)
+                ),
+                "{args:?}"
+            );
+        }
+        let help = <Cli as clap::CommandFactory>::command()
+            .render_help()
+            .to_string();
+        for tool in ["demo", "bench", "enqueue"] {
+            assert!(!help.contains(tool), "{tool} in the help:\n{help}");
+        }
     }
 }

@@ -50,7 +50,9 @@ pub(crate) fn main() -> ExitCode {
         .filter(|v| !v.trim().is_empty())
         .and_then(|v| EnvFilter::try_new(v).ok());
     let filter = match (&cli.command, from_env) {
+        #[cfg(feature = "tools")]
         (Command::Demo(d), _) if !d.verbose => EnvFilter::new("warn"),
+        #[cfg(feature = "tools")]
         (Command::Bench(_), None) => EnvFilter::new("error"),
         (_, Some(f)) => f,
         (_, None) => EnvFilter::new("info"),
@@ -121,6 +123,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let config = args.config().context("invalid setting")?;
             run(config).await
         }
+        #[cfg(feature = "tools")]
         Command::Enqueue(args) => {
             let keys = args.keys().context("invalid setting")?;
             let mut conn = connect(&args.redis).await?;
@@ -191,6 +194,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        #[cfg(feature = "tools")]
         Command::Bench(args) => {
             let json = args.json;
             let report = waitroom_worker::bench::run(args.options())
@@ -206,6 +210,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        #[cfg(feature = "tools")]
         Command::Demo(args) => {
             let options = args.options().context("demo")?;
             waitroom_worker::demo::run(options).await.context("demo")?;
@@ -223,7 +228,24 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             println!("{line}");
             Ok(())
         }
+        #[cfg(not(feature = "tools"))]
+        Command::Enqueue(_) => Err(not_built("enqueue")),
+        #[cfg(not(feature = "tools"))]
+        Command::Bench(_) => Err(not_built("bench")),
+        #[cfg(not(feature = "tools"))]
+        Command::Demo(_) => Err(not_built("demo")),
     }
+}
+
+/// A tool asked of a binary built without the `tools` feature (the production
+/// image): what is missing, and where it is.
+#[cfg(not(feature = "tools"))]
+fn not_built(tool: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "`{tool}` is not in this binary: it was built without the `tools` feature (as the \
+         production image is), so it carries only the worker; bench, demo and enqueue are in \
+         the default build (cargo build --release)"
+    )
 }
 
 async fn connect(r: &RedisArgs) -> anyhow::Result<waitroom_worker::store::RedisConn> {

@@ -807,11 +807,7 @@ impl Worker {
         let idle: Vec<usize> = (0..events.len())
             .filter(|&i| !kind.full && !plans[i].reap && !plans[i].claim)
             .filter(|&i| {
-                kind.refresh
-                    || self
-                        .hints
-                        .get(&events[i].0)
-                        .is_none_or(|h| h.waiting == 0)
+                kind.refresh || self.hints.get(&events[i].0).is_none_or(|h| h.waiting == 0)
             })
             .collect();
         if idle.is_empty() {

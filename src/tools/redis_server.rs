@@ -1,14 +1,18 @@
-//! A private redis-server for the demo and the bench, and a private three-master
-//! Redis Cluster for the bench's cluster section and the cluster tests: started on
-//! free loopback ports in temporary directories, stopped and cleaned up when
-//! dropped. They never touch any other Redis.
+//! A private redis-server for the demo, the bench and the tests, and a private
+//! three-master Redis Cluster for the bench's cluster section and the cluster tests:
+//! started on free loopback ports ([`free_port`]) in temporary directories, stopped
+//! and cleaned up when dropped. They never touch any other Redis.
+//!
+//! What the tests need of a server is here too: an append-only file, a password,
+//! TLS, a stop (SIGKILL), a restart after one, and a graceful restart (SIGTERM).
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
+
+use crate::tools::ports::{NoFreePort, free_port};
 
 /// Why a local server did not start.
 #[derive(Debug, Error)]
@@ -21,110 +25,225 @@ pub enum ServerError {
     /// It started and does not answer.
     #[error("redis-server did not answer on port {0} within 10s")]
     NoAnswer(u16),
+    /// It exited before it answered: its port was taken, or it refused an option.
+    #[error(
+        "redis-server on port {0} exited before it answered (port taken, or an option refused)"
+    )]
+    Exited(u16),
     /// `redis-cli --cluster create` failed.
     #[error("redis-cli --cluster create failed: {0}")]
     ClusterCreate(String),
     /// The cluster did not become ok.
     #[error("cluster node on port {0} did not report cluster_state:ok within 20s")]
     ClusterNotOk(u16),
-    /// No free port pair for a node and its bus.
-    #[error("no free loopback port between 20000 and 32000")]
-    NoPortPair,
+    /// No port left for a server.
+    #[error(transparent)]
+    NoFreePort(#[from] NoFreePort),
     /// Any other I/O error.
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
+/// How a [`PrivateRedis`] runs; the default is a plain server that keeps nothing.
+#[derive(Debug, Clone, Default)]
+pub struct RedisOptions {
+    /// Keep an append-only file fsynced on every write, so the data survives a
+    /// stop and a restart.
+    pub appendonly: bool,
+    /// `requirepass`: clients must authenticate. [`PrivateRedis::url`] carries it, so
+    /// it must be valid in a URL as it is (no `@`, `/`, `:` or `%`).
+    pub password: Option<String>,
+    /// Also speak TLS, on a port of its own ([`PrivateRedis::tls_port`]).
+    pub tls: Option<ServerTls>,
+}
+
+/// The PEM files of a redis-server that speaks TLS and checks client certificates.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The server's certificate.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// The CA that signs the certificates clients must show.
+    pub ca: PathBuf,
+}
+
 /// A redis-server of this process's own, on a free loopback port, in a temp
-/// directory; stopped and removed when dropped.
+/// directory; stopped and removed when dropped. It keeps its port and directory
+/// across [`stop`](Self::stop) and the restarts.
 pub struct PrivateRedis {
-    /// Its port.
+    /// Its port (plain text).
     pub port: u16,
-    child: Child,
+    /// Its TLS port, when started with [`RedisOptions::tls`].
+    pub tls_port: Option<u16>,
+    options: RedisOptions,
+    child: Option<Child>,
     dir: PathBuf,
 }
 
 impl PrivateRedis {
-    /// Start it and wait until it answers PING.
+    /// Start a plain one and wait until it answers PING.
     pub fn start() -> Result<Self, ServerError> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let dir =
-            std::env::temp_dir().join(format!("waitroom-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        Self::start_with(RedisOptions::default())
+    }
+
+    /// Start one with `options` and wait until it answers PING. A server that exits
+    /// at once (a port taken in between by another process) is tried again on new
+    /// ports, three times in all.
+    pub fn start_with(options: RedisOptions) -> Result<Self, ServerError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let port = free_port()?;
+            let tls_port = match options.tls {
+                Some(_) => Some(free_port()?),
+                None => None,
+            };
+            let dir =
+                std::env::temp_dir().join(format!("waitroom-redis-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            // Dropped on failure: the process is killed and the dir removed.
+            let mut server = PrivateRedis {
+                port,
+                tls_port,
+                options: options.clone(),
+                child: None,
+                dir,
+            };
+            match server.spawn() {
+                Ok(()) => return Ok(server),
+                Err(ServerError::Exited(_)) if tries < 3 => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn spawn(&mut self) -> Result<(), ServerError> {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", ""]);
+        if self.options.appendonly {
+            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            cmd.args(["--appendonly", "no"]);
+        }
+        if let Some(p) = &self.options.password {
+            cmd.args(["--requirepass", p]);
+        }
+        if let (Some(tls), Some(port)) = (&self.options.tls, self.tls_port) {
+            cmd.args(["--tls-port", &port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca)
+                .args(["--tls-auth-clients", "yes"]);
+        }
+        let child = cmd
             .arg("--dir")
-            .arg(&dir)
+            .arg(&self.dir)
+            .args(["--daemonize", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .map_err(ServerError::Missing)?;
-        // Dropped on failure: the process is killed and the dir removed.
-        let mut server = PrivateRedis { port, child, dir };
-        let url = server.url();
-        if answers_ping(&mut server.child, &url, Duration::from_secs(10)) {
-            Ok(server)
-        } else {
-            Err(ServerError::NoAnswer(port))
+        let url = self.url();
+        // Kept even when it does not answer, so that drop stops it.
+        let child = self.child.insert(child);
+        match wait_until_up(child, &url, Duration::from_secs(10)) {
+            Up::Answered => Ok(()),
+            Up::Exited => Err(ServerError::Exited(self.port)),
+            Up::Silent => Err(ServerError::NoAnswer(self.port)),
         }
     }
 
-    /// Its URL.
+    /// Its URL (plain text), with the password when it has one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.options.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// Its `rediss://` URL, when it speaks TLS.
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port.map(|p| format!("rediss://127.0.0.1:{p}"))
+    }
+
+    /// Stop it at once with SIGKILL, as a crash would (with
+    /// [`RedisOptions::appendonly`] every write it acknowledged is on disk). Its port
+    /// and directory stay its own for a restart.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stop it (SIGKILL) if it runs, then start it again on the same port and
+    /// directory, and wait until it answers.
+    pub fn restart(&mut self) -> Result<(), ServerError> {
+        self.stop();
+        self.spawn()
+    }
+
+    /// Stop it with SIGTERM (Redis flushes its append-only file and exits cleanly)
+    /// and wait until it has exited, then start it again on the same port and
+    /// directory, and wait until it answers.
+    pub fn restart_graceful(&mut self) -> Result<(), ServerError> {
+        if let Some(mut c) = self.child.take() {
+            let term = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if !matches!(term, Ok(s) if s.success()) {
+                let _ = c.kill();
+            }
+            c.wait()?;
+            term?;
+        }
+        self.spawn()
     }
 }
 
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-/// A free loopback port below 32768 (out of Linux's ephemeral range, so no outgoing
-/// connection takes it between this check and the server's bind), never handed out
-/// twice by this process.
-fn reserve_port() -> Result<u16, ServerError> {
-    static USED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut used = USED.lock().unwrap_or_else(|p| p.into_inner());
-    // Start somewhere that depends on the process, so parallel test binaries spread.
-    let start = (std::process::id() as usize * 7919) % 12000;
-    for k in 0..12000 {
-        let p = 20000 + ((start + k * 37) % 12000) as u16;
-        if !used.contains(&p) && TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            used.push(p);
-            return Ok(p);
-        }
-    }
-    Err(ServerError::NoPortPair)
+/// What a starting redis-server did.
+#[derive(Debug, PartialEq, Eq)]
+enum Up {
+    /// It answered PING.
+    Answered,
+    /// Its process exited first.
+    Exited,
+    /// It did not answer in time.
+    Silent,
 }
 
-/// Wait until the redis-server `child` answers PING at `url`: true when it does,
-/// false as soon as the process has exited, or when `within` has passed.
-pub fn answers_ping(child: &mut Child, url: &str, within: Duration) -> bool {
+/// Wait until the redis-server `child` answers PING at `url`; stop waiting as soon as
+/// the process has exited, or when `within` has passed.
+fn wait_until_up(child: &mut Child, url: &str, within: Duration) -> Up {
     let deadline = Instant::now() + within;
     let Ok(client) = redis::Client::open(url) else {
-        return false;
+        return Up::Silent;
     };
     loop {
         if let Ok(mut c) = client.get_connection()
             && redis::cmd("PING").query::<String>(&mut c).is_ok()
         {
-            return true;
+            return Up::Answered;
         }
-        if !matches!(child.try_wait(), Ok(None)) || Instant::now() > deadline {
-            return false;
+        if !matches!(child.try_wait(), Ok(None)) {
+            return Up::Exited;
+        }
+        if Instant::now() > deadline {
+            return Up::Silent;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -172,10 +291,10 @@ impl PrivateCluster {
     /// Start the three masters, create the cluster, wait until it is ok.
     pub fn start(durable: bool) -> Result<Self, ServerError> {
         let ports = (0..3)
-            .map(|_| reserve_port())
+            .map(|_| free_port())
             .collect::<Result<Vec<u16>, _>>()?;
         let bus_ports = (0..3)
-            .map(|_| reserve_port())
+            .map(|_| free_port())
             .collect::<Result<Vec<u16>, _>>()?;
         let dir = std::env::temp_dir().join(format!(
             "waitroom-cluster-{}-{}",
@@ -250,7 +369,8 @@ impl PrivateCluster {
             .spawn()
             .map_err(ServerError::Missing)?;
         // A node that exits (a port taken after all) fails at once, not after 10 s.
-        let answered = answers_ping(&mut child, &self.url(i), Duration::from_secs(10));
+        let answered =
+            wait_until_up(&mut child, &self.url(i), Duration::from_secs(10)) == Up::Answered;
         // Kept even when it did not answer, so that drop stops it.
         self.children[i] = Some(child);
         if answered {

@@ -1,6 +1,9 @@
-//! What the integration tests share: a private redis-server, librdkafka's mock
-//! Kafka cluster, a consumer of what the worker published, and helpers that write
-//! the queue exactly as the API would.
+//! What the integration tests share: the library's own local servers (a private
+//! redis-server, a private Redis Cluster, librdkafka's mock Kafka cluster: the kit
+//! of `waitroom_worker::{redis_server, embedded_kafka, ports}`, which the demo and
+//! the bench use too) behind thin wrappers that fail the test with a clear message,
+//! a consumer of what the worker published, and helpers that write the queue
+//! exactly as the API would.
 //!
 //! Every test starts its own redis-server on a free loopback port and stops it; it
 //! never touches a Redis it did not start.
@@ -8,21 +11,19 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, mpsc};
-use std::thread::JoinHandle;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
-use rdkafka::mocking::MockCluster;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use redis::aio::MultiplexedConnection;
-use waitroom_worker::redis_server::{PrivateCluster, answers_ping};
+use waitroom_worker::embedded_kafka::EmbeddedKafka;
+use waitroom_worker::redis_server::{PrivateCluster, PrivateRedis, RedisOptions, ServerTls};
 use waitroom_worker::shutdown::{self, ShutdownTrigger};
 use waitroom_worker::{Config, ConfigBuilder, KeyLayout, Keys, Stats, Worker};
 
@@ -30,10 +31,10 @@ pub const SECRET: &str = "test-secret-0123456789abcdef0123456789";
 pub const TOPIC: &str = "QUEUE_READY";
 pub const COMPLETED: &str = "CHECKOUT_COMPLETED";
 
-/// A free TCP port on loopback (bound then released).
+/// A free TCP port on loopback, below the ephemeral range, that no other server of
+/// this test binary gets (see `waitroom_worker::ports`).
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    waitroom_worker::ports::free_port().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Poll `check` until it returns Some or `timeout` passes.
@@ -58,10 +59,7 @@ where
 /// A redis-server of the test's own, on a free loopback port, in a temp dir.
 pub struct RedisServer {
     pub port: u16,
-    child: Option<Child>,
-    dir: PathBuf,
-    appendonly: bool,
-    password: Option<String>,
+    inner: PrivateRedis,
 }
 
 impl RedisServer {
@@ -71,74 +69,32 @@ impl RedisServer {
 
     /// With `appendonly`, data survives a restart.
     pub fn start_with(appendonly: bool) -> Self {
-        Self::start_full(appendonly, None)
+        Self::start_options(RedisOptions {
+            appendonly,
+            ..RedisOptions::default()
+        })
     }
 
     /// With `requirepass`: clients must authenticate.
     pub fn start_with_password(password: &str) -> Self {
-        Self::start_full(false, Some(password.to_owned()))
+        Self::start_options(RedisOptions {
+            password: Some(password.to_owned()),
+            ..RedisOptions::default()
+        })
     }
 
-    fn start_full(appendonly: bool, password: Option<String>) -> Self {
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("waitroom-test-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let mut s = RedisServer {
-            port,
-            child: None,
-            dir,
-            appendonly,
-            password,
-        };
-        s.spawn();
-        s
-    }
-
-    fn spawn(&mut self) {
-        let mut cmd = Command::new("redis-server");
-        if let Some(p) = &self.password {
-            cmd.args(["--requirepass", p]);
+    fn start_options(options: RedisOptions) -> Self {
+        let inner = PrivateRedis::start_with(options).unwrap_or_else(|e| {
+            panic!("the test's redis-server did not start (the test command installs it): {e}")
+        });
+        RedisServer {
+            port: inner.port,
+            inner,
         }
-        let child = cmd
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                if self.appendonly { "yes" } else { "no" },
-                "--appendfsync",
-                if self.appendonly {
-                    "always"
-                } else {
-                    "everysec"
-                },
-                "--dir",
-                self.dir.to_str().expect("utf-8 temp dir"),
-                "--daemonize",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (the test command installs it)");
-        let url = self.url();
-        let child = self.child.insert(child);
-        assert!(
-            answers_ping(child, &url, Duration::from_secs(10)),
-            "redis-server did not come up on {}",
-            self.port
-        );
     }
 
     pub fn url(&self) -> String {
-        match &self.password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
-        }
+        self.inner.url()
     }
 
     pub async fn conn(&self) -> MultiplexedConnection {
@@ -149,109 +105,64 @@ impl RedisServer {
             .expect("connect to the test redis")
     }
 
+    /// SIGKILL; it keeps its port and directory for [`restart`](Self::restart).
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.inner.stop();
     }
 
+    /// SIGKILL if it runs, then start again on the same port and directory.
     pub fn restart(&mut self) {
-        self.stop();
-        self.spawn();
+        let port = self.port;
+        self.inner
+            .restart()
+            .unwrap_or_else(|e| panic!("the test's redis-server on {port} did not restart: {e}"));
     }
 
     /// Stop with SIGTERM (Redis flushes its AOF and exits cleanly), then start
     /// again on the same port and directory.
     pub fn restart_graceful(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let _ = c.wait();
-        }
-        self.spawn();
+        let port = self.port;
+        self.inner.restart_graceful().unwrap_or_else(|e| {
+            panic!("the test's redis-server on {port} did not restart after SIGTERM: {e}")
+        });
     }
 }
 
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-enum MockOp {
-    BrokerDown,
-    BrokerUp,
-    CreateTopic(String, i32),
-}
-
-/// librdkafka's mock cluster on a thread of its own (it is not `Send`).
+/// librdkafka's mock cluster (the library's embedded Kafka): one broker with the
+/// QUEUE_READY topic (one partition, so order is total) and CHECKOUT_COMPLETED (two).
 pub struct MockKafka {
     pub bootstrap: String,
-    ops: Option<mpsc::Sender<(MockOp, mpsc::Sender<()>)>>,
-    thread: Option<JoinHandle<()>>,
+    inner: EmbeddedKafka,
 }
 
 impl MockKafka {
-    /// One broker with the QUEUE_READY topic (one partition, so order is total).
     pub fn start() -> Self {
-        let (boot_tx, boot_rx) = mpsc::channel();
-        let (ops_tx, ops_rx) = mpsc::channel::<(MockOp, mpsc::Sender<()>)>();
-        let thread = std::thread::spawn(move || {
-            let cluster = MockCluster::new(1).expect("mock cluster");
-            cluster.create_topic(TOPIC, 1, 1).expect("create topic");
-            cluster.create_topic(COMPLETED, 2, 1).expect("create topic");
-            boot_tx
-                .send(cluster.bootstrap_servers())
-                .expect("send bootstrap");
-            for (op, done) in ops_rx {
-                match op {
-                    MockOp::BrokerDown => cluster.broker_down(-1).expect("broker down"),
-                    MockOp::BrokerUp => cluster.broker_up(-1).expect("broker up"),
-                    MockOp::CreateTopic(t, p) => {
-                        cluster.create_topic(&t, p, 1).expect("create topic")
-                    }
-                }
-                let _ = done.send(());
-            }
-        });
-        let bootstrap = boot_rx.recv().expect("mock cluster bootstrap servers");
+        let inner = EmbeddedKafka::start(&[(TOPIC, 1), (COMPLETED, 2)])
+            .unwrap_or_else(|e| panic!("the mock Kafka cluster did not start: {e}"));
         MockKafka {
-            bootstrap,
-            ops: Some(ops_tx),
-            thread: Some(thread),
+            bootstrap: inner.bootstrap.clone(),
+            inner,
         }
     }
 
-    fn op(&self, op: MockOp) {
-        let (tx, rx) = mpsc::channel();
-        if let Some(ops) = &self.ops {
-            ops.send((op, tx)).expect("mock thread alive");
-            rx.recv().expect("mock op done");
-        }
-    }
-
+    /// Every broker down: connections closed, new ones refused.
     pub fn brokers_down(&self) {
-        self.op(MockOp::BrokerDown);
+        self.inner
+            .brokers_down()
+            .unwrap_or_else(|e| panic!("mock brokers down: {e}"));
     }
 
+    /// Every broker back up.
     pub fn brokers_up(&self) {
-        self.op(MockOp::BrokerUp);
+        self.inner
+            .brokers_up()
+            .unwrap_or_else(|e| panic!("mock brokers up: {e}"));
     }
 
     pub fn create_topic(&self, topic: &str, partitions: i32) {
-        self.op(MockOp::CreateTopic(topic.to_owned(), partitions));
-    }
-}
-
-impl Drop for MockKafka {
-    fn drop(&mut self) {
-        self.ops.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.inner
+            .create_topic(topic, partitions)
+            .unwrap_or_else(|e| panic!("mock topic {topic}: {e}"));
     }
 }
 
@@ -766,68 +677,30 @@ impl Drop for TestCerts {
 pub struct TlsRedis {
     pub port: u16,
     pub tls_port: u16,
-    child: Child,
+    inner: PrivateRedis,
 }
 
 impl TlsRedis {
-    /// Tries new ports when the server exits at once (a port taken in between).
     pub fn start(certs: &TestCerts) -> Self {
-        for _ in 0..3 {
-            if let Some(s) = Self::try_start(certs) {
-                return s;
-            }
+        let tls = ServerTls {
+            cert: certs.dir.join("server.pem"),
+            key: certs.dir.join("server.key"),
+            ca: certs.dir.join("ca.pem"),
+        };
+        let inner = PrivateRedis::start_with(RedisOptions {
+            tls: Some(tls),
+            ..RedisOptions::default()
+        })
+        .unwrap_or_else(|e| panic!("the TLS redis-server did not start: {e}"));
+        TlsRedis {
+            port: inner.port,
+            tls_port: inner.tls_port.expect("a TLS port"),
+            inner,
         }
-        panic!("the TLS redis-server did not start on three pairs of ports");
-    }
-
-    fn try_start(certs: &TestCerts) -> Option<Self> {
-        let port = free_port();
-        let tls_port = loop {
-            let p = free_port();
-            if p != port {
-                break p;
-            }
-        };
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--tls-port",
-                &tls_port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--tls-cert-file",
-                &certs.path("server.pem"),
-                "--tls-key-file",
-                &certs.path("server.key"),
-                "--tls-ca-cert-file",
-                &certs.path("ca.pem"),
-                "--tls-auth-clients",
-                "yes",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                &certs.path(""),
-                "--daemonize",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (the test command installs it)");
-        let mut s = TlsRedis {
-            port,
-            tls_port,
-            child,
-        };
-        let url = s.plain_url();
-        answers_ping(&mut s.child, &url, Duration::from_secs(10)).then_some(s)
     }
 
     pub fn plain_url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        self.inner.url()
     }
 
     pub fn tls_url(&self) -> String {
@@ -840,12 +713,5 @@ impl TlsRedis {
             .get_multiplexed_async_connection()
             .await
             .expect("connect to the test redis")
-    }
-}
-
-impl Drop for TlsRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
