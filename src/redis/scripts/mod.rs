@@ -87,6 +87,28 @@ fn expand(source: &str) -> String {
     out
 }
 
+/// Most items (tokens, settled entries) one merged call may carry, so no call holds
+/// Redis for long however many events a pass serves.
+pub(crate) const MAX_ITEMS_PER_CALL: usize = 5_000;
+
+/// Consecutive runs of items whose sizes add up to at most `cap` (an item larger
+/// than `cap` alone makes a run): how many events' work goes into each call.
+pub(crate) fn group_by_size(sizes: &[usize], cap: usize) -> Vec<std::ops::Range<usize>> {
+    let mut groups = Vec::new();
+    let (mut start, mut total) = (0, 0);
+    for (i, &n) in sizes.iter().enumerate() {
+        if i > start && total + n > cap {
+            groups.push(start..i);
+            (start, total) = (i, 0);
+        }
+        total += n;
+    }
+    if start < sizes.len() {
+        groups.push(start..sizes.len());
+    }
+    groups
+}
+
 /// One Lua script: its source (includes spliced in), version and SHA1.
 #[derive(Debug, Clone)]
 pub struct Script {

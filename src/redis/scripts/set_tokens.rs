@@ -52,10 +52,10 @@ pub enum Written {
     Failed(String),
 }
 
-/// The calls writing every event's tokens (`patches`, one list per event): one call
-/// for all of them in the default key layout, one per event in the cluster layout
-/// (an event's sessions share a hash slot, different events' do not). Read the
-/// replies back per event with [`per_event`].
+/// The calls writing every event's tokens (`patches`, one list per event): in the
+/// default key layout as few as [`super::MAX_ITEMS_PER_CALL`] tokens a call allow,
+/// one per event in the cluster layout (an event's sessions share a hash slot,
+/// different events' do not). Read the replies back per event with [`per_event`].
 pub fn calls(
     script: &Script,
     layout: crate::model::keys::KeyLayout,
@@ -63,9 +63,16 @@ pub fn calls(
 ) -> (Vec<Call<'_>>, Grouping) {
     match layout {
         crate::model::keys::KeyLayout::Default => {
-            let lens: Vec<usize> = patches.iter().map(Vec::len).collect();
-            let all: Vec<TokenPatch> = patches.into_iter().flatten().collect();
-            (vec![call(script, all)], Grouping::Merged(lens))
+            let sizes: Vec<usize> = patches.iter().map(Vec::len).collect();
+            let mut events = patches.into_iter();
+            let mut calls = Vec::new();
+            let mut lens = Vec::new();
+            for r in super::group_by_size(&sizes, super::MAX_ITEMS_PER_CALL) {
+                let group: Vec<Vec<TokenPatch>> = events.by_ref().take(r.len()).collect();
+                lens.push(group.iter().map(Vec::len).collect());
+                calls.push(call(script, group.into_iter().flatten().collect()));
+            }
+            (calls, Grouping::Merged(lens))
         }
         crate::model::keys::KeyLayout::Cluster => (
             patches.into_iter().map(|ps| call(script, ps)).collect(),
@@ -77,8 +84,8 @@ pub fn calls(
 /// How the calls of [`calls`] map to events.
 #[derive(Debug)]
 pub enum Grouping {
-    /// One call; each event's number of tokens, in order.
-    Merged(Vec<usize>),
+    /// Per call, its events' numbers of tokens, in order.
+    Merged(Vec<Vec<usize>>),
     /// One call per event.
     PerEvent,
 }
@@ -97,50 +104,106 @@ pub fn per_event(
     };
     match grouping {
         Grouping::PerEvent => results.into_iter().map(read).collect(),
-        Grouping::Merged(lens) => {
-            let outcome = match results.into_iter().next() {
-                Some(r) => read(r),
-                None => Written::Failed("no reply".to_owned()),
-            };
-            match outcome {
-                Written::Flags(flags) if flags.len() == lens.iter().sum::<usize>() => {
-                    let mut rest = flags.as_slice();
-                    lens.iter()
-                        .map(|&n| {
-                            let (mine, after) = rest.split_at(n);
-                            rest = after;
-                            Written::Flags(mine.to_vec())
-                        })
-                        .collect()
-                }
-                Written::Flags(flags) => {
-                    let detail = format!(
-                        "{} flags for {} tokens",
-                        flags.len(),
-                        lens.iter().sum::<usize>()
-                    );
-                    lens.iter()
-                        .map(|_| {
-                            Written::Unexpected(super::ScriptError::Reply {
-                                script: "set_tokens",
-                                detail: detail.clone(),
-                            })
-                        })
-                        .collect()
-                }
-                Written::Unexpected(e) => {
-                    let detail = e.to_string();
-                    lens.iter()
-                        .map(|_| {
-                            Written::Unexpected(super::ScriptError::Reply {
-                                script: "set_tokens",
-                                detail: detail.clone(),
-                            })
-                        })
-                        .collect()
-                }
-                Written::Failed(e) => lens.iter().map(|_| Written::Failed(e.clone())).collect(),
+        Grouping::Merged(groups) => {
+            let mut results = results.into_iter();
+            let mut out = Vec::new();
+            for lens in groups {
+                let outcome = match results.next() {
+                    Some(r) => read(r),
+                    None => Written::Failed("no reply".to_owned()),
+                };
+                out.extend(split(outcome, &lens));
             }
+            out
         }
+    }
+}
+
+/// One merged call's outcome, per event of the call.
+fn split(outcome: Written, lens: &[usize]) -> Vec<Written> {
+    let total: usize = lens.iter().sum();
+    let unexpected = |detail: String| {
+        lens.iter()
+            .map(|_| {
+                Written::Unexpected(super::ScriptError::Reply {
+                    script: "set_tokens",
+                    detail: detail.clone(),
+                })
+            })
+            .collect()
+    };
+    match outcome {
+        Written::Flags(flags) if flags.len() == total => {
+            let mut rest = flags.as_slice();
+            lens.iter()
+                .map(|&n| {
+                    let (mine, after) = rest.split_at(n);
+                    rest = after;
+                    Written::Flags(mine.to_vec())
+                })
+                .collect()
+        }
+        Written::Flags(flags) => unexpected(format!("{} flags for {total} tokens", flags.len())),
+        Written::Unexpected(e) => unexpected(e.to_string()),
+        Written::Failed(e) => lens.iter().map(|_| Written::Failed(e.clone())).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn patches(n: usize) -> Vec<TokenPatch> {
+        (0..n)
+            .map(|i| TokenPatch {
+                session_key: format!("s{i}"),
+                admitted_at: "2026-11-29T00:00:00Z".into(),
+                token: "t".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn merged_calls_are_capped_and_replies_go_back_to_their_events() {
+        let script = script();
+        let big = super::super::MAX_ITEMS_PER_CALL;
+        let (made, grouping) = calls(
+            &script,
+            crate::model::keys::KeyLayout::Default,
+            vec![patches(2), patches(big), patches(1)],
+        );
+        let sizes: Vec<usize> = made.iter().map(|c| c.keys.len()).collect();
+        assert_eq!(sizes, vec![2, big, 1], "no call over the cap");
+        let flags =
+            |v: &[i64]| redis::Value::Array(v.iter().map(|&f| redis::Value::Int(f)).collect());
+        let out = per_event(
+            grouping,
+            vec![
+                Ok(flags(&[1, 0])),
+                Ok(flags(&vec![1; big])),
+                Ok(flags(&[0])),
+            ],
+        );
+        let got: Vec<Vec<bool>> = out
+            .into_iter()
+            .map(|w| match w {
+                Written::Flags(f) => f,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got[0], vec![true, false]);
+        assert_eq!(got[1], vec![true; big]);
+        assert_eq!(got[2], vec![false]);
+
+        // Two small events share a call; a missing reply fails both, not others.
+        let (small, grouping) = calls(
+            &script,
+            crate::model::keys::KeyLayout::Default,
+            vec![patches(1), patches(2)],
+        );
+        assert_eq!(small.len(), 1);
+        let out = per_event(grouping, vec![]);
+        assert!(out.iter().all(|w| matches!(w, Written::Failed(_))));
+        assert_eq!(out.len(), 2);
     }
 }

@@ -89,9 +89,10 @@ pub fn call_many<'a>(script: &'a Script, keys: &Keys, events: &[EventSettlement<
     }
 }
 
-/// The calls settling `events`: one for all of them in the default key layout (one
-/// server, or one Sentinel master), one per event in the cluster layout, where each
-/// event's keys live in their own hash slot. Each call goes with the events it covers.
+/// The calls settling `events`: in the default key layout (one server, or one
+/// Sentinel master) as few as [`super::MAX_ITEMS_PER_CALL`] entries a call allow,
+/// one per event in the cluster layout, where each event's keys live in their own
+/// hash slot. Each call goes with the events it covers.
 pub fn calls<'a, 'e>(
     script: &'a Script,
     keys: &Keys,
@@ -101,7 +102,16 @@ pub fn calls<'a, 'e>(
         return Vec::new();
     }
     match keys.layout() {
-        KeyLayout::Default => vec![(call_many(script, keys, events), events)],
+        KeyLayout::Default => {
+            let sizes: Vec<usize> = events
+                .iter()
+                .map(|e| e.acked.len() + e.retry.len())
+                .collect();
+            super::group_by_size(&sizes, super::MAX_ITEMS_PER_CALL)
+                .into_iter()
+                .map(|r| (call_many(script, keys, &events[r.clone()]), &events[r]))
+                .collect()
+        }
         KeyLayout::Cluster => events
             .chunks(1)
             .map(|one| (call_many(script, keys, one), one))
