@@ -166,7 +166,7 @@ mod tests {
     #[test]
     fn merged_calls_are_capped_and_replies_go_back_to_their_events() {
         let script = script();
-        let big = super::super::MAX_ITEMS_PER_CALL;
+        let big = crate::redis::scripts::MAX_ITEMS_PER_CALL;
         let (made, grouping) = calls(
             &script,
             crate::model::keys::KeyLayout::Default,
