@@ -24,7 +24,7 @@ use crate::model::outbox::{self, OutboxEntry};
 use crate::model::token::{self, Signer};
 use crate::ops::stats::{ErrorKind, Stats};
 use crate::redis::redis_time::RedisTime;
-use crate::redis::retry::{self, Backoff};
+use crate::redis::retry::Backoff;
 use crate::redis::scripts::set_tokens::{self, TokenPatch, Written};
 use crate::redis::scripts::{self, ScriptError, Scripts};
 use crate::redis::store::RedisConn;
@@ -179,15 +179,11 @@ impl Delivery {
         // In the default layout one call for every event, else one per event.
         let (calls, grouping) =
             set_tokens::calls(&self.scripts.set_tokens, self.keys.layout(), patches);
-        let results = retry::with_retries(
+        let results = scripts::run_batch_retrying(
+            &self.conn,
+            &calls,
             self.policy.attempts,
             self.policy.backoff,
-            retry::is_transient,
-            || {
-                let mut conn = self.conn.clone();
-                let calls = &calls;
-                async move { scripts::run_batch(&mut conn, calls).await }
-            },
         )
         .await
         .map_err(|e| DeliveryError::Tokens(ScriptError::Redis(e)))?;

@@ -22,10 +22,6 @@ use crate::redis::scripts::settle::{self, Acked, EventSettlement};
 use crate::redis::scripts::{self, Call, Scripts};
 use crate::redis::store::RedisConn;
 
-/// At most this many entries go into one merged settlement (more wait for the
-/// next call), so no call holds Redis for long.
-const MAX_ENTRIES_PER_CALL: usize = 5_000;
-
 /// One delivery's outcome: entries Kafka acknowledged, entries due again at a time
 /// (ms), each with its event.
 #[derive(Debug, Default)]
@@ -87,8 +83,9 @@ async fn run(parts: SettlerParts, mut jobs: mpsc::UnboundedReceiver<Job>) {
     while let Some(first) = jobs.recv().await {
         let mut size = first.outcome.len();
         let mut batch = vec![first];
-        // Whatever else is waiting goes into the same call, up to the cap.
-        while size < MAX_ENTRIES_PER_CALL {
+        // Whatever else is waiting goes into the same settlement, up to the cap of
+        // one call (settle::calls splits a bigger one).
+        while size < scripts::MAX_ITEMS_PER_CALL {
             match jobs.try_recv() {
                 Ok(j) => {
                     size += j.outcome.len();
@@ -134,10 +131,7 @@ async fn settle_batch(parts: &SettlerParts, batch: &[Job]) -> bool {
             retry,
         })
         .collect();
-    let calls: Vec<Call<'_>> = settle::calls(&parts.scripts.settle, &parts.keys, &settlements)
-        .into_iter()
-        .map(|(call, _)| call)
-        .collect();
+    let calls: Vec<Call<'_>> = settle::calls(&parts.scripts.settle, &parts.keys, &settlements);
     let result = retry::with_retries(parts.attempts, parts.backoff, retry::is_transient, || {
         let mut conn = parts.conn.clone();
         let calls = &calls;

@@ -666,7 +666,13 @@ impl Worker {
         kind: PassKind,
     ) -> Result<(), EventError> {
         let now = self.time.now_ms();
-        let mut plans = self.plan(events, kind, now);
+        // What this worker has in flight, read once, before Redis counts the outboxes
+        // (read after, an acknowledgement in between would show as waiting).
+        let in_flight: Vec<u64> = events
+            .iter()
+            .map(|(e, _)| self.stats.in_flight(e))
+            .collect();
+        let mut plans = self.plan(events, &in_flight, kind, now);
         self.check_idle(events, &mut plans, kind).await?;
 
         let s = &self.settings;
@@ -700,24 +706,10 @@ impl Worker {
                 calls.push(admit::call(&self.scripts.admit, &s.keys, e, &args, *served));
             }
         }
-        // What this worker had in flight before Redis counted the outboxes: read
-        // after, an acknowledgement in between would show as waiting.
-        let in_flight: Vec<u64> = events
-            .iter()
-            .map(|(e, _)| self.stats.in_flight(e))
-            .collect();
-        let results = retry::with_retries(
-            s.retry.attempts,
-            self.backoff(),
-            retry::is_transient,
-            || {
-                let mut conn = self.conn.clone();
-                let calls = &calls;
-                async move { scripts::run_batch(&mut conn, calls).await }
-            },
-        )
-        .await
-        .map_err(|e| EventError::Admit(ScriptError::Redis(e)))?;
+        let results =
+            scripts::run_batch_retrying(&self.conn, &calls, s.retry.attempts, self.backoff())
+                .await
+                .map_err(|e| EventError::Admit(ScriptError::Redis(e)))?;
         drop(calls);
 
         // Each reply goes to the event and step of its call.
@@ -768,10 +760,17 @@ impl Worker {
     /// outbox holds more than this worker has in flight. Every FULL_PASS_EVERY-th
     /// pass, retired events and events not seen yet run everything. A deadline D is
     /// due once D + 1s has passed (the token's last valid second).
-    fn plan(&self, events: &[(String, bool)], kind: PassKind, now: u64) -> Vec<Plan> {
+    fn plan(
+        &self,
+        events: &[(String, bool)],
+        in_flight: &[u64],
+        kind: PassKind,
+        now: u64,
+    ) -> Vec<Plan> {
         events
             .iter()
-            .map(|(e, served)| match self.hints.get(e) {
+            .zip(in_flight)
+            .map(|((e, served), &in_flight)| match self.hints.get(e) {
                 Some(h) if !kind.full && *served => Plan {
                     reap: h
                         .next_deadline_ms
@@ -779,7 +778,7 @@ impl Worker {
                         || h.in_use > h.deadlines,
                     // This worker's own entries in flight are not due (their lease
                     // runs while they publish): the claim runs only for more.
-                    claim: h.outbox_depth > self.stats.in_flight(e),
+                    claim: h.outbox_depth > in_flight,
                     admit: true,
                 },
                 _ => Plan {

@@ -216,6 +216,22 @@ impl Call<'_> {
     }
 }
 
+/// [`run_batch`] on a clone of `conn`, the whole pipeline tried again (up to
+/// `attempts`, with `backoff`) while the failure is transient: what the pass, the
+/// token writes and the settler all do with their calls.
+pub(crate) async fn run_batch_retrying(
+    conn: &crate::redis::store::RedisConn,
+    calls: &[Call<'_>],
+    attempts: u32,
+    backoff: crate::redis::retry::Backoff,
+) -> Result<Vec<Result<redis::Value, RedisError>>, RedisError> {
+    crate::redis::retry::with_retries(attempts, backoff, crate::redis::retry::is_transient, || {
+        let mut conn = conn.clone();
+        async move { run_batch(&mut conn, calls).await }
+    })
+    .await
+}
+
 /// Run many script calls in one pipeline (one round trip), each with its own result,
 /// so one event's error costs only that event. Calls that met NOSCRIPT did not run:
 /// their scripts are loaded and just those calls are sent again, so a flushed cache

@@ -92,12 +92,8 @@ pub fn call_many<'a>(script: &'a Script, keys: &Keys, events: &[EventSettlement<
 /// The calls settling `events`: in the default key layout (one server, or one
 /// Sentinel master) as few as [`super::MAX_ITEMS_PER_CALL`] entries a call allow,
 /// one per event in the cluster layout, where each event's keys live in their own
-/// hash slot. Each call goes with the events it covers.
-pub fn calls<'a, 'e>(
-    script: &'a Script,
-    keys: &Keys,
-    events: &'e [EventSettlement<'e>],
-) -> Vec<(Call<'a>, &'e [EventSettlement<'e>])> {
+/// hash slot.
+pub fn calls<'a>(script: &'a Script, keys: &Keys, events: &[EventSettlement<'_>]) -> Vec<Call<'a>> {
     if events.is_empty() {
         return Vec::new();
     }
@@ -109,12 +105,12 @@ pub fn calls<'a, 'e>(
                 .collect();
             super::group_by_size(&sizes, super::MAX_ITEMS_PER_CALL)
                 .into_iter()
-                .map(|r| (call_many(script, keys, &events[r.clone()]), &events[r]))
+                .map(|r| call_many(script, keys, &events[r]))
                 .collect()
         }
         KeyLayout::Cluster => events
             .chunks(1)
-            .map(|one| (call_many(script, keys, one), one))
+            .map(|one| call_many(script, keys, one))
             .collect(),
     }
 }
