@@ -1,11 +1,15 @@
 -- admit.lua: move waiting sessions of one event into checkout, atomically.
--- version: 8
+-- version: 9
 --
 -- One call does, for one event: read the capacity settings (per-event config hash
 -- over the defaults), count the slots in use, look at the head of the priority lane
 -- and then of the queue, drop every member that may not be admitted, and for each
 -- admitted session: SADD to processing, HSET status/admitted_at/checkout_expires_at,
 -- refresh the session TTL, and record its outbox entry and its "untold" mark.
+-- A waiter whose last_seen is older than the idle timeout when its turn comes has
+-- left: dropped with status=left_queue, it takes no slot and the batch is filled
+-- from the members behind. With a claim window, an admission must be claimed
+-- (lua/claim.lua) by claim_expires_at or its slot comes back as a no-show.
 -- Everything is read and checked first; writes happen only after all checks passed,
 -- except the repair of a worker-owned key that holds the wrong type (moved aside).
 --
@@ -22,7 +26,8 @@
 -- KEYS[2]  priority     ZSET  same shape, admitted before the queue
 -- KEYS[3]  processing   SET   sessions holding a checkout slot
 -- KEYS[4]  config       HASH  optional overrides: max_concurrent, batch_size,
---                             new_users_per_minute, rate_burst (plain decimal digits);
+--                             new_users_per_minute, rate_burst, claim_window_ms,
+--                             waiter_idle_timeout_ms (plain decimal digits);
 --                             paused: 1/true/yes/on or 0/false/no/off (any case); any
 --                             other value is reported and keeps the event paused
 -- KEYS[5]  outbox       ZSET  member = JSON entry, score = when it is due (ms)
@@ -31,6 +36,9 @@
 -- KEYS[7]  rate         HASH  tat = the rate limiter's theoretical arrival time (ms);
 --                             minute = epoch minute, count = admitted in that minute,
 --                             prev = admitted in the minute before (the outflow shown)
+-- KEYS[8]  stats        HASH  counters this script adds to: admitted_total,
+--                             left_queue_total, skipped_total (read back with the
+--                             others kept there, see the reply)
 --
 -- ARGV[1]  session key prefix; a session hash is ARGV[1] .. session id. Keys built
 --          here are in the event's hash slot in the cluster layout.
@@ -49,6 +57,8 @@
 --          the call only reports)
 -- ARGV[12] the workers' process interval, ms (the default rate_burst is one
 --          interval's worth of the rate)
+-- ARGV[13] default claim window, ms (0 = off)
+-- ARGV[14] default waiter idle timeout, ms (0 = off)
 --
 -- Rate: new_users_per_minute is enforced by GCRA (the generic cell rate algorithm):
 -- one admission costs T = 60000 / rate ms of "theoretical arrival time" (tat). So
@@ -59,10 +69,13 @@
 --
 -- Reply: { {admitted, skipped, in_use, capacity, batch, paused, rate_left,
 --           queue_length, outbox_depth, deadlines, next_deadline_ms, held,
---           unpublished_age_ms, now_ms, rate_per_minute, outflow_per_minute},
+--           unpublished_age_ms, now_ms, rate_per_minute, outflow_per_minute, left,
+--           bad_last_seen},
 --          {invalid config field names...},
 --          {outbox entries of the admitted sessions, in admission order...},
---          {keys repaired (moved aside to <key>:corrupt) by this call...} }
+--          {keys repaired (moved aside to <key>:corrupt) by this call...},
+--          {admitted_total, left_queue_total, skipped_total, no_show_total,
+--           expired_total, completed_total, checkout_ms_total} }
 --   paused is 1 when the config says so or its paused value is invalid (fail safe),
 --   else 0; rate_left is -1 when no per-minute cap is configured; queue_length
 --   counts both lanes after the call; outbox_depth is the outbox's size after the call;
@@ -71,8 +84,14 @@
 --   2 (not served); unpublished_age_ms is the age of the oldest unpublished
 --   admission (-1 when none); now_ms is Redis's clock; rate_per_minute is the
 --   configured cap (-1 none); outflow_per_minute the admissions of the last 60 s
---   (this minute's count plus the part of the last minute's still inside the window).
---   An outbox entry is the JSON array [session_id, user_id, admitted_ms, deadline_ms].
+--   (this minute's count plus the part of the last minute's still inside the window);
+--   left is how many waiters were dropped because they had left the queue (idle
+--   past the timeout; not counted in skipped);
+--   bad_last_seen how many examined waiters had a last_seen that is not plain
+--   digits (read as absent: they are admitted). The totals are the stats hash's
+--   counters after the call (0 where absent).
+--   An outbox entry is the JSON array [session_id, user_id, admitted_ms, deadline_ms]
+--   or, with a claim window, [session_id, user_id, admitted_ms, deadline_ms, claim_by_ms].
 -- Error replies: WRONGTYPE from SCARD/ZCARD when processing, queue or priority hold
 --   the wrong type (nothing is written then).
 
@@ -84,6 +103,7 @@ local window_ms, ttl_ms, lease_ms = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumb
 local max_admit, max_scan = tonumber(ARGV[8]), tonumber(ARGV[9])
 local max_unpublished, served = tonumber(ARGV[10]), ARGV[11] == '1'
 local interval_ms = tonumber(ARGV[12])
+local stats = KEYS[8]
 
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -113,7 +133,7 @@ local function pause_flag(value)
 end
 
 local cfg = redis.pcall('HMGET', config, 'max_concurrent', 'batch_size', 'paused',
-  'new_users_per_minute', 'rate_burst')
+  'new_users_per_minute', 'rate_burst', 'claim_window_ms', 'waiter_idle_timeout_ms')
 if cfg.err then
   invalid[#invalid + 1] = 'config'
   cfg = {}
@@ -124,6 +144,10 @@ local paused = pause_flag(cfg[3])
 local per_minute = setting(cfg[4], 'new_users_per_minute', -1, 100000000)
 local burst = setting(cfg[5], 'rate_burst', -1, 100000000)
 if burst == 0 then invalid[#invalid + 1] = 'rate_burst'; burst = -1 end
+-- At most a year: a bound that keeps every sum of times far inside a double's
+-- exact integers.
+local claim_window = setting(cfg[6], 'claim_window_ms', tonumber(ARGV[13]), 31536000000)
+local idle_timeout = setting(cfg[7], 'waiter_idle_timeout_ms', tonumber(ARGV[14]), 31536000000)
 
 -- Worker-owned keys of the wrong type are moved aside (kept for a look) so they
 -- never jam the event; the API's keys are only checked (an error reply, no write).
@@ -141,6 +165,9 @@ end
 local outbox_len = owned(outbox, redis.pcall('ZCARD', outbox)) or 0
 local deadlines_len = owned(deadlines, redis.pcall('ZCARD', deadlines)) or 0
 local r = owned(rate, redis.pcall('HMGET', rate, 'minute', 'count', 'prev', 'tat')) or {}
+local totals = owned(stats, redis.pcall('HMGET', stats, 'admitted_total', 'left_queue_total',
+  'skipped_total', 'no_show_total', 'expired_total', 'completed_total',
+  'checkout_ms_total')) or {}
 
 local in_use = redis.call('SCARD', processing)
 local queue_len = redis.call('ZCARD', queue)
@@ -158,6 +185,13 @@ elseif r[1] == tostring(minute - 1) then
   rate_prev = count(r[2])
 end
 local outflow = rate_count + math.floor(rate_prev * (60000 - now_ms % 60000) / 60000)
+-- The stats counters as numbers (anything else reads as 0: the worker's figures
+-- then restart from there).
+local total = {}
+for i = 1, 7 do
+  local v = totals[i]
+  total[i] = (type(v) == 'string' and #v <= 15 and v:match('^%d+$')) and tonumber(v) or 0
+end
 
 -- GCRA, as virtual scheduling: cell i is due at tat + i * T. A call admits the cells
 -- due up to now + (burst - 1) * T + 0.45 T. A tick that comes late keeps up to
@@ -212,7 +246,7 @@ if rate_left >= 0 then want = math.min(want, rate_left) end
 if paused == 1 or held ~= 0 or want <= 0 or queue_len + priority_len == 0 then
   return { {0, 0, in_use, capacity, batch, paused, rate_left, queue_len + priority_len,
     outbox_len, deadlines_len, next_deadline, held, unpublished_age, now_ms, per_minute,
-    outflow}, invalid, {}, repaired }
+    outflow, 0, 0}, invalid, {}, repaired, total }
 end
 
 -- Session and user ids travel in JSON and JWTs, so they must be non-empty UTF-8 of at
@@ -249,6 +283,7 @@ end
 
 -- Validate: walk the lanes in order and decide for each member, without writing.
 local admitted, users, dropped, seen = {}, {}, {}, {}
+local left, stale_claims, bad_last_seen = {}, {}, 0
 local examined = 0
 local has_priority = priority_len > 0
 local lanes = has_priority and {priority, queue} or {queue}
@@ -263,11 +298,24 @@ for _, lane in ipairs(lanes) do
       examined = examined + 1
       if not seen[sid] then
         seen[sid] = true
-        local h = redis.pcall('HMGET', session_prefix .. sid, 'status', 'user_id', 'event_id')
+        local h = redis.pcall('HMGET', session_prefix .. sid, 'status', 'user_id', 'event_id',
+          'last_seen', 'claimed_at', 'claim_expires_at')
         if not h.err and h[1] == 'queued' and h[2] and utf8_ok(h[2]) and utf8_ok(sid)
             and (not h[3] or h[3] == '' or h[3] == event_id) then
-          admitted[#admitted + 1] = sid
-          users[#users + 1] = h[2]
+          local seen_ms = h[4]
+          if seen_ms and not (#seen_ms <= 15 and seen_ms:match('^%d+$')) then
+            bad_last_seen = bad_last_seen + 1
+            seen_ms = nil
+          end
+          if idle_timeout > 0 and seen_ms and now_ms - tonumber(seen_ms) > idle_timeout then
+            left[#left + 1] = sid
+          else
+            admitted[#admitted + 1] = sid
+            users[#users + 1] = h[2]
+            -- A re-queued session keeps the claim fields of its last admission:
+            -- cleared, so this admission starts unclaimed.
+            stale_claims[#admitted] = (h[5] or h[6]) and true or false
+          end
         else
           dropped[#dropped + 1] = sid
         end
@@ -292,11 +340,25 @@ end
 -- Mutate.
 local taken = {}
 for _, sid in ipairs(dropped) do taken[#taken + 1] = sid end
+for _, sid in ipairs(left) do taken[#taken + 1] = sid end
 for _, sid in ipairs(admitted) do taken[#taken + 1] = sid end
 local waiting = queue_len + priority_len
 if #taken > 0 then
   waiting = waiting - chunked('ZREM', queue, taken, 500)
   if has_priority then waiting = waiting - chunked('ZREM', priority, taken, 500) end
+end
+
+if #left > 0 then
+  local ended_at = rfc3339(math.floor(now_ms / 1000))
+  for _, sid in ipairs(left) do
+    redis.call('HSET', session_prefix .. sid, 'status', 'left_queue', 'ended_at', ended_at)
+  end
+  redis.call('HINCRBY', stats, 'left_queue_total', #left)
+  total[2] = total[2] + #left
+end
+if #dropped > 0 then
+  redis.call('HINCRBY', stats, 'skipped_total', #dropped)
+  total[3] = total[3] + #dropped
 end
 
 local entries = {}
@@ -306,15 +368,31 @@ if #admitted > 0 then
   local deadline_ms = math.ceil((now_ms + window_ms) / 1000) * 1000
   local admitted_at = rfc3339(math.floor(now_ms / 1000))
   local expires_at = rfc3339(deadline_ms / 1000)
+  -- The claim deadline is a whole second too (the token's cby), never past the
+  -- checkout deadline.
+  local claim_by, claim_at, claim_tail = 0, nil, ''
+  if claim_window > 0 then
+    claim_by = math.min(math.ceil((now_ms + claim_window) / 1000) * 1000, deadline_ms)
+    claim_at = rfc3339(claim_by / 1000)
+    claim_tail = ',' .. string.format('%d', claim_by)
+  end
+  local admitted_ms = string.format('%d', now_ms)
   -- Numbers as text once per call, not once per session.
   local due = string.format('%d', now_ms + lease_ms)
   local untold_score = string.format('%d', UNTOLD + now_ms)
-  local times = ',' .. string.format('%d', now_ms) .. ',' .. string.format('%d', deadline_ms) .. ']'
+  local times = ',' .. admitted_ms .. ',' .. string.format('%d', deadline_ms) .. claim_tail .. ']'
   local outbox_args, deadline_args = {}, {}
   for i, sid in ipairs(admitted) do
     local key = session_prefix .. sid
-    redis.call('HSET', key, 'status', 'admitted', 'admitted_at', admitted_at,
-      'checkout_expires_at', expires_at)
+    if stale_claims[i] then redis.call('HDEL', key, 'claimed_at', 'claim_expires_at') end
+    if claim_at then
+      redis.call('HSET', key, 'status', 'admitted', 'admitted_at', admitted_at,
+        'checkout_expires_at', expires_at, 'admitted_ms', admitted_ms,
+        'claim_expires_at', claim_at)
+    else
+      redis.call('HSET', key, 'status', 'admitted', 'admitted_at', admitted_at,
+        'checkout_expires_at', expires_at, 'admitted_ms', admitted_ms)
+    end
     redis.call('PEXPIRE', key, ttl_ms)
     local entry = '[' .. cjson.encode(sid) .. ',' .. cjson.encode(users[i]) .. times
     entries[i] = entry
@@ -335,9 +413,11 @@ if #admitted > 0 then
   redis.call('PEXPIRE', rate, math.max(180000, math.ceil(tat + #admitted * cost - now_ms + cost)))
   outflow = outflow + #admitted
   if unpublished_age < 0 then unpublished_age = 0 end
+  redis.call('HINCRBY', stats, 'admitted_total', #admitted)
+  total[1] = total[1] + #admitted
 end
 
 return { {#admitted, #dropped, in_use + #admitted, capacity, batch, paused,
   rate_left < 0 and -1 or (rate_left - #admitted), waiting, outbox_len, deadlines_len,
-  next_deadline, held, unpublished_age, now_ms, per_minute, outflow}, invalid, entries,
-  repaired }
+  next_deadline, held, unpublished_age, now_ms, per_minute, outflow, #left, bad_last_seen},
+  invalid, entries, repaired, total }

@@ -1,6 +1,6 @@
 -- claim_outbox.lua: take the due entries of one event's outbox for publishing,
 -- oldest admission first, renewing the admissions whose window ran out unpublished.
--- version: 4
+-- version: 5
 --
 -- An outbox entry is due when its score (ms) is at or before now (Redis TIME).
 -- Claiming moves the score to now + lease, so no other replica takes the same entry
@@ -18,7 +18,10 @@
 -- deadline one window away, the hash's admitted_at/checkout_expires_at rewritten,
 -- and the entry replaced by the renewed one (a new token and message id follow from
 -- it). Its untold mark keeps the first admission time, so backpressure still sees
--- how long publishing has stalled.
+-- how long publishing has stalled. An entry with a claim deadline (claim window on,
+-- the entry's fifth element) is renewed too when less than half its claim window is
+-- left, so a user told late still has time to claim; the renewed entry keeps the
+-- length of its claim window, and the hash's claim_expires_at is rewritten.
 --
 -- KEYS[1]  outbox      ZSET  member = JSON entry, score = when it is due (ms)
 -- KEYS[2]  processing  SET   sessions holding a checkout slot
@@ -72,10 +75,11 @@ end
 local bad, good = {}, {}
 for i, raw in ipairs(due) do
   local ok, e = pcall(cjson.decode, raw)
-  if ok and type(e) == 'table' and #e == 4 and id_ok(e[1]) and id_ok(e[2])
+  if ok and type(e) == 'table' and (#e == 4 or (#e == 5 and ms_ok(e[5])
+        and e[5] >= e[3] and e[5] <= e[4])) and id_ok(e[1]) and id_ok(e[2])
       and ms_ok(e[3]) and ms_ok(e[4]) and e[4] >= e[3] then
     good[#good + 1] = { raw = raw, sid = e[1], user = e[2], admitted = e[3],
-      deadline = e[4], i = i }
+      deadline = e[4], claim_by = e[5], i = i }
   else
     bad[#bad + 1] = raw
   end
@@ -139,7 +143,9 @@ for j, e in ipairs(good) do
       e.ours = mark_of(e)
     elseif h[2] ~= stamp(e.admitted) then
       e.action = 'drop'
-    elseif e.deadline - now < renew_within and mark_of(e) then
+    elseif (e.deadline - now < renew_within
+        or (e.claim_by and 2 * (e.claim_by - now) < e.claim_by - e.admitted))
+        and mark_of(e) then
       e.action = 'renew'
       e.ours = true
     else
@@ -166,12 +172,18 @@ for _, e in ipairs(good) do
     claimed[#claimed + 1] = e.raw
   elseif e.action == 'renew' then
     local key = prefix .. e.sid
+    local tail, claim_by = '', nil
+    if e.claim_by then
+      claim_by = math.min(math.ceil((now + e.claim_by - e.admitted) / 1000) * 1000, deadline)
+      tail = ',' .. string.format('%d', claim_by)
+    end
     local entry = '[' .. cjson.encode(e.sid) .. ',' .. cjson.encode(e.user) .. ','
-      .. string.format('%d', now) .. ',' .. string.format('%d', deadline) .. ']'
+      .. string.format('%d', now) .. ',' .. string.format('%d', deadline) .. tail .. ']'
     redis.call('ZREM', outbox, e.raw)
     redis.call('ZADD', outbox, now + lease, entry)
     redis.call('HSET', key, 'admitted_at', stamp(now),
-      'checkout_expires_at', stamp(deadline))
+      'checkout_expires_at', stamp(deadline), 'admitted_ms', string.format('%d', now))
+    if claim_by then redis.call('HSET', key, 'claim_expires_at', stamp(claim_by)) end
     redis.call('PEXPIRE', key, ttl)
     claimed[#claimed + 1] = entry
     renewed = renewed + 1

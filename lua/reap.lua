@@ -1,5 +1,5 @@
 -- reap.lua: take back the slots of sessions whose checkout window has passed.
--- version: 4
+-- version: 5
 --
 -- Completion is the normal release; this is the backstop for users who left.
 -- Each call looks at no more than ARGV[3] deadlines and ARGV[5] processing members,
@@ -9,6 +9,11 @@
 -- Time is Redis's own (TIME). A token is valid while its exp (whole seconds) is not
 -- before the verifier's second, so a slot whose deadline is D ms (= exp * 1000) is
 -- taken back only once D + 1000 <= now: never while its old token is still valid.
+--
+-- No-shows: with a claim window, an admission's deadline is its claim deadline
+-- until the checkout service claims it (lua/claim.lua moves it to the checkout
+-- deadline). A slot taken back while its hash has claim_expires_at and no
+-- claimed_at was never claimed: status no_show, counted apart from the expired.
 --
 -- Untold sessions (score UNTOLD + admitted_ms, see admit.lua) are never reaped: their
 -- QUEUE_READY has not been acknowledged yet. If the outbox is empty while such marks
@@ -24,6 +29,7 @@
 -- KEYS[2]  processing  SET     sessions holding a checkout slot
 -- KEYS[3]  cursor      STRING  SSCAN cursor of the adoption sweep (digits)
 -- KEYS[4]  outbox      ZSET    unpublished admissions (only its size is read)
+-- KEYS[5]  stats       HASH    counters: no_show_total and expired_total are added to
 --
 -- ARGV[1]  session key prefix (session hash = ARGV[1] .. session id)
 -- ARGV[2]  checkout window, ms
@@ -33,8 +39,9 @@
 -- ARGV[6]  session TTL, ms
 --
 -- Reply: { expired, stale, adopted, {expired session ids...}, {keys repaired...},
---          orphans }
---   expired: slots taken back (status set to expired where it was admitted)
+--          orphans, no_shows }
+--   expired: slots taken back (status set to expired, or no_show, where it was
+--            admitted); no_shows: how many of them were no-shows
 --   stale:   deadlines of sessions no longer in processing, dropped
 --   adopted: processing members without a deadline that got one
 --   keys repaired: worker-owned keys that held garbage (moved aside or reset)
@@ -43,6 +50,7 @@
 
 -- @include untold
 local deadlines, processing, cursor_key, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local stats = KEYS[5]
 local prefix, window, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now_text, sweep, ttl = ARGV[4], tonumber(ARGV[5]), ARGV[6]
 
@@ -58,7 +66,7 @@ if type(dl_len) ~= 'number' then
 end
 -- Nothing to reap, convert or adopt: an idle event costs two commands.
 if dl_len == 0 and (in_use == 0 or sweep == 0) then
-  return { 0, 0, 0, {}, repaired, 0 }
+  return { 0, 0, 0, {}, repaired, 0, 0 }
 end
 
 local t = redis.call('TIME')
@@ -95,15 +103,32 @@ end
 
 -- Mutate.
 for _, sid in ipairs(due) do redis.call('ZREM', deadlines, sid) end
+local no_shows = 0
 for _, sid in ipairs(expired) do
   redis.call('SREM', processing, sid)
   local key = prefix .. sid
-  local status = redis.pcall('HGET', key, 'status')
-  if status == 'admitted' then
-    redis.call('HSET', key, 'status', 'expired', 'ended_at', now_text)
+  local h = redis.pcall('HMGET', key, 'status', 'claim_expires_at', 'claimed_at')
+  if not h.err and h[1] == 'admitted' then
+    local status = 'expired'
+    if h[2] and not h[3] then
+      status = 'no_show'
+      no_shows = no_shows + 1
+    end
+    redis.call('HSET', key, 'status', status, 'ended_at', now_text)
     redis.call('PEXPIRE', key, ttl)
   end
 end
+-- The stats hash is the worker's: one of the wrong type is moved aside, not a
+-- reason to keep a slot.
+local function count(field, n)
+  if n > 0 and type(redis.pcall('HINCRBY', stats, field, n)) ~= 'number' then
+    redis.call('RENAME', stats, stats .. ':corrupt')
+    repaired[#repaired + 1] = stats
+    redis.call('HINCRBY', stats, field, n)
+  end
+end
+count('no_show_total', no_shows)
+count('expired_total', #expired - no_shows)
 for i = 1, #orphaned, 2 do
   local admitted = tonumber(orphaned[i + 1]) - UNTOLD
   redis.call('ZADD', deadlines, math.ceil((admitted + window) / 1000) * 1000, orphaned[i])
@@ -127,4 +152,4 @@ if sweep > 0 and in_use - #expired > dl_len - #due then
   else redis.call('SET', cursor_key, page[1], 'PX', 3600000) end
 end
 
-return { #expired, stale, adopted, expired, repaired, #orphaned / 2 }
+return { #expired, stale, adopted, expired, repaired, #orphaned / 2, no_shows }

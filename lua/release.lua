@@ -1,5 +1,5 @@
 -- release.lua: free the checkout slot of a session that finished checkout.
--- version: 2
+-- version: 3
 --
 -- Idempotent: releasing a session that does not hold a slot changes nothing, so a
 -- replayed or duplicate completion message is harmless. The release that frees the
@@ -10,6 +10,10 @@
 -- KEYS[1]  processing  SET   sessions holding a checkout slot
 -- KEYS[2]  deadlines   ZSET  checkout deadlines (ms) of admitted sessions
 -- KEYS[3]  session     HASH  the session's hash
+-- KEYS[4]  stats       HASH  counters of the event: completed_total + 1 and
+--                            checkout_ms_total + (now - the hash's admitted_ms) when a
+--                            slot is freed and the hash has admitted_ms (the wait
+--                            estimate's checkout time)
 --
 -- ARGV[1]  session id
 -- ARGV[2]  event id the completion names (checked against the hash's event_id)
@@ -26,7 +30,7 @@
 -- Error replies: "ERR waitroom: bad status" for any other ARGV[3];
 --   WRONGTYPE when processing or deadlines hold the wrong type.
 
-local processing, deadlines, session = KEYS[1], KEYS[2], KEYS[3]
+local processing, deadlines, session, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local sid, event_id, status, now, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local release_id = ARGV[6] or ''
 
@@ -49,12 +53,25 @@ redis.call('ZCARD', deadlines)
 
 redis.call('SREM', processing, sid)
 redis.call('ZREM', deadlines, sid)
+local admitted_ms = nil
 if redis.call('EXISTS', session) == 1 and type(owner) ~= 'table' then
+  admitted_ms = redis.call('HGET', session, 'admitted_ms')
   if release_id ~= '' then
     redis.call('HSET', session, 'status', status, 'ended_at', now, 'released_by', release_id)
   else
     redis.call('HSET', session, 'status', status, 'ended_at', now)
   end
   redis.call('PEXPIRE', session, ttl)
+end
+-- Counted for the wait estimate; a stats key of the wrong type is the worker's to
+-- repair (the admit script moves it aside): never a reason to keep a slot.
+-- Only an admission that stamped admitted_ms (every one since script version 9 of
+-- admit.lua) is counted, so the average stays an average of measured times.
+if type(admitted_ms) == 'string' and #admitted_ms <= 15 and admitted_ms:match('^%d+$') then
+  local t = redis.call('TIME')
+  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if type(redis.pcall('HINCRBY', stats, 'completed_total', 1)) == 'number' then
+    redis.call('HINCRBY', stats, 'checkout_ms_total', math.max(now_ms - tonumber(admitted_ms), 0))
+  end
 end
 return 1

@@ -114,6 +114,12 @@ pub struct AdmissionConfig {
     pub checkout_window: Duration,
     /// An event stops admitting while its oldest unacknowledged admission is older.
     pub max_unpublished_age: Duration,
+    /// An admission must be claimed within this or its slot comes back as a no-show
+    /// (zero: off), unless the event's config hash sets `claim_window_ms`.
+    pub claim_window: Duration,
+    /// A waiter not seen for this long when its turn comes has left the queue (zero:
+    /// off), unless the event's config hash sets `waiter_idle_timeout_ms`.
+    pub waiter_idle_timeout: Duration,
 }
 
 /// Leases and claims of outbox entries.
@@ -171,6 +177,8 @@ impl Config {
             outbox_lease: self.outbox.lease,
             max_unpublished_age: self.admission.max_unpublished_age,
             process_interval: self.worker.process_interval,
+            claim_window: self.admission.claim_window,
+            waiter_idle_timeout: self.admission.waiter_idle_timeout,
         }
     }
 
@@ -223,6 +231,8 @@ pub enum Setting {
     BatchSize,
     SessionTtl,
     CheckoutWindow,
+    ClaimWindow,
+    WaiterIdleTimeout,
     /// The issuer and the audience, which must both be set.
     JwtIssuerAudience,
     JwtAlgorithm,
@@ -272,6 +282,8 @@ impl Setting {
             BatchSize => "batch_size",
             SessionTtl => "session_ttl",
             CheckoutWindow => "checkout_window",
+            ClaimWindow => "claim_window",
+            WaiterIdleTimeout => "waiter_idle_timeout",
             JwtIssuerAudience => "jwt_issuer / jwt_audience",
             JwtAlgorithm => "jwt_algorithm",
             JwtSecret => "jwt_secret",
@@ -620,6 +632,8 @@ pub struct ConfigBuilder {
     batch_size: u64,
     session_ttl: Duration,
     checkout_window: Duration,
+    claim_window: Duration,
+    waiter_idle_timeout: Duration,
     jwt_issuer: String,
     jwt_audience: String,
     jwt_algorithm: AlgorithmInput,
@@ -660,6 +674,8 @@ impl Default for ConfigBuilder {
             batch_size: 10,
             session_ttl: Duration::from_secs(2 * 3600),
             checkout_window: Duration::from_secs(15 * 60),
+            claim_window: Duration::ZERO,
+            waiter_idle_timeout: Duration::ZERO,
             jwt_issuer: "waitroom".into(),
             jwt_audience: "checkout".into(),
             jwt_algorithm: AlgorithmInput::Given(Algorithm::HS256),
@@ -843,6 +859,12 @@ impl ConfigBuilder {
         session_ttl: Duration => session_ttl = session_ttl;
         /// How long an admitted user holds the slot (default 15m).
         checkout_window: Duration => checkout_window = checkout_window;
+        /// Time an admitted user has to claim the slot, or it comes back as a
+        /// no-show (default 0s: off).
+        claim_window: Duration => claim_window = claim_window;
+        /// A waiter whose `last_seen` is older than this at its turn has left the
+        /// queue and is skipped (default 0s: off).
+        waiter_idle_timeout: Duration => waiter_idle_timeout = waiter_idle_timeout;
         /// `iss` of the checkout tokens (default `waitroom`).
         jwt_issuer: impl Into<String> => jwt_issuer = jwt_issuer.into();
         /// `aud` of the checkout tokens (default `checkout`).
@@ -948,6 +970,30 @@ impl ConfigBuilder {
         at_most(
             name(CheckoutWindow),
             self.checkout_window,
+            bounds::CHECKOUT_WINDOW,
+        )?;
+        if !self.claim_window.is_zero() && self.claim_window < Duration::from_secs(1) {
+            return Err(invalid(
+                name(ClaimWindow),
+                "must be 0s (off) or at least 1s",
+            ));
+        }
+        if self.claim_window > self.checkout_window {
+            return Err(invalid(
+                name(ClaimWindow),
+                format!("must not be longer than {}", mention(CheckoutWindow)),
+            ));
+        }
+        if !self.waiter_idle_timeout.is_zero() && self.waiter_idle_timeout < Duration::from_secs(1)
+        {
+            return Err(invalid(
+                name(WaiterIdleTimeout),
+                "must be 0s (off) or at least 1s",
+            ));
+        }
+        at_most(
+            name(WaiterIdleTimeout),
+            self.waiter_idle_timeout,
             bounds::CHECKOUT_WINDOW,
         )?;
         check_session_ttl(self.session_ttl, naming)?;
@@ -1092,6 +1138,8 @@ impl ConfigBuilder {
                 session_ttl: self.session_ttl,
                 checkout_window: self.checkout_window,
                 max_unpublished_age,
+                claim_window: self.claim_window,
+                waiter_idle_timeout: self.waiter_idle_timeout,
             },
             signer,
             outbox: OutboxConfig {

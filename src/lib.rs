@@ -44,7 +44,7 @@ pub use crate::engine::worker::{EventError, StartError, Worker};
 pub use crate::kafka::options::ClientOptions;
 pub use crate::model::event::{EventId, InvalidEventId};
 pub use crate::model::keys::{KeyLayout, Keys};
-pub use crate::ops::stats::{EventSnapshot, Stats};
+pub use crate::ops::stats::{EventSnapshot, Stats, WaitFigures};
 pub use crate::redis::retry::Backoff;
 
 // The domain, pure: time, outbox entries, checkout tokens.

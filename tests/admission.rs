@@ -404,6 +404,8 @@ async fn admissions_of_a_dead_worker_are_published_by_the_next_one() {
             outbox_lease: Duration::from_millis(500),
             max_unpublished_age: Duration::from_secs(600),
             process_interval: Duration::from_secs(1),
+            claim_window: Duration::ZERO,
+            waiter_idle_timeout: Duration::ZERO,
         },
     )
     .await

@@ -42,6 +42,8 @@ fn admit_args(capacity: u64, batch: u64, window: Duration) -> AdmitArgs {
         outbox_lease: Duration::from_secs(60),
         max_unpublished_age: Duration::from_secs(3600),
         process_interval: Duration::from_secs(1),
+        claim_window: Duration::ZERO,
+        waiter_idle_timeout: Duration::ZERO,
     }
 }
 

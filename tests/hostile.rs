@@ -82,6 +82,27 @@ fn config_value() -> impl Strategy<Value = Option<String>> {
     ]
 }
 
+/// A waiter's `last_seen` that must not make it a leaver: absent, not plain digits,
+/// or in the future.
+fn last_seen() -> impl Strategy<Value = Option<String>> {
+    prop_oneof![
+        Just(None),
+        Just(Some("1e3".to_owned())),
+        Just(Some("-5".to_owned())),
+        Just(Some(" 12".to_owned())),
+        Just(Some(String::new())),
+        Just(Some("inf".to_owned())),
+        Just(Some("99999999999999".to_owned())),
+        Just(Some("9999999999999999999999".to_owned())),
+        "\\PC{0,6}"
+            .prop_filter("not plain digits", |s| !s
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                || s.is_empty())
+            .prop_map(Some),
+    ]
+}
+
 /// What the admit script should make of a config value (mirrors its validation:
 /// plain decimal digits, at most 12 of them and at most 10^8, else the default).
 fn effective(v: &Option<String>, default: u64) -> u64 {
@@ -116,192 +137,216 @@ fn admit_survives_hostile_queues_and_keeps_every_invariant() {
         config_value(),
         config_value(),
         0u64..4,
+        (config_value(), config_value(), last_seen()),
     );
     runner
-        .run(&strategy, |(members, cap_cfg, batch_cfg, busy)| {
-            rt.block_on(async {
-                let mut conn = redis.conn().await;
-                redis::cmd("FLUSHALL")
-                    .query_async::<()>(&mut conn)
+        .run(
+            &strategy,
+            |(members, cap_cfg, batch_cfg, busy, (claim_cfg, idle_cfg, last_seen_v))| {
+                rt.block_on(async {
+                    let mut conn = redis.conn().await;
+                    redis::cmd("FLUSHALL")
+                        .query_async::<()>(&mut conn)
+                        .await
+                        .expect("flush own test redis");
+                    let mut p = redis::pipe();
+                    for i in 0..busy {
+                        p.cmd("SADD")
+                            .arg(k.processing(EVENT))
+                            .arg(format!("busy-{i}"))
+                            .ignore();
+                    }
+                    if let Some(v) = &cap_cfg {
+                        p.cmd("HSET")
+                            .arg(k.config(EVENT))
+                            .arg("max_concurrent")
+                            .arg(v)
+                            .ignore();
+                    }
+                    if let Some(v) = &batch_cfg {
+                        p.cmd("HSET")
+                            .arg(k.config(EVENT))
+                            .arg("batch_size")
+                            .arg(v)
+                            .ignore();
+                    }
+                    // Issue 12's fields, hostile too: they must never cost a valid
+                    // session its turn (a last_seen that is not plain digits reads as
+                    // absent; one in the future is no idle waiter).
+                    for (field, v) in [
+                        ("claim_window_ms", &claim_cfg),
+                        ("waiter_idle_timeout_ms", &idle_cfg),
+                    ] {
+                        if let Some(v) = v {
+                            p.cmd("HSET")
+                                .arg(k.config(EVENT))
+                                .arg(field)
+                                .arg(v)
+                                .ignore();
+                        }
+                    }
+                    let mut valid: Vec<Vec<u8>> = Vec::new();
+                    let mut seen = HashSet::new();
+                    for (sid, sc, kind) in &members {
+                        if !seen.insert(sid.clone()) {
+                            continue;
+                        }
+                        let mut key = k.session_prefix(EVENT).into_bytes();
+                        key.extend_from_slice(sid);
+                        match kind {
+                            Session::Valid => {
+                                p.cmd("HSET")
+                                    .arg(&key)
+                                    .arg("status")
+                                    .arg("queued")
+                                    .arg("user_id")
+                                    .arg("u1")
+                                    .ignore();
+                                if let Some(v) = &last_seen_v {
+                                    p.cmd("HSET").arg(&key).arg("last_seen").arg(v).ignore();
+                                }
+                            }
+                            Session::Missing => {}
+                            Session::Status(s) => {
+                                p.cmd("HSET")
+                                    .arg(&key)
+                                    .arg("status")
+                                    .arg(s)
+                                    .arg("user_id")
+                                    .arg("u1")
+                                    .ignore();
+                            }
+                            Session::NoUser => {
+                                p.cmd("HSET").arg(&key).arg("status").arg("queued").ignore();
+                            }
+                            Session::BinaryUser => {
+                                p.cmd("HSET")
+                                    .arg(&key)
+                                    .arg("status")
+                                    .arg("queued")
+                                    .arg("user_id")
+                                    .arg(&b"\xff\xfe"[..])
+                                    .ignore();
+                            }
+                            Session::OtherEvent => {
+                                p.cmd("HSET")
+                                    .arg(&key)
+                                    .arg("status")
+                                    .arg("queued")
+                                    .arg("user_id")
+                                    .arg("u")
+                                    .arg("event_id")
+                                    .arg("elsewhere")
+                                    .ignore();
+                            }
+                            Session::WrongType => {
+                                p.cmd("SET").arg(&key).arg("x").ignore();
+                            }
+                            Session::Extra => {
+                                p.cmd("HSET")
+                                    .arg(&key)
+                                    .arg("status")
+                                    .arg("queued")
+                                    .arg("user_id")
+                                    .arg("u2")
+                                    .arg("junk")
+                                    .arg("\u{1F4A5}")
+                                    .arg("position")
+                                    .arg("not-a-number")
+                                    .ignore();
+                            }
+                        }
+                        p.cmd("ZADD").arg(k.queue(EVENT)).arg(sc).arg(sid).ignore();
+                        // An id the outbox entry could not carry (over MAX_ID_BYTES) must not
+                        // be admitted: its QUEUE_READY could never be published.
+                        let good_id = !sid.is_empty()
+                            && sid.len() <= MAX_ID_BYTES
+                            && std::str::from_utf8(sid).is_ok();
+                        if good_id && matches!(kind, Session::Valid | Session::Extra) {
+                            valid.push(sid.clone());
+                        }
+                    }
+                    p.query_async::<()>(&mut conn).await.expect("setup");
+                    // Queue order as Redis sees it.
+                    let order: Vec<Vec<u8>> = redis::cmd("ZRANGE")
+                        .arg(k.queue(EVENT))
+                        .arg(0)
+                        .arg(-1)
+                        .query_async(&mut conn)
+                        .await
+                        .expect("ZRANGE");
+                    let valid_in_order: Vec<Vec<u8>> = order
+                        .iter()
+                        .filter(|m| valid.contains(m))
+                        .cloned()
+                        .collect();
+
+                    let capacity = effective(&cap_cfg, 10);
+                    let batch = effective(&batch_cfg, 5);
+                    let outcome = admit::admit(
+                        &scripts.admit,
+                        &mut conn,
+                        &k,
+                        EVENT,
+                        &AdmitArgs {
+                            default_max_concurrent: 10,
+                            default_batch_size: 5,
+                            checkout_window: Duration::from_secs(60),
+                            session_ttl: Duration::from_secs(600),
+                            outbox_lease: Duration::from_secs(30),
+                            max_unpublished_age: Duration::from_secs(600),
+                            process_interval: Duration::from_secs(1),
+                            claim_window: Duration::ZERO,
+                            waiter_idle_timeout: Duration::ZERO,
+                        },
+                    )
                     .await
-                    .expect("flush own test redis");
-                let mut p = redis::pipe();
-                for i in 0..busy {
-                    p.cmd("SADD")
+                    .map_err(|e| TestCaseError::fail(format!("admit failed: {e}")))?;
+
+                    let processing: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
                         .arg(k.processing(EVENT))
-                        .arg(format!("busy-{i}"))
-                        .ignore();
-                }
-                if let Some(v) = &cap_cfg {
-                    p.cmd("HSET")
-                        .arg(k.config(EVENT))
-                        .arg("max_concurrent")
-                        .arg(v)
-                        .ignore();
-                }
-                if let Some(v) = &batch_cfg {
-                    p.cmd("HSET")
-                        .arg(k.config(EVENT))
-                        .arg("batch_size")
-                        .arg(v)
-                        .ignore();
-                }
-                let mut valid: Vec<Vec<u8>> = Vec::new();
-                let mut seen = HashSet::new();
-                for (sid, sc, kind) in &members {
-                    if !seen.insert(sid.clone()) {
-                        continue;
+                        .query_async(&mut conn)
+                        .await
+                        .expect("SMEMBERS");
+                    prop_assert!(
+                        processing.len() as u64 <= capacity.max(busy),
+                        "capacity {capacity}, in use {}",
+                        processing.len()
+                    );
+                    let admitted: Vec<Vec<u8>> = processing
+                        .into_iter()
+                        .filter(|m| !m.starts_with(b"busy-"))
+                        .collect();
+                    prop_assert_eq!(admitted.len() as u64, outcome.admitted);
+                    // Only valid sessions, and the first ones in queue order.
+                    let want = capacity.saturating_sub(busy).min(batch) as usize;
+                    let expected: HashSet<Vec<u8>> =
+                        valid_in_order.iter().take(want).cloned().collect();
+                    let got: HashSet<Vec<u8>> = admitted.iter().cloned().collect();
+                    prop_assert_eq!(got, expected);
+                    // Every valid session not admitted still waits; nothing invalid holds a slot.
+                    let left: HashSet<Vec<u8>> = redis::cmd("ZRANGE")
+                        .arg(k.queue(EVENT))
+                        .arg(0)
+                        .arg(-1)
+                        .query_async::<Vec<Vec<u8>>>(&mut conn)
+                        .await
+                        .expect("ZRANGE")
+                        .into_iter()
+                        .collect();
+                    for v in valid_in_order.iter().skip(want) {
+                        prop_assert!(left.contains(v), "a valid session vanished");
                     }
-                    let mut key = k.session_prefix(EVENT).into_bytes();
-                    key.extend_from_slice(sid);
-                    match kind {
-                        Session::Valid => {
-                            p.cmd("HSET")
-                                .arg(&key)
-                                .arg("status")
-                                .arg("queued")
-                                .arg("user_id")
-                                .arg("u1")
-                                .ignore();
-                        }
-                        Session::Missing => {}
-                        Session::Status(s) => {
-                            p.cmd("HSET")
-                                .arg(&key)
-                                .arg("status")
-                                .arg(s)
-                                .arg("user_id")
-                                .arg("u1")
-                                .ignore();
-                        }
-                        Session::NoUser => {
-                            p.cmd("HSET").arg(&key).arg("status").arg("queued").ignore();
-                        }
-                        Session::BinaryUser => {
-                            p.cmd("HSET")
-                                .arg(&key)
-                                .arg("status")
-                                .arg("queued")
-                                .arg("user_id")
-                                .arg(&b"\xff\xfe"[..])
-                                .ignore();
-                        }
-                        Session::OtherEvent => {
-                            p.cmd("HSET")
-                                .arg(&key)
-                                .arg("status")
-                                .arg("queued")
-                                .arg("user_id")
-                                .arg("u")
-                                .arg("event_id")
-                                .arg("elsewhere")
-                                .ignore();
-                        }
-                        Session::WrongType => {
-                            p.cmd("SET").arg(&key).arg("x").ignore();
-                        }
-                        Session::Extra => {
-                            p.cmd("HSET")
-                                .arg(&key)
-                                .arg("status")
-                                .arg("queued")
-                                .arg("user_id")
-                                .arg("u2")
-                                .arg("junk")
-                                .arg("\u{1F4A5}")
-                                .arg("position")
-                                .arg("not-a-number")
-                                .ignore();
-                        }
+                    // Every outbox entry parses, and names an admitted session.
+                    for raw in &outcome.entries {
+                        let e = OutboxEntry::parse(raw.clone())
+                            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                        prop_assert!(admitted.contains(&e.session_id.into_bytes()));
                     }
-                    p.cmd("ZADD").arg(k.queue(EVENT)).arg(sc).arg(sid).ignore();
-                    // An id the outbox entry could not carry (over MAX_ID_BYTES) must not
-                    // be admitted: its QUEUE_READY could never be published.
-                    let good_id = !sid.is_empty()
-                        && sid.len() <= MAX_ID_BYTES
-                        && std::str::from_utf8(sid).is_ok();
-                    if good_id && matches!(kind, Session::Valid | Session::Extra) {
-                        valid.push(sid.clone());
-                    }
-                }
-                p.query_async::<()>(&mut conn).await.expect("setup");
-                // Queue order as Redis sees it.
-                let order: Vec<Vec<u8>> = redis::cmd("ZRANGE")
-                    .arg(k.queue(EVENT))
-                    .arg(0)
-                    .arg(-1)
-                    .query_async(&mut conn)
-                    .await
-                    .expect("ZRANGE");
-                let valid_in_order: Vec<Vec<u8>> = order
-                    .iter()
-                    .filter(|m| valid.contains(m))
-                    .cloned()
-                    .collect();
-
-                let capacity = effective(&cap_cfg, 10);
-                let batch = effective(&batch_cfg, 5);
-                let outcome = admit::admit(
-                    &scripts.admit,
-                    &mut conn,
-                    &k,
-                    EVENT,
-                    &AdmitArgs {
-                        default_max_concurrent: 10,
-                        default_batch_size: 5,
-                        checkout_window: Duration::from_secs(60),
-                        session_ttl: Duration::from_secs(600),
-                        outbox_lease: Duration::from_secs(30),
-                        max_unpublished_age: Duration::from_secs(600),
-                        process_interval: Duration::from_secs(1),
-                    },
-                )
-                .await
-                .map_err(|e| TestCaseError::fail(format!("admit failed: {e}")))?;
-
-                let processing: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
-                    .arg(k.processing(EVENT))
-                    .query_async(&mut conn)
-                    .await
-                    .expect("SMEMBERS");
-                prop_assert!(
-                    processing.len() as u64 <= capacity.max(busy),
-                    "capacity {capacity}, in use {}",
-                    processing.len()
-                );
-                let admitted: Vec<Vec<u8>> = processing
-                    .into_iter()
-                    .filter(|m| !m.starts_with(b"busy-"))
-                    .collect();
-                prop_assert_eq!(admitted.len() as u64, outcome.admitted);
-                // Only valid sessions, and the first ones in queue order.
-                let want = capacity.saturating_sub(busy).min(batch) as usize;
-                let expected: HashSet<Vec<u8>> =
-                    valid_in_order.iter().take(want).cloned().collect();
-                let got: HashSet<Vec<u8>> = admitted.iter().cloned().collect();
-                prop_assert_eq!(got, expected);
-                // Every valid session not admitted still waits; nothing invalid holds a slot.
-                let left: HashSet<Vec<u8>> = redis::cmd("ZRANGE")
-                    .arg(k.queue(EVENT))
-                    .arg(0)
-                    .arg(-1)
-                    .query_async::<Vec<Vec<u8>>>(&mut conn)
-                    .await
-                    .expect("ZRANGE")
-                    .into_iter()
-                    .collect();
-                for v in valid_in_order.iter().skip(want) {
-                    prop_assert!(left.contains(v), "a valid session vanished");
-                }
-                // Every outbox entry parses, and names an admitted session.
-                for raw in &outcome.entries {
-                    let e = OutboxEntry::parse(raw.clone())
-                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
-                    prop_assert!(admitted.contains(&e.session_id.into_bytes()));
-                }
-                Ok(())
-            })
-        })
+                    Ok(())
+                })
+            },
+        )
         .expect("property holds");
 }
 
@@ -373,10 +418,11 @@ proptest! {
         prop_assert_eq!(got, want, "{}", raw);
     }
 
-    /// Anything but a JSON array of exactly four elements is `Shape`.
+    /// Anything but a JSON array of four elements (or five: with a claim window) is
+    /// `Shape`.
     #[test]
     fn outbox_entries_of_another_shape_are_refused(
-        n in (0usize..8).prop_filter("not four", |n| *n != 4),
+        n in (0usize..8).prop_filter("not four or five", |n| *n != 4 && *n != 5),
         object in any::<bool>(),
     ) {
         let items = ["\"s\"", "\"u\"", "1", "2", "3", "4", "5"];

@@ -45,6 +45,8 @@ async fn a_retired_event_is_drained_admits_nobody_and_is_forgotten() {
             outbox_lease: Duration::from_millis(200),
             max_unpublished_age: Duration::from_secs(1),
             process_interval: Duration::from_secs(1),
+            claim_window: Duration::ZERO,
+            waiter_idle_timeout: Duration::ZERO,
         },
     )
     .await

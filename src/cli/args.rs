@@ -74,6 +74,10 @@ pub(crate) enum Command {
     Status(StatusArgs),
     /// Where one session stands: its hash, queue position, slot, deadline, outbox.
     Inspect(InspectArgs),
+    /// Claim an admitted session's slot as the checkout service does (lua/claim.lua):
+    /// prints claimed, already_claimed, too_late or not_admitted; exit 0 for the first
+    /// two, 3 for too_late, 4 for not_admitted, 1 when it could not ask.
+    Claim(ClaimArgs),
     /// Measure throughput, Redis CPU, refill latency, scaling and memory (BENCHMARKS.md).
     #[cfg(feature = "tools")]
     Bench(BenchArgs),
@@ -158,6 +162,17 @@ pub(crate) struct InspectArgs {
     /// first characters are shown, in text and JSON alike.
     #[arg(long)]
     pub(crate) show_token: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ClaimArgs {
+    #[command(flatten)]
+    pub(crate) redis: RedisArgs,
+    /// The event the session was admitted to.
+    #[arg(long)]
+    pub(crate) event: String,
+    /// The session id.
+    pub(crate) session: String,
 }
 
 #[cfg(feature = "tools")]
@@ -277,6 +292,15 @@ pub(crate) struct RunArgs {
     /// How long an admitted user holds the slot; the token expires at the same instant.
     #[arg(long, env = "QUEUE_CHECKOUT_WINDOW", default_value = "15m", value_parser = duration)]
     pub(crate) checkout_window: Duration,
+    /// An admitted user must claim the slot within this (lua/claim.lua, `claim`), or it
+    /// comes back as a no-show; 0s: off. The config hash's `claim_window_ms` overrides.
+    #[arg(long, env = "QUEUE_CLAIM_WINDOW", default_value = "0s", value_parser = duration)]
+    pub(crate) claim_window: Duration,
+    /// A waiter whose `last_seen` is older than this when its turn comes has left and
+    /// is skipped (status left_queue); 0s: off. The config hash's
+    /// `waiter_idle_timeout_ms` overrides.
+    #[arg(long, env = "QUEUE_WAITER_IDLE_TIMEOUT", default_value = "0s", value_parser = duration)]
+    pub(crate) waiter_idle_timeout: Duration,
 
     /// `iss` of the checkout tokens.
     #[arg(long, env = "QUEUE_JWT_ISSUER", default_value = "waitroom")]
@@ -375,15 +399,39 @@ pub(crate) struct DemoArgs {
     /// Users admitted per cycle.
     #[arg(long, default_value_t = 50)]
     pub(crate) batch: u64,
-    /// Longest simulated checkout (each user takes a random time up to this).
+    /// Simulated checkout time: the longest (each user takes a random time up to
+    /// this), or the mean with --checkout-distribution around.
     #[arg(long, default_value = "400ms", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
     pub(crate) checkout_time: Duration,
-    /// Share of admitted users who walk away without completing (0..1).
+    /// How each checkout time is drawn: up-to (uniform in [0, --checkout-time]) or
+    /// around (uniform in [0.5, 1.5] x --checkout-time).
+    #[arg(long, default_value = "up-to", value_name = "up-to|around", value_parser = |s: &str| s.parse::<waitroom_worker::demo::CheckoutDistribution>())]
+    pub(crate) checkout_distribution: waitroom_worker::demo::CheckoutDistribution,
+    /// Share of admitted users who walk away without completing (0..1); with a claim
+    /// window they claim first.
     #[arg(long, default_value_t = 0.05)]
     pub(crate) abandon_rate: f64,
+    /// Share of admitted users who never open checkout (0..1; leavers aside): with a
+    /// claim window their slots come back when it ends, else at the checkout window.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) no_show_rate: f64,
+    /// Share of waiters who close the waiting page while waiting (0..1), at a random
+    /// point of the first half of their way through the queue; the simulated API then
+    /// stops writing their last_seen.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) leave_rate: f64,
     /// Checkout window: how long an abandoned slot stays taken.
     #[arg(long, default_value = "5s", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
     pub(crate) checkout_window: Duration,
+    /// The worker's claim window (0s: off): present users claim their slot before
+    /// checking out; an unclaimed slot comes back as a no-show.
+    #[arg(long, default_value = "0s", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
+    pub(crate) claim_window: Duration,
+    /// The worker's waiter idle timeout (0s: off): a waiter not seen for this long at
+    /// its turn is skipped. The simulated API writes last_seen every 250ms for the
+    /// open pages when this or --leave-rate is set.
+    #[arg(long, default_value = "0s", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
+    pub(crate) waiter_idle_timeout: Duration,
     /// Show the worker's logs (RUST_LOG, default info) instead of warnings only.
     #[arg(long)]
     pub(crate) verbose: bool,
@@ -394,6 +442,21 @@ pub(crate) struct DemoArgs {
     /// smooth outflow: the progress lines show admissions per second.
     #[arg(long, value_name = "PER_MINUTE")]
     pub(crate) rate: Option<u64>,
+    /// Measure the wait estimate: from --probe-after on, every --probe-every, take
+    /// the waiters at --probe-positions (queue ranks), predict position x the stats
+    /// hash's wait_ms_per_position, and compare with when each is admitted (a table
+    /// and the |error| per position at the end; probes on leavers are left out).
+    #[arg(long)]
+    pub(crate) wait_probe: bool,
+    /// Queue positions probed by --wait-probe (1-based ranks, comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "250,500,1000")]
+    pub(crate) probe_positions: Vec<u64>,
+    /// First --wait-probe after the sale opened.
+    #[arg(long, default_value = "30s", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
+    pub(crate) probe_after: Duration,
+    /// Time between --wait-probe probes.
+    #[arg(long, default_value = "10s", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
+    pub(crate) probe_every: Duration,
 }
 
 /// Names the settings by their flag and environment variable, as every message
@@ -434,6 +497,8 @@ impl Naming for Flags {
             BatchSize => "--batch-size (QUEUE_DEFAULT_RELEASE_RATE)",
             SessionTtl => "--session-ttl (QUEUE_SESSION_TTL)",
             CheckoutWindow => "--checkout-window (QUEUE_CHECKOUT_WINDOW)",
+            ClaimWindow => "--claim-window (QUEUE_CLAIM_WINDOW)",
+            WaiterIdleTimeout => "--waiter-idle-timeout (QUEUE_WAITER_IDLE_TIMEOUT)",
             JwtIssuerAudience => "--jwt-issuer / --jwt-audience",
             JwtAlgorithm => "--jwt-algorithm (QUEUE_JWT_ALGORITHM)",
             JwtSecret => "QUEUE_JWT_SECRET",
@@ -544,6 +609,8 @@ impl RunArgs {
             .batch_size(self.batch_size)
             .session_ttl(self.session_ttl)
             .checkout_window(self.checkout_window)
+            .claim_window(self.claim_window)
+            .waiter_idle_timeout(self.waiter_idle_timeout)
             .jwt_issuer(&self.jwt_issuer)
             .jwt_audience(&self.jwt_audience)
             .jwt_algorithm_named(&self.jwt_algorithm)
@@ -610,24 +677,59 @@ impl BenchArgs {
 impl DemoArgs {
     /// The sale the demo plays, checked.
     pub(crate) fn options(&self) -> Result<DemoOptions, DemoError> {
+        let share = |r: f64| (0.0..1.0).contains(&r);
         if self.users == 0
             || self.capacity == 0
             || self.batch == 0
-            || !(0.0..1.0).contains(&self.abandon_rate)
+            || !share(self.abandon_rate)
+            || !share(self.no_show_rate)
+            || !share(self.leave_rate)
         {
             return Err(DemoError::Setting(
-                "--users, --capacity and --batch must be above 0, --abandon-rate in [0, 1)".into(),
+                "--users, --capacity and --batch must be above 0, --abandon-rate, \
+                 --no-show-rate and --leave-rate in [0, 1)"
+                    .into(),
             ));
+        }
+        if self.wait_probe && (self.probe_positions.is_empty() || self.probe_positions.contains(&0))
+        {
+            return Err(DemoError::Setting(
+                "--probe-positions must be queue ranks from 1".into(),
+            ));
+        }
+        let second = Duration::from_secs(1);
+        if (!self.claim_window.is_zero() && self.claim_window < second)
+            || self.claim_window > self.checkout_window
+            || (!self.waiter_idle_timeout.is_zero() && self.waiter_idle_timeout < second)
+        {
+            return Err(DemoError::Setting(
+                "--claim-window must be 0s (off) or from 1s to --checkout-window, \
+                 --waiter-idle-timeout 0s (off) or at least 1s"
+                    .into(),
+            ));
+        }
+        if self.wait_probe && self.probe_every.is_zero() {
+            return Err(DemoError::Setting("--probe-every must be above 0".into()));
         }
         Ok(DemoOptions {
             users: self.users,
             capacity: self.capacity,
             batch: self.batch,
             checkout_time: self.checkout_time,
+            checkout_distribution: self.checkout_distribution,
             abandon_rate: self.abandon_rate,
+            no_show_rate: self.no_show_rate,
+            leave_rate: self.leave_rate,
             checkout_window: self.checkout_window,
+            claim_window: self.claim_window,
+            waiter_idle_timeout: self.waiter_idle_timeout,
             interval: self.interval,
             rate: self.rate,
+            wait_probe: self.wait_probe.then(|| waitroom_worker::demo::WaitProbe {
+                positions: self.probe_positions.clone(),
+                after: self.probe_after,
+                every: self.probe_every,
+            }),
         })
     }
 }

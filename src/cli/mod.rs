@@ -75,6 +75,10 @@ pub(crate) fn main() -> ExitCode {
     log_limit::flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // An answer that is not a failure to run (claim's too_late): already printed.
+        Err(e) if e.downcast_ref::<Answered>().is_some() => {
+            ExitCode::from(e.downcast_ref::<Answered>().map_or(1, |a| a.0))
+        }
         Err(e) => {
             report_failure(format, &e);
             ExitCode::FAILURE
@@ -194,6 +198,32 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Claim(args) => {
+            let keys = args.redis.keys().context("invalid setting")?;
+            let event = waitroom_worker::EventId::parse(&args.event)
+                .map_err(|e| anyhow::anyhow!("invalid --event: {e}"))?;
+            if args.session.is_empty() {
+                anyhow::bail!("invalid setting: SESSION must not be empty");
+            }
+            let mut conn = connect(&args.redis).await?;
+            let scripts = waitroom_worker::scripts::Scripts::new();
+            let answer = waitroom_worker::scripts::claim::claim(
+                &scripts.claim,
+                &mut conn,
+                &keys,
+                event.as_str(),
+                &args.session,
+            )
+            .await
+            .context("claiming")?;
+            println!("{}", answer.as_str());
+            use waitroom_worker::scripts::claim::Claimed;
+            match answer {
+                Claimed::Claimed | Claimed::AlreadyClaimed => Ok(()),
+                Claimed::TooLate => Err(Answered(3).into()),
+                Claimed::NotAdmitted => Err(Answered(4).into()),
+            }
+        }
         #[cfg(feature = "tools")]
         Command::Bench(args) => {
             let json = args.json;
@@ -236,6 +266,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(_) => Err(not_built("demo")),
     }
 }
+
+/// A command's answer that maps to an exit code of its own (printed already, not
+/// reported as a failure).
+#[derive(Debug)]
+struct Answered(u8);
+
+impl std::fmt::Display for Answered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}", self.0)
+    }
+}
+
+impl std::error::Error for Answered {}
 
 /// A tool asked of a binary built without the `tools` feature (the production
 /// image): what is missing, and where it is.

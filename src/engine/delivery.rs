@@ -253,13 +253,14 @@ impl Delivery {
 
     /// Sign one entry and build its message; gives the entry back if signing failed.
     fn prepare(&self, event: &str, entry: OutboxEntry) -> Result<Prepared, OutboxEntry> {
-        let claims = self.signer.claims(
+        let mut claims = self.signer.claims(
             event,
             &entry.session_id,
             &entry.user_id,
             entry.admitted_ms,
             entry.deadline_ms,
         );
+        claims.cby = entry.claim_by_ms.map(|ms| ms / 1000);
         match self.signer.sign(&claims) {
             Ok(tok) => Ok(Prepared {
                 message: ReadyMessage {
@@ -270,6 +271,7 @@ impl Delivery {
                     admitted_at: clock::rfc3339_seconds(entry.admitted_ms),
                     expires_at: clock::rfc3339_seconds(entry.deadline_ms),
                     timestamp: clock::rfc3339_millis(entry.admitted_ms),
+                    claim_expires_at: entry.claim_by_ms.map(clock::rfc3339_seconds),
                 },
                 message_id: token::admission_id(event, &entry.session_id, entry.admitted_ms),
                 entry,

@@ -5,4 +5,5 @@ pub(crate) mod completions;
 pub(crate) mod delivery;
 pub(crate) mod refill;
 pub(crate) mod settler;
+pub(crate) mod wait_stats;
 pub(crate) mod worker;

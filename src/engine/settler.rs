@@ -111,7 +111,8 @@ async fn settle_batch(parts: &SettlerParts, batch: &[Job]) -> bool {
             by_event.entry(event.as_str()).or_default().0.push(Acked {
                 raw: &e.raw,
                 session_id: &e.session_id,
-                deadline_ms: e.deadline_ms,
+                // A claim window's deadline while unclaimed (a claim moves it on).
+                deadline_ms: e.told_deadline_ms(),
                 admitted_ms: e.admitted_ms,
             });
         }

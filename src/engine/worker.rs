@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::engine::completions::{Completions, ConsumerSettings};
 use crate::engine::delivery::{Delivery, DeliveryError, DeliveryPolicy};
 use crate::engine::refill::Refill;
+use crate::engine::wait_stats::{self, WaitStats};
 use crate::kafka::publisher::Publisher;
 use crate::model::clock;
 use crate::model::event::EventId;
@@ -157,6 +158,8 @@ pub struct Worker {
     registered: HashSet<String>,
     /// Known events that are no longer served: drained until nothing is left.
     retired: BTreeSet<String>,
+    /// The wait figures of each event, written to its stats hash.
+    wait: WaitStats,
 }
 
 impl Worker {
@@ -257,7 +260,9 @@ impl Worker {
                 time: time.clone(),
             },
         );
+        let wait = WaitStats::new(settings.admission.checkout_window);
         Ok(Some(Worker {
+            wait,
             settings,
             conn,
             scripts,
@@ -646,6 +651,7 @@ impl Worker {
                 self.retired.remove(event);
                 self.registered.remove(event);
                 self.hints.remove(event);
+                self.wait.forget(event);
             }
             Err(e) => {
                 crate::log_limited!(WARN, "could not forget a drained event; retrying next pass", event_id = %event, error = %crate::base::error_chain::chain(&e))
@@ -741,6 +747,7 @@ impl Worker {
         for event in drained {
             self.forget(&event).await;
         }
+        self.write_wait_figures();
         // Overlap: this pass's tokens and messages go out while the next pass admits.
         self.await_pending().await;
         for (event, entries) in &to_deliver {
@@ -912,6 +919,7 @@ impl Worker {
             match admitted.map_err(ScriptError::Redis).and_then(admit::parse) {
                 Ok(mut outcome) => {
                     self.time.observe(outcome.now_ms);
+                    self.wait.observe(event, &outcome);
                     self.hints.insert(
                         event.to_owned(),
                         Hint {
@@ -961,10 +969,42 @@ impl Worker {
         crate::log_limited!(ERROR, "processing event failed, skipping it this cycle", error = %crate::base::error_chain::chain(e));
     }
 
+    /// Write the wait figures that are due (every few seconds per event) to the
+    /// events' stats hashes, in a task of its own: the pass does not wait for it,
+    /// and a failed write is only counted (the next one comes a few seconds later).
+    fn write_wait_figures(&mut self) {
+        let now = self.time.now_ms();
+        let due = self.wait.due(now);
+        if due.is_empty() {
+            return;
+        }
+        for (event, figures) in &due {
+            self.stats.observe_wait(event, figures);
+        }
+        let p = wait_stats::pipeline(&self.settings.keys, &due, now);
+        let mut conn = self.conn.clone();
+        let stats = self.stats.clone();
+        tokio::spawn(async move {
+            let r: redis::RedisResult<()> = p.query_async(&mut conn).await;
+            if let Err(e) = r {
+                stats.error(ErrorKind::Redis);
+                crate::log_limited!(WARN, "could not write the wait figures; next try in a few seconds", error = %crate::base::error_chain::chain(&e));
+            }
+        });
+    }
+
     fn note_reaped(&self, event: &str, reaped: &Reaped) {
         if reaped.expired > 0 {
-            self.stats.event_expired(event, reaped.expired);
+            self.stats
+                .event_expired(event, reaped.expired - reaped.no_shows.min(reaped.expired));
             tracing::info!(expired = reaped.expired, "Expired checkout slots reclaimed");
+        }
+        if reaped.no_shows > 0 {
+            self.stats.event_no_show(event, reaped.no_shows);
+            tracing::info!(
+                no_shows = reaped.no_shows,
+                "Slots of admissions never claimed in their claim window reclaimed"
+            );
         }
         if reaped.adopted > 0 {
             Stats::add(&self.stats.adopted, reaped.adopted);
@@ -1056,6 +1096,20 @@ impl Worker {
         );
         self.stats
             .event_admitted(event, outcome.admitted, outcome.skipped);
+        if outcome.left_queue > 0 {
+            self.stats.event_left_queue(event, outcome.left_queue);
+            tracing::info!(
+                left_queue = outcome.left_queue,
+                "Skipped waiters who left the queue (idle past the timeout)"
+            );
+        }
+        if outcome.bad_last_seen > 0 {
+            crate::log_limited!(
+                WARN,
+                "session last_seen is not plain digits (ms); read as absent and admitted",
+                count = outcome.bad_last_seen
+            );
+        }
         let held = outcome.held.reason().or(outcome.paused.then_some("paused"));
         // What was unacknowledged before this call admitted, less what this worker
         // has in flight: what waits on Kafka or on another replica.
@@ -1077,6 +1131,7 @@ impl Worker {
                 outflow_per_minute: outcome.outflow_per_minute,
                 outbox_in_flight: in_flight,
                 outbox_waiting: before.saturating_sub(in_flight),
+                wait: None,
             },
         );
         if outcome.skipped > 0 {

@@ -105,6 +105,10 @@ pub struct ReadyMessage {
     /// The admission instant with milliseconds; fixed per admission, so a replayed
     /// message is byte for byte the same.
     pub timestamp: String,
+    /// With a claim window: the last second the admission may be claimed (RFC 3339,
+    /// seconds), the token's `cby`. Absent without a claim window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_expires_at: Option<String>,
 }
 
 /// Owns the producer; rebuilds it after a fatal error (which an idempotent

@@ -133,6 +133,12 @@ impl Keys {
         format!("{}:rate", self.event_base(event))
     }
 
+    /// `<event>:stats`: the figures the API's wait estimate reads (worker-written),
+    /// and the counters the scripts keep them from.
+    pub fn stats(&self, event: &str) -> String {
+        format!("{}:stats", self.event_base(event))
+    }
+
     /// SSCAN cursor of the reaper's sweep for slots without a deadline (STRING, worker-owned).
     pub fn reap_cursor(&self, event: &str) -> String {
         format!("{}:reap_cursor", self.event_base(event))

@@ -5,3 +5,4 @@ pub(crate) mod event;
 pub(crate) mod keys;
 pub mod outbox;
 pub mod token;
+pub(crate) mod wait_estimate;

@@ -1,7 +1,8 @@
 //! The outbox: admissions whose QUEUE_READY Kafka has not acknowledged yet.
 //!
 //! `<prefix>:<event>:outbox` is a sorted set. A member is the JSON array
-//! `[session_id, user_id, admitted_ms, deadline_ms]`, written by the admit script in
+//! `[session_id, user_id, admitted_ms, deadline_ms]`, or with a claim window
+//! `[session_id, user_id, admitted_ms, deadline_ms, claim_by_ms]`, written by the admit script in
 //! the same atomic step as the admission; the score is when the entry is next due
 //! for publishing (ms). An entry leaves the outbox only after Kafka acknowledged its
 //! message. Everything needed to sign the token and build the message is in the
@@ -25,6 +26,9 @@ pub struct OutboxEntry {
     pub admitted_ms: u64,
     /// When its checkout window ends (ms since the epoch).
     pub deadline_ms: u64,
+    /// With a claim window: by when the admission must be claimed (ms since the
+    /// epoch, a whole second), or its slot comes back as a no-show.
+    pub claim_by_ms: Option<u64>,
 }
 
 /// Longest session id or user id an entry may carry, in bytes.
@@ -37,8 +41,11 @@ pub const MAX_MS: u64 = crate::model::clock::MAX_MS;
 /// Why an outbox member could not be read: the structure, or which field is wrong.
 #[derive(Debug, Clone, Copy, Error, PartialEq, Eq)]
 pub enum EntryError {
-    /// Wrong: not a four-element JSON array.
-    #[error("outbox entry is not a JSON array [session_id, user_id, admitted_ms, deadline_ms]")]
+    /// Wrong: not a JSON array of four (or five) elements.
+    #[error(
+        "outbox entry is not a JSON array [session_id, user_id, admitted_ms, deadline_ms] \
+         (with a claim window, claim_by_ms after them)"
+    )]
     Shape,
     /// Wrong: the session id.
     #[error("outbox entry's session_id is not a string of 1 to 1024 bytes")]
@@ -61,6 +68,9 @@ pub enum EntryError {
     /// Wrong: a deadline before the admission.
     #[error("outbox entry's deadline_ms is before its admitted_ms")]
     DeadlineBeforeAdmission,
+    /// Wrong: the claim deadline.
+    #[error("outbox entry's claim_by_ms is not an integer from its admitted_ms to its deadline_ms")]
+    ClaimByMs,
 }
 
 /// A non-empty string of at most [`MAX_ID_BYTES`].
@@ -83,8 +93,12 @@ impl OutboxEntry {
     /// an error naming what is wrong, never a panic.
     pub fn parse(raw: Vec<u8>) -> Result<Self, EntryError> {
         let v: Value = serde_json::from_slice(&raw).map_err(|_| EntryError::Shape)?;
-        let Some([sid, uid, admitted, deadline]) = v.as_array().map(Vec::as_slice) else {
-            return Err(EntryError::Shape);
+        let (sid, uid, admitted, deadline, claim_by) = match v.as_array().map(Vec::as_slice) {
+            Some([sid, uid, admitted, deadline]) => (sid, uid, admitted, deadline, None),
+            Some([sid, uid, admitted, deadline, claim_by]) => {
+                (sid, uid, admitted, deadline, Some(claim_by))
+            }
+            _ => return Err(EntryError::Shape),
         };
         let session_id = id(sid, EntryError::SessionId)?;
         let user_id = id(uid, EntryError::UserId)?;
@@ -93,18 +107,34 @@ impl OutboxEntry {
         if deadline_ms < admitted_ms {
             return Err(EntryError::DeadlineBeforeAdmission);
         }
+        let claim_by_ms = match claim_by {
+            None => None,
+            Some(v) => Some(
+                instant(v, EntryError::ClaimByMs)
+                    .ok()
+                    .filter(|c| (admitted_ms..=deadline_ms).contains(c))
+                    .ok_or(EntryError::ClaimByMs)?,
+            ),
+        };
         Ok(OutboxEntry {
             raw,
             session_id,
             user_id,
             admitted_ms,
             deadline_ms,
+            claim_by_ms,
         })
     }
 
     /// The JSON a well-formed entry is stored as (what the admit script writes).
     pub fn encode(session_id: &str, user_id: &str, admitted_ms: u64, deadline_ms: u64) -> Vec<u8> {
         serde_json::to_vec(&(session_id, user_id, admitted_ms, deadline_ms)).unwrap_or_default()
+    }
+
+    /// Where the slot's deadline goes once Kafka acknowledged the message: the claim
+    /// deadline while a claim window runs, else the checkout deadline.
+    pub fn told_deadline_ms(&self) -> u64 {
+        self.claim_by_ms.unwrap_or(self.deadline_ms)
     }
 }
 
@@ -160,19 +190,38 @@ mod tests {
     }
 
     #[test]
-    fn rejects_what_is_not_a_four_element_array() {
+    fn rejects_what_is_not_a_four_or_five_element_array() {
         for raw in [
             &b"not json"[..],
             b"",
             b"{}",
             b"[]",
             br#"["s","u",1]"#,
-            br#"["s","u",1,2,3]"#,
+            br#"["s","u",1,2,2,3]"#,
             br#""s""#,
             b"\xff\xfe",
             br#"["s","u",1,2"#,
         ] {
             assert_eq!(parse(raw), Err(EntryError::Shape), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn a_claim_deadline_is_read_and_must_lie_between_admission_and_deadline() {
+        let e = parse(br#"["s","u",1000,9000,3000]"#).expect("parses");
+        assert_eq!(e.claim_by_ms, Some(3000));
+        assert_eq!(e.told_deadline_ms(), 3000);
+        let plain = parse(br#"["s","u",1000,9000]"#).expect("parses");
+        assert_eq!(plain.claim_by_ms, None);
+        assert_eq!(plain.told_deadline_ms(), 9000);
+        for raw in [
+            &br#"["s","u",1000,9000,999]"#[..],
+            br#"["s","u",1000,9000,9001]"#,
+            br#"["s","u",1000,9000,"3000"]"#,
+            br#"["s","u",1000,9000,3e3]"#,
+            br#"["s","u",1000,9000,null]"#,
+        ] {
+            assert_eq!(parse(raw), Err(EntryError::ClaimByMs), "{raw:?}");
         }
     }
 

@@ -48,6 +48,11 @@ pub struct Claims {
     pub exp: u64,
     /// Stable id of this admission (also the QUEUE_READY message id).
     pub jti: String,
+    /// Claim-by, seconds since the epoch: with a claim window, the last second the
+    /// admission may be claimed, so a checkout service can refuse a late token
+    /// without asking Redis. Absent without a claim window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cby: Option<u64>,
 }
 
 /// The stable id of one admission: hex SHA1 over event, session and admission ms.
@@ -148,6 +153,7 @@ impl Signer {
             iat: admitted_ms / 1000,
             exp: deadline_ms / 1000,
             jti: admission_id(event, session, admitted_ms),
+            cby: None,
         }
     }
 

@@ -42,6 +42,32 @@ pub struct EventStatus {
     /// Why the event admits nobody, if it does not: `retired` (known, no longer
     /// served), `publishing_stalled` (unpublished age past the max), `paused`.
     pub held: Option<String>,
+    /// The wait figures the workers last wrote to the stats hash, if any.
+    pub wait: Option<WaitView>,
+}
+
+/// The wait figures of `<prefix>:<event>:stats`, as the API reads them.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WaitView {
+    /// How much each position ahead adds to a waiter's wait, ms.
+    pub wait_ms_per_position: f64,
+    /// `measured` or `bound`.
+    pub basis: Option<String>,
+    /// Mean time from admission to completion, ms.
+    pub avg_checkout_ms: Option<f64>,
+    /// Share of freed slots never claimed.
+    pub no_show_rate: Option<f64>,
+    /// Share of waiters at their turn who had left.
+    pub left_queue_rate: Option<f64>,
+    /// When a worker last wrote them (RFC 3339).
+    pub updated_at: Option<String>,
+}
+
+/// A worker-written decimal: finite and not negative, else absent.
+fn decimal(v: &Option<String>) -> Option<f64> {
+    v.as_deref()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|f| f.is_finite() && *f >= 0.0)
 }
 
 /// Every event at a glance, and the replicas alive.
@@ -122,8 +148,9 @@ pub async fn status<C: ConnectionLike + Send>(
             u64,
             (Option<String>, Option<String>, Option<String>),
             Vec<(Vec<u8>, f64)>,
+            Vec<Option<String>>,
         );
-        let (q, p, head, phead, in_use, (cap, paused, rate), outbox, (m, count, prev), mark): Row =
+        let (q, p, head, phead, in_use, (cap, paused, rate), outbox, (m, count, prev), mark, w): Row =
             redis::pipe()
                 .cmd("ZCARD")
                 .arg(keys.queue(&e))
@@ -161,8 +188,25 @@ pub async fn status<C: ConnectionLike + Send>(
                 .arg("LIMIT")
                 .arg(0)
                 .arg(1)
+                .cmd("HMGET")
+                .arg(keys.stats(&e))
+                .arg("wait_ms_per_position")
+                .arg("wait_basis")
+                .arg("avg_checkout_ms")
+                .arg("no_show_rate")
+                .arg("left_queue_rate")
+                .arg("updated_at")
                 .query_async(conn)
                 .await?;
+        let field = |i: usize| w.get(i).cloned().flatten();
+        let wait = decimal(&field(0)).map(|per| WaitView {
+            wait_ms_per_position: per,
+            basis: field(1),
+            avg_checkout_ms: decimal(&field(2)),
+            no_show_rate: decimal(&field(3)),
+            left_queue_rate: decimal(&field(4)),
+            updated_at: field(5),
+        });
         // The oldest untold mark: 2^50 + its admission time.
         let unpublished_age_ms = mark
             .first()
@@ -207,6 +251,7 @@ pub async fn status<C: ConnectionLike + Send>(
                 unpublished_age_ms,
                 rate_per_minute: int(&rate),
                 held: held.map(str::to_owned),
+                wait,
             },
         );
     }
@@ -221,7 +266,7 @@ pub async fn status<C: ConnectionLike + Send>(
 /// Render a status as a screen of text.
 pub fn render_status(s: &Status) -> String {
     let mut t = format!(
-        "{:<24} {:>9} {:>9} {:>12} {:>9} {:>6} {:>7} {:>12} {:>8} {:>11} {}\n",
+        "{:<24} {:>9} {:>9} {:>12} {:>9} {:>6} {:>7} {:>12} {:>8} {:>11} {:>9} {}\n",
         "event",
         "queued",
         "priority",
@@ -232,6 +277,7 @@ pub fn render_status(s: &Status) -> String {
         "admitted/min",
         "rate/min",
         "unpublished",
+        "wait/pos",
         "held"
     );
     for (e, v) in &s.events {
@@ -244,7 +290,7 @@ pub fn render_status(s: &Status) -> String {
             .map(|ms| humantime::format_duration(Duration::from_secs(ms / 1000)).to_string())
             .unwrap_or_else(|| "-".into());
         t.push_str(&format!(
-            "{:<24} {:>9} {:>9} {:>12} {:>4}/{:<4} {:>6} {:>7} {:>5} ({:>4}) {:>8} {:>11} {}\n",
+            "{:<24} {:>9} {:>9} {:>12} {:>4}/{:<4} {:>6} {:>7} {:>5} ({:>4}) {:>8} {:>11} {:>9} {}\n",
             e,
             v.queue_length,
             v.priority_length,
@@ -259,6 +305,10 @@ pub fn render_status(s: &Status) -> String {
                 .map(|r| r.to_string())
                 .unwrap_or_else(|| "-".into()),
             unpublished,
+            v.wait
+                .as_ref()
+                .map(|w| format!("{:.0}ms", w.wait_ms_per_position))
+                .unwrap_or_else(|| "-".into()),
             v.held.as_deref().unwrap_or("-"),
         ));
     }

@@ -15,6 +15,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 
 type Labels = Vec<(String, String)>;
+type FloatGauge = Gauge<f64, AtomicU64>;
 
 fn event_label(event: &str) -> Labels {
     vec![("event_id".to_owned(), event.to_owned())]
@@ -28,7 +29,7 @@ fn held_labels(event: &str, reason: &str) -> Labels {
 }
 
 /// Figures of one event as the last pass over it saw them.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct EventSnapshot {
     /// Sessions waiting (main queue and priority lane).
     pub queue_length: u64,
@@ -62,6 +63,41 @@ pub struct EventSnapshot {
     pub rate_per_minute: Option<u64>,
     /// Admissions of the last 60 s, all replicas together (from Redis).
     pub outflow_per_minute: u64,
+    /// The wait figures last written to the event's stats hash (none before the
+    /// first write).
+    pub wait: Option<WaitFigures>,
+}
+
+/// The wait figures of one event, as written to `<prefix>:<event>:stats` (see
+/// `model::wait_estimate` for the model).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct WaitFigures {
+    /// Admissions per minute over the last minute.
+    pub admitted_per_min: f64,
+    /// Mean time from admission to completion, ms (none without completions).
+    pub avg_checkout_ms: Option<f64>,
+    /// Share of freed slots whose admission was never claimed.
+    pub no_show_rate: f64,
+    /// Share of waiters reaching their turn who had left the queue.
+    pub left_queue_rate: f64,
+    /// How much each position ahead adds to a waiter's wait, ms.
+    pub wait_ms_per_position: f64,
+    /// `measured` (from the last minute) or `bound` (not enough seen yet: the
+    /// slowest the queue can move).
+    pub basis: &'static str,
+}
+
+impl From<&crate::model::wait_estimate::Figures> for WaitFigures {
+    fn from(f: &crate::model::wait_estimate::Figures) -> Self {
+        WaitFigures {
+            admitted_per_min: f.admitted_per_min,
+            avg_checkout_ms: f.avg_checkout_ms,
+            no_show_rate: f.no_show_rate,
+            left_queue_rate: f.left_queue_rate,
+            wait_ms_per_position: f.wait_ms_per_position,
+            basis: f.basis.as_str(),
+        }
+    }
 }
 
 /// Reasons an event's admission can be held (the `reason` label of
@@ -152,6 +188,10 @@ pub struct Stats {
     pub completions_rejected: Counter,
     /// Slots taken back when their checkout window passed.
     pub expired: Counter,
+    /// Slots taken back because the admission was never claimed in its claim window.
+    pub no_shows: Counter,
+    /// Waiters skipped at their turn because they had left the queue.
+    pub left_queue: Counter,
     /// Slots without a deadline given one.
     pub adopted: Counter,
     /// Admissions renewed before QUEUE_READY left (their window was running out).
@@ -169,6 +209,13 @@ pub struct Stats {
     event_skipped: Family<Labels, Counter>,
     event_released: Family<Labels, Counter>,
     event_expired: Family<Labels, Counter>,
+    event_no_show: Family<Labels, Counter>,
+    event_left_queue: Family<Labels, Counter>,
+    wait_ms_per_position: Family<Labels, FloatGauge>,
+    admitted_per_min: Family<Labels, FloatGauge>,
+    avg_checkout_ms: Family<Labels, FloatGauge>,
+    no_show_rate: Family<Labels, FloatGauge>,
+    left_queue_rate: Family<Labels, FloatGauge>,
     queue_length: Family<Labels, Gauge>,
     slots_in_use: Family<Labels, Gauge>,
     capacity: Family<Labels, Gauge>,
@@ -233,6 +280,8 @@ impl Stats {
             release_noop: Counter::default(),
             completions_rejected: Counter::default(),
             expired: Counter::default(),
+            no_shows: Counter::default(),
+            left_queue: Counter::default(),
             adopted: Counter::default(),
             renewed: Counter::default(),
             outbox_dropped: Counter::default(),
@@ -244,6 +293,13 @@ impl Stats {
             event_skipped: Family::default(),
             event_released: Family::default(),
             event_expired: Family::default(),
+            event_no_show: Family::default(),
+            event_left_queue: Family::default(),
+            wait_ms_per_position: Family::default(),
+            admitted_per_min: Family::default(),
+            avg_checkout_ms: Family::default(),
+            no_show_rate: Family::default(),
+            left_queue_rate: Family::default(),
             queue_length: Family::default(),
             slots_in_use: Family::default(),
             capacity: Family::default(),
@@ -282,6 +338,41 @@ impl Stats {
             "expired",
             "Checkout slots taken back after the window",
             s.event_expired.clone(),
+        );
+        r.register(
+            "no_shows",
+            "Checkout slots taken back because the admission was never claimed in its claim window",
+            s.event_no_show.clone(),
+        );
+        r.register(
+            "left_queue",
+            "Waiters skipped at their turn because they had left the queue (idle past the timeout)",
+            s.event_left_queue.clone(),
+        );
+        r.register(
+            "wait_ms_per_position",
+            "Estimated wait each queue position ahead adds, ms (the stats hash's wait_ms_per_position)",
+            s.wait_ms_per_position.clone(),
+        );
+        r.register(
+            "admitted_per_minute",
+            "Admissions per minute over the last minute, all replicas (the stats hash's admitted_per_min)",
+            s.admitted_per_min.clone(),
+        );
+        r.register(
+            "avg_checkout_ms",
+            "Mean time from admission to completion over the last minute, ms (absent without completions)",
+            s.avg_checkout_ms.clone(),
+        );
+        r.register(
+            "no_show_rate",
+            "Share of freed slots over the last minute whose admission was never claimed",
+            s.no_show_rate.clone(),
+        );
+        r.register(
+            "left_queue_rate",
+            "Share of waiters reaching their turn over the last minute who had left the queue",
+            s.left_queue_rate.clone(),
         );
         r.register(
             "adopted",
@@ -470,6 +561,17 @@ impl Stats {
                 &self.event_skipped,
                 &self.event_released,
                 &self.event_expired,
+                &self.event_no_show,
+                &self.event_left_queue,
+            ] {
+                f.remove(&l);
+            }
+            for f in [
+                &self.wait_ms_per_position,
+                &self.admitted_per_min,
+                &self.avg_checkout_ms,
+                &self.no_show_rate,
+                &self.left_queue_rate,
             ] {
                 f.remove(&l);
             }
@@ -494,6 +596,49 @@ impl Stats {
             for e in &gone {
                 m.remove(e);
             }
+        }
+    }
+
+    pub(crate) fn event_no_show(&self, event: &str, n: u64) {
+        Stats::add(&self.no_shows, n);
+        self.event_no_show
+            .get_or_create(&event_label(event))
+            .inc_by(n);
+    }
+
+    pub(crate) fn event_left_queue(&self, event: &str, n: u64) {
+        Stats::add(&self.left_queue, n);
+        self.event_left_queue
+            .get_or_create(&event_label(event))
+            .inc_by(n);
+    }
+
+    /// Record the wait figures just written for `event`.
+    pub(crate) fn observe_wait(&self, event: &str, f: &crate::model::wait_estimate::Figures) {
+        let l = event_label(event);
+        let w = WaitFigures::from(f);
+        self.wait_ms_per_position
+            .get_or_create(&l)
+            .set(w.wait_ms_per_position);
+        self.admitted_per_min
+            .get_or_create(&l)
+            .set(w.admitted_per_min);
+        match w.avg_checkout_ms {
+            Some(ms) => {
+                self.avg_checkout_ms.get_or_create(&l).set(ms);
+            }
+            None => {
+                self.avg_checkout_ms.remove(&l);
+            }
+        }
+        self.no_show_rate.get_or_create(&l).set(w.no_show_rate);
+        self.left_queue_rate
+            .get_or_create(&l)
+            .set(w.left_queue_rate);
+        if let Ok(mut m) = self.events.write()
+            && let Some(snap) = m.get_mut(event)
+        {
+            snap.wait = Some(w);
         }
     }
 
@@ -547,6 +692,10 @@ impl Stats {
             .get_or_create(&l)
             .set(snap.outflow_per_minute as i64);
         if let Ok(mut m) = self.events.write() {
+            // The wait figures are written on their own cadence: kept until the next.
+            if snap.wait.is_none() {
+                snap.wait = m.get(event).and_then(|s| s.wait.clone());
+            }
             m.insert(event.to_owned(), snap);
         }
     }

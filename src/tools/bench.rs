@@ -267,6 +267,8 @@ async fn admit_only(env: &mut Env, batch: u64, users: usize) -> Result<Throughpu
             outbox_lease: Duration::from_secs(30),
             max_unpublished_age: Duration::from_secs(600),
             process_interval: Duration::from_secs(1),
+            claim_window: Duration::ZERO,
+            waiter_idle_timeout: Duration::ZERO,
         };
         let o = admit::admit(&scripts.admit, &mut env.conn, &keys, event, &a)
             .await

@@ -4,11 +4,27 @@
 //! reads QUEUE_READY, verifies each token, waits a random checkout time and
 //! publishes a completion, except for a share of users who walk away (their slots
 //! come back by expiry). Progress is printed live; a summary closes the run.
+//!
+//! Users who are not there can be played too (issue 12): no-shows (admitted, never
+//! open checkout: with a claim window their slot comes back when it ends) and
+//! leavers (close the waiting page at a random point of the first half of their way
+//! through the queue: the simulated API stops writing their `last_seen`, and with a
+//! waiter idle timeout the worker skips them at their turn). Present users claim
+//! their slot (`lua/claim.lua`) before checking out when a claim window is set. The
+//! summary then tells how much of the slot time went to users who were there, and
+//! when everyone who stayed was served.
+//!
+//! `--wait-probe` measures the wait estimate: once the sale is steady it picks, now
+//! and then, the waiters at a few queue positions, reads `wait_ms_per_position`
+//! from the event's stats hash as the API would, and compares `position x
+//! wait_ms_per_position` with when each of them is actually admitted.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::ClientConfig;
@@ -16,21 +32,84 @@ use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use redis::aio::MultiplexedConnection;
 use thiserror::Error;
 
 use crate::base::error_chain::chain;
-use crate::base::shutdown;
+use crate::base::shutdown::{self, Shutdown};
 use crate::config::Config;
 use crate::engine::worker::Worker;
 use crate::kafka::publisher::ReadyMessage;
+use crate::model::clock;
 use crate::model::keys::{KeyLayout, Keys};
 use crate::model::token::Verifier;
 use crate::ops::stats::Stats;
+use crate::redis::scripts::Scripts;
+use crate::redis::scripts::claim;
 use crate::tools::embedded_kafka::EmbeddedKafka;
 use crate::tools::enqueue;
 use crate::tools::redis_server::{PrivateRedis, ServerError};
 
 const EVENT: &str = "demo-sale";
+
+/// How often the simulated API writes `last_seen` for the waiters whose page is open.
+const SEEN_EVERY: Duration = Duration::from_millis(250);
+
+/// Sessions written per `last_seen` pipeline.
+const SEEN_CHUNK: usize = 2000;
+
+/// How each simulated checkout time is drawn from `--checkout-time`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CheckoutDistribution {
+    /// Uniform in [0, checkout time]: the checkout time is the longest.
+    #[default]
+    UpTo,
+    /// Uniform in [0.5, 1.5] x checkout time: the checkout time is the mean.
+    Around,
+}
+
+impl CheckoutDistribution {
+    /// A checkout time in ms from `time_ms` and a uniform draw `u` in [0, 1).
+    fn draw(self, time_ms: f64, u: f64) -> f64 {
+        match self {
+            CheckoutDistribution::UpTo => u * time_ms,
+            CheckoutDistribution::Around => (0.5 + u) * time_ms,
+        }
+    }
+}
+
+impl FromStr for CheckoutDistribution {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "up-to" => Ok(CheckoutDistribution::UpTo),
+            "around" => Ok(CheckoutDistribution::Around),
+            other => Err(format!("{other:?}: want up-to or around")),
+        }
+    }
+}
+
+/// When and where `--wait-probe` looks at the wait estimate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WaitProbe {
+    /// Queue positions (1-based ranks) probed each time.
+    pub positions: Vec<u64>,
+    /// The first probe, after the sale started (let the estimate settle).
+    pub after: Duration,
+    /// Time between probes.
+    pub every: Duration,
+}
+
+impl Default for WaitProbe {
+    fn default() -> Self {
+        WaitProbe {
+            positions: vec![250, 500, 1000],
+            after: Duration::from_secs(30),
+            every: Duration::from_secs(10),
+        }
+    }
+}
 
 /// The sale to simulate. [`Default`] is `waitroom-worker demo` without flags.
 #[derive(Debug, Clone)]
@@ -41,16 +120,28 @@ pub struct DemoOptions {
     pub capacity: u64,
     /// Users admitted per cycle.
     pub batch: u64,
-    /// Longest simulated checkout (each user takes a random time up to this).
+    /// Simulated checkout time (see `checkout_distribution`).
     pub checkout_time: Duration,
+    /// How each user's checkout time is drawn from `checkout_time`.
+    pub checkout_distribution: CheckoutDistribution,
     /// Share of admitted users who walk away without completing (0..1).
     pub abandon_rate: f64,
+    /// Share of admitted users (leavers aside) who never open checkout (0..1).
+    pub no_show_rate: f64,
+    /// Share of waiters who close the waiting page before their turn (0..1).
+    pub leave_rate: f64,
     /// Checkout window: how long an abandoned slot stays taken.
     pub checkout_window: Duration,
+    /// The worker's claim window (zero: off).
+    pub claim_window: Duration,
+    /// The worker's waiter idle timeout (zero: off).
+    pub waiter_idle_timeout: Duration,
     /// Admission interval.
     pub interval: Duration,
     /// Cap admissions at N a minute (the event's `new_users_per_minute`).
     pub rate: Option<u64>,
+    /// Measure the wait estimate (none: no probes).
+    pub wait_probe: Option<WaitProbe>,
 }
 
 impl Default for DemoOptions {
@@ -60,10 +151,16 @@ impl Default for DemoOptions {
             capacity: 100,
             batch: 50,
             checkout_time: Duration::from_millis(400),
+            checkout_distribution: CheckoutDistribution::UpTo,
             abandon_rate: 0.05,
+            no_show_rate: 0.0,
+            leave_rate: 0.0,
             checkout_window: Duration::from_secs(5),
+            claim_window: Duration::ZERO,
+            waiter_idle_timeout: Duration::ZERO,
             interval: Duration::from_millis(100),
             rate: None,
+            wait_probe: None,
         }
     }
 }
@@ -96,6 +193,34 @@ pub enum DemoError {
     },
 }
 
+/// One look at the wait estimate (`--wait-probe`): the waiter at `position`, what
+/// the API would have told it, and when it was admitted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeResult {
+    /// When probed, seconds after the sale started.
+    pub at_seconds: f64,
+    /// The waiter's queue position then (1-based rank).
+    pub position: u64,
+    /// `wait_ms_per_position` in the stats hash then.
+    pub wait_ms_per_position: f64,
+    /// `wait_basis` in the stats hash then (`measured` or `bound`).
+    pub basis: String,
+    /// `position x wait_ms_per_position`, seconds.
+    pub predicted_seconds: f64,
+    /// From the probe to its admission (the QUEUE_READY's timestamp), seconds; none
+    /// if it was never admitted.
+    pub actual_seconds: Option<f64>,
+}
+
+impl ProbeResult {
+    /// `(predicted - actual) / actual`, in percent.
+    pub fn error_percent(&self) -> Option<f64> {
+        self.actual_seconds
+            .filter(|a| *a > 0.0)
+            .map(|a| (self.predicted_seconds - a) / a * 100.0)
+    }
+}
+
 /// What the run ended with.
 #[derive(Debug, Clone)]
 pub struct Summary {
@@ -117,6 +242,27 @@ pub struct Summary {
     pub refill_p50: Option<f64>,
     /// The same, 99th percentile.
     pub refill_p99: Option<f64>,
+    /// Slots taken back because their admission was never claimed (the worker's count).
+    pub no_shows: u64,
+    /// Waiters the worker skipped at their turn because they had left.
+    pub left_queue: u64,
+    /// Leavers admitted all the same (their page closed, the slot held for nothing).
+    pub leavers_admitted: u64,
+    /// Waiters whose page stayed open but who were never admitted (dropped).
+    pub stayers_dropped: u64,
+    /// Present users whose claim was refused (too late, not admitted, or failed).
+    pub claims_refused: u64,
+    /// Slot-seconds held by users who completed (admission to completion) over the
+    /// slot-seconds available (capacity x from the first admission to the last
+    /// completion); none without completions.
+    pub slot_utilisation: Option<f64>,
+    /// From the start of the sale to the last completion, seconds: when everyone who
+    /// stayed was served; none without completions.
+    pub stayers_served_seconds: Option<f64>,
+    /// The wait estimate probes (`--wait-probe`), leavers' own left out.
+    pub probes: Vec<ProbeResult>,
+    /// Probes that fell on a leaver (left out of `probes`).
+    pub probes_on_leavers: u64,
 }
 
 /// A tiny xorshift: the demo needs variety, not cryptography.
@@ -131,11 +277,247 @@ impl Rng {
     }
 }
 
-/// Run the sale to its end: every user admitted and done (completed or expired).
+/// What a queued user does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Waits, opens checkout when admitted (and maybe abandons it there).
+    Present,
+    /// Waits, but never opens checkout.
+    NoShow,
+    /// Closes the waiting page once the queue head has gone past `leave_at` (an
+    /// index below its own).
+    Leaver { leave_at: usize },
+}
+
+/// The queued users, in queue order, and what happened to them.
+struct Users {
+    ids: Vec<String>,
+    index: HashMap<String, usize>,
+    fate: Vec<Fate>,
+    /// Admission (the QUEUE_READY's timestamp), ms since the epoch; 0: not admitted.
+    admitted_ms: Vec<AtomicU64>,
+    /// Completion published, ms since the epoch; 0: none.
+    completed_ms: Vec<AtomicU64>,
+}
+
+impl Users {
+    fn new(ids: Vec<String>, leave_rate: f64, no_show_rate: f64, rng: &mut Rng) -> Self {
+        let fate = (0..ids.len())
+            .map(|i| {
+                if leave_rate > 0.0 && rng.next_f64() < leave_rate {
+                    // A uniform point of the first half of its way through the queue.
+                    let leave_at = (rng.next_f64() * 0.5 * i as f64) as usize;
+                    Fate::Leaver { leave_at }
+                } else if no_show_rate > 0.0 && rng.next_f64() < no_show_rate {
+                    Fate::NoShow
+                } else {
+                    Fate::Present
+                }
+            })
+            .collect();
+        let index = ids
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.clone(), i))
+            .collect();
+        let n = ids.len();
+        Users {
+            ids,
+            index,
+            fate,
+            admitted_ms: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            completed_ms: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Whether user `i` has closed its page once the queue head is at `head`.
+    fn has_left(&self, i: usize, head: usize) -> bool {
+        matches!(self.fate.get(i), Some(Fate::Leaver { leave_at }) if head > *leave_at)
+    }
+
+    fn is_leaver(&self, i: usize) -> bool {
+        matches!(self.fate.get(i), Some(Fate::Leaver { .. }))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The simulated API's polling: `last_seen` = now for every user from `head` on
+/// whose page is still open, pipelined.
+async fn write_seen(
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+    users: &Users,
+    head: usize,
+) -> Result<(), redis::RedisError> {
+    let now = clock::now_ms();
+    let open: Vec<usize> = (head..users.ids.len())
+        .filter(|&i| !users.has_left(i, head))
+        .collect();
+    for chunk in open.chunks(SEEN_CHUNK) {
+        let mut p = redis::pipe();
+        for &i in chunk {
+            p.cmd("HSET")
+                .arg(keys.session(EVENT, &users.ids[i]))
+                .arg("last_seen")
+                .arg(now)
+                .ignore();
+        }
+        p.query_async::<()>(conn).await?;
+    }
+    Ok(())
+}
+
+/// Keeps writing `last_seen` every [`SEEN_EVERY`] for the users still queued (from
+/// the queue's head on), leavers who have left aside, until the queue is empty.
+async fn keep_seen(
+    mut conn: MultiplexedConnection,
+    keys: Keys,
+    users: Arc<Users>,
+    mut stop: Shutdown,
+) {
+    let mut ticker = tokio::time::interval(SEEN_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut head = 0usize;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.recv() => return,
+        }
+        let first: Result<Vec<String>, _> = redis::cmd("ZRANGE")
+            .arg(keys.queue(EVENT))
+            .arg(0)
+            .arg(0)
+            .query_async(&mut conn)
+            .await;
+        match first {
+            Ok(first) => match first.first() {
+                None => return,
+                Some(sid) => {
+                    if let Some(&i) = users.index.get(sid) {
+                        head = head.max(i);
+                    }
+                }
+            },
+            Err(_) => continue,
+        }
+        // A failed round is simply the next one's to do.
+        let _ = write_seen(&mut conn, &keys, &users, head).await;
+    }
+}
+
+/// A probe as taken, before its waiter's admission is known.
+struct Probe {
+    at_ms: u64,
+    position: u64,
+    user: usize,
+    wait_ms_per_position: f64,
+    basis: String,
+}
+
+/// Takes the probes of `plan` until the queue is shorter than every probed position.
+async fn probe_waits(
+    mut conn: MultiplexedConnection,
+    keys: Keys,
+    users: Arc<Users>,
+    plan: WaitProbe,
+    probes: Arc<Mutex<Vec<Probe>>>,
+    mut stop: Shutdown,
+) {
+    let start = tokio::time::Instant::now() + plan.after;
+    let mut ticker = tokio::time::interval_at(start, plan.every.max(Duration::from_millis(100)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.recv() => return,
+        }
+        // One snapshot: the waiters at the positions and the figures the API reads.
+        let mut p = redis::pipe();
+        p.atomic();
+        for &pos in &plan.positions {
+            p.cmd("ZRANGE")
+                .arg(keys.queue(EVENT))
+                .arg(pos.saturating_sub(1))
+                .arg(pos.saturating_sub(1));
+        }
+        p.cmd("HMGET")
+            .arg(keys.stats(EVENT))
+            .arg("wait_ms_per_position")
+            .arg("wait_basis");
+        let reply: Result<Vec<redis::Value>, _> = p.query_async(&mut conn).await;
+        let at_ms = clock::now_ms();
+        let Ok(mut reply) = reply else { continue };
+        let Some(figures) = reply.pop() else { continue };
+        let Ok((w, basis)) = redis::from_redis_value::<(Option<String>, Option<String>)>(figures)
+        else {
+            continue;
+        };
+        let Some(w) = w.and_then(|w| w.parse::<f64>().ok()) else {
+            continue;
+        };
+        let mut any = false;
+        let mut taken = lock(&probes);
+        for (&position, v) in plan.positions.iter().zip(reply) {
+            let Ok(ids) = redis::from_redis_value::<Vec<String>>(v) else {
+                continue;
+            };
+            let Some(user) = ids.first().and_then(|s| users.index.get(s)) else {
+                continue;
+            };
+            any = true;
+            taken.push(Probe {
+                at_ms,
+                position,
+                user: *user,
+                wait_ms_per_position: w,
+                basis: basis.clone().unwrap_or_default(),
+            });
+        }
+        if !any {
+            return; // the queue is shorter than every probed position
+        }
+    }
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time, if it reads as one.
+fn rfc3339_ms(text: &str) -> Option<u64> {
+    let t = humantime::parse_rfc3339(text).ok()?;
+    u64::try_from(t.duration_since(UNIX_EPOCH).ok()?.as_millis()).ok()
+}
+
+/// The value at quantile `q` of sorted `v` (nearest rank).
+fn quantile(v: &[f64], q: f64) -> Option<f64> {
+    (!v.is_empty()).then(|| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1])
+}
+
+fn rate_ok(r: f64) -> bool {
+    (0.0..1.0).contains(&r)
+}
+
+/// Run the sale to its end: every user admitted and done (completed or expired), or
+/// skipped as gone.
 pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
-    if a.users == 0 || a.capacity == 0 || a.batch == 0 || !(0.0..1.0).contains(&a.abandon_rate) {
+    if a.users == 0
+        || a.capacity == 0
+        || a.batch == 0
+        || !rate_ok(a.abandon_rate)
+        || !rate_ok(a.no_show_rate)
+        || !rate_ok(a.leave_rate)
+    {
         return Err(DemoError::Setting(
-            "users, capacity and batch must be above 0, abandon_rate in [0, 1)".into(),
+            "users, capacity and batch must be above 0, abandon_rate, no_show_rate and \
+             leave_rate in [0, 1)"
+                .into(),
+        ));
+    }
+    if let Some(p) = &a.wait_probe
+        && (p.positions.is_empty() || p.positions.contains(&0))
+    {
+        return Err(DemoError::Setting(
+            "wait probe positions must be given and above 0".into(),
         ));
     }
     let redis = PrivateRedis::start()?;
@@ -147,7 +529,7 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
     );
 
     let secret = {
-        let seed = format!("{}-{}", crate::model::clock::now_ms(), std::process::id());
+        let seed = format!("{}-{}", clock::now_ms(), std::process::id());
         let a = sha1_smol::Sha1::from(&seed).digest().to_string();
         let b = sha1_smol::Sha1::from(&a).digest().to_string();
         format!("{a}{b}")
@@ -161,6 +543,8 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
         .max_concurrent(a.capacity)
         .batch_size(a.batch.min(1000))
         .checkout_window(a.checkout_window)
+        .claim_window(a.claim_window)
+        .waiter_idle_timeout(a.waiter_idle_timeout)
         .session_ttl(Duration::from_secs(3600))
         // At most half the checkout window (a told user's token must outlive it).
         .publish_timeout(
@@ -194,6 +578,34 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
         a.users, a.capacity, a.batch
     );
 
+    // Who does what. The queue was empty (a private server): its order is theirs.
+    let ids: Vec<String> = redis::cmd("ZRANGE")
+        .arg(keys.queue(EVENT))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await?;
+    let mut rng = Rng(clock::now_ms() | 1);
+    let users = Arc::new(Users::new(ids, a.leave_rate, a.no_show_rate, &mut rng));
+    let gone = a.no_show_rate > 0.0 || a.leave_rate > 0.0;
+    let claiming = !a.claim_window.is_zero();
+    let polling = a.leave_rate > 0.0 || !a.waiter_idle_timeout.is_zero();
+    if gone || claiming || polling {
+        let count = |f: fn(&Fate) -> bool| users.fate.iter().filter(|x| f(x)).count();
+        eprintln!(
+            "demo: {} leavers (close the page while waiting), {} no-shows (never open \
+             checkout); claim window {}, waiter idle timeout {}",
+            count(|f| matches!(f, Fate::Leaver { .. })),
+            count(|f| matches!(f, Fate::NoShow)),
+            humantime::format_duration(a.claim_window),
+            humantime::format_duration(a.waiter_idle_timeout),
+        );
+    }
+    if polling {
+        // Every waiting page has polled once before the sale opens.
+        write_seen(&mut conn, &keys, &users, 0).await?;
+    }
+
     let (trigger, mut listener) = shutdown::channel();
     let worker = Worker::start(settings, &mut listener)
         .await
@@ -203,11 +615,39 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
     if let Some(addr) = worker.http_addr() {
         eprintln!("demo: worker endpoint http://{addr}/status (also /metrics, /healthz, /readyz)");
     }
+    let sale_start_ms = clock::now_ms();
     let worker_task = tokio::spawn(worker.run(listener.clone()));
+    let seen_task = polling.then(|| {
+        tokio::spawn(keep_seen(
+            conn.clone(),
+            keys.clone(),
+            users.clone(),
+            listener.clone(),
+        ))
+    });
+    let probes = Arc::new(Mutex::new(Vec::new()));
+    let probe_task = a.wait_probe.clone().map(|plan| {
+        eprintln!(
+            "demo: wait probes at positions {:?} every {} from {} on",
+            plan.positions,
+            humantime::format_duration(plan.every),
+            humantime::format_duration(plan.after),
+        );
+        tokio::spawn(probe_waits(
+            conn.clone(),
+            keys.clone(),
+            users.clone(),
+            plan,
+            probes.clone(),
+            listener.clone(),
+        ))
+    });
 
     // The checkout service.
     let completed = Arc::new(AtomicU64::new(0));
     let bad_tokens = Arc::new(AtomicU64::new(0));
+    let leavers_admitted = Arc::new(AtomicU64::new(0));
+    let claims_refused = Arc::new(AtomicU64::new(0));
     let checkout = {
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &kafka.bootstrap)
@@ -225,10 +665,17 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
         let verifier = Verifier::hs256(secret.as_bytes(), "waitroom", "checkout")
             .map_err(|e| DemoError::Worker(e.to_string()))?;
         let (completed, bad_tokens) = (completed.clone(), bad_tokens.clone());
-        let (max_ms, abandon) = (a.checkout_time.as_millis().max(1) as f64, a.abandon_rate);
+        let (leavers_admitted, claims_refused) = (leavers_admitted.clone(), claims_refused.clone());
+        let (time_ms, spread, abandon) = (
+            a.checkout_time.as_millis().max(1) as f64,
+            a.checkout_distribution,
+            a.abandon_rate,
+        );
+        let (users, keys, conn) = (users.clone(), keys.clone(), conn.clone());
+        let claim_script = Arc::new(Scripts::new().claim);
         let mut stop = listener.clone();
         tokio::spawn(async move {
-            let mut rng = Rng(crate::model::clock::now_ms() | 1);
+            let mut rng = Rng(clock::now_ms().rotate_left(17) | 1);
             loop {
                 let msg = tokio::select! {
                     _ = stop.recv() => break,
@@ -243,13 +690,60 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
                     bad_tokens.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                if rng.next_f64() < abandon {
-                    continue; // walks away: the slot comes back by expiry
+                let user = users.index.get(&ready.session_id).copied();
+                if let Some(i) = user {
+                    let at = rfc3339_ms(&ready.timestamp)
+                        .unwrap_or_else(clock::now_ms)
+                        .max(1);
+                    if users.admitted_ms[i]
+                        .compare_exchange(0, at, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_err()
+                    {
+                        continue; // a duplicate (at-least-once delivery)
+                    }
+                    match users.fate[i] {
+                        Fate::Present => {}
+                        Fate::NoShow => continue, // never opens checkout
+                        Fate::Leaver { .. } => {
+                            leavers_admitted.fetch_add(1, Ordering::Relaxed);
+                            continue; // the page is closed: nobody takes the slot
+                        }
+                    }
                 }
-                let wait = Duration::from_millis((rng.next_f64() * max_ms) as u64);
-                let (producer, completed) = (producer.clone(), completed.clone());
+                if rng.next_f64() < abandon {
+                    // Walks away in checkout (after claiming, when claims are on):
+                    // the slot comes back by expiry.
+                    if claiming {
+                        let (script, mut conn, keys) =
+                            (claim_script.clone(), conn.clone(), keys.clone());
+                        tokio::spawn(async move {
+                            let _ =
+                                claim::claim(&script, &mut conn, &keys, EVENT, &ready.session_id)
+                                    .await;
+                        });
+                    }
+                    continue;
+                }
+                let wait = Duration::from_millis(spread.draw(time_ms, rng.next_f64()) as u64);
+                let (producer, completed, users) =
+                    (producer.clone(), completed.clone(), users.clone());
+                let (script, mut conn, keys, refused) = (
+                    claim_script.clone(),
+                    conn.clone(),
+                    keys.clone(),
+                    claims_refused.clone(),
+                );
                 tokio::spawn(async move {
+                    if claiming {
+                        let answer =
+                            claim::claim(&script, &mut conn, &keys, EVENT, &ready.session_id).await;
+                        if !matches!(answer, Ok(c) if c.holds()) {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                    }
                     tokio::time::sleep(wait).await;
+                    let done_ms = clock::now_ms();
                     let body = serde_json::json!({
                         "session_id": ready.session_id, "event_id": ready.event_id, "outcome": "completed"
                     })
@@ -259,6 +753,9 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
                         .payload(&body);
                     if producer.send(rec, Duration::from_secs(5)).await.is_ok() {
                         completed.fetch_add(1, Ordering::Relaxed);
+                        if let Some(i) = user {
+                            users.completed_ms[i].store(done_ms, Ordering::Relaxed);
+                        }
                     }
                 });
             }
@@ -302,13 +799,23 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
             per_second = admitted.saturating_sub(last_second.1);
             last_second = (Instant::now(), admitted);
         }
-        let done = queued == 0 && in_checkout == 0 && admitted as usize >= a.users;
-        let msg = format!(
+        // Everyone left the queue (admitted, or skipped as gone or invalid) and
+        // every slot came back.
+        let through = admitted + Stats::get(&stats.left_queue) + Stats::get(&stats.skipped);
+        let done = queued == 0 && in_checkout == 0 && through as usize >= a.users;
+        let mut msg = format!(
             "| last second {per_second} admitted | queued {queued} | in checkout {in_checkout}/{} | completed {} | expired {}",
             a.capacity,
             Stats::get(&stats.released),
             Stats::get(&stats.expired),
         );
+        if gone || claiming || polling {
+            msg.push_str(&format!(
+                " | no-shows {} | left queue {}",
+                Stats::get(&stats.no_shows),
+                Stats::get(&stats.left_queue)
+            ));
+        }
         bar.set_position(admitted);
         bar.set_message(msg.clone());
         if !tty && (printed.elapsed() >= Duration::from_millis(500) || done) {
@@ -328,16 +835,65 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
     trigger.trigger();
     let _ = worker_task.await;
     let _ = checkout.await;
+    if let Some(t) = seen_task {
+        let _ = t.await;
+    }
+    if let Some(t) = probe_task {
+        let _ = t.await;
+    }
     let mut samples = stats.refill_samples();
     samples.sort_by(f64::total_cmp);
-    let pct = |q: f64| {
-        (!samples.is_empty()).then(|| {
-            samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1]
-        })
+
+    // Slot time of the users who were there: admission to completion.
+    let (mut used_ms, mut first_admitted, mut last_completed) = (0u64, u64::MAX, 0u64);
+    let mut stayers_dropped = 0u64;
+    for i in 0..users.ids.len() {
+        let adm = users.admitted_ms[i].load(Ordering::Relaxed);
+        let done = users.completed_ms[i].load(Ordering::Relaxed);
+        if adm > 0 {
+            first_admitted = first_admitted.min(adm);
+        } else if !users.is_leaver(i) {
+            stayers_dropped += 1;
+        }
+        if adm > 0 && done > 0 {
+            used_ms += done.saturating_sub(adm);
+            last_completed = last_completed.max(done);
+        }
+    }
+    let (slot_utilisation, stayers_served_seconds) = if last_completed > 0 {
+        let span = last_completed.saturating_sub(first_admitted).max(1) as f64;
+        (
+            Some(used_ms as f64 / (a.capacity as f64 * span)),
+            Some(last_completed.saturating_sub(sale_start_ms) as f64 / 1e3),
+        )
+    } else {
+        (None, None)
     };
+
+    let mut probes_on_leavers = 0u64;
+    let probes: Vec<ProbeResult> = lock(&probes)
+        .iter()
+        .filter(|p| {
+            let leaver = users.is_leaver(p.user);
+            probes_on_leavers += u64::from(leaver);
+            !leaver
+        })
+        .map(|p| {
+            let adm = users.admitted_ms[p.user].load(Ordering::Relaxed);
+            ProbeResult {
+                at_seconds: p.at_ms.saturating_sub(sale_start_ms) as f64 / 1e3,
+                position: p.position,
+                wait_ms_per_position: p.wait_ms_per_position,
+                basis: p.basis.clone(),
+                predicted_seconds: p.position as f64 * p.wait_ms_per_position / 1e3,
+                actual_seconds: (adm > 0).then(|| (adm as f64 - p.at_ms as f64) / 1e3),
+            }
+        })
+        .collect();
+
     let summary = Summary {
-        refill_p50: pct(0.5),
-        refill_p99: pct(0.99),
+        refill_p50: quantile(&samples, 0.5),
+        refill_p99: quantile(&samples, 0.99),
         users: a.users,
         seconds,
         admitted: Stats::get(&stats.admitted),
@@ -345,6 +901,15 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
         expired: Stats::get(&stats.expired),
         peak,
         bad_tokens: bad_tokens.load(Ordering::Relaxed),
+        no_shows: Stats::get(&stats.no_shows),
+        left_queue: Stats::get(&stats.left_queue),
+        leavers_admitted: leavers_admitted.load(Ordering::Relaxed),
+        stayers_dropped,
+        claims_refused: claims_refused.load(Ordering::Relaxed),
+        slot_utilisation,
+        stayers_served_seconds,
+        probes,
+        probes_on_leavers,
     };
     eprintln!(
         "demo: {} users through checkout in {:.1}s ({:.0} admissions/s); {} completed, {} expired; \
@@ -368,6 +933,30 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
         ),
         _ => eprintln!("demo: no refill measured (no completion freed a slot while users waited)"),
     }
+    match (summary.slot_utilisation, summary.stayers_served_seconds) {
+        (Some(u), Some(s)) => eprintln!(
+            "demo: slot utilisation {:.1}% (slot time from admission to completion of the users \
+             who completed / {} slots x {:.1}s from the first admission to the last completion); \
+             everyone who stayed served {:.1}s after the sale opened",
+            u * 100.0,
+            a.capacity,
+            last_completed.saturating_sub(first_admitted) as f64 / 1e3,
+            s
+        ),
+        _ => eprintln!("demo: no checkout completed: no slot utilisation to show"),
+    }
+    eprintln!(
+        "demo: {} no-shows reaped at their claim window, {} leavers skipped at their turn, \
+         {} leavers admitted anyway, {} waiters who stayed never admitted, {} claims refused",
+        summary.no_shows,
+        summary.left_queue,
+        summary.leavers_admitted,
+        summary.stayers_dropped,
+        summary.claims_refused,
+    );
+    if let Some(plan) = &a.wait_probe {
+        print_probes(&summary, plan);
+    }
     if summary.peak > a.capacity {
         return Err(DemoError::CapacityExceeded {
             peak: summary.peak,
@@ -375,4 +964,52 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
         });
     }
     Ok(summary)
+}
+
+/// The probes' table and, per position, the median, p90 and max of |error|.
+fn print_probes(s: &Summary, plan: &WaitProbe) {
+    eprintln!(
+        "demo: wait probes (predicted = position x wait_ms_per_position as the API shows it; \
+         actual = until the QUEUE_READY's admission time); {} fell on leavers and are left out",
+        s.probes_on_leavers
+    );
+    eprintln!(
+        "  {:>7} {:>8} {:>9} {:>10} {:>9} {:>9} {:>8}",
+        "at", "position", "basis", "ms/pos", "predicted", "actual", "error"
+    );
+    for p in &s.probes {
+        eprintln!(
+            "  {:>6.1}s {:>8} {:>9} {:>10.1} {:>8.1}s {:>9} {:>8}",
+            p.at_seconds,
+            p.position,
+            p.basis,
+            p.wait_ms_per_position,
+            p.predicted_seconds,
+            p.actual_seconds
+                .map_or_else(|| "never".to_owned(), |a| format!("{a:.1}s")),
+            p.error_percent()
+                .map_or_else(|| "-".to_owned(), |e| format!("{e:+.1}%")),
+        );
+    }
+    for &position in &plan.positions {
+        let mut errors: Vec<f64> = s
+            .probes
+            .iter()
+            .filter(|p| p.position == position)
+            .filter_map(ProbeResult::error_percent)
+            .map(f64::abs)
+            .collect();
+        errors.sort_by(f64::total_cmp);
+        match (
+            quantile(&errors, 0.5),
+            quantile(&errors, 0.9),
+            errors.last(),
+        ) {
+            (Some(m), Some(p90), Some(max)) => eprintln!(
+                "demo: position {position}: |error| median {m:.1}%, p90 {p90:.1}%, max {max:.1}% over {} probes",
+                errors.len()
+            ),
+            _ => eprintln!("demo: position {position}: no probe"),
+        }
+    }
 }

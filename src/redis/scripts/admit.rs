@@ -42,6 +42,32 @@ pub struct AdmitArgs {
     pub max_unpublished_age: Duration,
     /// The workers' process interval: the default rate burst is one interval's worth.
     pub process_interval: Duration,
+    /// An admission not claimed within this gives its slot back (zero: off), unless
+    /// the event's config hash sets `claim_window_ms`.
+    pub claim_window: Duration,
+    /// A waiter not seen for this long when its turn comes has left (zero: off),
+    /// unless the event's config hash sets `waiter_idle_timeout_ms`.
+    pub waiter_idle_timeout: Duration,
+}
+
+/// The counters the scripts keep in the event's stats hash (all replicas), as the
+/// admit call read them: what the wait estimate is computed from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Sessions admitted.
+    pub admitted: u64,
+    /// Waiters dropped at their turn because they had left (idle past the timeout).
+    pub left_queue: u64,
+    /// Queue members dropped as not admissible (no hash, not queued, other event).
+    pub skipped: u64,
+    /// Admissions never claimed whose slot came back at the claim window.
+    pub no_show: u64,
+    /// Slots taken back at the checkout deadline.
+    pub expired: u64,
+    /// Slots freed by a completion message.
+    pub completed: u64,
+    /// Sum over those of the time from admission to completion, ms.
+    pub checkout_ms: u64,
 }
 
 /// Why an event admitted nobody although it could have.
@@ -105,6 +131,12 @@ pub struct AdmitOutcome {
     pub rate_per_minute: Option<u64>,
     /// Admissions of the last 60 s (all replicas).
     pub outflow_per_minute: u64,
+    /// Waiters dropped because they had left the queue (not counted in `skipped`).
+    pub left_queue: u64,
+    /// Waiters whose `last_seen` was not plain digits (read as absent, admitted).
+    pub bad_last_seen: u64,
+    /// The stats hash's counters after the call.
+    pub totals: Totals,
     /// Config hash fields that were invalid (their defaults were used).
     pub invalid_config: Vec<String>,
     /// Outbox entries of the admitted sessions, in admission order.
@@ -130,6 +162,7 @@ pub fn call<'a>(
             keys.outbox(event),
             keys.deadlines(event),
             keys.rate(event),
+            keys.stats(event),
         ],
         args: vec![
             keys.session_prefix(event),
@@ -144,6 +177,8 @@ pub fn call<'a>(
             a.max_unpublished_age.as_millis().to_string(),
             if served { "1" } else { "0" }.to_owned(),
             a.process_interval.as_millis().max(1).to_string(),
+            a.claim_window.as_millis().to_string(),
+            a.waiter_idle_timeout.as_millis().to_string(),
         ],
     }
 }
@@ -180,9 +215,10 @@ pub fn parse(reply: Value) -> Result<AdmitOutcome, ScriptError> {
         Value::Array(invalid),
         Value::Array(entries),
         Value::Array(repaired),
+        Value::Array(totals),
     ] = parts.as_slice()
     else {
-        return Err(bad("want 4 arrays"));
+        return Err(bad("want 5 arrays"));
     };
     let nums: Vec<i64> = counts
         .iter()
@@ -208,9 +244,30 @@ pub fn parse(reply: Value) -> Result<AdmitOutcome, ScriptError> {
         now_ms,
         rate_per_minute,
         outflow_per_minute,
+        left_queue,
+        bad_last_seen,
     ] = nums.as_slice()
     else {
-        return Err(bad("want 16 counts"));
+        return Err(bad("want 18 counts"));
+    };
+    let totals: Vec<u64> = totals
+        .iter()
+        .map(|v| match v {
+            Value::Int(i) => Ok((*i).max(0) as u64),
+            _ => Err(bad("totals must be integers")),
+        })
+        .collect::<Result<_, _>>()?;
+    let [
+        admitted_t,
+        left_t,
+        skipped_t,
+        no_show_t,
+        expired_t,
+        completed_t,
+        checkout_t,
+    ] = totals.as_slice()
+    else {
+        return Err(bad("want 7 totals"));
     };
     let text = |v: &Value| match v {
         Value::BulkString(b) => Ok(b.clone()),
@@ -243,6 +300,17 @@ pub fn parse(reply: Value) -> Result<AdmitOutcome, ScriptError> {
         now_ms: (*now_ms).max(0) as u64,
         rate_per_minute: (*rate_per_minute >= 0).then_some(*rate_per_minute as u64),
         outflow_per_minute: (*outflow_per_minute).max(0) as u64,
+        left_queue: (*left_queue).max(0) as u64,
+        bad_last_seen: (*bad_last_seen).max(0) as u64,
+        totals: Totals {
+            admitted: *admitted_t,
+            left_queue: *left_t,
+            skipped: *skipped_t,
+            no_show: *no_show_t,
+            expired: *expired_t,
+            completed: *completed_t,
+            checkout_ms: *checkout_t,
+        },
         invalid_config: names(invalid)?,
         repaired: names(repaired)?,
         entries: entries.iter().map(text).collect::<Result<_, _>>()?,

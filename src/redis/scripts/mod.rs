@@ -8,6 +8,7 @@
 //! stops the worker and a flush racing a reload cannot fail the call.
 
 pub mod admit;
+pub mod claim;
 pub mod claim_outbox;
 pub mod quarantine;
 pub mod reap;
@@ -299,6 +300,8 @@ pub struct Scripts {
     pub admit: Script,
     /// `lua/claim_outbox.lua`: takes due outbox entries under a lease for publishing.
     pub claim_outbox: Script,
+    /// `lua/claim.lua`: the checkout service claims an admitted session's slot.
+    pub claim: Script,
     /// `lua/set_tokens.lua`: writes checkout tokens into session hashes.
     pub set_tokens: Script,
     /// `lua/release.lua`: frees the slot of a session that finished checkout.
@@ -323,6 +326,7 @@ impl Scripts {
         Scripts {
             admit: admit::script(),
             claim_outbox: claim_outbox::script(),
+            claim: claim::script(),
             set_tokens: set_tokens::script(),
             release: release::script(),
             reap: reap::script(),
@@ -332,10 +336,11 @@ impl Scripts {
     }
 
     /// Every script, in one list (to load or log them all).
-    pub fn all(&self) -> [&Script; 7] {
+    pub fn all(&self) -> [&Script; 8] {
         [
             &self.admit,
             &self.claim_outbox,
+            &self.claim,
             &self.set_tokens,
             &self.release,
             &self.reap,
@@ -407,6 +412,22 @@ mod tests {
         assert_eq!(
             expand("a\n-- @include nowhere\nb"),
             "a\n-- @include nowhere\nb"
+        );
+    }
+
+    /// `lua/claim.lua` is run as it is by checkout services (`redis-cli --eval`,
+    /// EVALSHA of the file's SHA): it includes nothing, and its copy of the RFC 3339
+    /// formatter is the shared one, line for line.
+    #[test]
+    fn claim_lua_runs_as_the_file_is_and_formats_times_as_the_others() {
+        let file = include_str!("../../../lua/claim.lua");
+        assert!(!file.contains("-- @include"));
+        assert_eq!(Scripts::new().claim.source, file);
+        let shared = include_str!("../../../lua/include/rfc3339.lua");
+        let body = shared.split_once('\n').map(|(_, b)| b).unwrap_or(shared);
+        assert!(
+            file.contains(body),
+            "claim.lua's rfc3339 drifted from the include"
         );
     }
 }

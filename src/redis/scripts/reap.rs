@@ -21,8 +21,11 @@ pub const SWEEP_COUNT: u64 = 100;
 /// What one reap did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reaped {
-    /// Slots taken back (status set to `expired` where it was `admitted`).
+    /// Slots taken back (status set to `expired`, or `no_show`, where it was
+    /// `admitted`); the no-shows among them are counted in `no_shows` too.
     pub expired: u64,
+    /// Of those, admissions never claimed within their claim window.
+    pub no_shows: u64,
     /// Deadlines dropped because their session no longer holds a slot.
     pub stale: u64,
     /// Slots held without a deadline that got one, so no slot leaks.
@@ -52,6 +55,7 @@ pub fn call<'a>(
             keys.processing(event),
             keys.reap_cursor(event),
             keys.outbox(event),
+            keys.stats(event),
         ],
         args: vec![
             keys.session_prefix(event),
@@ -66,9 +70,9 @@ pub fn call<'a>(
 
 /// Read the script's reply.
 pub fn parse(v: Value) -> Result<Reaped, ScriptError> {
-    type Reply = (u64, u64, u64, Vec<String>, Vec<String>, u64);
-    let (expired, stale, adopted, sessions, repaired, orphans): Reply = redis::from_redis_value(v)
-        .map_err(|e| ScriptError::Reply {
+    type Reply = (u64, u64, u64, Vec<String>, Vec<String>, u64, u64);
+    let (expired, stale, adopted, sessions, repaired, orphans, no_shows): Reply =
+        redis::from_redis_value(v).map_err(|e| ScriptError::Reply {
             script: "reap",
             detail: e.to_string(),
         })?;
@@ -79,5 +83,6 @@ pub fn parse(v: Value) -> Result<Reaped, ScriptError> {
         sessions,
         repaired,
         orphans,
+        no_shows,
     })
 }

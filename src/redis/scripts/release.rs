@@ -77,6 +77,7 @@ pub fn call<'a>(
             keys.processing(event),
             keys.deadlines(event),
             keys.session(event, session),
+            keys.stats(event),
         ],
         args: vec![
             session.to_owned(),
