@@ -593,3 +593,79 @@ async fn the_claim_command_answers_and_exits_by_the_answer() {
     assert_eq!(run(&ids[0]), ("already_claimed".to_owned(), Some(0)));
     assert_eq!(run("nobody"), ("not_admitted".to_owned(), Some(4)));
 }
+
+/// An admission told late (Kafka away) is renewed when less than half its claim
+/// window is left: a new admission time, a claim deadline a whole window away, the
+/// hash's claim_expires_at rewritten; so a user is never told with no time to claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_told_admission_is_renewed_with_a_whole_claim_window() {
+    use waitroom_worker::scripts::claim_outbox::{self, ClaimArgs};
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    let ids = enqueue(&mut conn, EVENT, "late", 1, clock::now_ms() - 60_000).await;
+    // Due at once (no lease), a 4 s claim window.
+    let mut a = args(5, Duration::from_secs(4), Duration::ZERO);
+    a.outbox_lease = Duration::ZERO;
+    let o = admit_once(&mut conn, &a).await;
+    let first = waitroom_worker::outbox::OutboxEntry::parse(o.entries[0].clone()).expect("entry");
+    let claim_by = first.claim_by_ms.expect("a claim deadline");
+    let claim = |conn: &MultiplexedConnection| {
+        let mut c = conn.clone();
+        async move {
+            let scripts = Scripts::new();
+            let call = claim_outbox::call(
+                &scripts.claim_outbox,
+                &keys(),
+                EVENT,
+                &ClaimArgs {
+                    lease: Duration::from_secs(30),
+                    limit: 10,
+                    checkout_window: Duration::from_secs(60),
+                    renew_within: Duration::from_secs(1),
+                    session_ttl: Duration::from_secs(3600),
+                },
+            );
+            let k: Vec<&str> = call.keys.iter().map(String::as_str).collect();
+            let a: Vec<&str> = call.args.iter().map(String::as_str).collect();
+            let v: redis::Value = scripts
+                .claim_outbox
+                .invoke(&mut c, &k, &a)
+                .await
+                .expect("claim");
+            claim_outbox::parse(v).expect("reply")
+        }
+    };
+    // With more than half the window left, the entry is leased as it is.
+    let c = claim(&conn).await;
+    assert_eq!((c.renewed, c.entries.len()), (0, 1));
+    assert_eq!(c.entries[0], o.entries[0]);
+    // Make it due again, and wait until less than half the window is left.
+    let _: () = redis::cmd("ZADD")
+        .arg(k.outbox(EVENT))
+        .arg(0)
+        .arg(&o.entries[0])
+        .query_async(&mut conn)
+        .await
+        .expect("ZADD");
+    let half = (claim_by - first.admitted_ms) / 2;
+    eventually(
+        Duration::from_secs(10),
+        "half the claim window to pass",
+        || {
+            let mut c = conn.clone();
+            async move { (redis_ms(&mut c).await + half > claim_by).then_some(()) }
+        },
+    )
+    .await;
+    let c = claim(&conn).await;
+    assert_eq!(c.renewed, 1);
+    let renewed = waitroom_worker::outbox::OutboxEntry::parse(c.entries[0].clone()).expect("entry");
+    let now = redis_ms(&mut conn).await;
+    let by = renewed.claim_by_ms.expect("still a claim deadline");
+    assert!(by >= now + 3_000, "a whole window again: {by} vs now {now}");
+    assert!(renewed.admitted_ms > first.admitted_ms);
+    let h = hgetall(&mut conn, &k.session(EVENT, &ids[0])).await;
+    assert_eq!(h["claim_expires_at"], clock::rfc3339_seconds(by));
+    assert_eq!(h["admitted_ms"], renewed.admitted_ms.to_string());
+}
