@@ -1,5 +1,5 @@
 -- admit.lua: move waiting sessions of one event into checkout, atomically.
--- version: 9
+-- version: 10
 --
 -- One call does, for one event: read the capacity settings (per-event config hash
 -- over the defaults), count the slots in use, look at the head of the priority lane
@@ -10,6 +10,15 @@
 -- left: dropped with status=left_queue, it takes no slot and the batch is filled
 -- from the members behind. With a claim window, an admission must be claimed
 -- (lua/claim.lua) by claim_expires_at or its slot comes back as a no-show.
+-- Inventory: with `stock` set, no more are in checkout than units are left, and at
+-- 0 the event is sold out: it admits nobody, and the sell-out is recorded in
+-- KEYS[10] for the worker to announce (the outbox pattern for one message: leased,
+-- taken over by any replica once the lease runs out, marked sent by
+-- settle_sold_out.lua). Stock above 0 again ends the sell-out.
+-- The valve: with `adaptive` on, the capacity is also capped by KEYS[9]'s `cap`
+-- (written by valve.lua), never below `min_concurrent`.
+-- Lanes: with both lanes waiting, the priority lane takes at most priority_share
+-- percent of the admissions (counted across calls in KEYS[7]'s lane_p / lane_q).
 -- Everything is read and checked first; writes happen only after all checks passed,
 -- except the repair of a worker-owned key that holds the wrong type (moved aside).
 --
@@ -27,7 +36,9 @@
 -- KEYS[3]  processing   SET   sessions holding a checkout slot
 -- KEYS[4]  config       HASH  optional overrides: max_concurrent, batch_size,
 --                             new_users_per_minute, rate_burst, claim_window_ms,
---                             waiter_idle_timeout_ms (plain decimal digits);
+--                             waiter_idle_timeout_ms, stock, min_concurrent,
+--                             priority_share (0-100) (plain decimal digits);
+--                             adaptive: on/off words as paused (invalid: off);
 --                             paused: 1/true/yes/on or 0/false/no/off (any case); any
 --                             other value is reported and keeps the event paused
 -- KEYS[5]  outbox       ZSET  member = JSON entry, score = when it is due (ms)
@@ -35,10 +46,15 @@
 --                             or UNTOLD + admitted_ms while unpublished
 -- KEYS[7]  rate         HASH  tat = the rate limiter's theoretical arrival time (ms);
 --                             minute = epoch minute, count = admitted in that minute,
---                             prev = admitted in the minute before (the outflow shown)
+--                             prev = admitted in the minute before (the outflow shown);
+--                             lane_p / lane_q = admitted from each lane while both
+--                             waited (the priority share's count)
 -- KEYS[8]  stats        HASH  counters this script adds to: admitted_total,
 --                             left_queue_total, skipped_total (read back with the
 --                             others kept there, see the reply)
+-- KEYS[9]  valve        HASH  cap = the effective capacity valve.lua set (adaptive only)
+-- KEYS[10] sold_out     HASH  state (pending/sent), at (ms), queue_length, due (ms):
+--                             the sell-out to announce
 --
 -- ARGV[1]  session key prefix; a session hash is ARGV[1] .. session id. Keys built
 --          here are in the event's hash slot in the cluster layout.
@@ -59,6 +75,8 @@
 --          interval's worth of the rate)
 -- ARGV[13] default claim window, ms (0 = off)
 -- ARGV[14] default waiter idle timeout, ms (0 = off)
+-- ARGV[15] 1 when the valve is on by default (the config's adaptive overrides)
+-- ARGV[16] default min_concurrent, percent of the capacity
 --
 -- Rate: new_users_per_minute is enforced by GCRA (the generic cell rate algorithm):
 -- one admission costs T = 60000 / rate ms of "theoretical arrival time" (tat). So
@@ -75,13 +93,19 @@
 --          {outbox entries of the admitted sessions, in admission order...},
 --          {keys repaired (moved aside to <key>:corrupt) by this call...},
 --          {admitted_total, left_queue_total, skipped_total, no_show_total,
---           expired_total, completed_total, checkout_ms_total} }
+--           expired_total, completed_total, checkout_ms_total},
+--          {stock (-1 none), adaptive (0/1), configured capacity (before the valve
+--           and the stock), announce_at (ms, -1 none), announce_queue_length,
+--           failed_total} }
+--   capacity (in the counts) is the effective one: the configured capacity capped
+--   by the valve and by the stock.
+--   announce_at: a sell-out this worker must now announce (it holds the lease).
 --   paused is 1 when the config says so or its paused value is invalid (fail safe),
 --   else 0; rate_left is -1 when no per-minute cap is configured; queue_length
 --   counts both lanes after the call; outbox_depth is the outbox's size after the call;
 --   deadlines is the size of the deadlines set and next_deadline_ms its earliest
 --   real deadline (-1 when none); held is 0 (admitting), 1 (publishing stalled),
---   2 (not served); unpublished_age_ms is the age of the oldest unpublished
+--   2 (not served), 3 (sold out: stock 0); unpublished_age_ms is the age of the oldest unpublished
 --   admission (-1 when none); now_ms is Redis's clock; rate_per_minute is the
 --   configured cap (-1 none); outflow_per_minute the admissions of the last 60 s
 --   (this minute's count plus the part of the last minute's still inside the window);
@@ -133,7 +157,8 @@ local function pause_flag(value)
 end
 
 local cfg = redis.pcall('HMGET', config, 'max_concurrent', 'batch_size', 'paused',
-  'new_users_per_minute', 'rate_burst', 'claim_window_ms', 'waiter_idle_timeout_ms')
+  'new_users_per_minute', 'rate_burst', 'claim_window_ms', 'waiter_idle_timeout_ms',
+  'stock', 'adaptive', 'min_concurrent', 'priority_share')
 if cfg.err then
   invalid[#invalid + 1] = 'config'
   cfg = {}
@@ -148,6 +173,29 @@ if burst == 0 then invalid[#invalid + 1] = 'rate_burst'; burst = -1 end
 -- exact integers.
 local claim_window = setting(cfg[6], 'claim_window_ms', tonumber(ARGV[13]), 31536000000)
 local idle_timeout = setting(cfg[7], 'waiter_idle_timeout_ms', tonumber(ARGV[14]), 31536000000)
+local stock = setting(cfg[8], 'stock', -1, 100000000)
+local share = setting(cfg[11], 'priority_share', 100, 100)
+-- adaptive reads like paused, but an invalid value leaves the valve off (reported):
+-- a valve switched on by mistake would only admit fewer.
+local adaptive = 0
+do
+  local before = #invalid
+  adaptive = pause_flag(cfg[9])
+  if #invalid > before then invalid[#invalid] = 'adaptive'; adaptive = 0 end
+end
+if tonumber(ARGV[15]) == 1 and not cfg[9] then adaptive = 1 end
+local max_capacity = capacity
+if adaptive == 1 then
+  local floor = setting(cfg[10], 'min_concurrent',
+    math.max(1, math.floor(capacity * tonumber(ARGV[16]) / 100)), 100000000)
+  floor = math.min(floor, capacity)
+  local v = redis.pcall('HGET', KEYS[9], 'cap')
+  if type(v) == 'string' and #v <= 12 and v:match('^%d+$') then
+    capacity = math.max(math.min(tonumber(v), capacity), floor)
+  end
+end
+-- Units left cap the number in checkout: a buyer buys at least one.
+if stock >= 0 then capacity = math.min(capacity, stock) end
 
 -- Worker-owned keys of the wrong type are moved aside (kept for a look) so they
 -- never jam the event; the API's keys are only checked (an error reply, no write).
@@ -164,10 +212,11 @@ local function owned(key, reply)
 end
 local outbox_len = owned(outbox, redis.pcall('ZCARD', outbox)) or 0
 local deadlines_len = owned(deadlines, redis.pcall('ZCARD', deadlines)) or 0
-local r = owned(rate, redis.pcall('HMGET', rate, 'minute', 'count', 'prev', 'tat')) or {}
+local r = owned(rate, redis.pcall('HMGET', rate, 'minute', 'count', 'prev', 'tat', 'lane_p',
+  'lane_q')) or {}
 local totals = owned(stats, redis.pcall('HMGET', stats, 'admitted_total', 'left_queue_total',
   'skipped_total', 'no_show_total', 'expired_total', 'completed_total',
-  'checkout_ms_total')) or {}
+  'checkout_ms_total', 'failed_total')) or {}
 
 local in_use = redis.call('SCARD', processing)
 local queue_len = redis.call('ZCARD', queue)
@@ -188,7 +237,7 @@ local outflow = rate_count + math.floor(rate_prev * (60000 - now_ms % 60000) / 6
 -- The stats counters as numbers (anything else reads as 0: the worker's figures
 -- then restart from there).
 local total = {}
-for i = 1, 7 do
+for i = 1, 8 do
   local v = totals[i]
   total[i] = (type(v) == 'string' and #v <= 15 and v:match('^%d+$')) and tonumber(v) or 0
 end
@@ -239,14 +288,39 @@ if deadlines_len > 0 then
 end
 local held = 0
 if not served then held = 2
-elseif unpublished_age > max_unpublished then held = 1 end
+elseif unpublished_age > max_unpublished then held = 1
+elseif stock == 0 then held = 3 end
+
+-- The sell-out: recorded once (pending) when stock is 0, handed to this worker to
+-- announce while it is not leased to another, forgotten when stock is back.
+local announce_at, announce_len = -1, 0
+if stock >= 0 then
+  local so = owned(KEYS[10], redis.pcall('HMGET', KEYS[10], 'state', 'due', 'at',
+    'queue_length')) or {}
+  if stock == 0 then
+    local due = tonumber(so[2])
+    if not so[1] or (so[1] == 'pending' and not tonumber(so[3])) then
+      announce_at, announce_len = now_ms, queue_len + priority_len
+      redis.call('HSET', KEYS[10], 'state', 'pending', 'at', announce_at,
+        'queue_length', announce_len, 'due', now_ms + lease_ms)
+    elseif so[1] == 'pending' and (not due or due <= now_ms) then
+      announce_at, announce_len = tonumber(so[3]), tonumber(so[4]) or 0
+      redis.call('HSET', KEYS[10], 'due', now_ms + lease_ms)
+    end
+  elseif so[1] then
+    redis.call('DEL', KEYS[10])
+  end
+end
+local extra = function()
+  return { stock, adaptive, max_capacity, announce_at, announce_len, total[8] }
+end
 
 local want = math.min(capacity - in_use, batch, max_admit)
 if rate_left >= 0 then want = math.min(want, rate_left) end
 if paused == 1 or held ~= 0 or want <= 0 or queue_len + priority_len == 0 then
   return { {0, 0, in_use, capacity, batch, paused, rate_left, queue_len + priority_len,
     outbox_len, deadlines_len, next_deadline, held, unpublished_age, now_ms, per_minute,
-    outflow, 0, 0}, invalid, {}, repaired, total }
+    outflow, 0, 0}, invalid, {}, repaired, { unpack(total, 1, 7) }, extra() }
 end
 
 -- Session and user ids travel in JSON and JWTs, so they must be non-empty UTF-8 of at
@@ -286,15 +360,36 @@ local admitted, users, dropped, seen = {}, {}, {}, {}
 local left, stale_claims, bad_last_seen = {}, {}, 0
 local examined = 0
 local has_priority = priority_len > 0
-local lanes = has_priority and {priority, queue} or {queue}
-for _, lane in ipairs(lanes) do
-  local offset = 0
-  while #admitted < want and examined < max_scan do
-    local n = math.min(want - #admitted, max_scan - examined)
-    local members = redis.call('ZRANGE', lane, offset, offset + n - 1)
-    if #members == 0 then break end
-    offset = offset + #members
-    for _, sid in ipairs(members) do
+-- Each lane read in pages, in order; a lane is done when a page comes back empty.
+local function lane(key, len)
+  return { key = key, offset = 0, buf = {}, pos = 1, done = len == 0 }
+end
+local function next_member(l)
+  if l.pos > #l.buf then
+    if l.done then return nil end
+    local n = math.max(math.min(want - #admitted, max_scan - examined), 1)
+    l.buf, l.pos = redis.call('ZRANGE', l.key, l.offset, l.offset + n - 1), 1
+    l.offset = l.offset + #l.buf
+    if #l.buf == 0 then l.done = true; return nil end
+  end
+  l.pos = l.pos + 1
+  return l.buf[l.pos - 1]
+end
+local plane, qlane = lane(priority, priority_len), lane(queue, queue_len)
+-- The share applies while both lanes wait; its counts start afresh otherwise.
+local both = priority_len > 0 and queue_len > 0
+local lane_p, lane_q = 0, 0
+if both then lane_p, lane_q = count(r[5]), count(r[6]) end
+while #admitted < want and examined < max_scan do
+  -- Priority first, unless it has had its share of the admissions so far.
+  local first, second = plane, qlane
+  if both and share < 100 and (lane_p + 1) * 100 > share * (lane_p + lane_q + 1) then
+    first, second = qlane, plane
+  end
+  local from, sid = first, next_member(first)
+  if sid == nil then from, sid = second, next_member(second) end
+  if sid == nil then break end
+  do
       examined = examined + 1
       if not seen[sid] then
         seen[sid] = true
@@ -312,6 +407,7 @@ for _, lane in ipairs(lanes) do
           else
             admitted[#admitted + 1] = sid
             users[#users + 1] = h[2]
+            if from == plane then lane_p = lane_p + 1 else lane_q = lane_q + 1 end
             -- A re-queued session keeps the claim fields of its last admission:
             -- cleared, so this admission starts unclaimed.
             stale_claims[#admitted] = (h[5] or h[6]) and true or false
@@ -320,7 +416,6 @@ for _, lane in ipairs(lanes) do
           dropped[#dropped + 1] = sid
         end
       end
-    end
   end
 end
 
@@ -403,7 +498,8 @@ if #admitted > 0 then
   end
   outbox_len = outbox_len + chunked('ZADD', outbox, outbox_args, 500)
   deadlines_len = deadlines_len + chunked('ZADD', deadlines, deadline_args, 500)
-  redis.call('HSET', rate, 'minute', minute, 'count', rate_count + #admitted, 'prev', rate_prev)
+  redis.call('HSET', rate, 'minute', minute, 'count', rate_count + #admitted, 'prev', rate_prev,
+    'lane_p', lane_p, 'lane_q', lane_q)
   -- Fixed-point text, so the value always reads back as plain digits.
   if cost > 0 then
     redis.call('HSET', rate, 'tat', string.format('%.3f', tat + #admitted * cost))
@@ -420,4 +516,4 @@ end
 return { {#admitted, #dropped, in_use + #admitted, capacity, batch, paused,
   rate_left < 0 and -1 or (rate_left - #admitted), waiting, outbox_len, deadlines_len,
   next_deadline, held, unpublished_age, now_ms, per_minute, outflow, #left, bad_last_seen},
-  invalid, entries, repaired, total }
+  invalid, entries, repaired, { unpack(total, 1, 7) }, extra() }

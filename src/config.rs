@@ -28,6 +28,7 @@ use crate::model::token::{Signer, TokenError};
 use crate::redis::retry::Backoff;
 use crate::redis::scripts::admit::{AdmitArgs, MAX_ADMIT_PER_CALL};
 use crate::redis::scripts::claim_outbox::ClaimArgs;
+use crate::redis::scripts::valve::ValveArgs;
 use crate::redis::store::{Endpoint, TlsFiles};
 
 /// Everything the worker runs with, checked. Built by [`Config::builder`].
@@ -80,6 +81,8 @@ pub struct KafkaConfig {
 pub struct ProducerConfig {
     /// Topic of the admission messages.
     pub topic: String,
+    /// Topic of the sell-out announcements.
+    pub sold_out_topic: String,
     /// How long Kafka may take to acknowledge a message (`message.timeout.ms`).
     pub publish_timeout: Duration,
 }
@@ -120,6 +123,43 @@ pub struct AdmissionConfig {
     /// A waiter not seen for this long when its turn comes has left the queue (zero:
     /// off), unless the event's config hash sets `waiter_idle_timeout_ms`.
     pub waiter_idle_timeout: Duration,
+    /// The checkout-health valve, on for events whose config sets no `adaptive`.
+    pub adaptive: bool,
+    /// The valve's floor, percent of the capacity, for events whose config sets no
+    /// `min_concurrent`.
+    pub min_concurrent_percent: u64,
+    /// The valve's control law.
+    pub valve: ValveSettings,
+}
+
+/// The checkout-health valve's control law (see `lua/valve.lua` and the README).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ValveSettings {
+    /// One step per this much time.
+    pub interval: Duration,
+    /// Cut when more than this share of a step's completions failed.
+    pub fail_threshold: f64,
+    /// Cut when a step's mean checkout time exceeds the baseline times this.
+    pub slow_factor: f64,
+    /// Completions a step needs to be judged.
+    pub min_completions: u64,
+    /// A cut multiplies the effective capacity by this.
+    pub cut: f64,
+    /// A healthy step adds this share of `max_concurrent`.
+    pub step_up: f64,
+}
+
+impl Default for ValveSettings {
+    fn default() -> Self {
+        ValveSettings {
+            interval: Duration::from_secs(5),
+            fail_threshold: 0.2,
+            slow_factor: 2.0,
+            min_completions: 5,
+            cut: 0.5,
+            step_up: 0.1,
+        }
+    }
 }
 
 /// Leases and claims of outbox entries.
@@ -179,6 +219,23 @@ impl Config {
             process_interval: self.worker.process_interval,
             claim_window: self.admission.claim_window,
             waiter_idle_timeout: self.admission.waiter_idle_timeout,
+            adaptive: self.admission.adaptive,
+            min_concurrent_percent: self.admission.min_concurrent_percent,
+        }
+    }
+
+    /// What the valve needs from the settings.
+    pub fn valve_args(&self) -> ValveArgs {
+        let v = &self.admission.valve;
+        ValveArgs {
+            default_max_concurrent: self.admission.max_concurrent,
+            min_concurrent_percent: self.admission.min_concurrent_percent,
+            interval: v.interval,
+            fail_threshold: v.fail_threshold,
+            slow_factor: v.slow_factor,
+            min_completions: v.min_completions,
+            cut: v.cut,
+            step_up: v.step_up,
         }
     }
 
@@ -218,6 +275,15 @@ pub enum Setting {
     KafkaBrokers,
     KafkaConfigFile,
     ReadyTopic,
+    SoldOutTopic,
+    Adaptive,
+    MinConcurrentPercent,
+    ValveInterval,
+    ValveFailThreshold,
+    ValveSlowFactor,
+    ValveMinCompletions,
+    ValveCut,
+    ValveStepUp,
     PublishTimeout,
     CompletedTopic,
     ConsumerGroup,
@@ -269,6 +335,15 @@ impl Setting {
             KafkaBrokers => "kafka_brokers",
             KafkaConfigFile => "kafka_config_file",
             ReadyTopic => "ready_topic",
+            SoldOutTopic => "sold_out_topic",
+            Adaptive => "adaptive",
+            MinConcurrentPercent => "min_concurrent_percent",
+            ValveInterval => "valve_interval",
+            ValveFailThreshold => "valve_fail_threshold",
+            ValveSlowFactor => "valve_slow_factor",
+            ValveMinCompletions => "valve_min_completions",
+            ValveCut => "valve_cut",
+            ValveStepUp => "valve_step_up",
             PublishTimeout => "publish_timeout",
             CompletedTopic => "completed_topic",
             ConsumerGroup => "consumer_group",
@@ -618,6 +693,10 @@ pub struct ConfigBuilder {
     kafka_options: Vec<(String, String)>,
     kafka_config_file: Option<PathBuf>,
     ready_topic: String,
+    sold_out_topic: String,
+    adaptive: bool,
+    min_concurrent_percent: u64,
+    valve: ValveSettings,
     publish_timeout: Duration,
     completed_topic: String,
     consumer_group: String,
@@ -660,6 +739,10 @@ impl Default for ConfigBuilder {
             kafka_options: Vec::new(),
             kafka_config_file: None,
             ready_topic: "QUEUE_READY".into(),
+            sold_out_topic: "EVENT_SOLD_OUT".into(),
+            adaptive: false,
+            min_concurrent_percent: 10,
+            valve: ValveSettings::default(),
             publish_timeout: Duration::from_secs(10),
             completed_topic: "CHECKOUT_COMPLETED".into(),
             consumer_group: "waitroom-worker".into(),
@@ -724,6 +807,43 @@ macro_rules! setters {
 }
 
 impl ConfigBuilder {
+    /// The valve: one step per this much time (default 5s).
+    pub fn valve_interval(mut self, d: Duration) -> Self {
+        self.valve.interval = d;
+        self
+    }
+
+    /// The valve cuts when more than this share of completions failed (default 0.2).
+    pub fn valve_fail_threshold(mut self, share: f64) -> Self {
+        self.valve.fail_threshold = share;
+        self
+    }
+
+    /// The valve cuts when checkout takes longer than the baseline times this
+    /// (default 2.0).
+    pub fn valve_slow_factor(mut self, factor: f64) -> Self {
+        self.valve.slow_factor = factor;
+        self
+    }
+
+    /// Completions a valve step needs to be judged (default 5).
+    pub fn valve_min_completions(mut self, n: u64) -> Self {
+        self.valve.min_completions = n;
+        self
+    }
+
+    /// A valve cut multiplies the capacity by this (default 0.5).
+    pub fn valve_cut(mut self, share: f64) -> Self {
+        self.valve.cut = share;
+        self
+    }
+
+    /// A healthy valve step adds this share of max_concurrent (default 0.1).
+    pub fn valve_step_up(mut self, share: f64) -> Self {
+        self.valve.step_up = share;
+        self
+    }
+
     /// How refusals name the settings (default: these methods' names).
     pub fn naming(mut self, naming: &'static dyn Naming) -> Self {
         self.naming = naming;
@@ -835,6 +955,13 @@ impl ConfigBuilder {
         kafka_config_file: impl Into<PathBuf> => kafka_config_file = Some(kafka_config_file.into());
         /// Topic of the admission messages (default `QUEUE_READY`).
         ready_topic: impl Into<String> => ready_topic = ready_topic.into();
+        /// Topic of the sell-out announcements (default `EVENT_SOLD_OUT`).
+        sold_out_topic: impl Into<String> => sold_out_topic = sold_out_topic.into();
+        /// The checkout-health valve for events whose config sets no `adaptive`
+        /// (default off).
+        adaptive: bool => adaptive = adaptive;
+        /// The valve's floor, percent of the capacity (default 10).
+        min_concurrent_percent: u64 => min_concurrent_percent = min_concurrent_percent;
         /// How long Kafka may take to acknowledge a message (default 10s).
         publish_timeout: Duration => publish_timeout = publish_timeout;
         /// Topic of the completion messages (default `CHECKOUT_COMPLETED`).
@@ -928,6 +1055,51 @@ impl ConfigBuilder {
         }
         if self.ready_topic.trim().is_empty() {
             return Err(invalid(name(ReadyTopic), "must not be empty"));
+        }
+        if self.sold_out_topic.trim().is_empty() {
+            return Err(invalid(name(SoldOutTopic), "must not be empty"));
+        }
+        if self.min_concurrent_percent == 0 || self.min_concurrent_percent > 100 {
+            return Err(invalid(
+                name(MinConcurrentPercent),
+                "must be between 1 and 100",
+            ));
+        }
+        let v = &self.valve;
+        if v.interval < Duration::from_millis(100) {
+            return Err(invalid(name(ValveInterval), "must be at least 100ms"));
+        }
+        at_most(name(ValveInterval), v.interval, bounds::SHORT)?;
+        let share = |x: f64| x.is_finite() && x > 0.0 && x < 1.0;
+        if !share(v.fail_threshold) {
+            return Err(invalid(
+                name(ValveFailThreshold),
+                "must be a share between 0 and 1 (e.g. 0.2)",
+            ));
+        }
+        if !(v.slow_factor.is_finite() && v.slow_factor > 1.0 && v.slow_factor <= 100.0) {
+            return Err(invalid(
+                name(ValveSlowFactor),
+                "must be above 1 and at most 100 (e.g. 2.0)",
+            ));
+        }
+        if v.min_completions == 0 || v.min_completions > 1_000_000 {
+            return Err(invalid(
+                name(ValveMinCompletions),
+                "must be between 1 and 1000000",
+            ));
+        }
+        if !share(v.cut) {
+            return Err(invalid(
+                name(ValveCut),
+                "must be a share between 0 and 1 (e.g. 0.5)",
+            ));
+        }
+        if !(v.step_up.is_finite() && v.step_up > 0.0 && v.step_up <= 1.0) {
+            return Err(invalid(
+                name(ValveStepUp),
+                "must be a share above 0, at most 1 (e.g. 0.1)",
+            ));
         }
         if self.completed_topic.trim().is_empty() {
             return Err(invalid(name(CompletedTopic), "must not be empty"));
@@ -1121,6 +1293,7 @@ impl ConfigBuilder {
                 options,
                 producer: ProducerConfig {
                     topic: self.ready_topic,
+                    sold_out_topic: self.sold_out_topic,
                     publish_timeout: self.publish_timeout,
                 },
                 consumer: ConsumerConfig {
@@ -1140,6 +1313,9 @@ impl ConfigBuilder {
                 max_unpublished_age,
                 claim_window: self.claim_window,
                 waiter_idle_timeout: self.waiter_idle_timeout,
+                adaptive: self.adaptive,
+                min_concurrent_percent: self.min_concurrent_percent,
+                valve: self.valve,
             },
             signer,
             outbox: OutboxConfig {

@@ -56,12 +56,14 @@ pub use crate::redis::{scripts, store};
 
 /// Kafka as the worker speaks it: the QUEUE_READY producer and message.
 pub mod publisher {
-    pub use crate::kafka::publisher::{MESSAGE_ID_HEADER, PublishError, Publisher, ReadyMessage};
+    pub use crate::kafka::publisher::{
+        MESSAGE_ID_HEADER, PublishError, Publisher, ReadyMessage, SoldOutMessage,
+    };
 }
 
 /// The checkout service's completion message, as the worker reads it.
 pub mod completions {
-    pub use crate::engine::completions::{Completion, Rejected, parse};
+    pub use crate::engine::completions::{Completion, MAX_QUANTITY, Rejected, parse};
     pub use crate::redis::scripts::release::Outcome;
 }
 

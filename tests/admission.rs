@@ -406,6 +406,8 @@ async fn admissions_of_a_dead_worker_are_published_by_the_next_one() {
             process_interval: Duration::from_secs(1),
             claim_window: Duration::ZERO,
             waiter_idle_timeout: Duration::ZERO,
+            adaptive: false,
+            min_concurrent_percent: 10,
         },
     )
     .await

@@ -44,6 +44,8 @@ fn admit_args(capacity: u64, batch: u64, window: Duration) -> AdmitArgs {
         process_interval: Duration::from_secs(1),
         claim_window: Duration::ZERO,
         waiter_idle_timeout: Duration::ZERO,
+        adaptive: false,
+        min_concurrent_percent: 10,
     }
 }
 

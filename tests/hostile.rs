@@ -298,6 +298,8 @@ fn admit_survives_hostile_queues_and_keeps_every_invariant() {
                             process_interval: Duration::from_secs(1),
                             claim_window: Duration::ZERO,
                             waiter_idle_timeout: Duration::ZERO,
+                            adaptive: false,
+                            min_concurrent_percent: 10,
                         },
                     )
                     .await

@@ -32,6 +32,8 @@ fn args(capacity: u64, claim_window: Duration, idle: Duration) -> AdmitArgs {
         process_interval: Duration::from_secs(1),
         claim_window,
         waiter_idle_timeout: idle,
+        adaptive: false,
+        min_concurrent_percent: 10,
     }
 }
 

@@ -47,6 +47,8 @@ async fn a_retired_event_is_drained_admits_nobody_and_is_forgotten() {
             process_interval: Duration::from_secs(1),
             claim_window: Duration::ZERO,
             waiter_idle_timeout: Duration::ZERO,
+            adaptive: false,
+            min_concurrent_percent: 10,
         },
     )
     .await

@@ -76,6 +76,7 @@ async fn a_million_users_through_one_event() {
                         Outcome::Completed,
                         Duration::from_secs(7200),
                         &format!("soak/{sid}"),
+                        1,
                     )
                 })
                 .collect();

@@ -243,6 +243,9 @@ pub(crate) struct RunArgs {
     /// Topic of the admission messages.
     #[arg(long, env = "QUEUE_READY_TOPIC", default_value = "QUEUE_READY")]
     pub(crate) ready_topic: String,
+    /// Topic of the sell-out announcements (an event's `stock` reached 0).
+    #[arg(long, env = "QUEUE_SOLD_OUT_TOPIC", default_value = "EVENT_SOLD_OUT")]
+    pub(crate) sold_out_topic: String,
     /// How long Kafka may take to acknowledge a message before it is retried (message.timeout.ms).
     #[arg(long, env = "QUEUE_PUBLISH_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub(crate) publish_timeout: Duration,
@@ -301,6 +304,31 @@ pub(crate) struct RunArgs {
     /// `waiter_idle_timeout_ms` overrides.
     #[arg(long, env = "QUEUE_WAITER_IDLE_TIMEOUT", default_value = "0s", value_parser = duration)]
     pub(crate) waiter_idle_timeout: Duration,
+    /// The checkout-health valve for events whose config hash sets no `adaptive`.
+    #[arg(long, env = "QUEUE_ADAPTIVE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub(crate) adaptive: bool,
+    /// The valve's floor, percent of the capacity, for events whose config hash sets
+    /// no `min_concurrent`.
+    #[arg(long, env = "QUEUE_MIN_CONCURRENT_PERCENT", default_value_t = 10)]
+    pub(crate) min_concurrent_percent: u64,
+    /// The valve steps at most once per this much time.
+    #[arg(long, env = "QUEUE_VALVE_INTERVAL", default_value = "5s", value_parser = duration)]
+    pub(crate) valve_interval: Duration,
+    /// The valve cuts when more than this share of a step's completions failed.
+    #[arg(long, env = "QUEUE_VALVE_FAIL_THRESHOLD", default_value_t = 0.2)]
+    pub(crate) valve_fail_threshold: f64,
+    /// The valve cuts when a step's mean checkout time exceeds its baseline times this.
+    #[arg(long, env = "QUEUE_VALVE_SLOW_FACTOR", default_value_t = 2.0)]
+    pub(crate) valve_slow_factor: f64,
+    /// Completions a valve step needs to be judged (fewer: it holds).
+    #[arg(long, env = "QUEUE_VALVE_MIN_COMPLETIONS", default_value_t = 5)]
+    pub(crate) valve_min_completions: u64,
+    /// A valve cut multiplies the effective capacity by this.
+    #[arg(long, env = "QUEUE_VALVE_CUT", default_value_t = 0.5)]
+    pub(crate) valve_cut: f64,
+    /// A healthy valve step adds this share of max_concurrent (at least one slot).
+    #[arg(long, env = "QUEUE_VALVE_STEP_UP", default_value_t = 0.1)]
+    pub(crate) valve_step_up: f64,
 
     /// `iss` of the checkout tokens.
     #[arg(long, env = "QUEUE_JWT_ISSUER", default_value = "waitroom")]
@@ -484,6 +512,15 @@ impl Naming for Flags {
             KafkaBrokers => "--kafka-brokers (KAFKA_BROKERS)",
             KafkaConfigFile => "--kafka-config-file (KAFKA_CONFIG_FILE)",
             ReadyTopic => "--ready-topic (QUEUE_READY_TOPIC)",
+            SoldOutTopic => "--sold-out-topic (QUEUE_SOLD_OUT_TOPIC)",
+            Adaptive => "--adaptive (QUEUE_ADAPTIVE)",
+            MinConcurrentPercent => "--min-concurrent-percent (QUEUE_MIN_CONCURRENT_PERCENT)",
+            ValveInterval => "--valve-interval (QUEUE_VALVE_INTERVAL)",
+            ValveFailThreshold => "--valve-fail-threshold (QUEUE_VALVE_FAIL_THRESHOLD)",
+            ValveSlowFactor => "--valve-slow-factor (QUEUE_VALVE_SLOW_FACTOR)",
+            ValveMinCompletions => "--valve-min-completions (QUEUE_VALVE_MIN_COMPLETIONS)",
+            ValveCut => "--valve-cut (QUEUE_VALVE_CUT)",
+            ValveStepUp => "--valve-step-up (QUEUE_VALVE_STEP_UP)",
             PublishTimeout => "--publish-timeout (QUEUE_PUBLISH_TIMEOUT)",
             CompletedTopic => "--completed-topic (QUEUE_COMPLETED_TOPIC)",
             ConsumerGroup => "--consumer-group (QUEUE_CONSUMER_GROUP)",
@@ -598,6 +635,15 @@ impl RunArgs {
             .redis(self.redis.builder())
             .kafka_brokers(&self.kafka_brokers)
             .ready_topic(&self.ready_topic)
+            .sold_out_topic(&self.sold_out_topic)
+            .adaptive(self.adaptive)
+            .min_concurrent_percent(self.min_concurrent_percent)
+            .valve_interval(self.valve_interval)
+            .valve_fail_threshold(self.valve_fail_threshold)
+            .valve_slow_factor(self.valve_slow_factor)
+            .valve_min_completions(self.valve_min_completions)
+            .valve_cut(self.valve_cut)
+            .valve_step_up(self.valve_step_up)
             .publish_timeout(self.publish_timeout)
             .completed_topic(&self.completed_topic)
             .consumer_group(&self.consumer_group)

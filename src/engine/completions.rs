@@ -39,6 +39,24 @@ pub struct Completion {
     /// `completed` (default), `abandoned` or `failed`.
     #[serde(default)]
     pub outcome: Option<String>,
+    /// Units bought (a completed checkout; default 1): they leave the event's
+    /// `stock`. A JSON integer from 1 to 1,000,000.
+    #[serde(default)]
+    pub quantity: Option<serde_json::Value>,
+}
+
+/// Most units one completion may name.
+pub const MAX_QUANTITY: u64 = 1_000_000;
+
+impl Completion {
+    /// The units bought: the message's `quantity`, 1 when absent (checked by
+    /// [`parse`]).
+    pub fn units(&self) -> u64 {
+        self.quantity
+            .as_ref()
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(1)
+    }
 }
 
 /// Why a message was skipped.
@@ -50,6 +68,9 @@ pub enum Rejected {
     /// An outcome the worker does not know.
     #[error("unknown outcome {0:?} (want completed, abandoned or failed)")]
     Outcome(String),
+    /// A quantity that is not a whole number from 1 to 1,000,000.
+    #[error("bad quantity {0} (want a JSON integer from 1 to 1000000)")]
+    Quantity(String),
     /// No session hash and no event id to find it.
     #[error("unknown session (no hash, no event_id in the message)")]
     UnknownSession,
@@ -73,6 +94,13 @@ pub fn parse(payload: Option<&[u8]>) -> Result<(Completion, Outcome), Rejected> 
         None => Outcome::Completed,
         Some(o) => Outcome::parse(o).ok_or_else(|| Rejected::Outcome(o.to_owned()))?,
     };
+    if let Some(q) = &c.quantity
+        && !q.as_u64().is_some_and(|n| (1..=MAX_QUANTITY).contains(&n))
+    {
+        let mut shown = q.to_string();
+        shown.truncate(40);
+        return Err(Rejected::Quantity(shown));
+    }
     Ok((c, outcome))
 }
 
@@ -299,6 +327,7 @@ impl Completions {
             outcome,
             self.settings.session_ttl,
             release_id,
+            c.units(),
         )
         .await
         .map_err(|error| {

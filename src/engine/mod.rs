@@ -1,6 +1,7 @@
 //! The worker: start, the loop and its passes, shutdown; delivery of admissions
 //! (sign, patch, publish, settle); the completion consumer; refills.
 
+pub(crate) mod announce;
 pub(crate) mod completions;
 pub(crate) mod delivery;
 pub(crate) mod refill;

@@ -16,6 +16,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::base::shutdown::Shutdown;
 use crate::config::Config;
+use crate::engine::announce::Announcer;
 use crate::engine::completions::{Completions, ConsumerSettings};
 use crate::engine::delivery::{Delivery, DeliveryError, DeliveryPolicy};
 use crate::engine::refill::Refill;
@@ -34,6 +35,7 @@ use crate::redis::scripts::admit::{self, AdmitOutcome, Hold};
 use crate::redis::scripts::claim_outbox;
 use crate::redis::scripts::quarantine;
 use crate::redis::scripts::reap::{self, Reaped};
+use crate::redis::scripts::valve::{self, ValveStep};
 use crate::redis::scripts::{self, Call, ScriptError, Scripts};
 use crate::redis::store::{self, RedisConn};
 
@@ -56,6 +58,9 @@ struct Plan {
     reap: bool,
     claim: bool,
     admit: bool,
+    /// A step of the checkout-health valve (events whose last admit reply said
+    /// `adaptive`; the script itself steps at most once per valve interval).
+    valve: bool,
 }
 
 /// What a call of the pass's pipeline is, so its reply goes where it belongs.
@@ -64,6 +69,7 @@ enum Step {
     Reap,
     Claim,
     Admit,
+    Valve,
 }
 
 /// One event's replies in a pass (None: that call was not made).
@@ -72,6 +78,7 @@ struct Replies {
     reap: Option<redis::RedisResult<redis::Value>>,
     claim: Option<redis::RedisResult<redis::Value>>,
     admit: Option<redis::RedisResult<redis::Value>>,
+    valve: Option<redis::RedisResult<redis::Value>>,
 }
 
 /// What applying an event's replies gave: entries to deliver, and whether a retired
@@ -92,6 +99,8 @@ struct Hint {
     outbox_depth: u64,
     /// Both lanes' length after the call: someone was still waiting.
     waiting: u64,
+    /// The checkout-health valve is on for the event.
+    adaptive: bool,
 }
 
 /// Every this many passes an idle event's figures (slots, outbox) are read afresh.
@@ -160,6 +169,8 @@ pub struct Worker {
     retired: BTreeSet<String>,
     /// The wait figures of each event, written to its stats hash.
     wait: WaitStats,
+    /// Publishes sell-outs.
+    announcer: Announcer,
 }
 
 impl Worker {
@@ -247,6 +258,14 @@ impl Worker {
             }
             None => None,
         };
+        let announcer = Announcer {
+            publisher: publisher.clone(),
+            conn: conn.clone(),
+            scripts: scripts.clone(),
+            keys: settings.keys.clone(),
+            topic: settings.kafka.producer.sold_out_topic.clone(),
+            stats: stats.clone(),
+        };
         let delivery = Delivery::new(
             conn.clone(),
             scripts.clone(),
@@ -263,6 +282,7 @@ impl Worker {
         let wait = WaitStats::new(settings.admission.checkout_window);
         Ok(Some(Worker {
             wait,
+            announcer,
             settings,
             conn,
             scripts,
@@ -684,6 +704,7 @@ impl Worker {
         let s = &self.settings;
         let args = s.admit_args();
         let claim_args = s.claim_args();
+        let valve_args = s.valve_args();
         let mut steps: Vec<(usize, Step)> = Vec::with_capacity(events.len() * 3);
         let mut calls: Vec<Call<'_>> = Vec::with_capacity(events.len() * 3);
         for (i, ((e, served), plan)) in events.iter().zip(&plans).enumerate() {
@@ -707,6 +728,10 @@ impl Worker {
                     &claim_args,
                 ));
             }
+            if plan.valve {
+                steps.push((i, Step::Valve));
+                calls.push(valve::call(&self.scripts.valve, &s.keys, e, &valve_args));
+            }
             if plan.admit {
                 steps.push((i, Step::Admit));
                 calls.push(admit::call(&self.scripts.admit, &s.keys, e, &args, *served));
@@ -726,6 +751,7 @@ impl Worker {
                 Step::Reap => r.reap = Some(result),
                 Step::Claim => r.claim = Some(result),
                 Step::Admit => r.admit = Some(result),
+                Step::Valve => r.valve = Some(result),
             }
         }
 
@@ -779,6 +805,7 @@ impl Worker {
             .zip(in_flight)
             .map(|((e, served), &in_flight)| match self.hints.get(e) {
                 Some(h) if !kind.full && *served => Plan {
+                    valve: h.adaptive,
                     reap: h
                         .next_deadline_ms
                         .is_some_and(|d| d.saturating_add(1000) <= now)
@@ -792,6 +819,7 @@ impl Worker {
                     reap: true,
                     claim: true,
                     admit: true,
+                    valve: *served && self.hints.get(e).is_some_and(|h| h.adaptive),
                 },
             })
             .collect()
@@ -874,6 +902,12 @@ impl Worker {
     /// a retired event has nothing left.
     async fn apply(&mut self, event: &str, served: bool, r: Replies, in_flight: u64) -> Applied {
         let mut applied = Applied::default();
+        if let Some(step) = r.valve {
+            match step.map_err(ScriptError::Redis).and_then(valve::parse) {
+                Ok(step) => self.note_valve(event, &step),
+                Err(e) => self.event_failed(&EventError::Admit(e)),
+            }
+        }
         if let Some(reaped) = r.reap {
             match reaped.map_err(ScriptError::Redis).and_then(reap::parse) {
                 Ok(reaped) => self.note_reaped(event, &reaped),
@@ -928,8 +962,12 @@ impl Worker {
                             next_deadline_ms: outcome.next_deadline_ms,
                             outbox_depth: outcome.outbox_depth,
                             waiting: outcome.queue_length,
+                            adaptive: outcome.adaptive,
                         },
                     );
+                    if let Some((at, queue_length)) = outcome.announce {
+                        self.announcer.spawn(event.to_owned(), at, queue_length);
+                    }
                     applied.drained = !served
                         && outcome.in_use == 0
                         && outcome.deadlines == 0
@@ -991,6 +1029,21 @@ impl Worker {
                 crate::log_limited!(WARN, "could not write the wait figures; next try in a few seconds", error = %crate::base::error_chain::chain(&e));
             }
         });
+    }
+
+    /// Log a change of the valve's effective capacity, and show where it stands.
+    fn note_valve(&self, event: &str, step: &ValveStep) {
+        if step.changed {
+            tracing::warn!(
+                effective_capacity = step.cap,
+                reason = %step.reason,
+                failed_per_mille = ?step.failed_per_mille,
+                mean_checkout_ms = ?step.mean_checkout_ms,
+                baseline_ms = ?step.baseline_ms,
+                "checkout valve moved"
+            );
+        }
+        self.stats.observe_valve(event, step);
     }
 
     fn note_reaped(&self, event: &str, reaped: &Reaped) {
@@ -1132,6 +1185,9 @@ impl Worker {
                 outbox_in_flight: in_flight,
                 outbox_waiting: before.saturating_sub(in_flight),
                 wait: None,
+                stock: outcome.stock,
+                max_concurrent: outcome.max_capacity,
+                valve: None,
             },
         );
         if outcome.skipped > 0 {
@@ -1171,8 +1227,14 @@ impl Worker {
                     "event no longer served: admitting nobody, draining its slots and outbox"
                 )
             }
+            Hold::SoldOut => {
+                tracing::warn!("event sold out (stock 0): admitting nobody until stock is raised")
+            }
             Hold::No if before == Hold::PublishingStalled => {
                 tracing::info!("admission resumed: publishing caught up")
+            }
+            Hold::No if before == Hold::SoldOut => {
+                tracing::info!("admission resumed: stock was raised")
             }
             Hold::No => {}
         }

@@ -111,6 +111,18 @@ pub struct ReadyMessage {
     pub claim_expires_at: Option<String>,
 }
 
+/// The EVENT_SOLD_OUT payload: the event sold out, and how many were waiting then.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SoldOutMessage {
+    /// The event whose stock reached 0.
+    pub event_id: String,
+    /// Sessions waiting (both lanes) when the sell-out was recorded.
+    pub queue_length: u64,
+    /// When it was recorded (RFC 3339 with milliseconds); fixed per sell-out, so a
+    /// replayed message is byte for byte the same.
+    pub timestamp: String,
+}
+
 /// Owns the producer; rebuilds it after a fatal error (which an idempotent
 /// producer can raise and never recovers from).
 pub struct Publisher {
@@ -176,6 +188,43 @@ impl Publisher {
         self.producer()
             .send_result(record)
             .map_err(|(e, _)| PublishError::Kafka(e))
+    }
+
+    /// Queue one message of another kind than QUEUE_READY (the sell-out) on `topic`,
+    /// keyed and carrying its stable message id like every QUEUE_READY.
+    pub fn announce(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        message_id: &str,
+    ) -> Result<DeliveryFuture, PublishError> {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: MESSAGE_ID_HEADER,
+            value: Some(message_id.as_bytes()),
+        });
+        let record = FutureRecord::to(topic)
+            .key(key.as_bytes())
+            .payload(payload)
+            .headers(headers);
+        self.producer()
+            .send_result(record)
+            .map_err(|(e, _)| PublishError::Kafka(e))
+    }
+
+    /// [`Publisher::announce`], then wait for Kafka's verdict.
+    pub async fn announce_acked(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        message_id: &str,
+    ) -> Result<(), PublishError> {
+        match self.announce(topic, key, payload, message_id)?.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, _))) => Err(PublishError::Kafka(e)),
+            Err(_) => Err(PublishError::Kafka(KafkaError::Canceled)),
+        }
     }
 
     /// Forward a message the worker could not use to a dead-letter topic, with the

@@ -133,6 +133,16 @@ impl Keys {
         format!("{}:rate", self.event_base(event))
     }
 
+    /// `<event>:valve`: the checkout-health valve's effective capacity and state.
+    pub fn valve(&self, event: &str) -> String {
+        format!("{}:valve", self.event_base(event))
+    }
+
+    /// `<event>:sold_out`: a sell-out to announce, and whether it was.
+    pub fn sold_out(&self, event: &str) -> String {
+        format!("{}:sold_out", self.event_base(event))
+    }
+
     /// `<event>:stats`: the figures the API's wait estimate reads (worker-written),
     /// and the counters the scripts keep them from.
     pub fn stats(&self, event: &str) -> String {

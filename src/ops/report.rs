@@ -44,6 +44,11 @@ pub struct EventStatus {
     pub held: Option<String>,
     /// The wait figures the workers last wrote to the stats hash, if any.
     pub wait: Option<WaitView>,
+    /// Units left (the config's `stock`), when set; 0 is sold out.
+    pub stock: Option<u64>,
+    /// The checkout-health valve's effective capacity and the reason of its last
+    /// step, when the event's config turns it on (`adaptive`).
+    pub valve: Option<(u64, String)>,
 }
 
 /// The wait figures of `<prefix>:<event>:stats`, as the API reads them.
@@ -144,60 +149,84 @@ pub async fn status<C: ConnectionLike + Send>(
             Vec<(Vec<u8>, f64)>,
             Vec<(Vec<u8>, f64)>,
             u64,
-            (Option<String>, Option<String>, Option<String>),
+            (
+                Option<String>,
+                Option<String>,
+                Option<String>,
+                Option<String>,
+                Option<String>,
+            ),
             u64,
             (Option<String>, Option<String>, Option<String>),
             Vec<(Vec<u8>, f64)>,
             Vec<Option<String>>,
+            (Option<String>, Option<String>),
         );
-        let (q, p, head, phead, in_use, (cap, paused, rate), outbox, (m, count, prev), mark, w): Row =
-            redis::pipe()
-                .cmd("ZCARD")
-                .arg(keys.queue(&e))
-                .cmd("ZCARD")
-                .arg(keys.priority(&e))
-                .cmd("ZRANGE")
-                .arg(keys.queue(&e))
-                .arg(0)
-                .arg(0)
-                .arg("WITHSCORES")
-                .cmd("ZRANGE")
-                .arg(keys.priority(&e))
-                .arg(0)
-                .arg(0)
-                .arg("WITHSCORES")
-                .cmd("SCARD")
-                .arg(keys.processing(&e))
-                .cmd("HMGET")
-                .arg(keys.config(&e))
-                .arg("max_concurrent")
-                .arg("paused")
-                .arg("new_users_per_minute")
-                .cmd("ZCARD")
-                .arg(keys.outbox(&e))
-                .cmd("HMGET")
-                .arg(keys.rate(&e))
-                .arg("minute")
-                .arg("count")
-                .arg("prev")
-                .cmd("ZRANGEBYSCORE")
-                .arg(keys.deadlines(&e))
-                .arg(untold)
-                .arg("+inf")
-                .arg("WITHSCORES")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(1)
-                .cmd("HMGET")
-                .arg(keys.stats(&e))
-                .arg("wait_ms_per_position")
-                .arg("wait_basis")
-                .arg("avg_checkout_ms")
-                .arg("no_show_rate")
-                .arg("left_queue_rate")
-                .arg("updated_at")
-                .query_async(conn)
-                .await?;
+        let (
+            q,
+            p,
+            head,
+            phead,
+            in_use,
+            (cap, paused, rate, stock, adaptive),
+            outbox,
+            (m, count, prev),
+            mark,
+            w,
+            (valve_cap, valve_reason),
+        ): Row = redis::pipe()
+            .cmd("ZCARD")
+            .arg(keys.queue(&e))
+            .cmd("ZCARD")
+            .arg(keys.priority(&e))
+            .cmd("ZRANGE")
+            .arg(keys.queue(&e))
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES")
+            .cmd("ZRANGE")
+            .arg(keys.priority(&e))
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES")
+            .cmd("SCARD")
+            .arg(keys.processing(&e))
+            .cmd("HMGET")
+            .arg(keys.config(&e))
+            .arg("max_concurrent")
+            .arg("paused")
+            .arg("new_users_per_minute")
+            .arg("stock")
+            .arg("adaptive")
+            .cmd("ZCARD")
+            .arg(keys.outbox(&e))
+            .cmd("HMGET")
+            .arg(keys.rate(&e))
+            .arg("minute")
+            .arg("count")
+            .arg("prev")
+            .cmd("ZRANGEBYSCORE")
+            .arg(keys.deadlines(&e))
+            .arg(untold)
+            .arg("+inf")
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(1)
+            .cmd("HMGET")
+            .arg(keys.stats(&e))
+            .arg("wait_ms_per_position")
+            .arg("wait_basis")
+            .arg("avg_checkout_ms")
+            .arg("no_show_rate")
+            .arg("left_queue_rate")
+            .arg("updated_at")
+            .cmd("HMGET")
+            .arg(keys.valve(&e))
+            .arg("cap")
+            .arg("reason")
+            .query_async(conn)
+            .await?;
         let field = |i: usize| w.get(i).cloned().flatten();
         let wait = decimal(&field(0)).map(|per| WaitView {
             wait_ms_per_position: per,
@@ -214,10 +243,22 @@ pub async fn status<C: ConnectionLike + Send>(
             .filter(|s| s.is_finite() && *s >= untold as f64)
             .map(|s| now.saturating_sub((s - untold as f64) as u64));
         let paused = pause_flag(paused.as_deref());
+        let stock = int(&stock);
+        // `adaptive` as the admit script reads it: on words only (anything else off).
+        let adaptive = matches!(
+            adaptive.as_deref().map(str::to_ascii_lowercase).as_deref(),
+            Some("1" | "true" | "yes" | "on")
+        );
+        let valve = match (adaptive, int(&valve_cap)) {
+            (true, Some(c)) => Some((c, valve_reason.unwrap_or_default())),
+            _ => None,
+        };
         let held = if retired.contains(&e) {
             Some("retired")
         } else if unpublished_age_ms.is_some_and(|a| a > max_unpublished_age.as_millis() as u64) {
             Some("publishing_stalled")
+        } else if stock == Some(0) {
+            Some("sold_out")
         } else if paused {
             Some("paused")
         } else {
@@ -252,6 +293,8 @@ pub async fn status<C: ConnectionLike + Send>(
                 rate_per_minute: int(&rate),
                 held: held.map(str::to_owned),
                 wait,
+                stock,
+                valve,
             },
         );
     }
@@ -266,7 +309,7 @@ pub async fn status<C: ConnectionLike + Send>(
 /// Render a status as a screen of text.
 pub fn render_status(s: &Status) -> String {
     let mut t = format!(
-        "{:<24} {:>9} {:>9} {:>12} {:>9} {:>6} {:>7} {:>12} {:>8} {:>11} {:>9} {}\n",
+        "{:<24} {:>9} {:>9} {:>12} {:>9} {:>6} {:>7} {:>12} {:>8} {:>11} {:>9} {:>8} {}\n",
         "event",
         "queued",
         "priority",
@@ -278,6 +321,7 @@ pub fn render_status(s: &Status) -> String {
         "rate/min",
         "unpublished",
         "wait/pos",
+        "stock",
         "held"
     );
     for (e, v) in &s.events {
@@ -290,7 +334,7 @@ pub fn render_status(s: &Status) -> String {
             .map(|ms| humantime::format_duration(Duration::from_secs(ms / 1000)).to_string())
             .unwrap_or_else(|| "-".into());
         t.push_str(&format!(
-            "{:<24} {:>9} {:>9} {:>12} {:>4}/{:<4} {:>6} {:>7} {:>5} ({:>4}) {:>8} {:>11} {:>9} {}\n",
+            "{:<24} {:>9} {:>9} {:>12} {:>4}/{:<4} {:>6} {:>7} {:>5} ({:>4}) {:>8} {:>11} {:>9} {:>8} {}{}\n",
             e,
             v.queue_length,
             v.priority_length,
@@ -309,7 +353,14 @@ pub fn render_status(s: &Status) -> String {
                 .as_ref()
                 .map(|w| format!("{:.0}ms", w.wait_ms_per_position))
                 .unwrap_or_else(|| "-".into()),
+            v.stock
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-".into()),
             v.held.as_deref().unwrap_or("-"),
+            v.valve
+                .as_ref()
+                .map(|(c, r)| format!("  valve {c} ({r})"))
+                .unwrap_or_default(),
         ));
     }
     if s.events.is_empty() {

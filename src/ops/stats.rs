@@ -66,6 +66,28 @@ pub struct EventSnapshot {
     /// The wait figures last written to the event's stats hash (none before the
     /// first write).
     pub wait: Option<WaitFigures>,
+    /// Units left (the config's `stock`), when set; 0 is sold out.
+    pub stock: Option<u64>,
+    /// The configured capacity (`max_concurrent`); `capacity` is the effective one
+    /// (capped by the valve and the stock).
+    pub max_concurrent: u64,
+    /// The checkout-health valve, when on: where it stands and why.
+    pub valve: Option<ValveView>,
+}
+
+/// The checkout-health valve of one event, as its last step left it.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ValveView {
+    /// The effective capacity the valve allows.
+    pub capacity: u64,
+    /// Why: start, hold, failures, slow, recovering, healthy.
+    pub reason: String,
+    /// The last judged step's failed share, per mille.
+    pub failed_per_mille: Option<u64>,
+    /// The last judged step's mean checkout time, ms.
+    pub mean_checkout_ms: Option<u64>,
+    /// The baseline checkout time, ms.
+    pub baseline_ms: Option<u64>,
 }
 
 /// The wait figures of one event, as written to `<prefix>:<event>:stats` (see
@@ -102,7 +124,7 @@ impl From<&crate::model::wait_estimate::Figures> for WaitFigures {
 
 /// Reasons an event's admission can be held (the `reason` label of
 /// `waitroom_admission_held`).
-pub(crate) const HOLD_REASONS: [&str; 3] = ["publishing_stalled", "retired", "paused"];
+pub(crate) const HOLD_REASONS: [&str; 4] = ["publishing_stalled", "retired", "paused", "sold_out"];
 
 /// What an error was, for `waitroom_errors_total{kind}`: a closed set, so every
 /// label value is written in one place (operators alert on them, README lists them).
@@ -192,6 +214,8 @@ pub struct Stats {
     pub no_shows: Counter,
     /// Waiters skipped at their turn because they had left the queue.
     pub left_queue: Counter,
+    /// Sell-outs announced on the sell-out topic (acknowledged by Kafka).
+    pub sold_out_announced: Counter,
     /// Slots without a deadline given one.
     pub adopted: Counter,
     /// Admissions renewed before QUEUE_READY left (their window was running out).
@@ -216,6 +240,9 @@ pub struct Stats {
     avg_checkout_ms: Family<Labels, FloatGauge>,
     no_show_rate: Family<Labels, FloatGauge>,
     left_queue_rate: Family<Labels, FloatGauge>,
+    stock: Family<Labels, Gauge>,
+    max_concurrent: Family<Labels, Gauge>,
+    valve_capacity: Family<Labels, Gauge>,
     queue_length: Family<Labels, Gauge>,
     slots_in_use: Family<Labels, Gauge>,
     capacity: Family<Labels, Gauge>,
@@ -282,6 +309,7 @@ impl Stats {
             expired: Counter::default(),
             no_shows: Counter::default(),
             left_queue: Counter::default(),
+            sold_out_announced: Counter::default(),
             adopted: Counter::default(),
             renewed: Counter::default(),
             outbox_dropped: Counter::default(),
@@ -300,6 +328,9 @@ impl Stats {
             avg_checkout_ms: Family::default(),
             no_show_rate: Family::default(),
             left_queue_rate: Family::default(),
+            stock: Family::default(),
+            max_concurrent: Family::default(),
+            valve_capacity: Family::default(),
             queue_length: Family::default(),
             slots_in_use: Family::default(),
             capacity: Family::default(),
@@ -373,6 +404,26 @@ impl Stats {
             "left_queue_rate",
             "Share of waiters reaching their turn over the last minute who had left the queue",
             s.left_queue_rate.clone(),
+        );
+        r.register(
+            "sold_out_announced",
+            "Sell-outs announced on the sell-out topic and acknowledged by Kafka",
+            s.sold_out_announced.clone(),
+        );
+        r.register(
+            "stock",
+            "Units left (the config hash's stock; absent when not set, 0 = sold out)",
+            s.stock.clone(),
+        );
+        r.register(
+            "max_concurrent",
+            "The event's configured capacity (capacity is the effective one, capped by the valve and the stock)",
+            s.max_concurrent.clone(),
+        );
+        r.register(
+            "valve_capacity",
+            "The checkout-health valve's effective capacity (adaptive events only)",
+            s.valve_capacity.clone(),
         );
         r.register(
             "adopted",
@@ -576,6 +627,9 @@ impl Stats {
                 f.remove(&l);
             }
             for f in [
+                &self.stock,
+                &self.max_concurrent,
+                &self.valve_capacity,
                 &self.queue_length,
                 &self.slots_in_use,
                 &self.capacity,
@@ -642,6 +696,28 @@ impl Stats {
         }
     }
 
+    /// Record where the valve of `event` stands after a step.
+    pub(crate) fn observe_valve(
+        &self,
+        event: &str,
+        step: &crate::redis::scripts::valve::ValveStep,
+    ) {
+        self.valve_capacity
+            .get_or_create(&event_label(event))
+            .set(step.cap as i64);
+        if let Ok(mut m) = self.events.write()
+            && let Some(snap) = m.get_mut(event)
+        {
+            snap.valve = Some(ValveView {
+                capacity: step.cap,
+                reason: step.reason.clone(),
+                failed_per_mille: step.failed_per_mille,
+                mean_checkout_ms: step.mean_checkout_ms,
+                baseline_ms: step.baseline_ms,
+            });
+        }
+    }
+
     pub(crate) fn event_expired(&self, event: &str, n: u64) {
         Stats::add(&self.expired, n);
         self.event_expired
@@ -691,10 +767,24 @@ impl Stats {
         self.outflow_per_minute
             .get_or_create(&l)
             .set(snap.outflow_per_minute as i64);
+        match snap.stock {
+            Some(n) => {
+                self.stock.get_or_create(&l).set(n as i64);
+            }
+            None => {
+                self.stock.remove(&l);
+            }
+        }
+        self.max_concurrent
+            .get_or_create(&l)
+            .set(snap.max_concurrent as i64);
         if let Ok(mut m) = self.events.write() {
-            // The wait figures are written on their own cadence: kept until the next.
+            // The wait figures and the valve have their own cadence: kept until the next.
             if snap.wait.is_none() {
                 snap.wait = m.get(event).and_then(|s| s.wait.clone());
+            }
+            if snap.valve.is_none() {
+                snap.valve = m.get(event).and_then(|s| s.valve.clone());
             }
             m.insert(event.to_owned(), snap);
         }

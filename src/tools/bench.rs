@@ -269,6 +269,8 @@ async fn admit_only(env: &mut Env, batch: u64, users: usize) -> Result<Throughpu
             process_interval: Duration::from_secs(1),
             claim_window: Duration::ZERO,
             waiter_idle_timeout: Duration::ZERO,
+            adaptive: false,
+            min_concurrent_percent: 10,
         };
         let o = admit::admit(&scripts.admit, &mut env.conn, &keys, event, &a)
             .await

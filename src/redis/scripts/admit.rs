@@ -48,6 +48,11 @@ pub struct AdmitArgs {
     /// A waiter not seen for this long when its turn comes has left (zero: off),
     /// unless the event's config hash sets `waiter_idle_timeout_ms`.
     pub waiter_idle_timeout: Duration,
+    /// The checkout-health valve on for events whose config sets no `adaptive`.
+    pub adaptive: bool,
+    /// The valve's floor, percent of the capacity, unless the config sets
+    /// `min_concurrent`.
+    pub min_concurrent_percent: u64,
 }
 
 /// The counters the scripts keep in the event's stats hash (all replicas), as the
@@ -66,6 +71,8 @@ pub struct Totals {
     pub expired: u64,
     /// Slots freed by a completion message.
     pub completed: u64,
+    /// Of those, with outcome `failed`.
+    pub failed: u64,
     /// Sum over those of the time from admission to completion, ms.
     pub checkout_ms: u64,
 }
@@ -81,6 +88,8 @@ pub enum Hold {
     PublishingStalled,
     /// The event is no longer served (retired): it is drained, nobody is admitted.
     Retired,
+    /// The event's `stock` is 0: sold out, nobody is admitted until it is raised.
+    SoldOut,
 }
 
 impl Hold {
@@ -90,6 +99,7 @@ impl Hold {
             Hold::No => None,
             Hold::PublishingStalled => Some("publishing_stalled"),
             Hold::Retired => Some("retired"),
+            Hold::SoldOut => Some("sold_out"),
         }
     }
 }
@@ -137,6 +147,16 @@ pub struct AdmitOutcome {
     pub bad_last_seen: u64,
     /// The stats hash's counters after the call.
     pub totals: Totals,
+    /// Units left (`stock` in the config hash), if set.
+    pub stock: Option<u64>,
+    /// Whether the checkout-health valve is on for the event.
+    pub adaptive: bool,
+    /// The configured capacity, before the valve and the stock (`capacity` is the
+    /// effective one).
+    pub max_capacity: u64,
+    /// A sell-out this worker must announce now: (when it was recorded, ms; queue
+    /// length then). The lease is this worker's.
+    pub announce: Option<(u64, u64)>,
     /// Config hash fields that were invalid (their defaults were used).
     pub invalid_config: Vec<String>,
     /// Outbox entries of the admitted sessions, in admission order.
@@ -163,6 +183,8 @@ pub fn call<'a>(
             keys.deadlines(event),
             keys.rate(event),
             keys.stats(event),
+            keys.valve(event),
+            keys.sold_out(event),
         ],
         args: vec![
             keys.session_prefix(event),
@@ -179,6 +201,8 @@ pub fn call<'a>(
             a.process_interval.as_millis().max(1).to_string(),
             a.claim_window.as_millis().to_string(),
             a.waiter_idle_timeout.as_millis().to_string(),
+            if a.adaptive { "1" } else { "0" }.to_owned(),
+            a.min_concurrent_percent.to_string(),
         ],
     }
 }
@@ -216,9 +240,10 @@ pub fn parse(reply: Value) -> Result<AdmitOutcome, ScriptError> {
         Value::Array(entries),
         Value::Array(repaired),
         Value::Array(totals),
+        Value::Array(extra),
     ] = parts.as_slice()
     else {
-        return Err(bad("want 5 arrays"));
+        return Err(bad("want 6 arrays"));
     };
     let nums: Vec<i64> = counts
         .iter()
@@ -269,6 +294,24 @@ pub fn parse(reply: Value) -> Result<AdmitOutcome, ScriptError> {
     else {
         return Err(bad("want 7 totals"));
     };
+    let extra: Vec<i64> = extra
+        .iter()
+        .map(|v| match v {
+            Value::Int(i) => Ok(*i),
+            _ => Err(bad("extras must be integers")),
+        })
+        .collect::<Result<_, _>>()?;
+    let [
+        stock,
+        adaptive,
+        max_capacity,
+        announce_at,
+        announce_len,
+        failed_t,
+    ] = extra.as_slice()
+    else {
+        return Err(bad("want 6 extras"));
+    };
     let text = |v: &Value| match v {
         Value::BulkString(b) => Ok(b.clone()),
         _ => Err(bad("want bulk strings")),
@@ -294,7 +337,8 @@ pub fn parse(reply: Value) -> Result<AdmitOutcome, ScriptError> {
             0 => Hold::No,
             1 => Hold::PublishingStalled,
             2 => Hold::Retired,
-            _ => return Err(bad("held must be 0, 1 or 2")),
+            3 => Hold::SoldOut,
+            _ => return Err(bad("held must be 0, 1, 2 or 3")),
         },
         unpublished_age_ms: (*unpublished_age_ms >= 0).then_some(*unpublished_age_ms as u64),
         now_ms: (*now_ms).max(0) as u64,
@@ -310,7 +354,13 @@ pub fn parse(reply: Value) -> Result<AdmitOutcome, ScriptError> {
             expired: *expired_t,
             completed: *completed_t,
             checkout_ms: *checkout_t,
+            failed: (*failed_t).max(0) as u64,
         },
+        stock: (*stock >= 0).then_some(*stock as u64),
+        adaptive: *adaptive == 1,
+        max_capacity: (*max_capacity).max(0) as u64,
+        announce: (*announce_at >= 0)
+            .then_some((*announce_at as u64, (*announce_len).max(0) as u64)),
         invalid_config: names(invalid)?,
         repaired: names(repaired)?,
         entries: entries.iter().map(text).collect::<Result<_, _>>()?,

@@ -15,6 +15,8 @@ pub mod reap;
 pub mod release;
 pub mod set_tokens;
 pub mod settle;
+pub mod settle_sold_out;
+pub mod valve;
 
 use redis::aio::ConnectionLike;
 use redis::{ErrorKind, FromRedisValue, RedisError, ServerErrorKind};
@@ -312,6 +314,10 @@ pub struct Scripts {
     pub settle: Script,
     /// `lua/quarantine.lua`: moves unreadable outbox entries aside.
     pub quarantine: Script,
+    /// `lua/valve.lua`: one step of an event's checkout-health valve.
+    pub valve: Script,
+    /// `lua/settle_sold_out.lua`: an event's sell-out was announced.
+    pub settle_sold_out: Script,
 }
 
 impl Default for Scripts {
@@ -332,11 +338,13 @@ impl Scripts {
             reap: reap::script(),
             settle: settle::script(),
             quarantine: quarantine::script(),
+            valve: valve::script(),
+            settle_sold_out: settle_sold_out::script(),
         }
     }
 
     /// Every script, in one list (to load or log them all).
-    pub fn all(&self) -> [&Script; 8] {
+    pub fn all(&self) -> [&Script; 10] {
         [
             &self.admit,
             &self.claim_outbox,
@@ -346,6 +354,8 @@ impl Scripts {
             &self.reap,
             &self.settle,
             &self.quarantine,
+            &self.valve,
+            &self.settle_sold_out,
         ]
     }
 

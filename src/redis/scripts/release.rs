@@ -62,6 +62,9 @@ pub enum Released {
 /// The call releasing `session` of `event` (to run alone or in a batch).
 /// `release_id` names this release (the same for every attempt of one completion
 /// message, unique otherwise); it is recorded as the hash's `released_by`.
+/// `quantity` (at least 1) is what a completed checkout bought: it leaves the
+/// event's `stock`, when one is set.
+#[allow(clippy::too_many_arguments)]
 pub fn call<'a>(
     script: &'a Script,
     keys: &Keys,
@@ -70,6 +73,7 @@ pub fn call<'a>(
     outcome: Outcome,
     session_ttl: Duration,
     release_id: &str,
+    quantity: u64,
 ) -> Call<'a> {
     Call {
         script,
@@ -78,6 +82,7 @@ pub fn call<'a>(
             keys.deadlines(event),
             keys.session(event, session),
             keys.stats(event),
+            keys.config(event),
         ],
         args: vec![
             session.to_owned(),
@@ -86,6 +91,7 @@ pub fn call<'a>(
             clock::rfc3339_seconds(clock::now_ms()),
             session_ttl.as_millis().max(1).to_string(),
             release_id.to_owned(),
+            quantity.max(1).to_string(),
         ],
     }
 }
@@ -111,6 +117,7 @@ pub async fn release<C: ConnectionLike + Send>(
     outcome: Outcome,
     session_ttl: Duration,
     release_id: &str,
+    quantity: u64,
 ) -> Result<Released, ScriptError> {
     let c = call(
         script,
@@ -120,6 +127,7 @@ pub async fn release<C: ConnectionLike + Send>(
         outcome,
         session_ttl,
         release_id,
+        quantity,
     );
     let keys_ref: Vec<&str> = c.keys.iter().map(String::as_str).collect();
     let argv_ref: Vec<&str> = c.args.iter().map(String::as_str).collect();
