@@ -61,6 +61,15 @@ pub struct RedisConfig {
     pub endpoint: Endpoint,
     /// How long a command may take before it counts as failed.
     pub timeout: Duration,
+    /// Replicas that must hold an admission round (Redis `WAIT`) before any of its
+    /// tokens or messages leave the worker, and a release before its completion is
+    /// committed; 0: no wait.
+    pub replica_acks: u64,
+    /// Longest wait for those replicas; short of them, nothing is published yet.
+    pub replica_ack_timeout: Duration,
+    /// After the worker sees a new master (its run id changed), it admits nobody
+    /// for this long; zero: no hold.
+    pub failover_hold: Duration,
 }
 
 /// Kafka: what every client gets, then what the producer and the consumer get.
@@ -262,6 +271,8 @@ impl Config {
 pub enum Setting {
     RedisUrl,
     RedisCluster,
+    RedisSentinel,
+    RedisSentinelMaster,
     /// The TLS files as a group (they need a rediss:// URL, and no cluster).
     RedisTls,
     RedisTlsCa,
@@ -276,6 +287,9 @@ pub enum Setting {
     KafkaConfigFile,
     ReadyTopic,
     SoldOutTopic,
+    ReplicaAcks,
+    ReplicaAckTimeout,
+    FailoverHold,
     Adaptive,
     MinConcurrentPercent,
     ValveInterval,
@@ -324,6 +338,8 @@ impl Setting {
         match self {
             RedisUrl => "redis_url",
             RedisCluster => "redis_cluster",
+            RedisSentinel => "sentinel",
+            RedisSentinelMaster => "sentinel_master",
             RedisTls => "redis_tls_ca/redis_tls_cert/redis_tls_key",
             RedisTlsCa => "redis_tls_ca",
             RedisTlsCert => "redis_tls_cert",
@@ -336,6 +352,9 @@ impl Setting {
             KafkaConfigFile => "kafka_config_file",
             ReadyTopic => "ready_topic",
             SoldOutTopic => "sold_out_topic",
+            ReplicaAcks => "replica_acks",
+            ReplicaAckTimeout => "replica_ack_timeout",
+            FailoverHold => "failover_hold",
             Adaptive => "adaptive",
             MinConcurrentPercent => "min_concurrent_percent",
             ValveInterval => "valve_interval",
@@ -473,6 +492,9 @@ pub fn check_session_ttl(d: Duration, naming: &dyn Naming) -> Result<(), ConfigE
 pub struct RedisBuilder {
     url: String,
     cluster: Option<Vec<String>>,
+    sentinel: Option<Vec<String>>,
+    sentinel_master: String,
+    sentinel_master_password: Option<String>,
     tls_ca: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -487,6 +509,9 @@ impl Default for RedisBuilder {
         RedisBuilder {
             url: "redis://127.0.0.1:6379".into(),
             cluster: None,
+            sentinel: None,
+            sentinel_master: "mymaster".into(),
+            sentinel_master_password: None,
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
@@ -515,6 +540,25 @@ impl RedisBuilder {
     /// cluster key layout.
     pub fn cluster<S: Into<String>>(mut self, urls: impl IntoIterator<Item = S>) -> Self {
         self.cluster = Some(urls.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Sentinels (`redis://[:password@]host:port`) to ask where the master is;
+    /// take precedence over the URL (not with a cluster).
+    pub fn sentinel<S: Into<String>>(mut self, urls: impl IntoIterator<Item = S>) -> Self {
+        self.sentinel = Some(urls.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The master's name in Sentinel (default `mymaster`).
+    pub fn sentinel_master(mut self, name: impl Into<String>) -> Self {
+        self.sentinel_master = name.into();
+        self
+    }
+
+    /// The master's password under Sentinel (the sentinels' own goes in their URLs).
+    pub fn sentinel_master_password(mut self, password: impl Into<String>) -> Self {
+        self.sentinel_master_password = Some(password.into());
         self
     }
 
@@ -621,6 +665,57 @@ impl RedisBuilder {
             }
         }
         let tls_given = self.tls_ca.is_some() || self.tls_cert.is_some() || self.tls_key.is_some();
+        if let Some(list) = &self.sentinel {
+            let flag = naming.name(Setting::RedisSentinel);
+            if self.cluster.is_some() {
+                return Err(invalid(
+                    flag,
+                    format!(
+                        "and {} exclude each other: Sentinel watches one master, a \
+                         cluster has many",
+                        naming.mention(Setting::RedisCluster)
+                    ),
+                ));
+            }
+            if tls_given {
+                return Err(invalid(
+                    naming.name(Setting::RedisTls),
+                    format!(
+                        "apply to {} only; with Sentinel use the system trust store",
+                        naming.mention(Setting::RedisUrl)
+                    ),
+                ));
+            }
+            let urls: Vec<String> = list
+                .iter()
+                .map(|u| u.trim())
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if urls.is_empty() {
+                return Err(invalid(flag, "must name at least one sentinel URL"));
+            }
+            for u in &urls {
+                if !u.starts_with("redis://") {
+                    return Err(invalid(flag, "every URL must start with redis://"));
+                }
+            }
+            let master = self.sentinel_master.trim();
+            if master.is_empty() || master.contains(char::is_whitespace) {
+                return Err(invalid(
+                    naming.name(Setting::RedisSentinelMaster),
+                    "must be a name without spaces",
+                ));
+            }
+            return Ok(Endpoint::Sentinel {
+                sentinels: urls,
+                master: master.to_owned(),
+                password: self
+                    .sentinel_master_password
+                    .clone()
+                    .filter(|p| !p.is_empty()),
+            });
+        }
         match &self.cluster {
             Some(_) if tls_given => Err(invalid(
                 naming.name(Setting::RedisTls),
@@ -728,6 +823,9 @@ pub struct ConfigBuilder {
     outbox_lease: Duration,
     outbox_batch: u64,
     max_unpublished_age: Option<Duration>,
+    replica_acks: u64,
+    replica_ack_timeout: Duration,
+    failover_hold: Duration,
     naming: &'static dyn Naming,
 }
 
@@ -774,6 +872,9 @@ impl Default for ConfigBuilder {
             outbox_lease: Duration::from_secs(30),
             outbox_batch: 1000,
             max_unpublished_age: None,
+            replica_acks: 0,
+            replica_ack_timeout: Duration::from_secs(1),
+            failover_hold: Duration::from_secs(5),
             naming: &BuilderNames,
         }
     }
@@ -955,6 +1056,13 @@ impl ConfigBuilder {
         kafka_config_file: impl Into<PathBuf> => kafka_config_file = Some(kafka_config_file.into());
         /// Topic of the admission messages (default `QUEUE_READY`).
         ready_topic: impl Into<String> => ready_topic = ready_topic.into();
+        /// Replicas that must hold an admission round before it is published, and a
+        /// release before its completion is committed (default 0: no wait).
+        replica_acks: u64 => replica_acks = replica_acks;
+        /// Longest wait for those replicas (default 1s).
+        replica_ack_timeout: Duration => replica_ack_timeout = replica_ack_timeout;
+        /// After a new master is seen, admit nobody for this long (default 5s; 0s: no hold).
+        failover_hold: Duration => failover_hold = failover_hold;
         /// Topic of the sell-out announcements (default `EVENT_SOLD_OUT`).
         sold_out_topic: impl Into<String> => sold_out_topic = sold_out_topic.into();
         /// The checkout-health valve for events whose config sets no `adaptive`
@@ -1050,12 +1158,45 @@ impl ConfigBuilder {
         let name = |s: Setting| naming.name(s);
         let mention = |s: Setting| naming.mention(s);
         let keys = self.redis.keys_named(naming)?;
+        let endpoint = self.redis.endpoint_named(naming)?;
         if self.kafka_brokers.trim().is_empty() {
             return Err(invalid(name(KafkaBrokers), "must name at least one broker"));
         }
         if self.ready_topic.trim().is_empty() {
             return Err(invalid(name(ReadyTopic), "must not be empty"));
         }
+        if self.replica_acks > 16 {
+            return Err(invalid(name(ReplicaAcks), "must be between 0 and 16"));
+        }
+        if self.replica_acks > 0 && matches!(endpoint, Endpoint::Cluster(_)) {
+            return Err(invalid(
+                name(ReplicaAcks),
+                format!(
+                    "is for one master (--redis-url or Sentinel), not {}: WAIT answers for \
+                     one node's replicas only",
+                    mention(RedisCluster)
+                ),
+            ));
+        }
+        if self.replica_ack_timeout < Duration::from_millis(10) {
+            return Err(invalid(name(ReplicaAckTimeout), "must be at least 10ms"));
+        }
+        at_most(
+            name(ReplicaAckTimeout),
+            self.replica_ack_timeout,
+            bounds::SHORT,
+        )?;
+        if self.replica_ack_timeout >= self.redis.timeout {
+            return Err(invalid(
+                name(ReplicaAckTimeout),
+                format!(
+                    "must be below {}: WAIT holds the connection, and a reply later than \
+                     that counts as failed",
+                    mention(RedisTimeout)
+                ),
+            ));
+        }
+        at_most(name(FailoverHold), self.failover_hold, bounds::SHORT)?;
         if self.sold_out_topic.trim().is_empty() {
             return Err(invalid(name(SoldOutTopic), "must not be empty"));
         }
@@ -1279,13 +1420,15 @@ impl ConfigBuilder {
                 events.push(e.clone());
             }
         }
-        let endpoint = self.redis.endpoint_named(naming)?;
         let options = self.kafka_options(naming)?;
         let signer = self.signer(naming)?;
         Ok(Config {
             redis: RedisConfig {
                 endpoint,
                 timeout: self.redis.timeout,
+                replica_acks: self.replica_acks,
+                replica_ack_timeout: self.replica_ack_timeout,
+                failover_hold: self.failover_hold,
             },
             keys,
             kafka: KafkaConfig {

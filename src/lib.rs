@@ -52,7 +52,7 @@ pub use crate::model::{clock, outbox, token};
 
 // Redis as the worker speaks it: the connection, and the Lua scripts one module
 // each (the integration tests and fuzz targets call them directly).
-pub use crate::redis::{scripts, store};
+pub use crate::redis::{scripts, sentinel, store};
 
 /// Kafka as the worker speaks it: the QUEUE_READY producer and message.
 pub mod publisher {

@@ -201,6 +201,16 @@ pub(crate) struct RedisArgs {
     /// --redis-url, and implies --key-layout cluster.
     #[arg(long, env = "REDIS_CLUSTER_URLS")]
     pub(crate) redis_cluster: Option<String>,
+    /// Sentinels to ask where the master is (comma-separated `redis://[:password@]host:port`);
+    /// take precedence over --redis-url, and the worker follows failovers by itself.
+    #[arg(long, env = "REDIS_SENTINEL_URLS")]
+    pub(crate) redis_sentinel: Option<String>,
+    /// The master's name in Sentinel.
+    #[arg(long, env = "REDIS_SENTINEL_MASTER", default_value = "mymaster")]
+    pub(crate) redis_sentinel_master: String,
+    /// The master's password under Sentinel (the sentinels' own goes in their URLs).
+    #[arg(long, env = "REDIS_SENTINEL_MASTER_PASSWORD", hide_env_values = true)]
+    pub(crate) redis_sentinel_master_password: Option<String>,
     /// PEM CA certificate(s) that sign the server's certificate, for rediss://
     /// (default: the system's trust store).
     #[arg(long, env = "REDIS_TLS_CA")]
@@ -243,6 +253,19 @@ pub(crate) struct RunArgs {
     /// Topic of the admission messages.
     #[arg(long, env = "QUEUE_READY_TOPIC", default_value = "QUEUE_READY")]
     pub(crate) ready_topic: String,
+    /// Replicas that must hold an admission round (Redis WAIT) before its tokens and
+    /// QUEUE_READY leave the worker, and a release before its completion is
+    /// committed; 0: no wait. Recommended 1 under Sentinel.
+    #[arg(long, env = "QUEUE_REPLICA_ACKS", default_value_t = 0)]
+    pub(crate) replica_acks: u64,
+    /// Longest wait for those replicas; short of them nothing is published yet (the
+    /// outbox keeps it and retries).
+    #[arg(long, env = "QUEUE_REPLICA_ACK_TIMEOUT", default_value = "1s", value_parser = duration)]
+    pub(crate) replica_ack_timeout: Duration,
+    /// After the worker sees a new Redis master (its run id changed), it admits
+    /// nobody for this long; 0s: no hold.
+    #[arg(long, env = "QUEUE_FAILOVER_HOLD", default_value = "5s", value_parser = duration)]
+    pub(crate) failover_hold: Duration,
     /// Topic of the sell-out announcements (an event's `stock` reached 0).
     #[arg(long, env = "QUEUE_SOLD_OUT_TOPIC", default_value = "EVENT_SOLD_OUT")]
     pub(crate) sold_out_topic: String,
@@ -512,7 +535,12 @@ impl Naming for Flags {
             KafkaBrokers => "--kafka-brokers (KAFKA_BROKERS)",
             KafkaConfigFile => "--kafka-config-file (KAFKA_CONFIG_FILE)",
             ReadyTopic => "--ready-topic (QUEUE_READY_TOPIC)",
+            RedisSentinel => "--redis-sentinel (REDIS_SENTINEL_URLS)",
+            RedisSentinelMaster => "--redis-sentinel-master (REDIS_SENTINEL_MASTER)",
             SoldOutTopic => "--sold-out-topic (QUEUE_SOLD_OUT_TOPIC)",
+            ReplicaAcks => "--replica-acks (QUEUE_REPLICA_ACKS)",
+            ReplicaAckTimeout => "--replica-ack-timeout (QUEUE_REPLICA_ACK_TIMEOUT)",
+            FailoverHold => "--failover-hold (QUEUE_FAILOVER_HOLD)",
             Adaptive => "--adaptive (QUEUE_ADAPTIVE)",
             MinConcurrentPercent => "--min-concurrent-percent (QUEUE_MIN_CONCURRENT_PERCENT)",
             ValveInterval => "--valve-interval (QUEUE_VALVE_INTERVAL)",
@@ -579,6 +607,14 @@ impl RedisArgs {
         if let Some(list) = &self.redis_cluster {
             b = b.cluster(list.split(','));
         }
+        if let Some(list) = &self.redis_sentinel {
+            b = b
+                .sentinel(list.split(','))
+                .sentinel_master(&self.redis_sentinel_master);
+        }
+        if let Some(p) = &self.redis_sentinel_master_password {
+            b = b.sentinel_master_password(p);
+        }
         if let Some(p) = &self.redis_tls_ca {
             b = b.tls_ca(p);
         }
@@ -636,6 +672,9 @@ impl RunArgs {
             .kafka_brokers(&self.kafka_brokers)
             .ready_topic(&self.ready_topic)
             .sold_out_topic(&self.sold_out_topic)
+            .replica_acks(self.replica_acks)
+            .replica_ack_timeout(self.replica_ack_timeout)
+            .failover_hold(self.failover_hold)
             .adaptive(self.adaptive)
             .min_concurrent_percent(self.min_concurrent_percent)
             .valve_interval(self.valve_interval)

@@ -123,6 +123,10 @@ pub(crate) struct ConsumerSettings {
     pub dead_letter_topic: Option<String>,
     pub session_ttl: Duration,
     pub backoff: Backoff,
+    /// Replicas that must hold a release before its message is committed (0: none).
+    pub replica_acks: u64,
+    /// Longest wait for them per try.
+    pub replica_ack_timeout: Duration,
 }
 
 pub(crate) struct Completions {
@@ -257,12 +261,27 @@ impl Completions {
         };
         let mut attempt = 0;
         let mut maybe_applied = false;
+        let mut counted = false;
         loop {
             attempt += 1;
-            match self.apply(&c, outcome, release_id, maybe_applied).await {
+            match self
+                .apply(&c, outcome, release_id, maybe_applied, counted)
+                .await
+            {
                 Ok(Ok(event)) => {
-                    self.refill.wake(&event);
-                    return true;
+                    if self.replicated().await {
+                        self.refill.wake(&event);
+                        return true;
+                    }
+                    // Not held by enough replicas: applied again after a pause. The
+                    // release is idempotent: a master that lost it in a failover
+                    // frees the slot now, one that has it says so. Counted once.
+                    counted = true;
+                    maybe_applied = true;
+                    tokio::select! {
+                        _ = shutdown.recv() => return false,
+                        _ = tokio::time::sleep(self.settings.backoff.delay(attempt)) => {}
+                    }
                 }
                 Ok(Err(r)) => {
                     self.reject(payload, &r).await;
@@ -287,6 +306,38 @@ impl Completions {
         }
     }
 
+    /// With `--replica-acks N`, whether N replicas hold this connection's writes
+    /// (the release just applied): only then is the message done (its offset
+    /// committed), so a failover cannot undo a release the checkout service was
+    /// told of.
+    async fn replicated(&self) -> bool {
+        let n = self.settings.replica_acks;
+        if n == 0 {
+            return true;
+        }
+        let mut conn = self.conn.clone();
+        match crate::redis::store::wait_replicas(&mut conn, n, self.settings.replica_ack_timeout)
+            .await
+        {
+            Ok(got) if got >= n => true,
+            Ok(got) => {
+                Stats::add(&self.stats.replica_waits_short, 1);
+                crate::log_limited!(
+                    WARN,
+                    "release not yet held by enough replicas; applied again before its completion is committed",
+                    replicas = got,
+                    wanted = n
+                );
+                false
+            }
+            Err(e) => {
+                self.stats.error(ErrorKind::Redis);
+                crate::log_limited!(WARN, "WAIT for replicas failed; the release is applied again before its completion is committed", error = %chain(&e));
+                false
+            }
+        }
+    }
+
     /// Resolve the event and release. `Ok(Ok(event))` when a slot was freed or the
     /// release was a harmless repeat. `maybe_applied`: an earlier attempt of this
     /// release failed after it was sent, so it may have been applied unseen.
@@ -296,6 +347,7 @@ impl Completions {
         outcome: Outcome,
         release_id: &str,
         maybe_applied: bool,
+        counted: bool,
     ) -> Result<Result<String, Rejected>, Failed> {
         let mut conn = self.conn.clone();
         let event = match &c.event_id {
@@ -336,6 +388,10 @@ impl Completions {
             Failed { error, sent }
         })?;
         match r {
+            // A repeat after a replication wait: counted the first time.
+            Released::Freed | Released::AlreadyReleased | Released::NotInProcessing if counted => {
+                Ok(Ok(event))
+            }
             Released::Freed => {
                 self.stats.event_released(&event);
                 tracing::info!(event_id = %event, session_id = %c.session_id, outcome = outcome.status(), "Checkout slot released");

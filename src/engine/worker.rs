@@ -171,6 +171,10 @@ pub struct Worker {
     wait: WaitStats,
     /// Publishes sell-outs.
     announcer: Announcer,
+    /// The Redis master's run id as last seen, and when it was last read.
+    master: Option<(String, Instant)>,
+    /// Admission is held until then (a new master was seen).
+    hold_until: Option<Instant>,
 }
 
 impl Worker {
@@ -231,6 +235,8 @@ impl Worker {
                 dead_letter_topic: settings.kafka.consumer.dead_letter_topic.clone(),
                 session_ttl: settings.admission.session_ttl,
                 backoff,
+                replica_acks: settings.redis.replica_acks,
+                replica_ack_timeout: settings.redis.replica_ack_timeout,
             },
             conn.clone(),
             scripts.clone(),
@@ -283,6 +289,8 @@ impl Worker {
         Ok(Some(Worker {
             wait,
             announcer,
+            master: None,
+            hold_until: None,
             settings,
             conn,
             scripts,
@@ -551,6 +559,7 @@ impl Worker {
             retired = self.retired.len(),
             "Processing queues for active events"
         );
+        self.check_master().await;
         let mut events: Vec<(String, bool)> = served.into_iter().map(|e| (e, true)).collect();
         events.extend(self.retired.iter().map(|e| (e.clone(), false)));
         let mut ok = true;
@@ -700,6 +709,11 @@ impl Worker {
             .collect();
         let mut plans = self.plan(events, &in_flight, kind, now);
         self.check_idle(events, &mut plans, kind).await?;
+        if self.admission_held() {
+            for p in &mut plans {
+                p.admit = false;
+            }
+        }
 
         let s = &self.settings;
         let args = s.admit_args();
@@ -774,6 +788,11 @@ impl Worker {
             self.forget(&event).await;
         }
         self.write_wait_figures();
+        // Nothing leaves before enough replicas hold it (--replica-acks): short of
+        // them, the entries stay in the outbox (leased) and are published later.
+        if !to_deliver.is_empty() && !self.replicated().await {
+            to_deliver.clear();
+        }
         // Overlap: this pass's tokens and messages go out while the next pass admits.
         self.await_pending().await;
         for (event, entries) in &to_deliver {
@@ -1245,6 +1264,11 @@ impl Worker {
     /// A completion of an event that is not served releases its slot (the consumer
     /// did that) but admits nobody.
     pub(crate) async fn refill_pass(&mut self) -> bool {
+        if self.admission_held() {
+            // The wakes are dropped: the next pass after the hold admits anyway.
+            drop(self.refill.take());
+            return true;
+        }
         for (event, woken) in self.refill.take() {
             if !self.served.contains(&event) {
                 continue;
@@ -1268,6 +1292,84 @@ impl Worker {
 
     fn backoff(&self) -> Backoff {
         self.settings.retry.backoff
+    }
+
+    /// Whether admission is held because a new Redis master was seen.
+    fn admission_held(&self) -> bool {
+        self.hold_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// About once a second, read the master's run id; when it changed (another
+    /// server became the master, or it restarted), hold admission for
+    /// `--failover-hold`: writes the old master took but never replicated cannot be
+    /// compounded by new ones while the dust settles.
+    async fn check_master(&mut self) {
+        if self
+            .master
+            .as_ref()
+            .is_some_and(|(_, at)| at.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        if self.hold_until.is_some() && !self.admission_held() {
+            self.hold_until = None;
+            self.stats.set_failover_hold(0);
+            tracing::info!("admission resumed after the failover hold");
+        }
+        let mut conn = self.conn.clone();
+        let id = match store::run_id(&mut conn).await {
+            Ok(Some(id)) => id,
+            Ok(None) => return,
+            Err(e) => {
+                crate::log_limited!(WARN, "could not read the Redis master's run id", error = %crate::base::error_chain::chain(&e));
+                return;
+            }
+        };
+        let changed = self.master.as_ref().is_some_and(|(old, _)| *old != id);
+        self.master = Some((id, Instant::now()));
+        if changed {
+            Stats::add(&self.stats.masters_seen, 1);
+            let hold = self.settings.redis.failover_hold;
+            if hold.is_zero() {
+                tracing::warn!("new Redis master (run id changed): a failover or a restart");
+            } else {
+                tracing::warn!(hold = ?hold, "new Redis master (run id changed: a failover or a restart): holding admission");
+                self.hold_until = Some(Instant::now() + hold);
+                let until = clock::now_ms()
+                    .saturating_add(u64::try_from(hold.as_millis()).unwrap_or(u64::MAX));
+                self.stats.set_failover_hold(until);
+            }
+        }
+    }
+
+    /// With `--replica-acks N`, wait until N replicas hold this connection's writes
+    /// (every admission and claim so far); whether they do. Short of them (or on an
+    /// error) nothing of this round is published: the outbox keeps it.
+    async fn replicated(&mut self) -> bool {
+        let n = self.settings.redis.replica_acks;
+        if n == 0 {
+            return true;
+        }
+        let mut conn = self.conn.clone();
+        match store::wait_replicas(&mut conn, n, self.settings.redis.replica_ack_timeout).await {
+            Ok(got) if got >= n => true,
+            Ok(got) => {
+                Stats::add(&self.stats.replica_waits_short, 1);
+                crate::log_limited!(
+                    WARN,
+                    "admissions not yet held by enough replicas: not published yet (the outbox keeps them and retries)",
+                    replicas = got,
+                    wanted = n
+                );
+                false
+            }
+            Err(e) => {
+                Stats::add(&self.stats.replica_waits_short, 1);
+                self.stats.error(ErrorKind::Redis);
+                crate::log_limited!(WARN, "WAIT for replicas failed: not published yet (the outbox keeps them and retries)", error = %crate::base::error_chain::chain(&e));
+                false
+            }
+        }
     }
 
     /// Admit the event's next batch and publish it.
@@ -1294,7 +1396,7 @@ impl Worker {
         // As in a pass: handed to a task at once, so a pass cut at the max processing
         // time cannot leave entries counted in flight for ever.
         self.await_pending().await;
-        if !entries.is_empty() {
+        if !entries.is_empty() && self.replicated().await {
             self.stats.in_flight_add(event, entries.len() as i64);
             let delivery = self.delivery.clone();
             let batch = vec![(event.to_owned(), entries)];

@@ -170,9 +170,20 @@ async fn readyz(State(s): State<Arc<HttpState>>) -> Response {
         .into_response()
 }
 
-/// Every script present in Redis's cache (loading what is missing).
+/// A writable master (not a replica: after a failover the old master comes back as
+/// one), and every script present in its cache (loading what is missing).
 async fn scripts_ready(s: &HttpState) -> Result<(), String> {
     let mut conn = s.conn.clone();
+    if !matches!(conn, crate::redis::store::RedisConn::Cluster(_)) {
+        let role: Vec<redis::Value> = redis::cmd("ROLE")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let master = matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master");
+        if !master {
+            return Err("connected to a replica, not a writable master".to_owned());
+        }
+    }
     let all = s.scripts.all();
     let mut cmd = redis::cmd("SCRIPT");
     cmd.arg("EXISTS");
@@ -202,6 +213,8 @@ pub(crate) struct StatusBody {
     pub total_expired: u64,
     pub total_published: u64,
     pub error_count: u64,
+    /// While admission is held after a new Redis master was seen: how much longer (ms).
+    pub failover_hold_ms: Option<u64>,
     pub events: BTreeMap<String, EventSnapshot>,
 }
 
@@ -218,6 +231,11 @@ async fn status(State(s): State<Arc<HttpState>>) -> Json<StatusBody> {
         total_expired: Stats::get(&st.expired),
         total_published: Stats::get(&st.published),
         error_count: Stats::get(&st.errors),
+        failover_hold_ms: {
+            let until = st.failover_hold_until_ms.load(Ordering::Relaxed);
+            let now = clock::now_ms();
+            (until > now).then(|| until - now)
+        },
         events: st.events(),
     })
 }

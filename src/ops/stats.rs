@@ -216,6 +216,14 @@ pub struct Stats {
     pub left_queue: Counter,
     /// Sell-outs announced on the sell-out topic (acknowledged by Kafka).
     pub sold_out_announced: Counter,
+    /// New Redis masters seen (run id changed: a failover or a restart).
+    pub masters_seen: Counter,
+    /// Rounds not published yet because fewer replicas than `--replica-acks` held
+    /// them in time.
+    pub replica_waits_short: Counter,
+    /// Until when (ms since the epoch) admission is held after a new master was seen.
+    pub failover_hold_until_ms: AtomicU64,
+    failover_hold: Gauge,
     /// Slots without a deadline given one.
     pub adopted: Counter,
     /// Admissions renewed before QUEUE_READY left (their window was running out).
@@ -310,6 +318,10 @@ impl Stats {
             no_shows: Counter::default(),
             left_queue: Counter::default(),
             sold_out_announced: Counter::default(),
+            masters_seen: Counter::default(),
+            replica_waits_short: Counter::default(),
+            failover_hold_until_ms: AtomicU64::new(0),
+            failover_hold: Gauge::default(),
             adopted: Counter::default(),
             renewed: Counter::default(),
             outbox_dropped: Counter::default(),
@@ -404,6 +416,21 @@ impl Stats {
             "left_queue_rate",
             "Share of waiters reaching their turn over the last minute who had left the queue",
             s.left_queue_rate.clone(),
+        );
+        r.register(
+            "masters_seen",
+            "New Redis masters seen (run id changed: a failover or a restart)",
+            s.masters_seen.clone(),
+        );
+        r.register(
+            "replica_waits_short",
+            "Admission rounds or releases held back because fewer replicas than --replica-acks held them in time",
+            s.replica_waits_short.clone(),
+        );
+        r.register(
+            "failover_hold",
+            "1 while admission is held after a new Redis master was seen (--failover-hold)",
+            s.failover_hold.clone(),
         );
         r.register(
             "sold_out_announced",
@@ -694,6 +721,13 @@ impl Stats {
         {
             snap.wait = Some(w);
         }
+    }
+
+    /// Admission held after a new master until `until_ms` (0: not held).
+    pub(crate) fn set_failover_hold(&self, until_ms: u64) {
+        self.failover_hold_until_ms
+            .store(until_ms, std::sync::atomic::Ordering::Relaxed);
+        self.failover_hold.set(i64::from(until_ms != 0));
     }
 
     /// Record where the valve of `event` stands after a step.

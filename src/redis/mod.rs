@@ -5,4 +5,5 @@ pub(crate) mod heartbeat;
 pub(crate) mod redis_time;
 pub(crate) mod retry;
 pub mod scripts;
+pub mod sentinel;
 pub mod store;

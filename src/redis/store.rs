@@ -1,5 +1,6 @@
 //! The Redis connection: one multiplexed, self-reconnecting connection per process,
-//! to a single server or to a Redis Cluster.
+//! to a single server, to the master Sentinel names (followed across failovers, see
+//! `redis::sentinel`), or to a Redis Cluster.
 //!
 //! Commands time out (a hung server must not hang a cycle), and a dropped connection
 //! is re-established in the background; the command that saw the drop fails, is
@@ -21,6 +22,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
 use redis::{Arg, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 
+use crate::redis::sentinel::SentinelConn;
+
 /// Where Redis is: one server, or the seed nodes of a cluster.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Endpoint {
@@ -36,6 +39,16 @@ pub enum Endpoint {
     /// `rediss://` the system's trust store verifies the nodes (OpenSSL reads
     /// `SSL_CERT_FILE`).
     Cluster(Vec<String>),
+    /// The master Sentinel names: the sentinels' URLs (with their own password, if
+    /// any), the master's name, and the master's password.
+    Sentinel {
+        /// `redis://[:password@]host:port` of each sentinel.
+        sentinels: Vec<String>,
+        /// The monitored master's name (`sentinel monitor <name> ...`).
+        master: String,
+        /// The master's (and replicas') password, when it needs one.
+        password: Option<String>,
+    },
 }
 
 /// PEM files for a TLS connection to one server, read when the settings are
@@ -86,6 +99,12 @@ impl fmt::Display for Endpoint {
                 let shown: Vec<String> = urls.iter().map(|u| redact_url(u)).collect();
                 write!(f, "cluster {}", shown.join(","))
             }
+            Endpoint::Sentinel {
+                sentinels, master, ..
+            } => {
+                let shown: Vec<String> = sentinels.iter().map(|u| redact_url(u)).collect();
+                write!(f, "sentinel {} master {master}", shown.join(","))
+            }
         }
     }
 }
@@ -104,6 +123,8 @@ pub enum RedisConn {
     Single(ConnectionManager),
     /// A Redis Cluster.
     Cluster(ClusterConnection),
+    /// The master Sentinel names, followed across failovers.
+    Sentinel(SentinelConn),
 }
 
 impl fmt::Debug for RedisConn {
@@ -111,6 +132,7 @@ impl fmt::Debug for RedisConn {
         f.write_str(match self {
             RedisConn::Single(_) => "RedisConn::Single",
             RedisConn::Cluster(_) => "RedisConn::Cluster",
+            RedisConn::Sentinel(_) => "RedisConn::Sentinel",
         })
     }
 }
@@ -146,6 +168,13 @@ pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<RedisConn
                 .build()?;
             Ok(RedisConn::Cluster(client.get_async_connection().await?))
         }
+        Endpoint::Sentinel {
+            sentinels,
+            master,
+            password,
+        } => Ok(RedisConn::Sentinel(
+            SentinelConn::connect(sentinels, master, password.as_deref(), timeout).await?,
+        )),
     }
 }
 
@@ -154,6 +183,7 @@ impl ConnectionLike for RedisConn {
         match self {
             RedisConn::Single(c) => c.req_packed_command(cmd),
             RedisConn::Cluster(c) => c.req_packed_command(cmd),
+            RedisConn::Sentinel(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -165,6 +195,7 @@ impl ConnectionLike for RedisConn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
             // A transaction must stay whole (and in one slot); anything else is split.
             RedisConn::Cluster(c) => {
                 if pipeline.is_transaction() || offset != 0 || count != pipeline.len() {
@@ -180,8 +211,44 @@ impl ConnectionLike for RedisConn {
         match self {
             RedisConn::Single(c) => c.get_db(),
             RedisConn::Cluster(c) => c.get_db(),
+            RedisConn::Sentinel(c) => c.get_db(),
         }
     }
+}
+
+/// Wait until `replicas` replicas hold every write this connection made so far
+/// (Redis `WAIT`), at most `timeout`; how many did. Replication is one ordered
+/// stream, so those writes include everything the master took before them. On a
+/// multiplexed connection WAIT holds the commands queued behind it, so `timeout`
+/// should stay short.
+pub async fn wait_replicas(
+    conn: &mut RedisConn,
+    replicas: u64,
+    timeout: Duration,
+) -> RedisResult<u64> {
+    redis::cmd("WAIT")
+        .arg(replicas)
+        .arg(
+            u64::try_from(timeout.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        )
+        .query_async(conn)
+        .await
+}
+
+/// The run id of the server this connection reaches (`INFO server`): it changes
+/// when another server becomes the master (a failover) or the server restarted.
+/// None for a cluster (many servers) or a reply without one.
+pub async fn run_id(conn: &mut RedisConn) -> RedisResult<Option<String>> {
+    if matches!(conn, RedisConn::Cluster(_)) {
+        return Ok(None);
+    }
+    let info: String = redis::cmd("INFO").arg("server").query_async(conn).await?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .map(|id| id.trim().to_owned()))
 }
 
 /// Send a pipeline to a cluster as one pipeline per hash slot, concurrently, and put

@@ -55,6 +55,8 @@ pub struct RedisOptions {
     pub password: Option<String>,
     /// Also speak TLS, on a port of its own ([`PrivateRedis::tls_port`]).
     pub tls: Option<ServerTls>,
+    /// Start as a replica of the server on this loopback port.
+    pub replica_of: Option<u16>,
 }
 
 /// The PEM files of a redis-server that speaks TLS and checks client certificates.
@@ -130,6 +132,9 @@ impl PrivateRedis {
         if let Some(p) = &self.options.password {
             cmd.args(["--requirepass", p]);
         }
+        if let Some(port) = self.options.replica_of {
+            cmd.args(["--replicaof", "127.0.0.1", &port.to_string()]);
+        }
         if let (Some(tls), Some(port)) = (&self.options.tls, self.tls_port) {
             cmd.args(["--tls-port", &port.to_string()])
                 .arg("--tls-cert-file")
@@ -181,6 +186,27 @@ impl PrivateRedis {
         }
     }
 
+    /// Freeze it (SIGSTOP): it answers nothing and, as a replica, acknowledges no
+    /// replication, until [`resume`](Self::resume). A stalled or lagging server.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Let a [`pause`](Self::pause)d server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+
     /// Stop it (SIGKILL) if it runs, then start it again on the same port and
     /// directory, and wait until it answers.
     pub fn restart(&mut self) -> Result<(), ServerError> {
@@ -211,6 +237,182 @@ impl PrivateRedis {
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A master, one replica and three sentinels watching them (as `mymaster`,
+/// quorum 2, a master down after 1 s), all on loopback ports of their own, for
+/// failover tests: kill the master and Sentinel promotes the replica. Everything
+/// stops when dropped.
+pub struct PrivateSentinel {
+    /// The master at start.
+    pub master: PrivateRedis,
+    /// Its replica (the master after a failover).
+    pub replica: PrivateRedis,
+    sentinels: Vec<(u16, Child)>,
+    dir: PathBuf,
+}
+
+/// The master's name the sentinels of [`PrivateSentinel`] use.
+pub const SENTINEL_MASTER: &str = "mymaster";
+
+impl PrivateSentinel {
+    /// Start the master, the replica (and wait until it is in sync), and three
+    /// sentinels (and wait until they see the replica).
+    pub fn start() -> Result<Self, ServerError> {
+        let master = PrivateRedis::start()?;
+        let replica = PrivateRedis::start_with(RedisOptions {
+            replica_of: Some(master.port),
+            ..RedisOptions::default()
+        })?;
+        if !wait_for(
+            replica.port,
+            &["INFO", "replication"],
+            Duration::from_secs(20),
+            |r| r.contains("master_link_status:up"),
+        ) {
+            return Err(ServerError::NoAnswer(replica.port));
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "waitroom-sentinel-{}-{}",
+            std::process::id(),
+            master.port
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let mut bed = PrivateSentinel {
+            master,
+            replica,
+            sentinels: Vec::new(),
+            dir,
+        };
+        for i in 0..3 {
+            let port = free_port()?;
+            let conf = bed.dir.join(format!("sentinel-{i}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {}\n\
+                     sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {} 2\n\
+                     sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+                     sentinel failover-timeout {SENTINEL_MASTER} 3000\n\
+                     sentinel parallel-syncs {SENTINEL_MASTER} 1\n",
+                    bed.dir.display(),
+                    bed.master.port
+                ),
+            )?;
+            let mut child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(ServerError::Missing)?;
+            let up = wait_until_up(
+                &mut child,
+                &format!("redis://127.0.0.1:{port}"),
+                Duration::from_secs(10),
+            );
+            bed.sentinels.push((port, child));
+            match up {
+                Up::Answered => {}
+                Up::Exited => return Err(ServerError::Exited(port)),
+                Up::Silent => return Err(ServerError::NoAnswer(port)),
+            }
+        }
+        // Each sentinel must know the replica (from the master's INFO) and the others.
+        for (port, _) in &bed.sentinels {
+            let ok = wait_for(
+                *port,
+                &["SENTINEL", "CKQUORUM", SENTINEL_MASTER],
+                Duration::from_secs(20),
+                |r| r.starts_with("OK"),
+            ) && wait_until_replica_known(*port, Duration::from_secs(20));
+            if !ok {
+                return Err(ServerError::NoAnswer(*port));
+            }
+        }
+        Ok(bed)
+    }
+
+    /// The sentinels' URLs, comma-separated (`--redis-sentinel`).
+    pub fn sentinel_urls(&self) -> String {
+        self.sentinels
+            .iter()
+            .map(|(p, _)| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The port of the master the sentinels name now, if they agree on one.
+    pub fn master_port(&self) -> Option<u16> {
+        let (port, _) = self.sentinels.first()?;
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
+        let mut c = client.get_connection().ok()?;
+        let addr: Vec<String> = redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(SENTINEL_MASTER)
+            .query(&mut c)
+            .ok()?;
+        addr.get(1)?.parse().ok()
+    }
+
+    /// Kill the master (SIGKILL) and wait until the sentinels promoted the replica
+    /// and it took the role; how long that took.
+    pub fn fail_over(&mut self) -> Result<Duration, ServerError> {
+        let started = Instant::now();
+        self.master.stop();
+        let replica = self.replica.port;
+        let deadline = started + Duration::from_secs(30);
+        while self.master_port() != Some(replica) {
+            if Instant::now() > deadline {
+                return Err(ServerError::NoAnswer(replica));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !wait_for(
+            replica,
+            &["INFO", "replication"],
+            Duration::from_secs(20),
+            |r| r.contains("role:master"),
+        ) {
+            return Err(ServerError::NoAnswer(replica));
+        }
+        Ok(started.elapsed())
+    }
+}
+
+/// Whether the sentinel on `port` lists a replica of the master.
+fn wait_until_replica_known(port: u16, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
+        return false;
+    };
+    loop {
+        let n = client.get_connection().ok().and_then(|mut c| {
+            redis::cmd("SENTINEL")
+                .arg("REPLICAS")
+                .arg(SENTINEL_MASTER)
+                .query::<Vec<redis::Value>>(&mut c)
+                .ok()
+                .map(|v| v.len())
+        });
+        if n.is_some_and(|n| n > 0) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Drop for PrivateSentinel {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.sentinels {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
