@@ -1186,7 +1186,7 @@ impl ConfigBuilder {
             self.replica_ack_timeout,
             bounds::SHORT,
         )?;
-        if self.replica_ack_timeout >= self.redis.timeout {
+        if self.replica_acks > 0 && self.replica_ack_timeout >= self.redis.timeout {
             return Err(invalid(
                 name(ReplicaAckTimeout),
                 format!(
