@@ -681,7 +681,8 @@ impl RedisBuilder {
                 return Err(invalid(
                     naming.name(Setting::RedisTls),
                     format!(
-                        "apply to {} only; with Sentinel use the system trust store",
+                        "apply to {} only; for Sentinel over rediss:// put the CA in the \
+                         system trust store or point SSL_CERT_FILE at it",
                         naming.mention(Setting::RedisUrl)
                     ),
                 ));
@@ -695,10 +696,12 @@ impl RedisBuilder {
             if urls.is_empty() {
                 return Err(invalid(flag, "must name at least one sentinel URL"));
             }
-            for u in &urls {
-                if !u.starts_with("redis://") {
-                    return Err(invalid(flag, "every URL must start with redis://"));
-                }
+            let tls = urls.iter().all(|u| u.starts_with("rediss://"));
+            if !tls && !urls.iter().all(|u| u.starts_with("redis://")) {
+                return Err(invalid(
+                    flag,
+                    "every URL must start with redis://, or every one with rediss://",
+                ));
             }
             let master = self.sentinel_master.trim();
             if master.is_empty() || master.contains(char::is_whitespace) {
@@ -714,6 +717,7 @@ impl RedisBuilder {
                     .sentinel_master_password
                     .clone()
                     .filter(|p| !p.is_empty()),
+                tls,
             });
         }
         match &self.cluster {

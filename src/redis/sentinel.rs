@@ -45,6 +45,7 @@ impl SentinelConn {
         sentinels: &[String],
         master_name: &str,
         password: Option<&str>,
+        tls: bool,
         timeout: Duration,
     ) -> RedisResult<Self> {
         let mut sentinel = Sentinel::build(sentinels.iter().map(String::as_str).collect())?;
@@ -52,7 +53,10 @@ impl SentinelConn {
         if let Some(p) = password {
             redis_info = redis_info.set_password(p);
         }
-        let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(redis_info);
+        let mut node = SentinelNodeConnectionInfo::default().set_redis_connection_info(redis_info);
+        if tls {
+            node = node.set_tls_mode(redis::TlsMode::Secure);
+        }
         let (addr, manager) = open_master(&mut sentinel, master_name, &node, timeout).await?;
         let inner = Arc::new(Inner {
             sentinel: tokio::sync::Mutex::new(sentinel),

@@ -48,6 +48,9 @@ pub enum Endpoint {
         master: String,
         /// The master's (and replicas') password, when it needs one.
         password: Option<String>,
+        /// `rediss://` sentinels: the master is reached over TLS too (verified with
+        /// the system's trust store, as for a cluster).
+        tls: bool,
     },
 }
 
@@ -172,8 +175,9 @@ pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<RedisConn
             sentinels,
             master,
             password,
+            tls,
         } => Ok(RedisConn::Sentinel(
-            SentinelConn::connect(sentinels, master, password.as_deref(), timeout).await?,
+            SentinelConn::connect(sentinels, master, password.as_deref(), *tls, timeout).await?,
         )),
     }
 }
