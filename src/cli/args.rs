@@ -436,6 +436,13 @@ pub(crate) struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Give the private redis-server a replica (the baseline for --replica-acks).
+    #[arg(long)]
+    pub(crate) with_replica: bool,
+    /// Run the workers with --replica-acks N (a replica is started for the private
+    /// redis-server).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) replica_acks: u64,
 }
 
 #[cfg(feature = "tools")]
@@ -508,6 +515,23 @@ pub(crate) struct DemoArgs {
     /// Time between --wait-probe probes.
     #[arg(long, default_value = "10s", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
     pub(crate) probe_every: Duration,
+    /// Tickets for sale (the event's `stock`); each completed checkout buys one
+    /// (`quantity` 1). When they are sold out the worker admits nobody more and
+    /// announces EVENT_SOLD_OUT; the demo shows that message (read from the embedded
+    /// Kafka) and ends, the waiters left sold out before their turn. The progress
+    /// lines show the stock.
+    #[arg(long, value_name = "N")]
+    pub(crate) stock: Option<u64>,
+    /// Share of completions that fail (outcome `failed`) during --fail-phase, 0..1
+    /// (1: all). Turns the worker's checkout-health valve on (`adaptive`, a step
+    /// every 1s): the progress lines show the effective capacity and the valve's
+    /// reason falling while checkout fails and climbing back after.
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub(crate) fail_rate: f64,
+    /// When completions fail, after the sale opened: FROM..TO, e.g. 20s..40s
+    /// (default 5s..15s); needs --fail-rate.
+    #[arg(long, value_name = "FROM..TO", value_parser = |s: &str| s.parse::<waitroom_worker::demo::FailPhase>())]
+    pub(crate) fail_phase: Option<waitroom_worker::demo::FailPhase>,
 }
 
 /// Names the settings by their flag and environment variable, as every message
@@ -754,6 +778,8 @@ impl BenchArgs {
             samples: self.samples,
             quick: self.quick,
             json: self.json,
+            with_replica: self.with_replica,
+            replica_acks: self.replica_acks,
         }
     }
 }
@@ -796,6 +822,17 @@ impl DemoArgs {
         if self.wait_probe && self.probe_every.is_zero() {
             return Err(DemoError::Setting("--probe-every must be above 0".into()));
         }
+        if self.stock == Some(0) {
+            return Err(DemoError::Setting("--stock must be above 0".into()));
+        }
+        if !(0.0..=1.0).contains(&self.fail_rate) {
+            return Err(DemoError::Setting("--fail-rate must be in [0, 1]".into()));
+        }
+        if self.fail_phase.is_some() && self.fail_rate == 0.0 {
+            return Err(DemoError::Setting(
+                "--fail-phase needs --fail-rate above 0".into(),
+            ));
+        }
         Ok(DemoOptions {
             users: self.users,
             capacity: self.capacity,
@@ -815,6 +852,9 @@ impl DemoArgs {
                 after: self.probe_after,
                 every: self.probe_every,
             }),
+            stock: self.stock,
+            fail_rate: self.fail_rate,
+            fail_phase: self.fail_phase.unwrap_or_default(),
         })
     }
 }

@@ -227,9 +227,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         #[cfg(feature = "tools")]
         Command::Bench(args) => {
             let json = args.json;
-            let report = waitroom_worker::bench::run(args.options())
-                .await
-                .context("bench")?;
+            // SIGINT/SIGTERM drop the bench where it is: its servers go with it (their
+            // Drop), and the process exits 130/143 without a report.
+            let mut stop = Stop::listen().context("bench: listening for SIGINT and SIGTERM")?;
+            let report = tokio::select! {
+                r = waitroom_worker::bench::run(args.options()) => r.context("bench")?,
+                sig = stop.next() => {
+                    eprintln!("bench: {}: stopped, no report", sig.name());
+                    return Err(Answered(sig.exit_code()).into());
+                }
+            };
             if json {
                 println!(
                     "{}",
@@ -243,8 +250,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         #[cfg(feature = "tools")]
         Command::Demo(args) => {
             let options = args.options().context("demo")?;
-            waitroom_worker::demo::run(options).await.context("demo")?;
-            Ok(())
+            // Listening before anything starts: a signal while the servers start is
+            // not lost. The first stops the demo, which prints its summary so far and
+            // returns, so its servers are stopped; the process then exits 130/143.
+            let stop = Stop::listen().context("demo: listening for SIGINT and SIGTERM")?;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(stop.first_then_exit(tx));
+            let interrupt = async move {
+                match rx.await {
+                    Ok(sig) => sig.name().to_owned(),
+                    Err(_) => std::future::pending().await,
+                }
+            };
+            match waitroom_worker::demo::run_until(options, interrupt).await {
+                Ok(summary) => match summary.interrupted.as_deref() {
+                    Some(sig) => Err(Answered(StopSignal::from_name(sig).exit_code()).into()),
+                    None => Ok(()),
+                },
+                Err(waitroom_worker::demo::DemoError::Interrupted(sig)) => {
+                    Err(Answered(StopSignal::from_name(&sig).exit_code()).into())
+                }
+                Err(e) => Err(anyhow::Error::new(e).context("demo")),
+            }
         }
         Command::Health(args) => {
             let line = waitroom_worker::probe::check(&args.url, args.timeout)
@@ -323,23 +350,103 @@ async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    match Stop::listen() {
+        Ok(mut stop) => {
+            stop.next().await;
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+}
+
+/// A signal that asks a command to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopSignal {
+    Int,
+    Term,
+}
+
+// Without the tools only `run` listens, and it needs no names or exit codes.
+#[cfg_attr(not(feature = "tools"), allow(dead_code))]
+impl StopSignal {
+    fn name(self) -> &'static str {
+        match self {
+            StopSignal::Int => "SIGINT",
+            StopSignal::Term => "SIGTERM",
+        }
+    }
+
+    fn from_name(name: &str) -> Self {
+        if name == "SIGTERM" {
+            StopSignal::Term
+        } else {
+            StopSignal::Int
+        }
+    }
+
+    /// The shell's code for a process ended by the signal: 128 + its number.
+    fn exit_code(self) -> u8 {
+        match self {
+            StopSignal::Int => 130,
+            StopSignal::Term => 143,
+        }
+    }
+}
+
+/// SIGINT and SIGTERM, caught from [`Stop::listen`] on. Catching SIGINT also undoes
+/// an inherited "ignore" (a shell starts a background job, `demo &`, with SIGINT
+/// ignored): `kill -INT` stops the demo however it was started.
+struct Stop {
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn listen() -> std::io::Result<Stop> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Stop {
+                int: signal(SignalKind::interrupt())?,
+                term: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Stop {})
+        }
+    }
+
+    /// The next signal.
+    async fn next(&mut self) -> StopSignal {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.int.recv() => StopSignal::Int,
+                _ = self.term.recv() => StopSignal::Term,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            StopSignal::Int
+        }
+    }
+
+    /// Hands the first signal to `first`; a second one ends the process at once (a
+    /// stop that hangs must not need SIGKILL). That skips `Drop`: on Linux the
+    /// servers die with the process all the same (their parent-death signal, see
+    /// src/tools/redis_server.rs).
+    #[cfg(feature = "tools")]
+    async fn first_then_exit(mut self, first: tokio::sync::oneshot::Sender<StopSignal>) {
+        let sig = self.next().await;
+        let _ = first.send(sig);
+        let again = self.next().await;
+        eprintln!("{}: a second signal: exiting now", again.name());
+        log_limit::flush();
+        std::process::exit(i32::from(again.exit_code()));
     }
 }

@@ -1390,6 +1390,11 @@ impl Worker {
         .await
         .map_err(EventError::Admit)?;
         self.time.observe(outcome.now_ms);
+        // A sell-out this call recorded is this worker's to announce (refills are
+        // how stock usually reaches 0: a completion took the last units).
+        if let Some((at, queue_length)) = outcome.announce {
+            self.announcer.spawn(event.to_owned(), at, queue_length);
+        }
         let entries = self
             .note_admitted(event, &outcome, outcome.entries.clone(), in_flight)
             .await;

@@ -50,6 +50,11 @@ pub struct BenchOptions {
     pub quick: bool,
     /// The report is printed as JSON: no progress lines on stderr.
     pub json: bool,
+    /// Give the private redis-server a replica (the cost of replication itself).
+    pub with_replica: bool,
+    /// Run the workers with `--replica-acks N` (implies a replica; with
+    /// [`BenchOptions::redis_url`] the server must have N replicas of its own).
+    pub replica_acks: u64,
 }
 
 impl Default for BenchOptions {
@@ -64,6 +69,8 @@ impl Default for BenchOptions {
             samples: 200,
             quick: false,
             json: false,
+            with_replica: false,
+            replica_acks: 0,
         }
     }
 }
@@ -139,12 +146,17 @@ pub struct Report {
     pub peak_rss_mb: f64,
     /// The same after the cluster section (before the replica section).
     pub peak_rss_after_cluster_mb: f64,
+    /// Whether the private server had a replica.
+    pub with_replica: bool,
+    /// The workers' `--replica-acks`.
+    pub replica_acks: u64,
 }
 
 struct Env {
     redis_url: String,
     brokers: String,
     conn: MultiplexedConnection,
+    replica_acks: u64,
 }
 
 /// The settings every section starts from: this run's Redis and Kafka, its own
@@ -159,6 +171,7 @@ fn settings(env: &Env, prefix: &str) -> ConfigBuilder {
         .consumer_group(prefix)
         .publish_timeout(Duration::from_secs(5))
         .outbox_lease(Duration::from_secs(30))
+        .replica_acks(env.replica_acks)
 }
 
 async fn redis_cpu(conn: &mut MultiplexedConnection) -> Result<f64, BenchError> {
@@ -537,6 +550,8 @@ async fn cluster_pass(env: &Env, n: usize) -> Result<(f64, f64, f64), BenchError
     let w = start_worker(
         settings(env, &prefix)
             .redis_cluster(urls.split(','))
+            // WAIT answers for one node: the cluster section runs without it.
+            .replica_acks(0)
             .batch_size(10),
     )
     .await?;
@@ -647,6 +662,34 @@ pub async fn run(mut a: BenchOptions) -> Result<Report, BenchError> {
             ("BENCH_COMPLETED", 1),
         ])?),
     };
+    // A replica of the private server, in sync before anything is measured.
+    let replica = match (&private_redis, a.with_replica || a.replica_acks > 0) {
+        (Some(master), true) => {
+            let r = PrivateRedis::start_with(crate::tools::redis_server::RedisOptions {
+                replica_of: Some(master.port),
+                ..Default::default()
+            })?;
+            let mut c = redis::Client::open(r.url().as_str())?
+                .get_multiplexed_async_connection()
+                .await?;
+            let t0 = Instant::now();
+            loop {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut c)
+                    .await?;
+                if info.contains("master_link_status:up") {
+                    break;
+                }
+                if t0.elapsed() > Duration::from_secs(20) {
+                    return Err(BenchError::Other("the replica never synced".into()));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Some(r)
+        }
+        _ => None,
+    };
     let redis_url = a
         .redis_url
         .clone()
@@ -664,6 +707,7 @@ pub async fn run(mut a: BenchOptions) -> Result<Report, BenchError> {
         redis_url,
         brokers,
         conn,
+        replica_acks: a.replica_acks,
     };
     let say = |s: &str| {
         if !a.json {
@@ -735,12 +779,25 @@ pub async fn run(mut a: BenchOptions) -> Result<Report, BenchError> {
         replicas: (a.replicas, a.events, rw, rc, rf),
         peak_rss_mb,
         peak_rss_after_cluster_mb,
+        with_replica: replica.is_some(),
+        replica_acks: a.replica_acks,
     })
 }
 
 /// The report as a table.
 pub fn render(r: &Report) -> String {
     let mut t = String::new();
+    if r.with_replica || r.replica_acks > 0 {
+        t.push_str(&format!(
+            "replication: {}, --replica-acks {}\n",
+            if r.with_replica {
+                "a replica of the private server"
+            } else {
+                "the server's own replicas"
+            },
+            r.replica_acks
+        ));
+    }
     t.push_str("throughput (users/s; Redis CPU per admission)\n");
     t.push_str(&format!(
         "{:>6} {:>14} {:>10} {:>14} {:>10} {:>9}\n",

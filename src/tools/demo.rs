@@ -18,6 +18,19 @@
 //! and then, the waiters at a few queue positions, reads `wait_ms_per_position`
 //! from the event's stats hash as the API would, and compares `position x
 //! wait_ms_per_position` with when each of them is actually admitted.
+//!
+//! Inventory and checkout health (issue 13) can be watched too. `--stock N` puts N
+//! tickets on sale (the event's `stock`); each completed checkout buys one
+//! (`quantity` 1). When they are gone the worker admits nobody more and announces
+//! the sell-out on EVENT_SOLD_OUT; the demo reads that message from the embedded
+//! Kafka, shows it, and ends there: whoever still waits is sold out before their
+//! turn. `--fail-rate P` turns the checkout-health valve on (a step every second)
+//! and makes a share P of the completions fail during `--fail-phase`; the progress
+//! lines show the effective capacity and the valve's reason, so the valve is seen
+//! closing while checkout fails and reopening after.
+//!
+//! [`run_until`] stops early when asked (the command line: on SIGINT or SIGTERM),
+//! prints the summary so far, and returns, so the private servers are stopped.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -36,7 +49,7 @@ use redis::aio::MultiplexedConnection;
 use thiserror::Error;
 
 use crate::base::error_chain::chain;
-use crate::base::shutdown::{self, Shutdown};
+use crate::base::shutdown::{self, Shutdown, ShutdownTrigger};
 use crate::config::Config;
 use crate::engine::worker::Worker;
 use crate::kafka::publisher::ReadyMessage;
@@ -111,6 +124,54 @@ impl Default for WaitProbe {
     }
 }
 
+/// When the simulated checkout fails (`--fail-phase FROM..TO`): from `from` to `to`
+/// after the sale opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailPhase {
+    /// The first failures.
+    pub from: Duration,
+    /// Healthy again from here.
+    pub to: Duration,
+}
+
+impl Default for FailPhase {
+    fn default() -> Self {
+        FailPhase {
+            from: Duration::from_secs(5),
+            to: Duration::from_secs(15),
+        }
+    }
+}
+
+impl FailPhase {
+    /// Whether `t` after the sale opened is within the phase.
+    pub fn contains(&self, t: Duration) -> bool {
+        self.from <= t && t < self.to
+    }
+}
+
+impl FromStr for FailPhase {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (from, to) = s
+            .split_once("..")
+            .ok_or_else(|| format!("{s:?}: want FROM..TO, e.g. 5s..15s"))?;
+        let parse = |t: &str| {
+            humantime::parse_duration(t.trim())
+                .map_err(|e| format!("{t:?}: {e} (use e.g. 5s..15s)"))
+        };
+        let phase = FailPhase {
+            from: parse(from)?,
+            to: parse(to)?,
+        };
+        if phase.to <= phase.from {
+            return Err(format!("{s:?}: the phase must end after it starts"));
+        }
+        Ok(phase)
+    }
+}
+
 /// The sale to simulate. [`Default`] is `waitroom-worker demo` without flags.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -142,6 +203,13 @@ pub struct DemoOptions {
     pub rate: Option<u64>,
     /// Measure the wait estimate (none: no probes).
     pub wait_probe: Option<WaitProbe>,
+    /// Tickets for sale: the event's `stock` (none: no inventory).
+    pub stock: Option<u64>,
+    /// Share of completions that fail during `fail_phase` (0..=1; 0: none, and the
+    /// valve stays off; above 0 turns it on).
+    pub fail_rate: f64,
+    /// When completions fail, after the sale opened.
+    pub fail_phase: FailPhase,
 }
 
 impl Default for DemoOptions {
@@ -161,6 +229,9 @@ impl Default for DemoOptions {
             interval: Duration::from_millis(100),
             rate: None,
             wait_probe: None,
+            stock: None,
+            fail_rate: 0.0,
+            fail_phase: FailPhase::default(),
         }
     }
 }
@@ -183,6 +254,9 @@ pub enum DemoError {
     /// The worker did not start.
     #[error("worker: {0}")]
     Worker(String),
+    /// Stopped (SIGINT, SIGTERM) before the sale opened: nothing to summarise.
+    #[error("stopped by {0} before the sale opened")]
+    Interrupted(String),
     /// More users in checkout than slots: the invariant broke.
     #[error("capacity exceeded: {peak} in checkout with {capacity} slots")]
     CapacityExceeded {
@@ -263,6 +337,23 @@ pub struct Summary {
     pub probes: Vec<ProbeResult>,
     /// Probes that fell on a leaver (left out of `probes`).
     pub probes_on_leavers: u64,
+    /// Checkouts that failed: completions with outcome `failed` the worker took in
+    /// (the event's `failed_total`); not counted in `completed`.
+    pub failed: u64,
+    /// The lowest effective capacity the valve set (none: valve off).
+    pub valve_low: Option<u64>,
+    /// Tickets left at the end (none: no stock set).
+    pub stock_left: Option<u64>,
+    /// From the sale's opening to the sell-out, seconds (none: not sold out).
+    pub sold_out_seconds: Option<f64>,
+    /// Waiters still queued at the end: sold out before their turn after a
+    /// sell-out, still waiting after an interruption.
+    pub still_queued: u64,
+    /// The EVENT_SOLD_OUT messages read from Kafka: key and value.
+    pub sold_out_messages: Vec<(String, String)>,
+    /// What stopped the run early (e.g. `SIGTERM`), if something did: the figures are
+    /// then the run's so far.
+    pub interrupted: Option<String>,
 }
 
 /// A tiny xorshift: the demo needs variety, not cryptography.
@@ -497,9 +588,22 @@ fn rate_ok(r: f64) -> bool {
     (0.0..1.0).contains(&r)
 }
 
-/// Run the sale to its end: every user admitted and done (completed or expired), or
-/// skipped as gone.
-pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
+/// How long the demo waits after the sell-out for its EVENT_SOLD_OUT before it ends
+/// without (the worker announces again when its outbox lease, 10 s here, runs out).
+const SOLD_OUT_WAIT: Duration = Duration::from_secs(15);
+
+/// The most the end of a run waits for each of its tasks (the worker, the checkout,
+/// ...) once told to stop, so that an interrupted demo ends promptly.
+const TASK_GRACE: Duration = Duration::from_secs(5);
+
+/// The most one Redis reply may take while the demo sets up.
+const SETUP_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The valve's step interval in the demo (the worker's default is 5 s): short, so
+/// that a person watching sees it close and reopen within a short run.
+pub const VALVE_INTERVAL: Duration = Duration::from_secs(1);
+
+fn check(a: &DemoOptions) -> Result<(), DemoError> {
     if a.users == 0
         || a.capacity == 0
         || a.batch == 0
@@ -520,8 +624,66 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
             "wait probe positions must be given and above 0".into(),
         ));
     }
+    if !(0.0..=1.0).contains(&a.fail_rate) || a.fail_phase.to <= a.fail_phase.from {
+        return Err(DemoError::Setting(
+            "fail_rate must be in [0, 1] and the fail phase end after it starts".into(),
+        ));
+    }
+    if a.stock == Some(0) {
+        return Err(DemoError::Setting("stock must be above 0".into()));
+    }
+    Ok(())
+}
+
+/// What the sale runs on, set up before it opens.
+struct Prepared {
+    redis: PrivateRedis,
+    kafka: EmbeddedKafka,
+    secret: String,
+    keys: Keys,
+    conn: MultiplexedConnection,
+    users: Arc<Users>,
+    worker: Worker,
+    trigger: ShutdownTrigger,
+    listener: Shutdown,
+}
+
+/// Run the sale to its end: every user admitted and done (completed or expired), or
+/// skipped as gone; or, with a stock, sold out.
+pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
+    run_until(a, std::future::pending()).await
+}
+
+/// [`run`], stopped early when `interrupt` resolves (to what stopped it, e.g.
+/// `SIGTERM`): before the sale opened, with [`DemoError::Interrupted`]; once it is
+/// open, by ending it there, as if everyone were through: the summary so far is
+/// printed and returned, with [`Summary::interrupted`] set. Either way it returns, so
+/// the private redis-server and the embedded Kafka are stopped by their `Drop`.
+pub async fn run_until(
+    a: DemoOptions,
+    interrupt: impl Future<Output = String>,
+) -> Result<Summary, DemoError> {
+    check(&a)?;
+    let mut interrupt = std::pin::pin!(interrupt);
+    let prepared = tokio::select! {
+        biased;
+        sig = &mut interrupt => {
+            eprintln!("demo: {sig} before the sale opened: stopped, nothing to summarise");
+            return Err(DemoError::Interrupted(sig));
+        }
+        p = prepare(&a) => p?,
+    };
+    sale(&a, prepared, interrupt).await
+}
+
+/// Start the servers and the worker, queue the users, write the event's config.
+async fn prepare(a: &DemoOptions) -> Result<Prepared, DemoError> {
     let redis = PrivateRedis::start()?;
-    let kafka = EmbeddedKafka::start(&[("QUEUE_READY", 1), ("CHECKOUT_COMPLETED", 1)])?;
+    let mut topics = vec![("QUEUE_READY", 1), ("CHECKOUT_COMPLETED", 1)];
+    if a.stock.is_some() {
+        topics.push(("EVENT_SOLD_OUT", 1));
+    }
+    let kafka = EmbeddedKafka::start(&topics)?;
     eprintln!(
         "demo: redis-server on {} and an embedded Kafka on {}",
         redis.url(),
@@ -534,7 +696,8 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
         let b = sha1_smol::Sha1::from(&a).digest().to_string();
         format!("{a}{b}")
     };
-    let settings = Config::builder()
+    let adaptive = a.fail_rate > 0.0;
+    let mut builder = Config::builder()
         .redis_url(redis.url())
         .kafka_brokers(&kafka.bootstrap)
         .jwt_secret(&secret)
@@ -556,13 +719,26 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
         .consumer_session_timeout(Duration::from_secs(3))
         .retry_delay(Duration::from_millis(100))
         .retry_max_delay(Duration::from_secs(1))
-        .http_addr(Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))))
+        .http_addr(Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))));
+    if a.stock.is_some() {
+        builder = builder.sold_out_topic("EVENT_SOLD_OUT");
+    }
+    if adaptive {
+        builder = builder.adaptive(true).valve_interval(VALVE_INTERVAL);
+    }
+    let settings = builder
         .build()
         .map_err(|e| DemoError::Setting(chain(&e).to_string()))?;
 
     let keys = Keys::new("waitroom", KeyLayout::Default);
     let client = redis::Client::open(redis.url())?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
+    // Setting up moves the whole queue at once (a ZRANGE of every user, pipelines of
+    // thousands): more time than the client's default 500 ms per reply on a busy
+    // machine. The sale's own calls are small, and keep the default.
+    let setup = redis::AsyncConnectionConfig::new().set_response_timeout(Some(SETUP_REPLY_TIMEOUT));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&setup)
+        .await?;
     enqueue::enqueue(&mut conn, &keys, EVENT, a.users, Duration::from_secs(3600)).await?;
     if let Some(rate) = a.rate {
         let _: () = redis::cmd("HSET")
@@ -573,10 +749,31 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
             .await?;
         eprintln!("demo: admissions capped at {rate} a minute (new_users_per_minute)");
     }
+    if let Some(stock) = a.stock {
+        let _: () = redis::cmd("HSET")
+            .arg(keys.config(EVENT))
+            .arg("stock")
+            .arg(stock)
+            .query_async(&mut conn)
+            .await?;
+        eprintln!(
+            "demo: {stock} tickets for sale (the event's stock); each completed checkout buys one"
+        );
+    }
     eprintln!(
         "demo: {} users queued for {EVENT}; capacity {}, batch {}",
         a.users, a.capacity, a.batch
     );
+    if adaptive {
+        eprintln!(
+            "demo: checkout fails for {:.0}% of completions from {} to {} after the sale \
+             opens; the checkout-health valve is on (a step every {})",
+            a.fail_rate * 100.0,
+            humantime::format_duration(a.fail_phase.from),
+            humantime::format_duration(a.fail_phase.to),
+            humantime::format_duration(VALVE_INTERVAL),
+        );
+    }
 
     // Who does what. The queue was empty (a private server): its order is theirs.
     let ids: Vec<String> = redis::cmd("ZRANGE")
@@ -606,16 +803,95 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
         write_seen(&mut conn, &keys, &users, 0).await?;
     }
 
+    let conn = client.get_multiplexed_async_connection().await?;
     let (trigger, mut listener) = shutdown::channel();
     let worker = Worker::start(settings, &mut listener)
         .await
         .map_err(|e| DemoError::Worker(chain(&e).to_string()))?
         .ok_or_else(|| DemoError::Worker("stopped before it started".into()))?;
+    Ok(Prepared {
+        redis,
+        kafka,
+        secret,
+        keys,
+        conn,
+        users,
+        worker,
+        trigger,
+        listener,
+    })
+}
+
+/// Completions with outcome `failed` the worker took in (the event's stats hash);
+/// 0 when it cannot be read (the progress lines go on without).
+async fn failed_total(conn: &mut MultiplexedConnection, keys: &Keys) -> u64 {
+    let n: Result<Option<u64>, _> = redis::cmd("HGET")
+        .arg(keys.stats(EVENT))
+        .arg("failed_total")
+        .query_async(conn)
+        .await;
+    n.ok().flatten().unwrap_or(0)
+}
+
+/// The messages read from EVENT_SOLD_OUT: key and value, as text.
+type SoldOutSeen = Arc<Mutex<Vec<(String, String)>>>;
+
+/// Reads EVENT_SOLD_OUT from the beginning into `seen`, in a task, until told to stop.
+fn read_sold_out(
+    bootstrap: &str,
+    seen: SoldOutSeen,
+    mut stop: Shutdown,
+) -> Result<tokio::task::JoinHandle<()>, DemoError> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "demo-sold-out")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("EVENT_SOLD_OUT", 0, Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let msg = tokio::select! {
+                _ = stop.recv() => break,
+                m = consumer.recv() => m,
+            };
+            let Ok(msg) = msg else { continue };
+            let text =
+                |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or_default()).into_owned();
+            lock(&seen).push((text(msg.key()), text(msg.payload())));
+        }
+    }))
+}
+
+/// Open the sale and run it to its end (or to `interrupt`); the summary.
+async fn sale(
+    a: &DemoOptions,
+    p: Prepared,
+    mut interrupt: std::pin::Pin<&mut impl Future<Output = String>>,
+) -> Result<Summary, DemoError> {
+    let Prepared {
+        redis: _redis,
+        kafka,
+        secret,
+        keys,
+        mut conn,
+        users,
+        worker,
+        trigger,
+        mut listener,
+    } = p;
+    let gone = a.no_show_rate > 0.0 || a.leave_rate > 0.0;
+    let claiming = !a.claim_window.is_zero();
+    let polling = a.leave_rate > 0.0 || !a.waiter_idle_timeout.is_zero();
+    let adaptive = a.fail_rate > 0.0;
     let stats = worker.stats();
     if let Some(addr) = worker.http_addr() {
         eprintln!("demo: worker endpoint http://{addr}/status (also /metrics, /healthz, /readyz)");
     }
     let sale_start_ms = clock::now_ms();
+    let opened = Instant::now();
     let worker_task = tokio::spawn(worker.run(listener.clone()));
     let seen_task = polling.then(|| {
         tokio::spawn(keep_seen(
@@ -642,6 +918,15 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
             listener.clone(),
         ))
     });
+    let sold_out_seen: SoldOutSeen = Arc::new(Mutex::new(Vec::new()));
+    let sold_out_task = match a.stock {
+        Some(_) => Some(read_sold_out(
+            &kafka.bootstrap,
+            sold_out_seen.clone(),
+            listener.clone(),
+        )?),
+        None => None,
+    };
 
     // The checkout service.
     let completed = Arc::new(AtomicU64::new(0));
@@ -671,16 +956,23 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
             a.checkout_distribution,
             a.abandon_rate,
         );
+        // The failures to play: the phase (from the sale's opening) and the share.
+        let failing = adaptive.then_some((a.fail_phase, a.fail_rate));
+        let buying = a.stock.is_some();
         let (users, keys, conn) = (users.clone(), keys.clone(), conn.clone());
         let claim_script = Arc::new(Scripts::new().claim);
         let mut stop = listener.clone();
         tokio::spawn(async move {
             let mut rng = Rng(clock::now_ms().rotate_left(17) | 1);
+            // The checkouts in progress: stopped with the sale, so that none of them
+            // still holds a Kafka producer when the embedded Kafka goes.
+            let mut running = tokio::task::JoinSet::new();
             loop {
                 let msg = tokio::select! {
                     _ = stop.recv() => break,
                     m = consumer.recv() => m,
                 };
+                while running.try_join_next().is_some() {}
                 let Ok(msg) = msg else { continue };
                 let Some(Ok(ready)) = msg.payload().map(serde_json::from_slice::<ReadyMessage>)
                 else {
@@ -716,7 +1008,7 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
                     if claiming {
                         let (script, mut conn, keys) =
                             (claim_script.clone(), conn.clone(), keys.clone());
-                        tokio::spawn(async move {
+                        running.spawn(async move {
                             let _ =
                                 claim::claim(&script, &mut conn, &keys, EVENT, &ready.session_id)
                                     .await;
@@ -725,6 +1017,13 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
                     continue;
                 }
                 let wait = Duration::from_millis(spread.draw(time_ms, rng.next_f64()) as u64);
+                // Drawn only when failures are played, so that a run without them
+                // draws as it always did.
+                let fail_roll = if failing.is_some() {
+                    rng.next_f64()
+                } else {
+                    1.0
+                };
                 let (producer, completed, users) =
                     (producer.clone(), completed.clone(), users.clone());
                 let (script, mut conn, keys, refused) = (
@@ -733,7 +1032,7 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
                     keys.clone(),
                     claims_refused.clone(),
                 );
-                tokio::spawn(async move {
+                running.spawn(async move {
                     if claiming {
                         let answer =
                             claim::claim(&script, &mut conn, &keys, EVENT, &ready.session_id).await;
@@ -744,14 +1043,25 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
                     }
                     tokio::time::sleep(wait).await;
                     let done_ms = clock::now_ms();
-                    let body = serde_json::json!({
-                        "session_id": ready.session_id, "event_id": ready.event_id, "outcome": "completed"
-                    })
-                    .to_string();
+                    // Fails when it ends within the phase, for a share of the users.
+                    let fails = failing.is_some_and(|(phase, share)| {
+                        fail_roll < share && phase.contains(opened.elapsed())
+                    });
+                    let mut body = serde_json::json!({
+                        "session_id": ready.session_id, "event_id": ready.event_id,
+                        "outcome": if fails { "failed" } else { "completed" }
+                    });
+                    if buying && !fails {
+                        body["quantity"] = serde_json::json!(1);
+                    }
+                    let body = body.to_string();
                     let rec = FutureRecord::to("CHECKOUT_COMPLETED")
                         .key(&ready.session_id)
                         .payload(&body);
                     if producer.send(rec, Duration::from_secs(5)).await.is_ok() {
+                        if fails {
+                            return; // the worker counts it (failed_total)
+                        }
                         completed.fetch_add(1, Ordering::Relaxed);
                         if let Some(i) = user {
                             users.completed_ms[i].store(done_ms, Ordering::Relaxed);
@@ -759,6 +1069,7 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
                     }
                 });
             }
+            running.shutdown().await;
         })
     };
 
@@ -776,15 +1087,37 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
     } else {
         ProgressBar::hidden()
     };
+    // A line of its own for what happens (the phase, the valve, the sell-out):
+    // above the bar on a terminal, between the progress lines otherwise.
+    let say = |line: String| {
+        if tty {
+            bar.println(line);
+        } else {
+            eprintln!("{line}");
+        }
+    };
+    let at = || format!("{:>5.1}s", started.elapsed().as_secs_f64());
     let mut peak = 0u64;
     let mut ticker = tokio::time::interval(Duration::from_millis(50));
     let mut printed = Instant::now();
     let mut last_second = (Instant::now(), 0u64);
     let mut per_second = 0u64;
+    let mut queued_left = 0u64;
+    let mut interrupted = None;
+    let mut in_phase = false;
+    let mut valve_reason: Option<String> = None;
+    let mut valve_low: Option<u64> = None;
+    let mut stock_left: Option<u64> = None;
+    let mut sold_out_at: Option<(Instant, f64)> = None;
+    let mut sold_out_shown = 0usize;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = listener.recv() => break,
+            sig = &mut interrupt => {
+                interrupted = Some(sig);
+                break;
+            }
         }
         let (queued, in_checkout): (u64, u64) = redis::pipe()
             .cmd("ZCARD")
@@ -793,28 +1126,110 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
             .arg(keys.processing(EVENT))
             .query_async(&mut conn)
             .await?;
+        queued_left = queued;
         peak = peak.max(in_checkout);
         let admitted = Stats::get(&stats.admitted);
         if last_second.0.elapsed() >= Duration::from_secs(1) {
             per_second = admitted.saturating_sub(last_second.1);
             last_second = (Instant::now(), admitted);
         }
+        let failed = if adaptive {
+            failed_total(&mut conn, &keys).await
+        } else {
+            0
+        };
+        if a.stock.is_some() {
+            stock_left = redis::cmd("HGET")
+                .arg(keys.config(EVENT))
+                .arg("stock")
+                .query_async(&mut conn)
+                .await?;
+        }
+        // What the worker's last pass saw: the effective capacity and the valve.
+        let snap = (adaptive || a.stock.is_some())
+            .then(|| stats.events().remove(EVENT))
+            .flatten();
+        if adaptive {
+            let now_in = a.fail_phase.contains(opened.elapsed());
+            if now_in != in_phase {
+                in_phase = now_in;
+                say(if now_in {
+                    format!(
+                        "demo: {} checkout starts failing: {:.0}% of completions fail until {}",
+                        at(),
+                        a.fail_rate * 100.0,
+                        humantime::format_duration(a.fail_phase.to)
+                    )
+                } else {
+                    format!("demo: {} checkout healthy again", at())
+                });
+            }
+            // Each move is also a line of the worker's own ("checkout valve moved",
+            // at WARN, which the demo shows).
+            if let Some(v) = snap.as_ref().and_then(|s| s.valve.as_ref()) {
+                valve_low = Some(valve_low.map_or(v.capacity, |l| l.min(v.capacity)));
+                valve_reason = Some(v.reason.clone());
+            }
+        }
+        if stock_left == Some(0) && sold_out_at.is_none() {
+            sold_out_at = Some((Instant::now(), opened.elapsed().as_secs_f64()));
+            say(format!(
+                "demo: {} SOLD OUT: stock 0; the {queued} still waiting are sold out before \
+                 their turn; the worker admits nobody more and announces EVENT_SOLD_OUT",
+                at()
+            ));
+        }
+        let announced = {
+            let seen = lock(&sold_out_seen);
+            for (key, value) in seen.iter().skip(sold_out_shown) {
+                say(format!(
+                    "demo: {} EVENT_SOLD_OUT read from Kafka: key {key}, value {value}",
+                    at()
+                ));
+            }
+            sold_out_shown = seen.len();
+            seen.len()
+        };
         // Everyone left the queue (admitted, or skipped as gone or invalid) and
-        // every slot came back.
+        // every slot came back; or sold out, announced, and checkout empty.
         let through = admitted + Stats::get(&stats.left_queue) + Stats::get(&stats.skipped);
-        let done = queued == 0 && in_checkout == 0 && through as usize >= a.users;
+        let sold_out_end = sold_out_at.is_some_and(|(t, _)| {
+            in_checkout == 0 && (announced > 0 || t.elapsed() >= SOLD_OUT_WAIT)
+        });
+        let done = (queued == 0 && in_checkout == 0 && through as usize >= a.users) || sold_out_end;
+        let shown_capacity = match &snap {
+            Some(s) => s.capacity,
+            None => a.capacity,
+        };
         let mut msg = format!(
-            "| last second {per_second} admitted | queued {queued} | in checkout {in_checkout}/{} | completed {} | expired {}",
-            a.capacity,
-            Stats::get(&stats.released),
-            Stats::get(&stats.expired),
+            "| last second {per_second} admitted | queued {queued} | in checkout {in_checkout}/{}",
+            shown_capacity
         );
+        if let Some(reason) = &valve_reason {
+            msg.push_str(&format!(" (valve: {reason}, max {})", a.capacity));
+        }
+        msg.push_str(&format!(
+            " | completed {} | expired {}",
+            Stats::get(&stats.released).saturating_sub(failed),
+            Stats::get(&stats.expired),
+        ));
         if gone || claiming || polling {
             msg.push_str(&format!(
                 " | no-shows {} | left queue {}",
                 Stats::get(&stats.no_shows),
                 Stats::get(&stats.left_queue)
             ));
+        }
+        if adaptive {
+            msg.push_str(&format!(" | failed {failed}"));
+            if in_phase {
+                msg.push_str(&format!(" (failing {:.0}%)", a.fail_rate * 100.0));
+            }
+        }
+        match stock_left {
+            Some(0) => msg.push_str(" | stock 0 SOLD OUT"),
+            Some(n) => msg.push_str(&format!(" | stock {n}")),
+            None => {}
         }
         bar.set_position(admitted);
         bar.set_message(msg.clone());
@@ -830,16 +1245,23 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
             break;
         }
     }
-    bar.finish();
+    if interrupted.is_some() || sold_out_at.is_some() {
+        bar.abandon(); // as far as it got, not full
+    } else {
+        bar.finish();
+    }
     let seconds = started.elapsed().as_secs_f64();
     trigger.trigger();
-    let _ = worker_task.await;
-    let _ = checkout.await;
+    let _ = tokio::time::timeout(TASK_GRACE, worker_task).await;
+    let _ = tokio::time::timeout(TASK_GRACE, checkout).await;
     if let Some(t) = seen_task {
-        let _ = t.await;
+        let _ = tokio::time::timeout(TASK_GRACE, t).await;
     }
     if let Some(t) = probe_task {
-        let _ = t.await;
+        let _ = tokio::time::timeout(TASK_GRACE, t).await;
+    }
+    if let Some(t) = sold_out_task {
+        let _ = tokio::time::timeout(TASK_GRACE, t).await;
     }
     let mut samples = stats.refill_samples();
     samples.sort_by(f64::total_cmp);
@@ -891,13 +1313,19 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
         })
         .collect();
 
+    let final_valve = stats.events().remove(EVENT).and_then(|s| s.valve);
+    let failed = if adaptive {
+        failed_total(&mut conn, &keys).await
+    } else {
+        0
+    };
     let summary = Summary {
         refill_p50: quantile(&samples, 0.5),
         refill_p99: quantile(&samples, 0.99),
         users: a.users,
         seconds,
         admitted: Stats::get(&stats.admitted),
-        completed: Stats::get(&stats.released),
+        completed: Stats::get(&stats.released).saturating_sub(failed),
         expired: Stats::get(&stats.expired),
         peak,
         bad_tokens: bad_tokens.load(Ordering::Relaxed),
@@ -910,20 +1338,50 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
         stayers_served_seconds,
         probes,
         probes_on_leavers,
+        failed,
+        valve_low,
+        stock_left,
+        sold_out_seconds: sold_out_at.map(|(_, s)| s),
+        still_queued: queued_left,
+        sold_out_messages: lock(&sold_out_seen).clone(),
+        interrupted,
     };
-    eprintln!(
-        "demo: {} users through checkout in {:.1}s ({:.0} admissions/s); {} completed, {} expired; \
-         peak {} in checkout with {} slots (capacity never exceeded: {}); {} tokens failed verification",
-        summary.users,
-        summary.seconds,
-        summary.admitted as f64 / summary.seconds.max(1e-3),
-        summary.completed,
-        summary.expired,
-        summary.peak,
-        a.capacity,
-        summary.peak <= a.capacity,
-        summary.bad_tokens,
-    );
+    if let Some(sig) = &summary.interrupted {
+        eprintln!(
+            "demo: {sig}: stopped {:.1}s after the sale opened; the summary so far",
+            summary.seconds
+        );
+    }
+    if summary.interrupted.is_some() || summary.sold_out_seconds.is_some() {
+        eprintln!(
+            "demo: {} of {} users admitted in {:.1}s ({:.0} admissions/s); {} completed, {} expired; \
+             peak {} in checkout with {} slots (capacity never exceeded: {}); {} tokens failed verification",
+            summary.admitted,
+            summary.users,
+            summary.seconds,
+            summary.admitted as f64 / summary.seconds.max(1e-3),
+            summary.completed,
+            summary.expired,
+            summary.peak,
+            a.capacity,
+            summary.peak <= a.capacity,
+            summary.bad_tokens,
+        );
+    } else {
+        eprintln!(
+            "demo: {} users through checkout in {:.1}s ({:.0} admissions/s); {} completed, {} expired; \
+             peak {} in checkout with {} slots (capacity never exceeded: {}); {} tokens failed verification",
+            summary.users,
+            summary.seconds,
+            summary.admitted as f64 / summary.seconds.max(1e-3),
+            summary.completed,
+            summary.expired,
+            summary.peak,
+            a.capacity,
+            summary.peak <= a.capacity,
+            summary.bad_tokens,
+        );
+    }
     match (summary.refill_p50, summary.refill_p99) {
         (Some(p50), Some(p99)) => eprintln!(
             "demo: refill latency (slot freed by a completion -> next admission): p50 {:.2} ms, p99 {:.2} ms over {} refills",
@@ -954,6 +1412,27 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
         summary.stayers_dropped,
         summary.claims_refused,
     );
+    if adaptive {
+        eprintln!(
+            "demo: checkout failed {} times ({:.0}% of completions from {} to {}); the valve \
+             took the effective capacity from {} down to {} and it ended at {}",
+            summary.failed,
+            a.fail_rate * 100.0,
+            humantime::format_duration(a.fail_phase.from),
+            humantime::format_duration(a.fail_phase.to),
+            a.capacity,
+            summary
+                .valve_low
+                .map_or_else(|| "-".to_owned(), |l| l.to_string()),
+            final_valve.map_or_else(
+                || "-".to_owned(),
+                |v| format!("{} ({})", v.capacity, v.reason)
+            ),
+        );
+    }
+    if let Some(stock) = a.stock {
+        print_stock(&summary, stock, Stats::get(&stats.sold_out_announced));
+    }
     if let Some(plan) = &a.wait_probe {
         print_probes(&summary, plan);
     }
@@ -964,6 +1443,40 @@ pub async fn run(a: DemoOptions) -> Result<Summary, DemoError> {
         });
     }
     Ok(summary)
+}
+
+/// The sell-out (or the stock left) and the EVENT_SOLD_OUT messages read.
+fn print_stock(s: &Summary, stock: u64, announced: u64) {
+    let left = s.stock_left.unwrap_or(stock);
+    match s.sold_out_seconds {
+        Some(t) => eprintln!(
+            "demo: sold out {t:.1}s after the sale opened: {} tickets sold; {} waiters sold out \
+             before their turn",
+            stock.saturating_sub(left),
+            s.still_queued
+        ),
+        None => eprintln!(
+            "demo: {} of {stock} tickets sold, {left} left: not sold out",
+            stock.saturating_sub(left)
+        ),
+    }
+    if s.sold_out_seconds.is_some() || !s.sold_out_messages.is_empty() {
+        eprintln!(
+            "demo: EVENT_SOLD_OUT: the worker announced {announced}, the demo read {} from Kafka{}",
+            s.sold_out_messages.len(),
+            if s.sold_out_messages.is_empty() {
+                format!(
+                    " (none within {}s of the sell-out)",
+                    SOLD_OUT_WAIT.as_secs()
+                )
+            } else {
+                String::new()
+            }
+        );
+        for (key, value) in &s.sold_out_messages {
+            eprintln!("demo:   key {key}, value {value}");
+        }
+    }
 }
 
 /// The probes' table and, per position, the median, p90 and max of |error|.
@@ -1010,6 +1523,66 @@ fn print_probes(s: &Summary, plan: &WaitProbe) {
                 errors.len()
             ),
             _ => eprintln!("demo: position {position}: no probe"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fail_phase_reads_from_to_and_holds_from_its_start_to_before_its_end() {
+        let p: FailPhase = "20s..40s".parse().expect("parses");
+        assert_eq!(
+            p,
+            FailPhase {
+                from: Duration::from_secs(20),
+                to: Duration::from_secs(40)
+            }
+        );
+        assert!(!p.contains(Duration::from_millis(19_999)));
+        assert!(p.contains(Duration::from_secs(20)));
+        assert!(p.contains(Duration::from_millis(39_999)));
+        assert!(!p.contains(Duration::from_secs(40)));
+        let ms: FailPhase = "500ms .. 1m".parse().expect("spaces and units");
+        assert_eq!(ms.to, Duration::from_secs(60));
+        for bad in ["20s", "40s..20s", "5s..5s", "x..10s", "5s..", ""] {
+            assert!(bad.parse::<FailPhase>().is_err(), "{bad:?} refused");
+        }
+    }
+
+    #[test]
+    fn settings_out_of_range_are_refused_before_anything_starts() {
+        let ok = DemoOptions {
+            stock: Some(10),
+            fail_rate: 1.0,
+            ..DemoOptions::default()
+        };
+        assert!(check(&ok).is_ok());
+        for bad in [
+            DemoOptions {
+                stock: Some(0),
+                ..DemoOptions::default()
+            },
+            DemoOptions {
+                fail_rate: 1.5,
+                ..DemoOptions::default()
+            },
+            DemoOptions {
+                fail_rate: -0.1,
+                ..DemoOptions::default()
+            },
+            DemoOptions {
+                fail_rate: 0.5,
+                fail_phase: FailPhase {
+                    from: Duration::from_secs(9),
+                    to: Duration::from_secs(3),
+                },
+                ..DemoOptions::default()
+            },
+        ] {
+            assert!(matches!(check(&bad), Err(DemoError::Setting(_))), "{bad:?}");
         }
     }
 }

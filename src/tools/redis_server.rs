@@ -5,6 +5,30 @@
 //!
 //! What the tests need of a server is here too: an append-only file, a password,
 //! TLS, a stop (SIGKILL), a restart after one, and a graceful restart (SIGTERM).
+//!
+//! # Never left behind
+//!
+//! Every process started here is stopped however the process that started it ends:
+//!
+//! - Portable: each server belongs to a value ([`PrivateRedis`], [`PrivateCluster`],
+//!   [`PrivateSentinel`]) whose `Drop` kills and reaps it and removes its directory.
+//!   That covers a normal end, an error (returned up through the owner), and a panic
+//!   that unwinds. The demo and the bench also catch SIGINT and SIGTERM, stop, and
+//!   return normally (src/cli), so their `Drop`s run then too.
+//! - Linux, for what `Drop` cannot cover (SIGKILL of the parent, a panic with
+//!   `panic = "abort"`, `std::process::exit`, an uncaught signal): each child is
+//!   started with `prctl(PR_SET_PDEATHSIG, SIGKILL)`, so the kernel kills it when its
+//!   parent dies. Linux counts the *thread* that forked as the parent, so children
+//!   are forked by one thread that lives as long as the process (`spawn_owned`):
+//!   forked from a short-lived thread (a test's helper thread, a `spawn_blocking`
+//!   task), a server would be killed when that thread ends. Each child is
+//!   also put in a process group of its own, so a Ctrl-C at the terminal (SIGINT to
+//!   the whole foreground group) reaches the demo alone, which stops its servers
+//!   itself after its summary, instead of the servers vanishing under it; with the
+//!   death signal behind it, that never leaves one running.
+//!
+//! Elsewhere (macOS, ...) only the portable part applies: a SIGKILLed parent leaves
+//! its servers running there.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -145,14 +169,12 @@ impl PrivateRedis {
                 .arg(&tls.ca)
                 .args(["--tls-auth-clients", "yes"]);
         }
-        let child = cmd
-            .arg("--dir")
+        cmd.arg("--dir")
             .arg(&self.dir)
             .args(["--daemonize", "no"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(ServerError::Missing)?;
+            .stderr(Stdio::null());
+        let child = spawn_owned(cmd).map_err(ServerError::Missing)?;
         let url = self.url();
         // Kept even when it does not answer, so that drop stops it.
         let child = self.child.insert(child);
@@ -169,6 +191,11 @@ impl PrivateRedis {
             Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
             None => format!("redis://127.0.0.1:{}", self.port),
         }
+    }
+
+    /// The process id of the running server, if it runs (not after [`stop`](Self::stop)).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Its `rediss://` URL, when it speaks TLS.
@@ -301,13 +328,12 @@ impl PrivateSentinel {
                     bed.master.port
                 ),
             )?;
-            let mut child = Command::new("redis-server")
-                .arg(&conf)
+            let mut cmd = Command::new("redis-server");
+            cmd.arg(&conf)
                 .arg("--sentinel")
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(ServerError::Missing)?;
+                .stderr(Stdio::null());
+            let mut child = spawn_owned(cmd).map_err(ServerError::Missing)?;
             let up = wait_until_up(
                 &mut child,
                 &format!("redis://127.0.0.1:{port}"),
@@ -417,6 +443,86 @@ impl Drop for PrivateSentinel {
     }
 }
 
+/// Start `cmd` as a child that cannot outlive this process (see the module's
+/// documentation, "Never left behind"). On Linux: in a process group of its own,
+/// with SIGKILL as its parent-death signal, forked by one thread that lives as
+/// long as the process; elsewhere a plain spawn.
+pub(crate) fn spawn_owned(cmd: Command) -> std::io::Result<Child> {
+    #[cfg(target_os = "linux")]
+    {
+        linux::spawn(cmd)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let mut cmd = cmd;
+        cmd.spawn()
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use std::io;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Child, Command};
+    use std::sync::{OnceLock, mpsc};
+
+    type Job = (Command, mpsc::Sender<io::Result<Child>>);
+
+    /// The thread every child is forked from: started on first use, never ended
+    /// (it waits on a channel whose sender is in a static), so the kernel's
+    /// "parent" of each child is gone only when the whole process is.
+    fn spawner() -> Option<&'static mpsc::Sender<Job>> {
+        static SPAWNER: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
+        SPAWNER
+            .get_or_init(|| {
+                let (tx, rx) = mpsc::channel::<Job>();
+                std::thread::Builder::new()
+                    .name("child-spawner".into())
+                    .spawn(move || {
+                        for (mut cmd, reply) in rx {
+                            let _ = reply.send(cmd.spawn());
+                        }
+                    })
+                    .ok()?;
+                Some(tx)
+            })
+            .as_ref()
+    }
+
+    pub(super) fn spawn(mut cmd: Command) -> io::Result<Child> {
+        let parent = std::process::id();
+        cmd.process_group(0);
+        // SAFETY: the hook runs in the child between fork and exec, where only
+        // async-signal-safe calls are allowed: prctl and getppid are plain system
+        // calls, and the errors are made without allocating.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) == -1
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                // The parent died between fork and prctl: the signal will never
+                // come, so do not become a server nobody owns.
+                if libc::getppid() as u32 != parent {
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+        let gone = || io::Error::other("the thread that starts child processes is gone");
+        let spawner = spawner().ok_or_else(gone)?;
+        let (tx, rx) = mpsc::channel();
+        spawner.send((cmd, tx)).map_err(|_| gone())?;
+        rx.recv().map_err(|_| gone())?
+    }
+}
+
 /// What a starting redis-server did.
 #[derive(Debug, PartialEq, Eq)]
 enum Up {
@@ -513,13 +619,16 @@ impl PrivateCluster {
         for i in 0..cluster.ports.len() {
             cluster.spawn(i)?;
         }
-        let out = Command::new("redis-cli")
+        let mut create = Command::new("redis-cli");
+        create
             .arg("--cluster")
             .arg("create")
             .args(cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")))
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .stdin(Stdio::null())
-            .output()?;
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = spawn_owned(create)?.wait_with_output()?;
         if !out.status.success() {
             return Err(ServerError::ClusterCreate(
                 String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -550,8 +659,8 @@ impl PrivateCluster {
         let port = self.ports[i];
         let node_dir = self.dir.join(port.to_string());
         std::fs::create_dir_all(&node_dir)?;
-        let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--cluster-port", &self.bus_ports[i].to_string()])
             .args([
                 "--cluster-enabled",
@@ -567,9 +676,8 @@ impl PrivateCluster {
             .arg("--dir")
             .arg(&node_dir)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(ServerError::Missing)?;
+            .stderr(Stdio::null());
+        let mut child = spawn_owned(cmd).map_err(ServerError::Missing)?;
         // A node that exits (a port taken after all) fails at once, not after 10 s.
         let answered =
             wait_until_up(&mut child, &self.url(i), Duration::from_secs(10)) == Up::Answered;
