@@ -16,8 +16,14 @@ use crate::model::keys::Keys;
 use crate::model::wait_estimate::{Estimator, Figures, Sample, WINDOW_MS};
 use crate::redis::scripts::admit::AdmitOutcome;
 
-/// How often an event's figures are written (and so how stale `updated_at` gets).
+/// How often an event's figures are written while anyone waits or holds a slot
+/// (and so how stale `updated_at` gets).
 pub(crate) const STATS_EVERY_MS: u64 = 2_000;
+
+/// How often an idle event's (nobody waiting, no slot in use) figures are written:
+/// their numbers hardly move, and with thousands of idle events a write every 2 s
+/// would cost Redis work on every pass for nothing.
+pub(crate) const IDLE_STATS_EVERY_MS: u64 = 30_000;
 
 /// The stats hash outlives its last write by this much, so a retired event's figures
 /// go away by themselves, while a served one's is rewritten long before.
@@ -86,7 +92,13 @@ impl WaitStats {
     pub(crate) fn due(&mut self, now_ms: u64) -> Vec<(String, Figures)> {
         let mut out = Vec::new();
         for (event, t) in &mut self.events {
-            if now_ms < t.written_ms.saturating_add(STATS_EVERY_MS) {
+            let idle = t.last.queue_length == 0 && t.last.in_use == 0;
+            let every = if idle {
+                IDLE_STATS_EVERY_MS
+            } else {
+                STATS_EVERY_MS
+            };
+            if now_ms < t.written_ms.saturating_add(every) {
                 continue;
             }
             if !t.fresh && now_ms > t.last.at_ms {
@@ -140,4 +152,44 @@ pub(crate) fn pipeline(keys: &Keys, figures: &[(String, Figures)], now_ms: u64) 
             .ignore();
     }
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(now_ms: u64, queue_length: u64, in_use: u64) -> AdmitOutcome {
+        AdmitOutcome {
+            now_ms,
+            queue_length,
+            in_use,
+            capacity: 10,
+            ..AdmitOutcome::default()
+        }
+    }
+
+    fn due_events(w: &mut WaitStats, now_ms: u64) -> Vec<String> {
+        let mut v: Vec<String> = w.due(now_ms).into_iter().map(|(e, _)| e).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn busy_events_are_written_every_2s_and_idle_ones_every_30s() {
+        let mut w = WaitStats::new(Duration::from_secs(900));
+        let t0 = 1_700_000_000_000;
+        w.observe("busy", &outcome(t0, 50, 10));
+        w.observe("idle", &outcome(t0, 0, 0));
+        assert_eq!(due_events(&mut w, t0), vec!["busy", "idle"]);
+        w.observe("busy", &outcome(t0 + 1_000, 49, 10));
+        assert!(due_events(&mut w, t0 + 1_500).is_empty());
+        assert_eq!(due_events(&mut w, t0 + 2_000), vec!["busy"]);
+        assert_eq!(due_events(&mut w, t0 + 4_000), vec!["busy"]);
+        assert_eq!(due_events(&mut w, t0 + 30_000), vec!["busy", "idle"]);
+        // Someone joins the idle event: every 2 s again.
+        w.observe("idle", &outcome(t0 + 31_000, 3, 0));
+        assert_eq!(due_events(&mut w, t0 + 32_000), vec!["busy", "idle"]);
+        w.forget("busy");
+        assert_eq!(due_events(&mut w, t0 + 34_000), vec!["idle"]);
+    }
 }
