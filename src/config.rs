@@ -795,7 +795,12 @@ pub struct ConfigBuilder {
     sold_out_topic: String,
     adaptive: bool,
     min_concurrent_percent: u64,
-    valve: ValveSettings,
+    valve_interval: Duration,
+    valve_fail_threshold: f64,
+    valve_slow_factor: f64,
+    valve_min_completions: u64,
+    valve_cut: f64,
+    valve_step_up: f64,
     publish_timeout: Duration,
     completed_topic: String,
     consumer_group: String,
@@ -844,7 +849,12 @@ impl Default for ConfigBuilder {
             sold_out_topic: "EVENT_SOLD_OUT".into(),
             adaptive: false,
             min_concurrent_percent: 10,
-            valve: ValveSettings::default(),
+            valve_interval: ValveSettings::default().interval,
+            valve_fail_threshold: ValveSettings::default().fail_threshold,
+            valve_slow_factor: ValveSettings::default().slow_factor,
+            valve_min_completions: ValveSettings::default().min_completions,
+            valve_cut: ValveSettings::default().cut,
+            valve_step_up: ValveSettings::default().step_up,
             publish_timeout: Duration::from_secs(10),
             completed_topic: "CHECKOUT_COMPLETED".into(),
             consumer_group: "waitroom-worker".into(),
@@ -912,43 +922,6 @@ macro_rules! setters {
 }
 
 impl ConfigBuilder {
-    /// The valve: one step per this much time (default 5s).
-    pub fn valve_interval(mut self, d: Duration) -> Self {
-        self.valve.interval = d;
-        self
-    }
-
-    /// The valve cuts when more than this share of completions failed (default 0.2).
-    pub fn valve_fail_threshold(mut self, share: f64) -> Self {
-        self.valve.fail_threshold = share;
-        self
-    }
-
-    /// The valve cuts when checkout takes longer than the baseline times this
-    /// (default 2.0).
-    pub fn valve_slow_factor(mut self, factor: f64) -> Self {
-        self.valve.slow_factor = factor;
-        self
-    }
-
-    /// Completions a valve step needs to be judged (default 5).
-    pub fn valve_min_completions(mut self, n: u64) -> Self {
-        self.valve.min_completions = n;
-        self
-    }
-
-    /// A valve cut multiplies the capacity by this (default 0.5).
-    pub fn valve_cut(mut self, share: f64) -> Self {
-        self.valve.cut = share;
-        self
-    }
-
-    /// A healthy valve step adds this share of max_concurrent (default 0.1).
-    pub fn valve_step_up(mut self, share: f64) -> Self {
-        self.valve.step_up = share;
-        self
-    }
-
     /// How refusals name the settings (default: these methods' names).
     pub fn naming(mut self, naming: &'static dyn Naming) -> Self {
         self.naming = naming;
@@ -1074,6 +1047,19 @@ impl ConfigBuilder {
         adaptive: bool => adaptive = adaptive;
         /// The valve's floor, percent of the capacity (default 10).
         min_concurrent_percent: u64 => min_concurrent_percent = min_concurrent_percent;
+        /// The valve: one step per this much time (default 5s).
+        valve_interval: Duration => valve_interval = valve_interval;
+        /// The valve cuts when more than this share of completions failed (default 0.2).
+        valve_fail_threshold: f64 => valve_fail_threshold = valve_fail_threshold;
+        /// The valve cuts when checkout takes longer than the baseline times this
+        /// (default 2.0).
+        valve_slow_factor: f64 => valve_slow_factor = valve_slow_factor;
+        /// Completions a valve step needs to be judged (default 5).
+        valve_min_completions: u64 => valve_min_completions = valve_min_completions;
+        /// A valve cut multiplies the capacity by this (default 0.5).
+        valve_cut: f64 => valve_cut = valve_cut;
+        /// A healthy valve step adds this share of max_concurrent (default 0.1).
+        valve_step_up: f64 => valve_step_up = valve_step_up;
         /// How long Kafka may take to acknowledge a message (default 10s).
         publish_timeout: Duration => publish_timeout = publish_timeout;
         /// Topic of the completion messages (default `CHECKOUT_COMPLETED`).
@@ -1210,7 +1196,14 @@ impl ConfigBuilder {
                 "must be between 1 and 100",
             ));
         }
-        let v = &self.valve;
+        let v = ValveSettings {
+            interval: self.valve_interval,
+            fail_threshold: self.valve_fail_threshold,
+            slow_factor: self.valve_slow_factor,
+            min_completions: self.valve_min_completions,
+            cut: self.valve_cut,
+            step_up: self.valve_step_up,
+        };
         if v.interval < Duration::from_millis(100) {
             return Err(invalid(name(ValveInterval), "must be at least 100ms"));
         }
@@ -1462,7 +1455,7 @@ impl ConfigBuilder {
                 waiter_idle_timeout: self.waiter_idle_timeout,
                 adaptive: self.adaptive,
                 min_concurrent_percent: self.min_concurrent_percent,
-                valve: self.valve,
+                valve: v,
             },
             signer,
             outbox: OutboxConfig {

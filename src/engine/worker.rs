@@ -984,9 +984,6 @@ impl Worker {
                             adaptive: outcome.adaptive,
                         },
                     );
-                    if let Some((at, queue_length)) = outcome.announce {
-                        self.announcer.spawn(event.to_owned(), at, queue_length);
-                    }
                     applied.drained = !served
                         && outcome.in_use == 0
                         && outcome.deadlines == 0
@@ -1157,6 +1154,11 @@ impl Worker {
         entries: Vec<Vec<u8>>,
         in_flight: u64,
     ) -> Vec<OutboxEntry> {
+        // A sell-out this call recorded is this worker's to announce, whichever path
+        // admitted (a pass, or a refill: how stock usually reaches 0).
+        if let Some((at, queue_length)) = outcome.announce {
+            self.announcer.spawn(event.to_owned(), at, queue_length);
+        }
         self.report_invalid_config(event, &outcome.invalid_config);
         self.report_hold(event, outcome);
         self.note_repaired(&outcome.repaired);
@@ -1390,11 +1392,6 @@ impl Worker {
         .await
         .map_err(EventError::Admit)?;
         self.time.observe(outcome.now_ms);
-        // A sell-out this call recorded is this worker's to announce (refills are
-        // how stock usually reaches 0: a completion took the last units).
-        if let Some((at, queue_length)) = outcome.announce {
-            self.announcer.spawn(event.to_owned(), at, queue_length);
-        }
         let entries = self
             .note_admitted(event, &outcome, outcome.entries.clone(), in_flight)
             .await;

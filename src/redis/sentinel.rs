@@ -70,14 +70,6 @@ impl SentinelConn {
         Ok(SentinelConn { inner })
     }
 
-    /// The master's address as last resolved (`host:port`).
-    pub fn master_addr(&self) -> String {
-        match self.inner.current.read() {
-            Ok(c) => c.0.clone(),
-            Err(p) => p.into_inner().0.clone(),
-        }
-    }
-
     fn manager(&self) -> ConnectionManager {
         match self.inner.current.read() {
             Ok(c) => c.1.clone(),
