@@ -58,40 +58,13 @@ async fn a_failover_mid_sale_forgets_nothing_published() {
     .await;
 
     // The checkout service: each told user completes 150 ms later.
+    let checkout = CheckoutLoop::start(
+        &kafka.bootstrap,
+        EVENT,
+        Duration::from_millis(150),
+        || "completed",
+    );
     let stop = Arc::new(AtomicBool::new(false));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let reader = {
-        let (bootstrap, stop) = (kafka.bootstrap.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut reader = TopicReader::new(&bootstrap, TOPIC);
-            let mut done = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let seen = reader.read_for(Duration::from_millis(50));
-                for m in &seen[done..] {
-                    let _ = tx.send(m.key.clone());
-                }
-                done = seen.len();
-            }
-            reader.messages
-        })
-    };
-    let checkout = {
-        let bootstrap = kafka.bootstrap.clone();
-        tokio::spawn(async move {
-            let service = Arc::new(CheckoutService::new(&bootstrap));
-            let mut seen = HashSet::new();
-            while let Some(sid) = rx.recv().await {
-                if !seen.insert(sid.clone()) {
-                    continue;
-                }
-                let service = service.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(150)).await;
-                    service.complete(&sid, Some(EVENT), "completed").await;
-                });
-            }
-        })
-    };
     // Capacity, watched on whichever server is the master.
     let over = Arc::new(AtomicU64::new(0));
     let watcher = {
@@ -171,8 +144,7 @@ async fn a_failover_mid_sale_forgets_nothing_published() {
     .await;
     stop.store(true, Ordering::Relaxed);
     watcher.await.expect("watcher");
-    let messages = reader.join().expect("reader");
-    checkout.abort();
+    let messages = checkout.stop();
 
     assert_eq!(over.load(Ordering::Relaxed), 0, "capacity exceeded");
     // One token per user across every QUEUE_READY (duplicates carry the same one).

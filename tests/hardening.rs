@@ -35,17 +35,8 @@ const UNTOLD: u64 = 1 << 50;
 
 fn admit_args(capacity: u64, batch: u64, window: Duration) -> AdmitArgs {
     AdmitArgs {
-        default_max_concurrent: capacity,
-        default_batch_size: batch,
         checkout_window: window,
-        session_ttl: Duration::from_secs(3600),
-        outbox_lease: Duration::from_secs(60),
-        max_unpublished_age: Duration::from_secs(3600),
-        process_interval: Duration::from_secs(1),
-        claim_window: Duration::ZERO,
-        waiter_idle_timeout: Duration::ZERO,
-        adaptive: false,
-        min_concurrent_percent: 10,
+        ..support::admit_args(capacity, batch)
     }
 }
 

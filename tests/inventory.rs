@@ -23,22 +23,6 @@ const EVENT: &str = "drop";
 const SOLD_OUT: &str = "EVENT_SOLD_OUT";
 const BIN: &str = env!("CARGO_BIN_EXE_waitroom-worker");
 
-fn args(capacity: u64, batch: u64) -> AdmitArgs {
-    AdmitArgs {
-        default_max_concurrent: capacity,
-        default_batch_size: batch,
-        checkout_window: Duration::from_secs(60),
-        session_ttl: Duration::from_secs(3600),
-        outbox_lease: Duration::from_secs(60),
-        max_unpublished_age: Duration::from_secs(3600),
-        process_interval: Duration::from_secs(1),
-        claim_window: Duration::ZERO,
-        waiter_idle_timeout: Duration::ZERO,
-        adaptive: false,
-        min_concurrent_percent: 10,
-    }
-}
-
 async fn admit_once(conn: &mut MultiplexedConnection, a: &AdmitArgs) -> AdmitOutcome {
     admit::admit(&Scripts::new().admit, conn, &keys(), EVENT, a)
         .await
@@ -73,15 +57,15 @@ async fn stock_caps_the_number_in_checkout_and_zero_is_a_sell_out() {
     let k = keys();
     enqueue(&mut conn, EVENT, "s", 10, clock::now_ms() - 60_000).await;
     config(&mut conn, "stock", "3").await;
-    let o = admit_once(&mut conn, &args(10, 10)).await;
+    let o = admit_once(&mut conn, &admit_args(10, 10)).await;
     assert_eq!((o.admitted, o.in_use, o.capacity), (3, 3, 3));
     assert_eq!((o.stock, o.max_capacity), (Some(3), 10));
     assert_eq!(o.announce, None);
-    let o = admit_once(&mut conn, &args(10, 10)).await;
+    let o = admit_once(&mut conn, &admit_args(10, 10)).await;
     assert_eq!(o.admitted, 0, "three in checkout for three units");
 
     config(&mut conn, "stock", "0").await;
-    let o = admit_once(&mut conn, &args(10, 10)).await;
+    let o = admit_once(&mut conn, &admit_args(10, 10)).await;
     assert_eq!(o.held, Hold::SoldOut);
     let (at, waiting) = o.announce.expect("the sell-out handed over to announce");
     assert_eq!(waiting, 7);
@@ -89,12 +73,12 @@ async fn stock_caps_the_number_in_checkout_and_zero_is_a_sell_out() {
     assert_eq!(h["state"], "pending");
     assert_eq!(h["at"], at.to_string());
     // Leased: the next call (any replica) does not announce it again.
-    let o = admit_once(&mut conn, &args(10, 10)).await;
+    let o = admit_once(&mut conn, &admit_args(10, 10)).await;
     assert_eq!((o.held, o.announce), (Hold::SoldOut, None));
 
     // Stock back: admission resumes and the record is gone.
     config(&mut conn, "stock", "5").await;
-    let o = admit_once(&mut conn, &args(10, 10)).await;
+    let o = admit_once(&mut conn, &admit_args(10, 10)).await;
     assert_eq!((o.held, o.admitted), (Hold::No, 2));
     assert!(hgetall(&mut conn, &k.sold_out(EVENT)).await.is_empty());
 }
@@ -175,7 +159,7 @@ async fn quantities_leave_the_stock_exactly_once_under_duplicate_completions() {
     // Never below 0 (Lua level, the same script).
     let s = Scripts::new();
     let ids = enqueue(&mut conn, EVENT, "z", 1, clock::now_ms()).await;
-    admit_once(&mut conn, &args(10, 10)).await;
+    admit_once(&mut conn, &admit_args(10, 10)).await;
     let r = waitroom_worker::scripts::release::release(
         &s.release,
         &mut conn,
@@ -407,38 +391,20 @@ async fn the_valve_closes_on_failures_and_reopens_without_evicting_anyone() {
     let failing = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     // The checkout service: every admitted user finishes 100 ms later, failing or not.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let reader = {
-        let (bootstrap, stop) = (kafka.bootstrap.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut reader = TopicReader::new(&bootstrap, TOPIC);
-            let mut done = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let seen = reader.read_for(Duration::from_millis(50));
-                for m in &seen[done..] {
-                    let _ = tx.send(m.key.clone());
-                }
-                done = seen.len();
-            }
-        })
-    };
     let checkout = {
-        let (bootstrap, failing) = (kafka.bootstrap.clone(), failing.clone());
-        tokio::spawn(async move {
-            let service = Arc::new(CheckoutService::new(&bootstrap));
-            while let Some(sid) = rx.recv().await {
-                let (service, failing) = (service.clone(), failing.clone());
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    let outcome = if failing.load(Ordering::Relaxed) {
-                        "failed"
-                    } else {
-                        "completed"
-                    };
-                    service.complete(&sid, Some(EVENT), outcome).await;
-                });
-            }
-        })
+        let failing = failing.clone();
+        CheckoutLoop::start(
+            &kafka.bootstrap,
+            EVENT,
+            Duration::from_millis(100),
+            move || {
+                if failing.load(Ordering::Relaxed) {
+                    "failed"
+                } else {
+                    "completed"
+                }
+            },
+        )
     };
     // The bounds, watched all along: the valve's cap and the slots in use.
     let (low, high, over) = (
@@ -519,8 +485,7 @@ async fn the_valve_closes_on_failures_and_reopens_without_evicting_anyone() {
     .await;
     stop.store(true, Ordering::Relaxed);
     watcher.await.expect("watcher");
-    reader.join().expect("reader");
-    checkout.abort();
+    checkout.stop();
     assert_eq!(low.load(Ordering::Relaxed), 4, "never below min_concurrent");
     assert_eq!(
         high.load(Ordering::Relaxed),
@@ -565,7 +530,7 @@ async fn priority_share_splits_each_batch_between_the_lanes() {
     let mut seen_p: Vec<String> = Vec::new();
     let mut seen_m: Vec<String> = Vec::new();
     for batch in [10, 10, 3, 1, 1] {
-        let o = admit_once(&mut conn, &args(1000, batch)).await;
+        let o = admit_once(&mut conn, &admit_args(1000, batch)).await;
         let admitted: Vec<String> = o
             .entries
             .iter()
@@ -595,7 +560,7 @@ async fn priority_share_splits_each_batch_between_the_lanes() {
         .query_async(&mut conn)
         .await
         .expect("HDEL");
-    let o = admit_once(&mut conn, &args(1000, 5)).await;
+    let o = admit_once(&mut conn, &admit_args(1000, 5)).await;
     let ids: HashSet<String> = o
         .entries
         .iter()

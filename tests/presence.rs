@@ -23,17 +23,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_waitroom-worker");
 
 fn args(capacity: u64, claim_window: Duration, idle: Duration) -> AdmitArgs {
     AdmitArgs {
-        default_max_concurrent: capacity,
-        default_batch_size: capacity,
-        checkout_window: Duration::from_secs(60),
-        session_ttl: Duration::from_secs(3600),
-        outbox_lease: Duration::from_secs(60),
-        max_unpublished_age: Duration::from_secs(3600),
-        process_interval: Duration::from_secs(1),
         claim_window,
         waiter_idle_timeout: idle,
-        adaptive: false,
-        min_concurrent_percent: 10,
+        ..admit_args(capacity, capacity)
     }
 }
 
@@ -483,35 +475,12 @@ async fn stats_follow_a_change_of_capacity() {
     )
     .await;
     // The checkout service: every admitted user completes 300 ms after admission.
-    // Each checkout on its own, so throughput follows the capacity. The reader
-    // polls in a thread of its own (librdkafka's poll blocks).
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader = {
-        let (bootstrap, stop) = (kafka.bootstrap.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut reader = TopicReader::new(&bootstrap, TOPIC);
-            let mut done = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let seen = reader.read_for(Duration::from_millis(50));
-                for m in &seen[done..] {
-                    let _ = tx.send(m.key.clone());
-                }
-                done = seen.len();
-            }
-        })
-    };
-    let bootstrap = kafka.bootstrap.clone();
-    let checkout = tokio::spawn(async move {
-        let service = std::sync::Arc::new(CheckoutService::new(&bootstrap));
-        while let Some(sid) = rx.recv().await {
-            let service = service.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                service.complete(&sid, Some(EVENT), "completed").await;
-            });
-        }
-    });
+    let checkout = CheckoutLoop::start(
+        &kafka.bootstrap,
+        EVENT,
+        Duration::from_millis(300),
+        || "completed",
+    );
     let wait_of = |conn: &MultiplexedConnection| {
         let mut c = conn.clone();
         let key = k.stats(EVENT);
@@ -565,9 +534,7 @@ async fn stats_follow_a_change_of_capacity() {
             .encode_prometheus()
             .contains("waitroom_wait_ms_per_position{event_id=\"presale\"}")
     );
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    reader.join().expect("reader thread");
-    checkout.abort();
+    checkout.stop();
     w.stop().await;
 }
 

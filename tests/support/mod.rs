@@ -337,6 +337,25 @@ pub fn settings(redis_url: &str, brokers: &str) -> ConfigBuilder {
         .http_addr(Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))))
 }
 
+/// What the admit script is called with in the Lua-level tests: `capacity` and
+/// `batch` by default, a minute's checkout window, an hour's TTL and backpressure
+/// bound, everything of issues 12 and 13 off. A test changes what it needs.
+pub fn admit_args(capacity: u64, batch: u64) -> waitroom_worker::scripts::admit::AdmitArgs {
+    waitroom_worker::scripts::admit::AdmitArgs {
+        default_max_concurrent: capacity,
+        default_batch_size: batch,
+        checkout_window: Duration::from_secs(60),
+        session_ttl: Duration::from_secs(3600),
+        outbox_lease: Duration::from_secs(60),
+        max_unpublished_age: Duration::from_secs(3600),
+        process_interval: Duration::from_secs(1),
+        claim_window: Duration::ZERO,
+        waiter_idle_timeout: Duration::ZERO,
+        adaptive: false,
+        min_concurrent_percent: 10,
+    }
+}
+
 pub fn keys() -> Keys {
     Keys::new("waitroom", KeyLayout::Default)
 }
@@ -443,6 +462,76 @@ impl CheckoutService {
             v["event_id"] = serde_json::Value::from(e);
         }
         self.send_raw(session, v.to_string().as_bytes()).await;
+    }
+}
+
+/// The checkout service as the sale tests play it: every session told on QUEUE_READY
+/// (once, however many copies come) completes `after` later, each on its own (so
+/// throughput follows the capacity), with the outcome `outcome()` gives then. The
+/// topic is read in a thread of its own: librdkafka's poll blocks.
+pub struct CheckoutLoop {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    reader: Option<std::thread::JoinHandle<Vec<Published>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CheckoutLoop {
+    pub fn start(
+        bootstrap: &str,
+        event: &str,
+        after: Duration,
+        outcome: impl Fn() -> &'static str + Send + Sync + 'static,
+    ) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let reader = {
+            let (bootstrap, stop) = (bootstrap.to_owned(), stop.clone());
+            std::thread::spawn(move || {
+                let mut reader = TopicReader::new(&bootstrap, TOPIC);
+                let mut done = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let seen = reader.read_for(Duration::from_millis(50));
+                    for m in &seen[done..] {
+                        let _ = tx.send(m.key.clone());
+                    }
+                    done = seen.len();
+                }
+                reader.messages
+            })
+        };
+        let (bootstrap, event, outcome) =
+            (bootstrap.to_owned(), event.to_owned(), Arc::new(outcome));
+        let task = tokio::spawn(async move {
+            let service = Arc::new(CheckoutService::new(&bootstrap));
+            let mut seen = std::collections::HashSet::new();
+            while let Some(sid) = rx.recv().await {
+                if !seen.insert(sid.clone()) {
+                    continue;
+                }
+                let (service, event, outcome) = (service.clone(), event.clone(), outcome.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    service.complete(&sid, Some(&event), outcome()).await;
+                });
+            }
+        });
+        CheckoutLoop {
+            stop,
+            reader: Some(reader),
+            task,
+        }
+    }
+
+    /// Stop reading and completing; every QUEUE_READY read.
+    pub fn stop(mut self) -> Vec<Published> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let messages = self
+            .reader
+            .take()
+            .map(|r| r.join().expect("the QUEUE_READY reader"))
+            .unwrap_or_default();
+        self.task.abort();
+        messages
     }
 }
 
