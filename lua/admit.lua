@@ -1,5 +1,5 @@
 -- admit.lua: move waiting sessions of one event into checkout, atomically.
--- version: 10
+-- version: 11
 --
 -- One call does, for one event: read the capacity settings (per-event config hash
 -- over the defaults), count the slots in use, look at the head of the priority lane
@@ -77,6 +77,24 @@
 -- ARGV[14] default waiter idle timeout, ms (0 = off)
 -- ARGV[15] 1 when the valve is on by default (the config's adaptive overrides)
 -- ARGV[16] default min_concurrent, percent of the capacity
+-- ARGV[17] 1: signed admissions (the tokens follow; a session is admitted only with
+--          its token, written in the same HSET as status=admitted, so no session is
+--          ever seen admitted without its token); absent or 0: unsigned (the token
+--          is patched in later by set_tokens.lua; tests and the bench's ceiling)
+-- ARGV[18] signed: the admission instant (ms) the tokens were signed for; used as
+--          admitted_ms when within [now - 2000, now + 1000] of Redis's clock, else
+--          no token is used (the reply says short, with Redis's clock)
+-- ARGV[19] signed: the claim window (ms) the tokens were signed with; a token is
+--          used only if the event's effective claim window is the same
+-- ARGV[20] signed: how many waiters to read ahead (the prospects of the reply)
+-- ARGV[21+3k], ARGV[22+3k], ARGV[23+3k]  signed: a session id, the user id its
+--          token was signed for, the token (k = 0, 1, ...)
+--
+-- Signed admissions admit in lane order and stop at the first admissible waiter
+-- without a usable token (short = 1): it stays first in line, and the reply's
+-- prospects name the waiters to sign for next. The prospects are read after the
+-- admissions: the first ARGV[20] (at least the slots still wanted when short) of
+-- each lane, with their user ids.
 --
 -- Rate: new_users_per_minute is enforced by GCRA (the generic cell rate algorithm):
 -- one admission costs T = 60000 / rate ms of "theoretical arrival time" (tat). So
@@ -96,7 +114,8 @@
 --           expired_total, completed_total, checkout_ms_total},
 --          {stock (-1 none), adaptive (0/1), configured capacity (before the valve
 --           and the stock), announce_at (ms, -1 none), announce_queue_length,
---           failed_total} }
+--           failed_total, claim_window (ms, effective), short (0/1)},
+--          {prospects: session id, user id, session id, user id, ... (signed only)} }
 --   capacity (in the counts) is the effective one: the configured capacity capped
 --   by the valve and by the stock.
 --   announce_at: a sell-out this worker must now announce (it holds the lease).
@@ -117,7 +136,8 @@
 --   An outbox entry is the JSON array [session_id, user_id, admitted_ms, deadline_ms]
 --   or, with a claim window, [session_id, user_id, admitted_ms, deadline_ms, claim_by_ms].
 -- Error replies: WRONGTYPE from SCARD/ZCARD when processing, queue or priority hold
---   the wrong type (nothing is written then).
+--   the wrong type (nothing is written then); "ERR waitroom: want 3 ARGV per signed
+--   admission" when the signed ARGV do not come in threes (nothing is written).
 
 -- @include untold
 local queue, priority, processing, config, outbox, deadlines, rate =
@@ -128,6 +148,10 @@ local max_admit, max_scan = tonumber(ARGV[8]), tonumber(ARGV[9])
 local max_unpublished, served = tonumber(ARGV[10]), ARGV[11] == '1'
 local interval_ms = tonumber(ARGV[12])
 local stats = KEYS[8]
+local signed = ARGV[17] == '1'
+if signed and (#ARGV < 20 or (#ARGV - 20) % 3 ~= 0) then
+  return redis.error_reply('ERR waitroom: want 3 ARGV per signed admission')
+end
 
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -196,6 +220,20 @@ if adaptive == 1 then
 end
 -- Units left cap the number in checkout: a buyer buys at least one.
 if stock >= 0 then capacity = math.min(capacity, stock) end
+
+-- Signed: the admission instant is the one the tokens were signed for, if it is
+-- close to Redis's clock and the tokens carry the event's claim window; else no
+-- token is usable (the worker signs again from the reply).
+local stamp_ms, tokens, lookahead, short = now_ms, {}, 0, 0
+if signed then
+  local at, cw = ARGV[18], ARGV[19]
+  lookahead = math.min(tonumber(ARGV[20]) or 0, max_admit)
+  if #at <= 15 and at:match('^%d+$') and tonumber(at) >= now_ms - 2000
+      and tonumber(at) <= now_ms + 1000 and cw == string.format('%d', claim_window) then
+    stamp_ms = tonumber(at)
+    for i = 21, #ARGV, 3 do tokens[ARGV[i]] = { ARGV[i + 1], ARGV[i + 2] } end
+  end
+end
 
 -- Worker-owned keys of the wrong type are moved aside (kept for a look) so they
 -- never jam the event; the API's keys are only checked (an error reply, no write).
@@ -312,15 +350,8 @@ if stock >= 0 then
   end
 end
 local extra = function()
-  return { stock, adaptive, max_capacity, announce_at, announce_len, total[8] }
-end
-
-local want = math.min(capacity - in_use, batch, max_admit)
-if rate_left >= 0 then want = math.min(want, rate_left) end
-if paused == 1 or held ~= 0 or want <= 0 or queue_len + priority_len == 0 then
-  return { {0, 0, in_use, capacity, batch, paused, rate_left, queue_len + priority_len,
-    outbox_len, deadlines_len, next_deadline, held, unpublished_age, now_ms, per_minute,
-    outflow, 0, 0}, invalid, {}, repaired, { unpack(total, 1, 7) }, extra() }
+  return { stock, adaptive, max_capacity, announce_at, announce_len, total[8], claim_window,
+    short }
 end
 
 -- Session and user ids travel in JSON and JWTs, so they must be non-empty UTF-8 of at
@@ -353,6 +384,34 @@ local function utf8_ok(s)
     i = i + len
   end
   return true
+end
+
+-- Signed: the first `n` waiters of each lane with their user ids, read after the
+-- admissions, for the worker to sign for the next call.
+local function prospects(n, p_len, q_len)
+  local out = {}
+  if not signed or not served or n <= 0 then return out end
+  for _, l in ipairs({ { priority, p_len }, { queue, q_len } }) do
+    if l[2] > 0 then
+      for _, sid in ipairs(redis.call('ZRANGE', l[1], 0, n - 1)) do
+        local u = redis.pcall('HGET', session_prefix .. sid, 'user_id')
+        if type(u) == 'string' and utf8_ok(u) and utf8_ok(sid) then
+          out[#out + 1] = sid
+          out[#out + 1] = u
+        end
+      end
+    end
+  end
+  return out
+end
+
+local want = math.min(capacity - in_use, batch, max_admit)
+if rate_left >= 0 then want = math.min(want, rate_left) end
+if paused == 1 or held ~= 0 or want <= 0 or queue_len + priority_len == 0 then
+  return { {0, 0, in_use, capacity, batch, paused, rate_left, queue_len + priority_len,
+    outbox_len, deadlines_len, next_deadline, held, unpublished_age, now_ms, per_minute,
+    outflow, 0, 0}, invalid, {}, repaired, { unpack(total, 1, 7) }, extra(),
+    prospects(lookahead, priority_len, queue_len) }
 end
 
 -- Validate: walk the lanes in order and decide for each member, without writing.
@@ -404,6 +463,10 @@ while #admitted < want and examined < max_scan do
           end
           if idle_timeout > 0 and seen_ms and now_ms - tonumber(seen_ms) > idle_timeout then
             left[#left + 1] = sid
+          elseif signed and (not tokens[sid] or tokens[sid][1] ~= h[2]) then
+            -- No usable token: stop here; this waiter stays first in line.
+            short = 1
+            break
           else
             admitted[#admitted + 1] = sid
             users[#users + 1] = h[2]
@@ -438,9 +501,13 @@ for _, sid in ipairs(dropped) do taken[#taken + 1] = sid end
 for _, sid in ipairs(left) do taken[#taken + 1] = sid end
 for _, sid in ipairs(admitted) do taken[#taken + 1] = sid end
 local waiting = queue_len + priority_len
+local p_left = priority_len
 if #taken > 0 then
   waiting = waiting - chunked('ZREM', queue, taken, 500)
-  if has_priority then waiting = waiting - chunked('ZREM', priority, taken, 500) end
+  if has_priority then
+    local n = chunked('ZREM', priority, taken, 500)
+    waiting, p_left = waiting - n, p_left - n
+  end
 end
 
 if #left > 0 then
@@ -459,35 +526,39 @@ end
 local entries = {}
 if #admitted > 0 then
   chunked('SADD', processing, admitted, 500)
-  -- The deadline is a whole second (the token's exp) at least one window away.
-  local deadline_ms = math.ceil((now_ms + window_ms) / 1000) * 1000
-  local admitted_at = rfc3339(math.floor(now_ms / 1000))
+  -- The deadline is a whole second (the token's exp) at least one window after the
+  -- admission instant (signed: the one the tokens carry, at most 2 s before now).
+  local deadline_ms = math.ceil((stamp_ms + window_ms) / 1000) * 1000
+  local admitted_at = rfc3339(math.floor(stamp_ms / 1000))
   local expires_at = rfc3339(deadline_ms / 1000)
   -- The claim deadline is a whole second too (the token's cby), never past the
   -- checkout deadline.
   local claim_by, claim_at, claim_tail = 0, nil, ''
   if claim_window > 0 then
-    claim_by = math.min(math.ceil((now_ms + claim_window) / 1000) * 1000, deadline_ms)
+    claim_by = math.min(math.ceil((stamp_ms + claim_window) / 1000) * 1000, deadline_ms)
     claim_at = rfc3339(claim_by / 1000)
     claim_tail = ',' .. string.format('%d', claim_by)
   end
-  local admitted_ms = string.format('%d', now_ms)
+  local admitted_ms = string.format('%d', stamp_ms)
   -- Numbers as text once per call, not once per session.
   local due = string.format('%d', now_ms + lease_ms)
-  local untold_score = string.format('%d', UNTOLD + now_ms)
+  local untold_score = string.format('%d', UNTOLD + stamp_ms)
   local times = ',' .. admitted_ms .. ',' .. string.format('%d', deadline_ms) .. claim_tail .. ']'
   local outbox_args, deadline_args = {}, {}
   for i, sid in ipairs(admitted) do
     local key = session_prefix .. sid
     if stale_claims[i] then redis.call('HDEL', key, 'claimed_at', 'claim_expires_at') end
+    local fields = { 'status', 'admitted', 'admitted_at', admitted_at,
+      'checkout_expires_at', expires_at, 'admitted_ms', admitted_ms }
     if claim_at then
-      redis.call('HSET', key, 'status', 'admitted', 'admitted_at', admitted_at,
-        'checkout_expires_at', expires_at, 'admitted_ms', admitted_ms,
-        'claim_expires_at', claim_at)
-    else
-      redis.call('HSET', key, 'status', 'admitted', 'admitted_at', admitted_at,
-        'checkout_expires_at', expires_at, 'admitted_ms', admitted_ms)
+      fields[#fields + 1] = 'claim_expires_at'
+      fields[#fields + 1] = claim_at
     end
+    if signed then
+      fields[#fields + 1] = 'checkout_token'
+      fields[#fields + 1] = tokens[sid][2]
+    end
+    redis.call('HSET', key, unpack(fields))
     redis.call('PEXPIRE', key, ttl_ms)
     local entry = '[' .. cjson.encode(sid) .. ',' .. cjson.encode(users[i]) .. times
     entries[i] = entry
@@ -516,4 +587,6 @@ end
 return { {#admitted, #dropped, in_use + #admitted, capacity, batch, paused,
   rate_left < 0 and -1 or (rate_left - #admitted), waiting, outbox_len, deadlines_len,
   next_deadline, held, unpublished_age, now_ms, per_minute, outflow, #left, bad_last_seen},
-  invalid, entries, repaired, { unpack(total, 1, 7) }, extra() }
+  invalid, entries, repaired, { unpack(total, 1, 7) }, extra(),
+  prospects(short == 1 and math.max(lookahead, want - #admitted) or lookahead, p_left,
+    waiting - p_left) }

@@ -65,7 +65,13 @@ struct Prepared {
     entry: OutboxEntry,
     message: ReadyMessage,
     message_id: String,
+    /// The token is in the session hash already (written by the signed admit call).
+    written: bool,
 }
+
+/// An entry handed to delivery, with the token the admit call wrote with it, if any
+/// (a fresh signed admission); without one the token is signed and patched in.
+pub(crate) type Outgoing = (OutboxEntry, Option<String>);
 
 impl Delivery {
     pub(crate) fn new(
@@ -105,9 +111,9 @@ impl Delivery {
     /// lease runs out.
     pub(crate) async fn dispatch_many(
         &self,
-        batches: Vec<(String, Vec<OutboxEntry>)>,
+        batches: Vec<(String, Vec<Outgoing>)>,
     ) -> Result<(), DeliveryError> {
-        let batches: Vec<(String, Vec<OutboxEntry>)> =
+        let batches: Vec<(String, Vec<Outgoing>)> =
             batches.into_iter().filter(|(_, e)| !e.is_empty()).collect();
         if batches.is_empty() {
             return Ok(());
@@ -133,7 +139,7 @@ impl Delivery {
 
     async fn dispatch_counted(
         &self,
-        batches: Vec<(String, Vec<OutboxEntry>)>,
+        batches: Vec<(String, Vec<Outgoing>)>,
         handed: &[(String, i64)],
     ) -> Result<(), DeliveryError> {
         let mut prepared: Vec<(String, Vec<Prepared>)> = Vec::with_capacity(batches.len());
@@ -142,11 +148,11 @@ impl Delivery {
         for (event, entries) in batches {
             let mut ok = Vec::with_capacity(entries.len());
             let mut unsigned = Vec::new();
-            for entry in entries {
+            for (entry, token) in entries {
                 // No data should make signing panic (entries are range-checked when
                 // read), but if one did, it costs that entry, never the pass.
                 let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    self.prepare(&event, entry)
+                    self.prepare(&event, entry, token)
                 }));
                 match prepared {
                     Ok(Ok(p)) => ok.push(p),
@@ -163,11 +169,14 @@ impl Delivery {
             prepared.push((event, ok));
         }
 
-        // One round trip writes the tokens of every event.
+        // One round trip writes the tokens of every event, for the entries whose
+        // admission did not write one (entries claimed back from the outbox); none
+        // when every token was written with its admission.
         let patches: Vec<Vec<TokenPatch>> = prepared
             .iter()
             .map(|(event, ps)| {
                 ps.iter()
+                    .filter(|p| !p.written)
                     .map(|p| TokenPatch {
                         session_key: self.keys.session(event, &p.entry.session_id),
                         admitted_at: p.message.admitted_at.clone(),
@@ -176,25 +185,33 @@ impl Delivery {
                     .collect()
             })
             .collect();
-        // In the default layout one call for every event, else one per event.
-        let (calls, grouping) =
-            set_tokens::calls(&self.scripts.set_tokens, self.keys.layout(), patches);
-        let results = scripts::run_batch_retrying(
-            &self.conn,
-            &calls,
-            self.policy.attempts,
-            self.policy.backoff,
-        )
-        .await
-        .map_err(|e| DeliveryError::Tokens(ScriptError::Redis(e)))?;
+        let outcomes: Vec<Written> = if patches.iter().all(Vec::is_empty) {
+            patches.iter().map(|_| Written::Flags(Vec::new())).collect()
+        } else {
+            // In the default layout one call for every event, else one per event.
+            let (calls, grouping) =
+                set_tokens::calls(&self.scripts.set_tokens, self.keys.layout(), patches);
+            let results = scripts::run_batch_retrying(
+                &self.conn,
+                &calls,
+                self.policy.attempts,
+                self.policy.backoff,
+            )
+            .await
+            .map_err(|e| DeliveryError::Tokens(ScriptError::Redis(e)))?;
+            set_tokens::per_event(grouping, results)
+        };
 
         let mut sent = Vec::new();
-        for ((event, ps), result) in prepared
-            .into_iter()
-            .zip(set_tokens::per_event(grouping, results))
-        {
+        for ((event, ps), result) in prepared.into_iter().zip(outcomes) {
             let written: Vec<bool> = match result {
-                Written::Flags(flags) => flags,
+                // The patched entries' flags, in order, between the written ones.
+                Written::Flags(flags) => {
+                    let mut flags = flags.into_iter();
+                    ps.iter()
+                        .map(|p| p.written || flags.next().unwrap_or(false))
+                        .collect()
+                }
                 Written::Unexpected(e) => {
                     tracing::error!(event_id = %event, error = %e, "writing checkout tokens: unexpected reply");
                     self.stats.error(ErrorKind::Redis);
@@ -251,18 +268,48 @@ impl Delivery {
         Ok(())
     }
 
-    /// Sign one entry and build its message; gives the entry back if signing failed.
-    fn prepare(&self, event: &str, entry: OutboxEntry) -> Result<Prepared, OutboxEntry> {
-        let mut claims = self.signer.claims(
-            event,
-            &entry.session_id,
-            &entry.user_id,
-            entry.admitted_ms,
-            entry.deadline_ms,
-        );
-        claims.cby = entry.claim_by_ms.map(|ms| ms / 1000);
-        match self.signer.sign(&claims) {
+    /// The token of one admission: what [`Delivery::prepare`] would sign for its
+    /// outbox entry, so a token signed ahead (before the admit call) and one signed
+    /// from the entry later (after a crash) are the very same.
+    pub(crate) fn sign(
+        &self,
+        event: &str,
+        session: &str,
+        user: &str,
+        admitted_ms: u64,
+        deadline_ms: u64,
+        claim_by_ms: Option<u64>,
+    ) -> Result<String, token::TokenError> {
+        let mut claims = self
+            .signer
+            .claims(event, session, user, admitted_ms, deadline_ms);
+        claims.cby = claim_by_ms.map(|ms| ms / 1000);
+        self.signer.sign(&claims)
+    }
+
+    /// Build one entry's message, with the token its admission wrote (`token`) or
+    /// one signed now; gives the entry back if signing failed.
+    fn prepare(
+        &self,
+        event: &str,
+        entry: OutboxEntry,
+        token: Option<String>,
+    ) -> Result<Prepared, OutboxEntry> {
+        let written = token.is_some();
+        let signed = match token {
+            Some(t) => Ok(t),
+            None => self.sign(
+                event,
+                &entry.session_id,
+                &entry.user_id,
+                entry.admitted_ms,
+                entry.deadline_ms,
+                entry.claim_by_ms,
+            ),
+        };
+        match signed {
             Ok(tok) => Ok(Prepared {
+                written,
                 message: ReadyMessage {
                     session_id: entry.session_id.clone(),
                     user_id: entry.user_id.clone(),

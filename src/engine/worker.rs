@@ -6,7 +6,7 @@
 //! failure is logged, counted and retried on the next cycle; nothing ends the loop
 //! but the shutdown signal.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
@@ -18,7 +18,7 @@ use crate::base::shutdown::Shutdown;
 use crate::config::Config;
 use crate::engine::announce::Announcer;
 use crate::engine::completions::{Completions, ConsumerSettings};
-use crate::engine::delivery::{Delivery, DeliveryError, DeliveryPolicy};
+use crate::engine::delivery::{Delivery, DeliveryError, DeliveryPolicy, Outgoing};
 use crate::engine::refill::Refill;
 use crate::engine::wait_stats::{self, WaitStats};
 use crate::kafka::publisher::Publisher;
@@ -26,6 +26,7 @@ use crate::model::clock;
 use crate::model::event::EventId;
 use crate::model::outbox;
 use crate::model::outbox::OutboxEntry;
+use crate::model::token;
 use crate::ops::http::{self, HttpState};
 use crate::ops::stats::{ErrorKind, EventSnapshot, Stats};
 use crate::redis::heartbeat::{self, Identity};
@@ -75,6 +76,8 @@ enum Step {
 /// One event's replies in a pass (None: that call was not made).
 #[derive(Debug, Default)]
 struct Replies {
+    /// The tokens the admit call carried.
+    signed: Option<SignedSet>,
     reap: Option<redis::RedisResult<redis::Value>>,
     claim: Option<redis::RedisResult<redis::Value>>,
     admit: Option<redis::RedisResult<redis::Value>>,
@@ -85,8 +88,58 @@ struct Replies {
 /// event has nothing left.
 #[derive(Debug, Default)]
 struct Applied {
-    entries: Vec<OutboxEntry>,
+    entries: Vec<Outgoing>,
     drained: bool,
+    /// The admit call stopped at a waiter it had no token for while slots were
+    /// free: worth a second call at once, with tokens for the waiters it named.
+    again: bool,
+}
+
+/// What this worker holds to sign an event's admissions ahead: the admit call
+/// writes each token in the same atomic step as `status=admitted`, so the tokens
+/// are signed before it, for the waiters the last reply named.
+#[derive(Debug, Default)]
+struct Ahead {
+    /// The waiters the last reply named, in lane order (session id, user id).
+    prospects: VecDeque<(String, String)>,
+    /// The event's claim window as the last reply said (ms).
+    claim_window_ms: Option<u64>,
+}
+
+/// The tokens one admit call carried, to hand each admitted entry its token.
+#[derive(Debug)]
+struct SignedSet {
+    admitted_ms: u64,
+    deadline_ms: u64,
+    claim_by_ms: Option<u64>,
+    signed: admit::Signed,
+}
+
+impl SignedSet {
+    /// The entries, each with its token where the call wrote one: the entry must
+    /// carry exactly what the token was signed for.
+    fn pair(self, entries: Vec<OutboxEntry>) -> Vec<Outgoing> {
+        let by_session: HashMap<String, (String, String)> = self
+            .signed
+            .tokens
+            .into_iter()
+            .map(|(sid, user, tok)| (sid, (user, tok)))
+            .collect();
+        let mut by_session = by_session;
+        entries
+            .into_iter()
+            .map(|e| {
+                let same = e.admitted_ms == self.admitted_ms
+                    && e.deadline_ms == self.deadline_ms
+                    && e.claim_by_ms == self.claim_by_ms;
+                let token = match by_session.remove(&e.session_id) {
+                    Some((user, tok)) if same && user == e.user_id => Some(tok),
+                    _ => None,
+                };
+                (e, token)
+            })
+            .collect()
+    }
 }
 
 /// What the last admit reply said of an event: enough to know whether the reaper
@@ -99,6 +152,9 @@ struct Hint {
     outbox_depth: u64,
     /// Both lanes' length after the call: someone was still waiting.
     waiting: u64,
+    /// The event's effective capacity and batch size.
+    capacity: u64,
+    batch: u64,
     /// The checkout-health valve is on for the event.
     adaptive: bool,
 }
@@ -175,6 +231,8 @@ pub struct Worker {
     master: Option<(String, Instant)>,
     /// Admission is held until then (a new master was seen).
     hold_until: Option<Instant>,
+    /// Per event, the waiters to sign tokens for before the next admit call.
+    ahead: HashMap<String, Ahead>,
 }
 
 impl Worker {
@@ -309,6 +367,7 @@ impl Worker {
             retired: BTreeSet::new(),
             hints: HashMap::new(),
             passes: 0,
+            ahead: HashMap::new(),
         }))
     }
 
@@ -554,6 +613,7 @@ impl Worker {
         self.stats.track(tracked);
         self.hints
             .retain(|e, _| self.served.contains(e) || self.retired.contains(e));
+        self.ahead.retain(|e, _| self.served.contains(e));
         tracing::debug!(
             event_count = served.len(),
             retired = self.retired.len(),
@@ -715,6 +775,14 @@ impl Worker {
             }
         }
 
+        // Tokens first: each admit call carries the tokens of the waiters it may admit.
+        let mut signed: Vec<Option<SignedSet>> = Vec::with_capacity(events.len());
+        for ((e, served), plan) in events.iter().zip(&plans) {
+            signed.push((plan.admit && *served).then(|| {
+                let budget = self.sign_budget(e, plan.reap);
+                self.sign_ahead(e, budget)
+            }));
+        }
         let s = &self.settings;
         let args = s.admit_args();
         let claim_args = s.claim_args();
@@ -748,7 +816,12 @@ impl Worker {
             }
             if plan.admit {
                 steps.push((i, Step::Admit));
-                calls.push(admit::call(&self.scripts.admit, &s.keys, e, &args, *served));
+                calls.push(match &signed[i] {
+                    Some(set) => {
+                        admit::call_signed(&self.scripts.admit, &s.keys, e, &args, &set.signed)
+                    }
+                    None => admit::call(&self.scripts.admit, &s.keys, e, &args, *served),
+                });
             }
         }
         let results =
@@ -758,7 +831,13 @@ impl Worker {
         drop(calls);
 
         // Each reply goes to the event and step of its call.
-        let mut replies: Vec<Replies> = events.iter().map(|_| Replies::default()).collect();
+        let mut replies: Vec<Replies> = signed
+            .into_iter()
+            .map(|signed| Replies {
+                signed,
+                ..Replies::default()
+            })
+            .collect();
         for ((i, step), result) in steps.into_iter().zip(results) {
             let r = &mut replies[i];
             match step {
@@ -769,20 +848,27 @@ impl Worker {
             }
         }
 
-        let mut to_deliver = Vec::new();
+        let mut to_deliver: Vec<(String, Vec<Outgoing>)> = Vec::new();
         let mut drained = Vec::new();
-        for (((event, served), r), in_flight) in events.iter().zip(replies).zip(in_flight) {
+        let mut again = Vec::new();
+        for (((event, served), r), in_flight) in events.iter().zip(replies).zip(&in_flight) {
             let span = tracing::info_span!("event", event_id = %event);
             let outcome = self
-                .apply(event, *served, r, in_flight)
+                .apply(event, *served, r, *in_flight)
                 .instrument(span)
                 .await;
             if outcome.drained {
                 drained.push(event.clone());
             }
+            if outcome.again {
+                again.push((event.clone(), *in_flight));
+            }
             if !outcome.entries.is_empty() {
                 to_deliver.push((event.clone(), outcome.entries));
             }
+        }
+        if !again.is_empty() {
+            self.admit_again(&again, &mut to_deliver).await;
         }
         for event in drained {
             self.forget(&event).await;
@@ -805,6 +891,136 @@ impl Worker {
             }));
         }
         Ok(())
+    }
+
+    /// A second admit call, at once, for the events whose call stopped at a waiter
+    /// without a token while slots were free (the first call of an event, or its
+    /// line changed): signed for the waiters that call named. One round trip for
+    /// them all; a failure waits for the next pass.
+    async fn admit_again(
+        &mut self,
+        events: &[(String, u64)],
+        to_deliver: &mut Vec<(String, Vec<Outgoing>)>,
+    ) {
+        let mut sets = Vec::with_capacity(events.len());
+        for (e, _) in events {
+            let budget = self.sign_budget(e, true);
+            sets.push(self.sign_ahead(e, budget));
+        }
+        let s = &self.settings;
+        let args = s.admit_args();
+        let calls: Vec<Call<'_>> = events
+            .iter()
+            .zip(&sets)
+            .map(|((e, _), set)| {
+                admit::call_signed(&self.scripts.admit, &s.keys, e, &args, &set.signed)
+            })
+            .collect();
+        let results =
+            match scripts::run_batch_retrying(&self.conn, &calls, s.retry.attempts, self.backoff())
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    self.event_failed(&EventError::Admit(ScriptError::Redis(e)));
+                    return;
+                }
+            };
+        drop(calls);
+        for (((event, in_flight), set), result) in events.iter().zip(sets).zip(results) {
+            let r = Replies {
+                signed: Some(set),
+                admit: Some(result),
+                ..Replies::default()
+            };
+            let span = tracing::info_span!("event", event_id = %event);
+            let outcome = self.apply(event, true, r, *in_flight).instrument(span).await;
+            if outcome.entries.is_empty() {
+                continue;
+            }
+            match to_deliver.iter_mut().find(|(e, _)| e == event) {
+                Some((_, entries)) => entries.extend(outcome.entries),
+                None => to_deliver.push((event.clone(), outcome.entries)),
+            }
+        }
+    }
+
+    /// How many tokens to sign for an event's next admit call: its batch, or only
+    /// the slots the last reply left free when no slot can have come back since
+    /// (no reaper in this call, no completion woke it). Too few only costs a
+    /// second call; too many, signing for nothing.
+    fn sign_budget(&self, event: &str, slots_may_free: bool) -> u64 {
+        let most = admit::MAX_ADMIT_PER_CALL;
+        match self.hints.get(event) {
+            None => self.settings.admission.batch_size.min(most),
+            Some(h) if slots_may_free => h.batch.min(most),
+            Some(h) => h.batch.min(most).min(h.capacity.saturating_sub(h.in_use)),
+        }
+    }
+
+    /// Sign tokens for the first `budget` waiters this worker knows of, for an
+    /// admission now (Redis's clock as seen from here); and ask for more waiters
+    /// when fewer than half a batch would be left.
+    fn sign_ahead(&mut self, event: &str, budget: u64) -> SignedSet {
+        let window_ms = millis(self.settings.admission.checkout_window);
+        let default_claim = millis(self.settings.admission.claim_window);
+        let batch = self
+            .hints
+            .get(event)
+            .map_or(self.settings.admission.batch_size, |h| h.batch)
+            .clamp(1, admit::MAX_ADMIT_PER_CALL);
+        let at = self.time.now_ms();
+        let ahead = self.ahead.entry(event.to_owned()).or_default();
+        let claim_window_ms = ahead.claim_window_ms.unwrap_or(default_claim);
+        let (deadline_ms, claim_by_ms) = token::stamps(at, window_ms, claim_window_ms);
+        let n = usize::try_from(budget)
+            .unwrap_or(usize::MAX)
+            .min(ahead.prospects.len());
+        let mut tokens = Vec::with_capacity(n);
+        for (sid, user) in ahead.prospects.iter().take(n) {
+            match self
+                .delivery
+                .sign(event, sid, user, at, deadline_ms, claim_by_ms)
+            {
+                Ok(t) => tokens.push((sid.clone(), user.clone(), t)),
+                Err(e) => {
+                    // The admit call stops at this waiter; the next pass tries again.
+                    self.stats.error(ErrorKind::Sign);
+                    crate::log_limited!(ERROR, "signing checkout token failed", event_id = %event, error = %crate::base::error_chain::chain(&e));
+                    break;
+                }
+            }
+        }
+        let left = (ahead.prospects.len() - tokens.len()) as u64;
+        SignedSet {
+            admitted_ms: at,
+            deadline_ms,
+            claim_by_ms,
+            signed: admit::Signed {
+                admitted_ms: at,
+                claim_window_ms,
+                lookahead: if left * 2 < batch { batch } else { 0 },
+                tokens,
+            },
+        }
+    }
+
+    /// Take in what an admit reply says of the waiters ahead: the ones it named
+    /// replace those held; else the admitted ones (and any passed over before them)
+    /// are no longer ahead.
+    fn note_ahead(&mut self, event: &str, outcome: &mut AdmitOutcome, admitted: &[Outgoing]) {
+        let ahead = self.ahead.entry(event.to_owned()).or_default();
+        ahead.claim_window_ms = Some(outcome.claim_window_ms);
+        if outcome.short || !outcome.prospects.is_empty() {
+            ahead.prospects = std::mem::take(&mut outcome.prospects).into();
+        } else if let Some((last, _)) = admitted.last()
+            && let Some(pos) = ahead
+                .prospects
+                .iter()
+                .position(|(sid, _)| *sid == last.session_id)
+        {
+            ahead.prospects.drain(..=pos);
+        }
     }
 
     /// What each event needs this pass. Idle events skip the reaper and the claim:
@@ -963,7 +1179,7 @@ impl Worker {
                         );
                         Stats::add(&self.stats.outbox_claimed, claimed.len() as u64);
                     }
-                    applied.entries.extend(claimed);
+                    applied.entries.extend(claimed.into_iter().map(|e| (e, None)));
                 }
                 Err(e) => self.event_failed(&EventError::Claim(e)),
             }
@@ -982,6 +1198,8 @@ impl Worker {
                             outbox_depth: outcome.outbox_depth,
                             waiting: outcome.queue_length,
                             adaptive: outcome.adaptive,
+                            capacity: outcome.capacity,
+                            batch: outcome.batch,
                         },
                     );
                     applied.drained = !served
@@ -989,10 +1207,16 @@ impl Worker {
                         && outcome.deadlines == 0
                         && outcome.outbox_depth == 0;
                     let admitted = std::mem::take(&mut outcome.entries);
-                    applied.entries.extend(
-                        self.note_admitted(event, &outcome, admitted, in_flight)
-                            .await,
-                    );
+                    let admitted = self
+                        .note_admitted(event, &outcome, admitted, in_flight)
+                        .await;
+                    let admitted = match r.signed {
+                        Some(set) => set.pair(admitted),
+                        None => admitted.into_iter().map(|e| (e, None)).collect(),
+                    };
+                    applied.again = served && wants_again(&outcome);
+                    self.note_ahead(event, &mut outcome, &admitted);
+                    applied.entries.extend(admitted);
                 }
                 Err(e) => self.event_failed(&EventError::Admit(e)),
             }
@@ -1374,27 +1598,17 @@ impl Worker {
         }
     }
 
-    /// Admit the event's next batch and publish it.
+    /// Admit the event's next batch and publish it: one signed admit call, and a
+    /// second at once if the first stopped at a waiter it had no token for.
     pub async fn admit_event(&mut self, event: &str) -> Result<AdmitOutcome, EventError> {
-        let s = &self.settings;
-        let args = s.admit_args();
         let in_flight = self.stats.in_flight(event);
-        let outcome = retry::with_retries(
-            s.retry.attempts,
-            self.backoff(),
-            ScriptError::is_transient,
-            || {
-                let mut conn = self.conn.clone();
-                let (script, keys, args) = (&self.scripts.admit, &s.keys, &args);
-                async move { admit::admit(script, &mut conn, keys, event, args).await }
-            },
-        )
-        .await
-        .map_err(EventError::Admit)?;
-        self.time.observe(outcome.now_ms);
-        let entries = self
-            .note_admitted(event, &outcome, outcome.entries.clone(), in_flight)
-            .await;
+        let mut entries = Vec::new();
+        let mut outcome = self.admit_signed(event, in_flight, &mut entries).await?;
+        if wants_again(&outcome) {
+            let admitted = outcome.admitted;
+            outcome = self.admit_signed(event, in_flight, &mut entries).await?;
+            outcome.admitted += admitted;
+        }
         // As in a pass: handed to a task at once, so a pass cut at the max processing
         // time cannot leave entries counted in flight for ever.
         self.await_pending().await;
@@ -1406,6 +1620,52 @@ impl Worker {
                 async move { delivery.dispatch_many(batch).await },
             ));
         }
+        Ok(outcome)
+    }
+
+    /// One signed admit call for `event` (retried while Redis fails transiently);
+    /// its entries, each with its token, are added to `entries`.
+    async fn admit_signed(
+        &mut self,
+        event: &str,
+        in_flight: u64,
+        entries: &mut Vec<Outgoing>,
+    ) -> Result<AdmitOutcome, EventError> {
+        let budget = self.sign_budget(event, true);
+        let set = self.sign_ahead(event, budget);
+        let s = &self.settings;
+        let args = s.admit_args();
+        let call = admit::call_signed(&self.scripts.admit, &s.keys, event, &args, &set.signed);
+        let reply = retry::with_retries(
+            s.retry.attempts,
+            self.backoff(),
+            ScriptError::is_transient,
+            || {
+                let mut conn = self.conn.clone();
+                let call = &call;
+                async move {
+                    scripts::run_batch(&mut conn, std::slice::from_ref(call))
+                        .await
+                        .map_err(ScriptError::Redis)?
+                        .pop()
+                        .ok_or_else(|| ScriptError::Reply {
+                            script: "admit",
+                            detail: "no reply".into(),
+                        })?
+                        .map_err(ScriptError::Redis)
+                }
+            },
+        )
+        .await
+        .map_err(EventError::Admit)?;
+        drop(call);
+        let mut outcome = admit::parse(reply).map_err(EventError::Admit)?;
+        self.time.observe(outcome.now_ms);
+        let admitted = std::mem::take(&mut outcome.entries);
+        let admitted = self.note_admitted(event, &outcome, admitted, in_flight).await;
+        let admitted = set.pair(admitted);
+        self.note_ahead(event, &mut outcome, &admitted);
+        entries.extend(admitted);
         Ok(outcome)
     }
 
@@ -1422,6 +1682,22 @@ impl Worker {
             self.invalid_seen.insert(event.to_owned(), invalid.to_vec());
         }
     }
+}
+
+/// Whether an admit call that stopped at a waiter without a token is worth a
+/// second call at once: slots are free, nothing holds the event, and it named
+/// waiters to sign for.
+fn wants_again(o: &AdmitOutcome) -> bool {
+    o.short
+        && !o.prospects.is_empty()
+        && o.held == Hold::No
+        && !o.paused
+        && o.in_use < o.capacity
+        && o.rate_left != Some(0)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Why the worker could not start.

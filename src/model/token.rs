@@ -66,6 +66,19 @@ pub fn admission_id(event: &str, session: &str, admitted_ms: u64) -> String {
     h.digest().to_string()
 }
 
+/// The deadlines an admission at `admitted_ms` gets, as the admit script stamps
+/// them: the checkout deadline, a whole second at least `window_ms` later (the
+/// token's `exp`), and with a claim window (`claim_window_ms` > 0) the claim
+/// deadline, a whole second too, never past the checkout deadline (`cby`). The
+/// worker signs tokens before the admit call with these, so both must agree.
+pub fn stamps(admitted_ms: u64, window_ms: u64, claim_window_ms: u64) -> (u64, Option<u64>) {
+    let whole = |ms: u64| ms.div_ceil(1000).saturating_mul(1000);
+    let deadline = whole(admitted_ms.saturating_add(window_ms));
+    let claim_by = (claim_window_ms > 0)
+        .then(|| whole(admitted_ms.saturating_add(claim_window_ms)).min(deadline));
+    (deadline, claim_by)
+}
+
 /// Signs checkout tokens with one algorithm and key.
 #[derive(Clone)]
 pub struct Signer {
@@ -200,6 +213,14 @@ impl Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stamps_are_whole_seconds_as_the_script_makes_them() {
+        assert_eq!(stamps(1_000, 60_000, 0), (61_000, None));
+        assert_eq!(stamps(1_001, 60_000, 0), (62_000, None));
+        assert_eq!(stamps(1_001, 60_000, 10_000), (62_000, Some(12_000)));
+        assert_eq!(stamps(1_001, 5_000, 10_000), (7_000, Some(7_000)));
+    }
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 

@@ -161,6 +161,12 @@ pub struct AdmitOutcome {
     pub invalid_config: Vec<String>,
     /// Outbox entries of the admitted sessions, in admission order.
     pub entries: Vec<Vec<u8>>,
+    /// The event's effective claim window (ms, 0: none), what tokens are signed with.
+    pub claim_window_ms: u64,
+    /// Signed: admission stopped at a waiter without a usable token.
+    pub short: bool,
+    /// Signed: the waiters to sign for next (session id, user id), in lane order.
+    pub prospects: Vec<(String, String)>,
 }
 
 /// The call for one admission step of `event` (to run alone or in a batch); a
@@ -207,6 +213,45 @@ pub fn call<'a>(
     }
 }
 
+/// Signed admissions: the tokens signed ahead for the waiters at the head of the
+/// lanes, so each is written in the same atomic step as `status=admitted`.
+#[derive(Debug, Clone, Default)]
+pub struct Signed {
+    /// The admission instant the tokens were signed for (Redis's clock, ms). The
+    /// script uses it if it is within 2 s before to 1 s after its own clock.
+    pub admitted_ms: u64,
+    /// The claim window the tokens were signed with (ms, 0: none); the script uses
+    /// the tokens only if it is the event's.
+    pub claim_window_ms: u64,
+    /// How many waiters of each lane the reply should name to sign for next.
+    pub lookahead: u64,
+    /// The tokens: session id, the user id signed for, the token.
+    pub tokens: Vec<(String, String, String)>,
+}
+
+/// A signed admission step (see [`Signed`]): only sessions with their token are
+/// admitted, and the token goes into the hash with the admission.
+pub fn call_signed<'a>(
+    script: &'a Script,
+    keys: &Keys,
+    event: &str,
+    a: &AdmitArgs,
+    signed: &Signed,
+) -> Call<'a> {
+    let mut c = call(script, keys, event, a, true);
+    c.args.reserve(4 + 3 * signed.tokens.len());
+    c.args.push("1".to_owned());
+    c.args.push(signed.admitted_ms.to_string());
+    c.args.push(signed.claim_window_ms.to_string());
+    c.args.push(signed.lookahead.min(MAX_ADMIT_PER_CALL).to_string());
+    for (sid, user, token) in &signed.tokens {
+        c.args.push(sid.clone());
+        c.args.push(user.clone());
+        c.args.push(token.clone());
+    }
+    c
+}
+
 /// Run one admission step for `event`.
 pub async fn admit<C: ConnectionLike + Send>(
     script: &Script,
@@ -241,9 +286,10 @@ pub fn parse(reply: Value) -> Result<AdmitOutcome, ScriptError> {
         Value::Array(repaired),
         Value::Array(totals),
         Value::Array(extra),
+        Value::Array(prospects),
     ] = parts.as_slice()
     else {
-        return Err(bad("want 6 arrays"));
+        return Err(bad("want 7 arrays"));
     };
     let nums: Vec<i64> = counts
         .iter()
@@ -308,9 +354,11 @@ pub fn parse(reply: Value) -> Result<AdmitOutcome, ScriptError> {
         announce_at,
         announce_len,
         failed_t,
+        claim_window,
+        short,
     ] = extra.as_slice()
     else {
-        return Err(bad("want 6 extras"));
+        return Err(bad("want 8 extras"));
     };
     let text = |v: &Value| match v {
         Value::BulkString(b) => Ok(b.clone()),
@@ -321,7 +369,18 @@ pub fn parse(reply: Value) -> Result<AdmitOutcome, ScriptError> {
             .map(|v| text(v).map(|b| String::from_utf8_lossy(&b).into_owned()))
             .collect()
     };
+    if prospects.len() % 2 != 0 {
+        return Err(bad("prospects must come in pairs"));
+    }
+    let prospects = names(prospects)?;
+    let prospects = prospects
+        .chunks_exact(2)
+        .map(|p| (p[0].clone(), p[1].clone()))
+        .collect();
     Ok(AdmitOutcome {
+        claim_window_ms: (*claim_window).max(0) as u64,
+        short: *short == 1,
+        prospects,
         admitted: (*admitted).max(0) as u64,
         skipped: (*skipped).max(0) as u64,
         in_use: (*in_use).max(0) as u64,
