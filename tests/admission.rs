@@ -547,3 +547,209 @@ async fn a_poisoned_outbox_entry_costs_only_itself() {
     );
     w.stop().await;
 }
+
+/// Issue 14: a token is written in the same atomic step as `status=admitted`, so
+/// whoever reads a session hash (the API, another replica) never finds it admitted
+/// without its token, however the read falls between the worker's steps. A watcher
+/// reads every session (one HMGET each, atomic per hash) over and over while a
+/// running worker admits 1,500 sessions 50 at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_session_is_ever_seen_admitted_without_its_token() {
+    let redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    let n = 1500;
+    let queued = enqueue(&mut conn, EVENT, "s", n, clock::now_ms() - 60_000).await;
+    let running = run_worker(
+        settings(&redis.url(), &kafka.bootstrap)
+            .event(EVENT)
+            .max_concurrent(n as u64)
+            .batch_size(50),
+    )
+    .await;
+    let (mut reads, mut partial, mut bare) = (0u64, 0u64, Vec::new());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut p = redis::pipe();
+        for sid in &queued {
+            p.cmd("HMGET")
+                .arg(k.session(EVENT, sid))
+                .arg("status")
+                .arg("checkout_token");
+        }
+        let rows: Vec<(Option<String>, Option<String>)> =
+            p.query_async(&mut conn).await.expect("HMGET");
+        reads += 1;
+        let admitted = rows
+            .iter()
+            .filter(|(s, _)| s.as_deref() == Some("admitted"))
+            .count();
+        for (sid, (status, token)) in queued.iter().zip(&rows) {
+            if status.as_deref() == Some("admitted") && token.is_none() {
+                bare.push(sid.clone());
+            }
+        }
+        if admitted > 0 && admitted < n {
+            partial += 1;
+        }
+        if admitted == n || std::time::Instant::now() > deadline {
+            break;
+        }
+    }
+    running.stop().await;
+    assert!(
+        bare.is_empty(),
+        "seen admitted without a token: {:?}",
+        &bare[..bare.len().min(5)]
+    );
+    assert!(
+        partial > 0,
+        "the watcher never saw the admission under way ({reads} reads)"
+    );
+    assert_eq!(scard(&mut conn, &k.processing(EVENT)).await, n as u64);
+    // The tokens written with the admission are the ones published.
+    let mut reader = TopicReader::new(&kafka.bootstrap, TOPIC);
+    let msgs = reader.read_until(n, Duration::from_secs(30)).to_vec();
+    assert_eq!(msgs.len(), n);
+    let verifier = Verifier::hs256(SECRET.as_bytes(), "waitroom", "checkout").expect("verifier");
+    for m in &msgs {
+        let h = hgetall(&mut conn, &k.session(EVENT, &m.key)).await;
+        assert_eq!(m.value["checkout_token"], h["checkout_token"].as_str());
+        let c = verifier
+            .verify(&h["checkout_token"])
+            .expect("token verifies");
+        assert_eq!(c.sid, m.key);
+        assert_eq!(m.value["admitted_at"], h["admitted_at"].as_str());
+        assert_eq!(m.value["expires_at"], h["checkout_expires_at"].as_str());
+    }
+}
+
+/// The signed admit call admits only a waiter whose token it carries, signed for
+/// that waiter's user, at an instant close to Redis's clock; else it stops at the
+/// waiter (who stays first in line) and names the waiters to sign for. Malformed
+/// token arguments are refused before anything is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_admission_needs_the_waiters_own_token() {
+    use waitroom_worker::scripts::{self, admit::Signed};
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    let queued = enqueue(&mut conn, EVENT, "w", 3, clock::now_ms() - 60_000).await;
+    let s = Scripts::new();
+    let a = admit_args(10, 10);
+    let now: u64 = {
+        let (sec, us): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut conn)
+            .await
+            .expect("TIME");
+        sec * 1000 + us / 1000
+    };
+    let run = |signed: Signed| {
+        let mut c = conn.clone();
+        let s = &s;
+        let k = &k;
+        let a = &a;
+        async move {
+            let call = admit::call_signed(&s.admit, k, EVENT, a, &signed);
+            let mut r = scripts::run_batch(&mut c, std::slice::from_ref(&call))
+                .await
+                .expect("pipeline");
+            r.pop().expect("one reply")
+        }
+    };
+    let tok = |sid: &str, user: &str| (sid.to_owned(), user.to_owned(), format!("tok-{sid}"));
+
+    // No token at all: nobody admitted, the first waiter named (with the lookahead).
+    let o = admit::parse(
+        run(Signed {
+            admitted_ms: now,
+            claim_window_ms: 0,
+            lookahead: 2,
+            tokens: vec![],
+        })
+        .await
+        .expect("reply"),
+    )
+    .expect("parse");
+    assert_eq!(o.admitted, 0);
+    assert!(o.short);
+    assert_eq!(o.prospects[0], (queued[0].clone(), "user-w-0".to_owned()));
+    assert_eq!(
+        o.prospects.len(),
+        3,
+        "short: as many as the slots still wanted"
+    );
+
+    // A token for the wrong user, or for an instant 10 s off: nobody admitted.
+    for (at, user) in [(now, "user-w-9"), (now - 10_000, "user-w-0")] {
+        let o = admit::parse(
+            run(Signed {
+                admitted_ms: at,
+                claim_window_ms: 0,
+                lookahead: 0,
+                tokens: vec![tok(&queued[0], user)],
+            })
+            .await
+            .expect("reply"),
+        )
+        .expect("parse");
+        assert_eq!((o.admitted, o.short), (0, true), "at {at} for {user}");
+    }
+
+    // The first waiter's own token: admitted with it; the second has none: stop.
+    let o = admit::parse(
+        run(Signed {
+            admitted_ms: now,
+            claim_window_ms: 0,
+            lookahead: 0,
+            tokens: vec![tok(&queued[0], "user-w-0"), tok(&queued[2], "user-w-2")],
+        })
+        .await
+        .expect("reply"),
+    )
+    .expect("parse");
+    assert_eq!((o.admitted, o.short), (1, true));
+    let h = hgetall(&mut conn, &k.session(EVENT, &queued[0])).await;
+    assert_eq!(h["status"], "admitted");
+    assert_eq!(h["checkout_token"], format!("tok-{}", queued[0]));
+    assert_eq!(
+        h["admitted_ms"],
+        now.to_string(),
+        "admitted at the signed instant"
+    );
+    assert_eq!(
+        hgetall(&mut conn, &k.session(EVENT, &queued[2])).await["status"],
+        "queued",
+        "order kept"
+    );
+
+    // Tokens not in threes: an error reply, nothing written.
+    let mut bad = admit::call_signed(
+        &s.admit,
+        &k,
+        EVENT,
+        &a,
+        &Signed {
+            admitted_ms: now,
+            claim_window_ms: 0,
+            lookahead: 0,
+            tokens: vec![tok(&queued[1], "user-w-1")],
+        },
+    );
+    bad.args.pop();
+    let r = scripts::run_batch(&mut conn, std::slice::from_ref(&bad))
+        .await
+        .expect("pipeline")
+        .pop()
+        .expect("one reply");
+    let e = r.expect_err("refused");
+    assert!(
+        e.to_string().contains("want 3 ARGV per signed admission"),
+        "{e}"
+    );
+    assert_eq!(
+        hgetall(&mut conn, &k.session(EVENT, &queued[1])).await["status"],
+        "queued"
+    );
+}

@@ -159,6 +159,10 @@ struct Hint {
     adaptive: bool,
 }
 
+/// Waiters read ahead for an event whose slots are all taken (see
+/// `Worker::sign_ahead`): enough for what completions usually free between passes.
+const AHEAD_WHEN_FULL: u64 = 32;
+
 /// Every this many passes an idle event's figures (slots, outbox) are read afresh.
 pub(crate) const REFRESH_EVERY: u64 = 10;
 
@@ -778,7 +782,7 @@ impl Worker {
         // Tokens first: each admit call carries the tokens of the waiters it may admit.
         let mut signed: Vec<Option<SignedSet>> = Vec::with_capacity(events.len());
         for ((e, served), plan) in events.iter().zip(&plans) {
-            signed.push((plan.admit && *served).then(|| {
+            signed.push((plan.admit && *served && self.signs_ahead()).then(|| {
                 let budget = self.sign_budget(e, plan.reap);
                 self.sign_ahead(e, budget)
             }));
@@ -934,7 +938,10 @@ impl Worker {
                 ..Replies::default()
             };
             let span = tracing::info_span!("event", event_id = %event);
-            let outcome = self.apply(event, true, r, *in_flight).instrument(span).await;
+            let outcome = self
+                .apply(event, true, r, *in_flight)
+                .instrument(span)
+                .await;
             if outcome.entries.is_empty() {
                 continue;
             }
@@ -943,6 +950,14 @@ impl Worker {
                 None => to_deliver.push((event.clone(), outcome.entries)),
             }
         }
+    }
+
+    /// Whether admissions carry their tokens (signed before the admit call). Not
+    /// with `--replica-acks`: there no token may leave the worker (and the session
+    /// hash is where the API reads it) before enough replicas hold the admission,
+    /// so the admission goes first and its token is written after the WAIT.
+    fn signs_ahead(&self) -> bool {
+        self.settings.redis.replica_acks == 0
     }
 
     /// How many tokens to sign for an event's next admit call: its batch, or only
@@ -960,15 +975,22 @@ impl Worker {
 
     /// Sign tokens for the first `budget` waiters this worker knows of, for an
     /// admission now (Redis's clock as seen from here); and ask for more waiters
-    /// when fewer than half a batch would be left.
+    /// when fewer than half of those wanted would be left: a batch while slots stay
+    /// free, else [`AHEAD_WHEN_FULL`] (a full event's waiters are read ahead only a
+    /// little: what a completion frees; a bigger refill costs a second call).
     fn sign_ahead(&mut self, event: &str, budget: u64) -> SignedSet {
         let window_ms = millis(self.settings.admission.checkout_window);
         let default_claim = millis(self.settings.admission.claim_window);
-        let batch = self
-            .hints
-            .get(event)
+        let hint = self.hints.get(event);
+        let batch = hint
             .map_or(self.settings.admission.batch_size, |h| h.batch)
             .clamp(1, admit::MAX_ADMIT_PER_CALL);
+        let stays_free = hint.is_none_or(|h| h.capacity > h.in_use.saturating_add(budget));
+        let wanted = if stays_free {
+            batch
+        } else {
+            batch.min(AHEAD_WHEN_FULL)
+        };
         let at = self.time.now_ms();
         let ahead = self.ahead.entry(event.to_owned()).or_default();
         let claim_window_ms = ahead.claim_window_ms.unwrap_or(default_claim);
@@ -999,20 +1021,37 @@ impl Worker {
             signed: admit::Signed {
                 admitted_ms: at,
                 claim_window_ms,
-                lookahead: if left * 2 < batch { batch } else { 0 },
+                lookahead: if left * 2 < wanted { wanted } else { 0 },
                 tokens,
             },
         }
     }
 
+    /// Remember what an admit reply said of the event, to plan its next pass.
+    fn note_hint(&mut self, event: &str, outcome: &AdmitOutcome) {
+        self.hints.insert(
+            event.to_owned(),
+            Hint {
+                in_use: outcome.in_use,
+                deadlines: outcome.deadlines,
+                next_deadline_ms: outcome.next_deadline_ms,
+                outbox_depth: outcome.outbox_depth,
+                waiting: outcome.queue_length,
+                adaptive: outcome.adaptive,
+                capacity: outcome.capacity,
+                batch: outcome.batch,
+            },
+        );
+    }
+
     /// Take in what an admit reply says of the waiters ahead: the ones it named
     /// replace those held; else the admitted ones (and any passed over before them)
     /// are no longer ahead.
-    fn note_ahead(&mut self, event: &str, outcome: &mut AdmitOutcome, admitted: &[Outgoing]) {
+    fn note_ahead(&mut self, event: &str, outcome: &AdmitOutcome, admitted: &[Outgoing]) {
         let ahead = self.ahead.entry(event.to_owned()).or_default();
         ahead.claim_window_ms = Some(outcome.claim_window_ms);
         if outcome.short || !outcome.prospects.is_empty() {
-            ahead.prospects = std::mem::take(&mut outcome.prospects).into();
+            ahead.prospects = outcome.prospects.iter().cloned().collect();
         } else if let Some((last, _)) = admitted.last()
             && let Some(pos) = ahead
                 .prospects
@@ -1179,7 +1218,9 @@ impl Worker {
                         );
                         Stats::add(&self.stats.outbox_claimed, claimed.len() as u64);
                     }
-                    applied.entries.extend(claimed.into_iter().map(|e| (e, None)));
+                    applied
+                        .entries
+                        .extend(claimed.into_iter().map(|e| (e, None)));
                 }
                 Err(e) => self.event_failed(&EventError::Claim(e)),
             }
@@ -1189,19 +1230,7 @@ impl Worker {
                 Ok(mut outcome) => {
                     self.time.observe(outcome.now_ms);
                     self.wait.observe(event, &outcome);
-                    self.hints.insert(
-                        event.to_owned(),
-                        Hint {
-                            in_use: outcome.in_use,
-                            deadlines: outcome.deadlines,
-                            next_deadline_ms: outcome.next_deadline_ms,
-                            outbox_depth: outcome.outbox_depth,
-                            waiting: outcome.queue_length,
-                            adaptive: outcome.adaptive,
-                            capacity: outcome.capacity,
-                            batch: outcome.batch,
-                        },
-                    );
+                    self.note_hint(event, &outcome);
                     applied.drained = !served
                         && outcome.in_use == 0
                         && outcome.deadlines == 0
@@ -1215,7 +1244,7 @@ impl Worker {
                         None => admitted.into_iter().map(|e| (e, None)).collect(),
                     };
                     applied.again = served && wants_again(&outcome);
-                    self.note_ahead(event, &mut outcome, &admitted);
+                    self.note_ahead(event, &outcome, &admitted);
                     applied.entries.extend(admitted);
                 }
                 Err(e) => self.event_failed(&EventError::Admit(e)),
@@ -1605,9 +1634,14 @@ impl Worker {
         let mut entries = Vec::new();
         let mut outcome = self.admit_signed(event, in_flight, &mut entries).await?;
         if wants_again(&outcome) {
-            let admitted = outcome.admitted;
+            let first = outcome;
             outcome = self.admit_signed(event, in_flight, &mut entries).await?;
-            outcome.admitted += admitted;
+            outcome.admitted += first.admitted;
+            outcome.skipped += first.skipped;
+            outcome.left_queue += first.left_queue;
+            let mut all = first.entries;
+            all.append(&mut outcome.entries);
+            outcome.entries = all;
         }
         // As in a pass: handed to a task at once, so a pass cut at the max processing
         // time cannot leave entries counted in flight for ever.
@@ -1631,11 +1665,18 @@ impl Worker {
         in_flight: u64,
         entries: &mut Vec<Outgoing>,
     ) -> Result<AdmitOutcome, EventError> {
-        let budget = self.sign_budget(event, true);
-        let set = self.sign_ahead(event, budget);
+        let set = self.signs_ahead().then(|| {
+            let budget = self.sign_budget(event, true);
+            self.sign_ahead(event, budget)
+        });
         let s = &self.settings;
         let args = s.admit_args();
-        let call = admit::call_signed(&self.scripts.admit, &s.keys, event, &args, &set.signed);
+        let call = match &set {
+            Some(set) => {
+                admit::call_signed(&self.scripts.admit, &s.keys, event, &args, &set.signed)
+            }
+            None => admit::call(&self.scripts.admit, &s.keys, event, &args, true),
+        };
         let reply = retry::with_retries(
             s.retry.attempts,
             self.backoff(),
@@ -1659,12 +1700,17 @@ impl Worker {
         .await
         .map_err(EventError::Admit)?;
         drop(call);
-        let mut outcome = admit::parse(reply).map_err(EventError::Admit)?;
+        let outcome = admit::parse(reply).map_err(EventError::Admit)?;
         self.time.observe(outcome.now_ms);
-        let admitted = std::mem::take(&mut outcome.entries);
-        let admitted = self.note_admitted(event, &outcome, admitted, in_flight).await;
-        let admitted = set.pair(admitted);
-        self.note_ahead(event, &mut outcome, &admitted);
+        self.note_hint(event, &outcome);
+        let admitted = self
+            .note_admitted(event, &outcome, outcome.entries.clone(), in_flight)
+            .await;
+        let admitted = match set {
+            Some(set) => set.pair(admitted),
+            None => admitted.into_iter().map(|e| (e, None)).collect(),
+        };
+        self.note_ahead(event, &outcome, &admitted);
         entries.extend(admitted);
         Ok(outcome)
     }

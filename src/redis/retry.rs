@@ -39,6 +39,10 @@ pub(crate) fn is_transient(e: &RedisError) -> bool {
                 | ServerErrorKind::ClusterDown
                 | ServerErrorKind::MasterDown
                 | ServerErrorKind::ReadOnly
+                // A redirect the cluster client could not follow (the slot's master
+                // unreachable, the slot map changing): its events wait a pass.
+                | ServerErrorKind::Moved
+                | ServerErrorKind::Ask
         )
     ) || e.code() == Some("BUSY")
 }

@@ -14,6 +14,8 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use serde::Serialize;
 use thiserror::Error;
 
+mod minimal;
+
 use crate::base::error_chain::chain;
 use crate::base::shutdown;
 use crate::config::{Config, ConfigBuilder};
@@ -114,6 +116,9 @@ pub struct Report {
     pub admit_script_only: Vec<Throughput>,
     /// A naive per-user flow, for comparison.
     pub naive_per_user: Throughput,
+    /// Issue 14's minimal reference (one script call per batch: pop, mark, list;
+    /// no validation, token, outbox or Kafka), per batch size.
+    pub minimal_reference: Vec<Throughput>,
     /// end-to-end / admit-only, per batch.
     pub ratio_to_ceiling: Vec<(u64, f64)>,
     /// end-to-end at batch 1000 / naive.
@@ -717,11 +722,14 @@ pub async fn run(mut a: BenchOptions) -> Result<Report, BenchError> {
 
     let mut e2e = Vec::new();
     let mut ceiling = Vec::new();
+    let mut reference = Vec::new();
     for batch in [10u64, 100, 1000] {
         say(&format!("end to end, batch {batch}, {} users", a.users));
         e2e.push(end_to_end(&mut env, batch, a.users).await?);
         say(&format!("admit script only, batch {batch}"));
         ceiling.push(admit_only(&mut env, batch, a.users).await?);
+        say(&format!("minimal reference, batch {batch}"));
+        reference.push(minimal::minimal(&mut env, batch, a.users).await?);
     }
     say("naive per-user implementation, batch 100");
     let naive = naive(&mut env, 100, (a.users / 2).max(1)).await?;
@@ -765,6 +773,7 @@ pub async fn run(mut a: BenchOptions) -> Result<Report, BenchError> {
         end_to_end: e2e,
         admit_script_only: ceiling,
         naive_per_user: naive,
+        minimal_reference: reference,
         ratio_to_ceiling,
         ratio_to_naive,
         refill_p50_ms: p50,
@@ -817,6 +826,17 @@ pub fn render(r: &Report) -> String {
             c.users_per_sec,
             c.redis_cpu_us_per_admission,
             ratio * 100.0
+        ));
+    }
+    t.push_str("against the minimal reference (users/s; Redis CPU per admission)\n");
+    for (e, m) in r.end_to_end.iter().zip(&r.minimal_reference) {
+        t.push_str(&format!(
+            "{:>6} {:>14.0} {:>10.1}   end to end {:.2}x its throughput, {:.2}x its Redis CPU\n",
+            m.batch,
+            m.users_per_sec,
+            m.redis_cpu_us_per_admission,
+            e.users_per_sec / m.users_per_sec,
+            e.redis_cpu_us_per_admission / m.redis_cpu_us_per_admission.max(f64::MIN_POSITIVE)
         ));
     }
     t.push_str(&format!(

@@ -243,7 +243,8 @@ pub fn call_signed<'a>(
     c.args.push("1".to_owned());
     c.args.push(signed.admitted_ms.to_string());
     c.args.push(signed.claim_window_ms.to_string());
-    c.args.push(signed.lookahead.min(MAX_ADMIT_PER_CALL).to_string());
+    c.args
+        .push(signed.lookahead.min(MAX_ADMIT_PER_CALL).to_string());
     for (sid, user, token) in &signed.tokens {
         c.args.push(sid.clone());
         c.args.push(user.clone());
