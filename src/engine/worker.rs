@@ -272,7 +272,9 @@ impl Worker {
                         _ = shutdown.recv() => return Ok(None),
                     }
                 }
-                Err(e) => return Err(StartError::Redis(e)),
+                Err(e) => {
+                    return Err(StartError::Redis(settings.redis.endpoint.to_string(), e));
+                }
             }
         };
         let publisher = Arc::new(
@@ -1749,9 +1751,10 @@ fn millis(d: Duration) -> u64 {
 /// Why the worker could not start.
 #[derive(Debug, Error)]
 pub enum StartError {
-    /// Redis refused the scripts.
-    #[error("redis")]
-    Redis(#[source] ScriptError),
+    /// Redis could not be reached (a refused TLS certificate, a wrong password) or
+    /// refused the scripts; the endpoint as shown in logs (passwords redacted).
+    #[error("redis at {0}")]
+    Redis(String, #[source] ScriptError),
     /// The producer or the completion consumer could not be created.
     #[error("kafka")]
     Kafka(#[source] rdkafka::error::KafkaError),

@@ -79,30 +79,121 @@ pub struct RedisOptions {
     pub password: Option<String>,
     /// Also speak TLS, on a port of its own ([`PrivateRedis::tls_port`]).
     pub tls: Option<ServerTls>,
+    /// With [`tls`](Self::tls): speak TLS only, no plain-text port (`--port 0`), and
+    /// replicate over TLS (`--tls-replication yes`). [`PrivateRedis::port`] is then
+    /// the TLS port, and the kit's own checks connect over TLS trusting the CA,
+    /// without a client certificate (so `auth_clients` must be false).
+    pub tls_only: bool,
     /// Start as a replica of the server on this loopback port.
     pub replica_of: Option<u16>,
 }
 
-/// The PEM files of a redis-server that speaks TLS and checks client certificates.
+/// The PEM files of a redis-server that speaks TLS, and whether it checks client
+/// certificates.
 #[derive(Debug, Clone)]
 pub struct ServerTls {
     /// The server's certificate.
     pub cert: PathBuf,
     /// Its private key.
     pub key: PathBuf,
-    /// The CA that signs the certificates clients must show.
+    /// The CA that signs the server's certificate and the ones clients show.
     pub ca: PathBuf,
+    /// `tls-auth-clients yes`: clients must show a certificate signed by `ca`;
+    /// false: `no`, any client that trusts `ca` may connect (as a worker following
+    /// Sentinel, which has no client certificate to show).
+    pub auth_clients: bool,
+}
+
+impl ServerTls {
+    /// The files in `dir` (`server.pem`, `server.key`, `ca.pem`), clients checked.
+    pub fn in_dir(dir: &std::path::Path) -> Self {
+        ServerTls {
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+            ca: dir.join("ca.pem"),
+            auth_clients: true,
+        }
+    }
+
+    fn args(&self, cmd: &mut Command) {
+        cmd.arg("--tls-cert-file")
+            .arg(&self.cert)
+            .arg("--tls-key-file")
+            .arg(&self.key)
+            .arg("--tls-ca-cert-file")
+            .arg(&self.ca)
+            .args([
+                "--tls-auth-clients",
+                if self.auth_clients { "yes" } else { "no" },
+            ]);
+    }
+}
+
+/// How the kit's own checks reach a server: plain text, or TLS trusting a CA
+/// (PEM), without a client certificate.
+#[derive(Debug, Clone)]
+enum Reach {
+    Plain,
+    Tls(Vec<u8>),
+}
+
+impl Reach {
+    /// For a server with `tls` that has no plain-text port: TLS with its CA.
+    fn of(tls: Option<&ServerTls>, tls_only: bool) -> Result<Reach, ServerError> {
+        match tls {
+            Some(t) if tls_only => {
+                if t.auth_clients {
+                    return Err(ServerError::Io(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "a TLS-only server must not demand client certificates: the \
+                         kit's own checks have none",
+                    )));
+                }
+                Ok(Reach::Tls(std::fs::read(&t.ca)?))
+            }
+            _ => Ok(Reach::Plain),
+        }
+    }
+
+    /// `redis://` or `rediss://`.
+    fn scheme(&self) -> &'static str {
+        match self {
+            Reach::Plain => "redis",
+            Reach::Tls(_) => "rediss",
+        }
+    }
+
+    /// A client for the server at `url` (of [`scheme`](Self::scheme)).
+    fn client(&self, url: &str) -> redis::RedisResult<redis::Client> {
+        match self {
+            Reach::Plain => redis::Client::open(url),
+            Reach::Tls(ca) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            ),
+        }
+    }
+
+    /// A client for the server on loopback `port`, without a password.
+    fn client_on(&self, port: u16) -> redis::RedisResult<redis::Client> {
+        self.client(&format!("{}://127.0.0.1:{port}", self.scheme()))
+    }
 }
 
 /// A redis-server of this process's own, on a free loopback port, in a temp
 /// directory; stopped and removed when dropped. It keeps its port and directory
 /// across [`stop`](Self::stop) and the restarts.
 pub struct PrivateRedis {
-    /// Its port (plain text).
+    /// Its port: plain text, or TLS with [`RedisOptions::tls_only`].
     pub port: u16,
-    /// Its TLS port, when started with [`RedisOptions::tls`].
+    /// Its TLS port, when started with [`RedisOptions::tls`] (with
+    /// [`RedisOptions::tls_only`], the same as `port`).
     pub tls_port: Option<u16>,
     options: RedisOptions,
+    reach: Reach,
     child: Option<Child>,
     dir: PathBuf,
 }
@@ -117,11 +208,13 @@ impl PrivateRedis {
     /// at once (a port taken in between by another process) is tried again on new
     /// ports, three times in all.
     pub fn start_with(options: RedisOptions) -> Result<Self, ServerError> {
+        let reach = Reach::of(options.tls.as_ref(), options.tls_only)?;
         let mut tries = 0;
         loop {
             tries += 1;
             let port = free_port()?;
             let tls_port = match options.tls {
+                Some(_) if options.tls_only => Some(port),
                 Some(_) => Some(free_port()?),
                 None => None,
             };
@@ -133,6 +226,7 @@ impl PrivateRedis {
                 port,
                 tls_port,
                 options: options.clone(),
+                reach: reach.clone(),
                 child: None,
                 dir,
             };
@@ -146,7 +240,11 @@ impl PrivateRedis {
 
     fn spawn(&mut self) -> Result<(), ServerError> {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let plain_port = match (&self.options.tls, self.options.tls_only) {
+            (Some(_), true) => 0,
+            _ => self.port,
+        };
+        cmd.args(["--port", &plain_port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", ""]);
         if self.options.appendonly {
             cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
@@ -160,14 +258,11 @@ impl PrivateRedis {
             cmd.args(["--replicaof", "127.0.0.1", &port.to_string()]);
         }
         if let (Some(tls), Some(port)) = (&self.options.tls, self.tls_port) {
-            cmd.args(["--tls-port", &port.to_string()])
-                .arg("--tls-cert-file")
-                .arg(&tls.cert)
-                .arg("--tls-key-file")
-                .arg(&tls.key)
-                .arg("--tls-ca-cert-file")
-                .arg(&tls.ca)
-                .args(["--tls-auth-clients", "yes"]);
+            cmd.args(["--tls-port", &port.to_string()]);
+            tls.args(&mut cmd);
+            if self.options.tls_only {
+                cmd.args(["--tls-replication", "yes"]);
+            }
         }
         cmd.arg("--dir")
             .arg(&self.dir)
@@ -175,22 +270,30 @@ impl PrivateRedis {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let child = spawn_owned(cmd).map_err(ServerError::Missing)?;
-        let url = self.url();
+        let client = self.client();
         // Kept even when it does not answer, so that drop stops it.
         let child = self.child.insert(child);
-        match wait_until_up(child, &url, Duration::from_secs(10)) {
+        match wait_until_up(child, client, Duration::from_secs(10)) {
             Up::Answered => Ok(()),
             Up::Exited => Err(ServerError::Exited(self.port)),
             Up::Silent => Err(ServerError::NoAnswer(self.port)),
         }
     }
 
-    /// Its URL (plain text), with the password when it has one.
+    /// Its URL (plain text; `rediss://` with [`RedisOptions::tls_only`]), with the
+    /// password when it has one.
     pub fn url(&self) -> String {
+        let scheme = self.reach.scheme();
         match &self.options.password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(p) => format!("{scheme}://:{p}@127.0.0.1:{}", self.port),
+            None => format!("{scheme}://127.0.0.1:{}", self.port),
         }
+    }
+
+    /// A client for it at [`url`](Self::url): with [`RedisOptions::tls_only`], over
+    /// TLS trusting its CA.
+    pub fn client(&self) -> redis::RedisResult<redis::Client> {
+        self.reach.client(&self.url())
     }
 
     /// The process id of the running server, if it runs (not after [`stop`](Self::stop)).
@@ -272,12 +375,17 @@ impl Drop for PrivateRedis {
 /// quorum 2, a master down after 1 s), all on loopback ports of their own, for
 /// failover tests: kill the master and Sentinel promotes the replica. Everything
 /// stops when dropped.
+///
+/// Started with [`start_tls`](Self::start_tls), every one of them speaks TLS only
+/// (no plain-text port): clients, replication, the sentinels' links to the servers
+/// and to each other, and the addresses Sentinel gives out are TLS ports.
 pub struct PrivateSentinel {
     /// The master at start.
     pub master: PrivateRedis,
     /// Its replica (the master after a failover).
     pub replica: PrivateRedis,
     sentinels: Vec<(u16, Child)>,
+    reach: Reach,
     dir: PathBuf,
 }
 
@@ -288,12 +396,31 @@ impl PrivateSentinel {
     /// Start the master, the replica (and wait until it is in sync), and three
     /// sentinels (and wait until they see the replica).
     pub fn start() -> Result<Self, ServerError> {
-        let master = PrivateRedis::start()?;
+        Self::start_with(None)
+    }
+
+    /// [`start`](Self::start), everything over TLS only with the files of `tls`,
+    /// which must not demand client certificates (`auth_clients: false`).
+    pub fn start_tls(tls: ServerTls) -> Result<Self, ServerError> {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<ServerTls>) -> Result<Self, ServerError> {
+        let tls_only = tls.is_some();
+        let reach = Reach::of(tls.as_ref(), tls_only)?;
+        let master = PrivateRedis::start_with(RedisOptions {
+            tls: tls.clone(),
+            tls_only,
+            ..RedisOptions::default()
+        })?;
         let replica = PrivateRedis::start_with(RedisOptions {
+            tls: tls.clone(),
+            tls_only,
             replica_of: Some(master.port),
             ..RedisOptions::default()
         })?;
-        if !wait_for(
+        if !wait_for_with(
+            &reach,
             replica.port,
             &["INFO", "replication"],
             Duration::from_secs(20),
@@ -311,15 +438,23 @@ impl PrivateSentinel {
             master,
             replica,
             sentinels: Vec::new(),
+            reach,
             dir,
         };
         for i in 0..3 {
             let port = free_port()?;
             let conf = bed.dir.join(format!("sentinel-{i}.conf"));
+            // Over TLS: no plain-text port; `tls-replication yes` makes a sentinel
+            // reach the servers and the other sentinels over TLS, and announce its
+            // TLS port to them.
+            let listen = match &tls {
+                None => format!("port {port}\n"),
+                Some(_) => format!("port 0\ntls-port {port}\ntls-replication yes\n"),
+            };
             std::fs::write(
                 &conf,
                 format!(
-                    "port {port}\nbind 127.0.0.1\ndir {}\n\
+                    "{listen}bind 127.0.0.1\ndir {}\n\
                      sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {} 2\n\
                      sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
                      sentinel failover-timeout {SENTINEL_MASTER} 3000\n\
@@ -329,14 +464,15 @@ impl PrivateSentinel {
                 ),
             )?;
             let mut cmd = Command::new("redis-server");
-            cmd.arg(&conf)
-                .arg("--sentinel")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
+            cmd.arg(&conf).arg("--sentinel");
+            if let Some(t) = &tls {
+                t.args(&mut cmd);
+            }
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
             let mut child = spawn_owned(cmd).map_err(ServerError::Missing)?;
             let up = wait_until_up(
                 &mut child,
-                &format!("redis://127.0.0.1:{port}"),
+                bed.reach.client_on(port),
                 Duration::from_secs(10),
             );
             bed.sentinels.push((port, child));
@@ -348,12 +484,13 @@ impl PrivateSentinel {
         }
         // Each sentinel must know the replica (from the master's INFO) and the others.
         for (port, _) in &bed.sentinels {
-            let ok = wait_for(
+            let ok = wait_for_with(
+                &bed.reach,
                 *port,
                 &["SENTINEL", "CKQUORUM", SENTINEL_MASTER],
                 Duration::from_secs(20),
                 |r| r.starts_with("OK"),
-            ) && wait_until_replica_known(*port, Duration::from_secs(20));
+            ) && wait_until_replica_known(&bed.reach, *port, Duration::from_secs(20));
             if !ok {
                 return Err(ServerError::NoAnswer(*port));
             }
@@ -361,19 +498,27 @@ impl PrivateSentinel {
         Ok(bed)
     }
 
-    /// The sentinels' URLs, comma-separated (`--redis-sentinel`).
+    /// The sentinels' URLs, comma-separated (`--redis-sentinel`): `rediss://` when
+    /// started with [`start_tls`](Self::start_tls).
     pub fn sentinel_urls(&self) -> String {
+        let scheme = self.reach.scheme();
         self.sentinels
             .iter()
-            .map(|(p, _)| format!("redis://127.0.0.1:{p}"))
+            .map(|(p, _)| format!("{scheme}://127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",")
     }
 
-    /// The port of the master the sentinels name now, if they agree on one.
+    /// A client for sentinel `i` (over TLS trusting the bed's CA when started with
+    /// [`start_tls`](Self::start_tls)).
+    pub fn sentinel_client(&self, i: usize) -> redis::RedisResult<redis::Client> {
+        let port = self.sentinels.get(i).map_or(0, |(p, _)| *p);
+        self.reach.client_on(port)
+    }
+
+    /// The port of the master the first sentinel names now.
     pub fn master_port(&self) -> Option<u16> {
-        let (port, _) = self.sentinels.first()?;
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
+        let client = self.sentinel_client(0).ok()?;
         let mut c = client.get_connection().ok()?;
         let addr: Vec<String> = redis::cmd("SENTINEL")
             .arg("GET-MASTER-ADDR-BY-NAME")
@@ -396,7 +541,8 @@ impl PrivateSentinel {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        if !wait_for(
+        if !wait_for_with(
+            &self.reach,
             replica,
             &["INFO", "replication"],
             Duration::from_secs(20),
@@ -409,9 +555,9 @@ impl PrivateSentinel {
 }
 
 /// Whether the sentinel on `port` lists a replica of the master.
-fn wait_until_replica_known(port: u16, within: Duration) -> bool {
+fn wait_until_replica_known(reach: &Reach, port: u16, within: Duration) -> bool {
     let deadline = Instant::now() + within;
-    let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
+    let Ok(client) = reach.client_on(port) else {
         return false;
     };
     loop {
@@ -534,11 +680,15 @@ enum Up {
     Silent,
 }
 
-/// Wait until the redis-server `child` answers PING at `url`; stop waiting as soon as
-/// the process has exited, or when `within` has passed.
-fn wait_until_up(child: &mut Child, url: &str, within: Duration) -> Up {
+/// Wait until the redis-server `child` answers PING through `client`; stop waiting
+/// as soon as the process has exited, or when `within` has passed.
+fn wait_until_up(
+    child: &mut Child,
+    client: redis::RedisResult<redis::Client>,
+    within: Duration,
+) -> Up {
     let deadline = Instant::now() + within;
-    let Ok(client) = redis::Client::open(url) else {
+    let Ok(client) = client else {
         return Up::Silent;
     };
     loop {
@@ -559,8 +709,19 @@ fn wait_until_up(child: &mut Child, url: &str, within: Duration) -> Up {
 
 /// Poll one server with `args` until `ok` holds for its reply, at most `within`.
 fn wait_for(port: u16, args: &[&str], within: Duration, ok: impl Fn(&str) -> bool) -> bool {
+    wait_for_with(&Reach::Plain, port, args, within, ok)
+}
+
+/// [`wait_for`], reaching the server as `reach` says.
+fn wait_for_with(
+    reach: &Reach,
+    port: u16,
+    args: &[&str],
+    within: Duration,
+    ok: impl Fn(&str) -> bool,
+) -> bool {
     let deadline = Instant::now() + within;
-    let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
+    let Ok(client) = reach.client_on(port) else {
         return false;
     };
     loop {
@@ -679,8 +840,11 @@ impl PrivateCluster {
             .stderr(Stdio::null());
         let mut child = spawn_owned(cmd).map_err(ServerError::Missing)?;
         // A node that exits (a port taken after all) fails at once, not after 10 s.
-        let answered =
-            wait_until_up(&mut child, &self.url(i), Duration::from_secs(10)) == Up::Answered;
+        let answered = wait_until_up(
+            &mut child,
+            redis::Client::open(self.url(i)),
+            Duration::from_secs(10),
+        ) == Up::Answered;
         // Kept even when it did not answer, so that drop stops it.
         self.children[i] = Some(child);
         if answered {

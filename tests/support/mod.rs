@@ -771,11 +771,7 @@ pub struct TlsRedis {
 
 impl TlsRedis {
     pub fn start(certs: &TestCerts) -> Self {
-        let tls = ServerTls {
-            cert: certs.dir.join("server.pem"),
-            key: certs.dir.join("server.key"),
-            ca: certs.dir.join("ca.pem"),
-        };
+        let tls = ServerTls::in_dir(&certs.dir);
         let inner = PrivateRedis::start_with(RedisOptions {
             tls: Some(tls),
             ..RedisOptions::default()
