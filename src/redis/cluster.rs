@@ -20,8 +20,9 @@
 //! redirects), and the map is read again.
 //!
 //! The map is read at the first pipeline, after a MOVED, READONLY or CLUSTERDOWN
-//! reply or a master's connection failing, and at most [`MAP_MAX_AGE`] after the
-//! last read. A slot the map does not know goes by slot through redis-rs, as before.
+//! reply or a master's connection failing (at most every [`MAP_MIN_INTERVAL`]), and
+//! at most [`MAP_MAX_AGE`] after the last read. A slot the map does not know goes by
+//! slot through redis-rs, as before.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -42,9 +43,11 @@ use redis::{
 /// without any redirect being seen (none of its events were sent) goes unnoticed.
 pub(crate) const MAP_MAX_AGE: Duration = Duration::from_secs(60);
 
-/// After a failed read of the map, the old one (or none: every slot by slot) is used
-/// this long before the next try, so a cluster in trouble is not asked every pass.
-const MAP_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// The map is read at most this often. While a master is down every pipeline finds
+/// its connection failing, and a failed read is followed by the next pipeline: this
+/// keeps that to a few reads a second. Redirects in the meantime cost only their
+/// commands sent again.
+const MAP_MIN_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Hash slots in a Redis Cluster.
 const SLOTS: u16 = 16384;
@@ -90,6 +93,7 @@ impl ClusterConn {
                 state: Mutex::new(State {
                     map: None,
                     read_at: None,
+                    last_read: None,
                     nodes: HashMap::new(),
                 }),
                 reading: tokio::sync::Mutex::new(()),
@@ -232,6 +236,8 @@ struct State {
     map: Option<Arc<SlotMap>>,
     /// When the map is to be read again; None: now.
     read_at: Option<Instant>,
+    /// When it was last read (or tried).
+    last_read: Option<Instant>,
     /// One multiplexed connection per master, made at its first pipeline and
     /// dropped when it fails or the master leaves the map.
     nodes: HashMap<NodeAddr, MultiplexedConnection>,
@@ -252,9 +258,11 @@ impl Router {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The map is read again before the next pipeline.
+    /// The map is read again before the next pipeline, or [`MAP_MIN_INTERVAL`] after
+    /// the last read if that is later.
     fn mark_stale(&self) {
-        self.state().read_at = None;
+        let mut s = self.state();
+        s.read_at = s.last_read.map(|t| t + MAP_MIN_INTERVAL);
     }
 
     fn fresh_map(&self) -> Option<Option<Arc<SlotMap>>> {
@@ -282,6 +290,7 @@ impl Router {
             .map_err(|e| crate::base::error_chain::chain(&e).to_string())
             .and_then(|v| SlotMap::parse(&v).map_err(str::to_owned));
         let mut s = self.state();
+        s.last_read = Some(Instant::now());
         match read {
             Ok(map) => {
                 s.nodes.retain(|addr, _| map.masters.contains(addr));
@@ -291,7 +300,7 @@ impl Router {
             }
             Err(error) => {
                 crate::log_limited!(WARN, "could not read the cluster's slot map; pipelines go by slot until it is read", error = %error);
-                s.read_at = Some(Instant::now() + MAP_RETRY_AFTER);
+                s.read_at = Some(Instant::now() + MAP_MIN_INTERVAL);
             }
         }
         s.map.clone()
@@ -333,9 +342,8 @@ impl Router {
     /// Forget a master's connection after it failed: the next pipeline connects
     /// again, and reads the map again (the master may have moved).
     fn forget(&self, addr: &NodeAddr) {
-        let mut s = self.state();
-        s.nodes.remove(addr);
-        s.read_at = None;
+        self.state().nodes.remove(addr);
+        self.mark_stale();
     }
 }
 
