@@ -390,3 +390,331 @@ async fn a_master_going_down_stops_only_its_own_events() {
          event 0 held {stalled_at} slots across the restart and resumed"
     );
 }
+
+/// `n` events (`bulk-0` ..) with `i % 4 + 1` queued users each (queue entries only),
+/// seeded through the cluster connection; the events and their queue lengths.
+async fn queues(conn: &mut RedisConn, k: &Keys, n: usize) -> Vec<(String, u64)> {
+    let mut p = redis::pipe();
+    let mut out = Vec::new();
+    for i in 0..n {
+        let e = format!("bulk-{i}");
+        let users = (i % 4 + 1) as u64;
+        for u in 0..users {
+            p.cmd("ZADD")
+                .arg(k.queue(&e))
+                .arg(u)
+                .arg(format!("{e}-s{u}"))
+                .ignore();
+        }
+        out.push((e, users));
+    }
+    p.query_async::<()>(conn).await.expect("seed the queues");
+    out
+}
+
+/// One pipeline over every event, as a pass builds one: a script call per event
+/// (ZCARD of its queue, through EVAL with the key declared) and a plain ZCARD, with a
+/// keyless PING in the middle. Asserts every reply is the right one, in order.
+async fn read_all(conn: &mut RedisConn, k: &Keys, events: &[(String, u64)], when: &str) {
+    let mut p = redis::pipe();
+    for (i, (e, _)) in events.iter().enumerate() {
+        p.cmd("EVAL")
+            .arg("return redis.call('ZCARD', KEYS[1])")
+            .arg(1)
+            .arg(k.queue(e));
+        p.cmd("ZCARD").arg(k.queue(e));
+        if i == events.len() / 2 {
+            p.cmd("PING");
+        }
+    }
+    let replies: Vec<redis::Value> = p.query_async(conn).await.expect("the pipeline");
+    let mut it = replies.into_iter();
+    for (i, (e, users)) in events.iter().enumerate() {
+        for what in ["EVAL", "ZCARD"] {
+            assert_eq!(
+                it.next(),
+                Some(redis::Value::Int(*users as i64)),
+                "{what} of {e} {when}"
+            );
+        }
+        if i == events.len() / 2 {
+            assert_eq!(
+                it.next(),
+                Some(redis::Value::SimpleString("PONG".into())),
+                "PING {when}"
+            );
+        }
+    }
+    assert_eq!(it.next(), None, "more replies than commands {when}");
+}
+
+fn counts(conn: &RedisConn) -> store::PipelineCounts {
+    conn.pipeline_counts().expect("a cluster connection counts")
+}
+
+/// A pipeline over 300 events (all three masters, some 300 hash slots) goes as one
+/// pipeline per master, with its replies in command order: if the split per hash slot
+/// came back, this pipeline would be some 300 pipelines. A worker's steady pass over
+/// the same events sends a handful of pipelines per master, not one per event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_over_many_events_goes_as_one_pipeline_per_master() {
+    const EVENTS: usize = 300;
+    let cluster = RedisCluster::start();
+    let k = cluster_keys();
+    let mut conn = store::connect(
+        &Endpoint::Cluster(vec![cluster.url(0)]),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("cluster connection");
+    let events = queues(&mut conn, &k, EVENTS).await;
+    let mut owners = HashSet::new();
+    for (e, _) in &events[..30] {
+        owners.insert(cluster.owner(&format!("{{{e}}}")).await);
+    }
+    assert_eq!(owners.len(), 3, "the events span every master");
+
+    let before = counts(&conn);
+    read_all(&mut conn, &k, &events, "on a settled cluster").await;
+    let after = counts(&conn);
+    assert_eq!(
+        after.node_pipelines - before.node_pipelines,
+        3,
+        "{before:?} -> {after:?}"
+    );
+    assert_eq!(after.slot_pipelines, before.slot_pipelines, "{after:?}");
+    assert_eq!(after.redirected, 0, "{after:?}");
+    assert_eq!(after.map_reads, 1, "the map is read once: {after:?}");
+
+    // A worker's pass: admit everyone, then time nothing but count a steady pass.
+    let kafka = MockKafka::start();
+    let mut p = redis::pipe();
+    for (e, users) in &events {
+        for u in 0..*users {
+            p.cmd("HSET")
+                .arg(k.session(e, &format!("{e}-s{u}")))
+                .arg("status")
+                .arg("queued")
+                .arg("user_id")
+                .arg(format!("u{u}"))
+                .ignore();
+        }
+        p.cmd("SADD").arg(k.active_events()).arg(e).ignore();
+    }
+    p.query_async::<()>(&mut conn).await.expect("sessions");
+    let mut w = start_worker(
+        settings(&cluster.url(0), &kafka.bootstrap)
+            .redis_cluster([cluster.url(1)])
+            .max_concurrent(1000)
+            .batch_size(10)
+            .http_addr(None),
+    )
+    .await;
+    assert!(w.cycle().await, "the admitting pass");
+    assert!(w.cycle().await, "a pass");
+    let before = w.redis_pipeline_counts().expect("cluster counts");
+    assert!(w.cycle().await, "the steady pass");
+    let after = w.redis_pipeline_counts().expect("cluster counts");
+    let sent = (after.node_pipelines - before.node_pipelines)
+        + (after.slot_pipelines - before.slot_pipelines);
+    eprintln!("steady pass over {EVENTS} events: {before:?} -> {after:?}");
+    assert!(
+        after.node_pipelines > before.node_pipelines,
+        "the pass went by master: {after:?}"
+    );
+    assert!(
+        sent < EVENTS as u64 / 5,
+        "{sent} pipelines for a pass over {EVENTS} events: split per slot again?"
+    );
+    assert_eq!(after.redirected, 0, "{after:?}");
+    tokio::task::spawn_blocking(move || drop(w))
+        .await
+        .expect("drop the worker");
+}
+
+/// A plain connection to node `i` runs `args` and must succeed.
+async fn on_node<T: redis::FromRedisValue>(cluster: &RedisCluster, i: usize, args: &[&str]) -> T {
+    let mut c = cluster.node(i).await;
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query_async(&mut c)
+        .await
+        .unwrap_or_else(|e| panic!("{args:?} on node {i}: {e}"))
+}
+
+/// After a slot moves to another master (keys migrated with MIGRATE, as `redis-cli
+/// --cluster reshard` does), a connection whose map still names the old master gets
+/// ASK (mid-migration) and MOVED (after) for that slot's commands: those alone are
+/// sent again by slot, every reply stays in order, the map is read again, and the
+/// next pipeline is one per master again. A worker made before the move keeps
+/// admitting the moved event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_to_another_master_is_followed_with_replies_in_order() {
+    const EVENTS: usize = 60;
+    let cluster = RedisCluster::start();
+    let kafka = MockKafka::start();
+    let k = cluster_keys();
+    let mut conn = store::connect(
+        &Endpoint::Cluster(vec![cluster.url(0)]),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("cluster connection");
+    let events = queues(&mut conn, &k, EVENTS).await;
+    // One event per master with real sessions, admitted by a worker one per pass
+    // each, so the worker's pipelines span the masters; the first one moves.
+    let served = one_event_per_node(&cluster).await;
+    let moved = served[0].clone();
+    let sessions = enqueue_all(&mut conn, &k, &served, 50).await;
+    assert_eq!(sessions.len(), 150);
+    let mut w = start_worker(
+        served
+            .iter()
+            .fold(settings(&cluster.url(0), &kafka.bootstrap), |s, e| {
+                s.event(e)
+            })
+            .redis_cluster([cluster.url(0)])
+            .max_concurrent(1000)
+            .batch_size(1)
+            .http_addr(None),
+    )
+    .await;
+    assert!(w.cycle().await, "a pass before the move");
+    read_all(&mut conn, &k, &events, "before the move").await;
+    let settled = counts(&conn);
+
+    // Move the slot of `moved` from node 0 (its owner) to node 1.
+    let (from, to) = (0, 1);
+    assert_eq!(cluster.owner(&format!("{{{moved}}}")).await, from);
+    let slot: i64 = on_node(&cluster, from, &["CLUSTER", "KEYSLOT", &k.queue(&moved)]).await;
+    let slot = slot.to_string();
+    let from_id: String = on_node(&cluster, from, &["CLUSTER", "MYID"]).await;
+    let to_id: String = on_node(&cluster, to, &["CLUSTER", "MYID"]).await;
+    let _: () = on_node(
+        &cluster,
+        to,
+        &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id],
+    )
+    .await;
+    let _: () = on_node(
+        &cluster,
+        from,
+        &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id],
+    )
+    .await;
+    let to_port = cluster.ports[to].to_string();
+    loop {
+        let keys: Vec<String> =
+            on_node(&cluster, from, &["CLUSTER", "GETKEYSINSLOT", &slot, "1000"]).await;
+        if keys.is_empty() {
+            break;
+        }
+        let mut args = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+        args.extend(keys.iter().map(String::as_str));
+        let _: () = on_node(&cluster, from, &args).await;
+    }
+    // Mid-migration: node 0 answers ASK for the moved slot's commands.
+    let mid = events
+        .iter()
+        .cloned()
+        .chain([(moved.clone(), 50)])
+        .collect::<Vec<_>>();
+    // `moved` has 50 sessions queued minus the one admitted before the move.
+    let before_move: u64 = redis::cmd("ZCARD")
+        .arg(k.queue(&moved))
+        .query_async(&mut conn)
+        .await
+        .expect("ZCARD of the moved event");
+    let mid: Vec<(String, u64)> = mid
+        .into_iter()
+        .map(|(e, n)| if e == moved { (e, before_move) } else { (e, n) })
+        .collect();
+    read_all(&mut conn, &k, &mid, "mid-migration (ASK)").await;
+    let asked = counts(&conn);
+    assert!(asked.redirected > settled.redirected, "{asked:?}");
+
+    for i in [to, from, 2] {
+        let _: () = on_node(&cluster, i, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]).await;
+    }
+    assert_eq!(cluster.owner(&format!("{{{moved}}}")).await, to);
+    // After the move: node 0 answers MOVED; the map is read again.
+    read_all(&mut conn, &k, &mid, "after the move (MOVED)").await;
+    let moved_counts = counts(&conn);
+    assert!(
+        moved_counts.redirected > asked.redirected,
+        "{moved_counts:?}"
+    );
+    // The map is read again at most every 250 ms: until then the moved slot's
+    // commands are redirected again, with every reply still in order.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let before = counts(&conn);
+        read_all(&mut conn, &k, &mid, "while the map is read again").await;
+        let after = counts(&conn);
+        if after.redirected == before.redirected {
+            assert_eq!(
+                after.node_pipelines - before.node_pipelines,
+                3,
+                "one per master again: {after:?}"
+            );
+            assert_eq!(after.slot_pipelines, before.slot_pipelines);
+            break after;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still redirected 10 s after the move: {after:?}"
+        );
+    };
+    assert!(after.map_reads > moved_counts.map_reads, "{after:?}");
+
+    // The worker, whose map still says node 0, keeps admitting the moved event.
+    let admitted_before: u64 = {
+        let mut node = cluster.node(to).await;
+        redis::cmd("SCARD")
+            .arg(k.processing(&moved))
+            .query_async(&mut node)
+            .await
+            .expect("processing on the new master")
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // Each pass admits one; a pass may fail while the map catches up.
+        w.cycle().await;
+        let n: u64 = redis::cmd("SCARD")
+            .arg(k.processing(&moved))
+            .query_async(&mut conn)
+            .await
+            .expect("SCARD through the cluster connection");
+        if n >= admitted_before + 5 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the moved event admitted {} in 20s after the move",
+            n - admitted_before
+        );
+    }
+    let wc = w.redis_pipeline_counts().expect("cluster counts");
+    // Its map may not have been read again yet (at most every 250 ms): the moved
+    // slot's commands were redirected and sent again meanwhile.
+    assert!(
+        wc.node_pipelines > 0 && wc.redirected > 0,
+        "the worker's pipelines went by master and followed the move: {wc:?}"
+    );
+    tokio::task::spawn_blocking(move || drop(w))
+        .await
+        .expect("drop the worker");
+    for e in &served {
+        let (queued, admitted): (u64, u64) = redis::pipe()
+            .cmd("ZCARD")
+            .arg(k.queue(e))
+            .cmd("SCARD")
+            .arg(k.processing(e))
+            .query_async(&mut conn)
+            .await
+            .expect("counts");
+        assert_eq!(queued + admitted, 50, "{e}: nobody lost or admitted twice");
+    }
+}

@@ -443,6 +443,10 @@ pub(crate) struct BenchArgs {
     /// redis-server).
     #[arg(long, default_value_t = 0)]
     pub(crate) replica_acks: u64,
+    /// Run one section only: `cluster` (the full pass at 1,000 and --events events,
+    /// on one server and on a three-master cluster).
+    #[arg(long, value_parser = ["cluster"])]
+    pub(crate) only: Option<String>,
 }
 
 #[cfg(feature = "tools")]
@@ -780,6 +784,7 @@ impl BenchArgs {
             json: self.json,
             with_replica: self.with_replica,
             replica_acks: self.replica_acks,
+            only_cluster: self.only.as_deref() == Some("cluster"),
         }
     }
 }

@@ -230,21 +230,31 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             // SIGINT/SIGTERM drop the bench where it is: its servers go with it (their
             // Drop), and the process exits 130/143 without a report.
             let mut stop = Stop::listen().context("bench: listening for SIGINT and SIGTERM")?;
+            let options = args.options();
+            let run = async {
+                if options.only_cluster {
+                    let r = waitroom_worker::bench::run_cluster_only(options).await?;
+                    return Ok(if json {
+                        serde_json::to_string_pretty(&r).map(|j| j + "\n")
+                    } else {
+                        Ok(waitroom_worker::bench::render_cluster_only(&r))
+                    });
+                }
+                let r = waitroom_worker::bench::run(options).await?;
+                Ok::<_, waitroom_worker::bench::BenchError>(if json {
+                    serde_json::to_string_pretty(&r).map(|j| j + "\n")
+                } else {
+                    Ok(waitroom_worker::bench::render(&r))
+                })
+            };
             let report = tokio::select! {
-                r = waitroom_worker::bench::run(args.options()) => r.context("bench")?,
+                r = run => r.context("bench")?.context("encoding JSON")?,
                 sig = stop.next() => {
                     eprintln!("bench: {}: stopped, no report", sig.name());
                     return Err(Answered(sig.exit_code()).into());
                 }
             };
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).context("encoding JSON")?
-                );
-            } else {
-                print!("{}", waitroom_worker::bench::render(&report));
-            }
+            print!("{report}");
             Ok(())
         }
         #[cfg(feature = "tools")]

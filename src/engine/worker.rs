@@ -387,6 +387,12 @@ impl Worker {
         self.stats.clone()
     }
 
+    /// How its cluster connection sent pipelines so far (one per master, by slot,
+    /// redirected); None for one server. For the bench and the cluster tests.
+    pub fn redis_pipeline_counts(&self) -> Option<store::PipelineCounts> {
+        self.conn.pipeline_counts()
+    }
+
     /// Run cycles until `shutdown` fires; then finish the cycle in flight, flush
     /// Kafka and wait for in-flight acknowledgements (bounded by the shutdown
     /// timeout). Unacknowledged entries stay in the outbox for the next worker.

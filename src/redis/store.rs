@@ -7,21 +7,20 @@
 //! counted, and is retried by the caller.
 //!
 //! Against a cluster, every module keeps building one pipeline per round trip as it
-//! does against one server: [`RedisConn`] splits a pipeline by hash slot and sends the
-//! parts concurrently, because a cluster node only runs commands of slots it owns. With
-//! the cluster key layout, everything one event needs lives in one slot, so a pass
-//! over many events costs one pipeline per hash slot in use, all in flight at once.
+//! does against one server: [`RedisConn`] splits a pipeline by master and sends the
+//! parts concurrently, because a cluster node only runs commands of slots it owns
+//! (`redis::cluster`). With the cluster key layout, everything one event needs lives
+//! in one slot, so a pass over many events costs one pipeline per master, all in
+//! flight at once.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
-use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::Slot;
-use redis::{Arg, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 
+pub use crate::redis::cluster::{ClusterConn, PipelineCounts};
 use crate::redis::sentinel::SentinelConn;
 
 /// Where Redis is: one server, or the seed nodes of a cluster.
@@ -124,10 +123,21 @@ impl fmt::Debug for Endpoint {
 pub enum RedisConn {
     /// One server, reconnecting in the background.
     Single(ConnectionManager),
-    /// A Redis Cluster.
-    Cluster(ClusterConnection),
+    /// A Redis Cluster; pipelines go one per master.
+    Cluster(ClusterConn),
     /// The master Sentinel names, followed across failovers.
     Sentinel(SentinelConn),
+}
+
+impl RedisConn {
+    /// How a cluster connection (with its clones) sent its pipelines so far: one per
+    /// master, by slot, redirected. None for one server.
+    pub fn pipeline_counts(&self) -> Option<PipelineCounts> {
+        match self {
+            RedisConn::Cluster(c) => Some(c.pipeline_counts()),
+            RedisConn::Single(_) | RedisConn::Sentinel(_) => None,
+        }
+    }
 }
 
 impl fmt::Debug for RedisConn {
@@ -169,7 +179,12 @@ pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<RedisConn
                 .min_retry_wait(10)
                 .max_retry_wait(200)
                 .build()?;
-            Ok(RedisConn::Cluster(client.get_async_connection().await?))
+            let seed = urls.first().map(String::as_str).unwrap_or_default();
+            Ok(RedisConn::Cluster(ClusterConn::new(
+                client.get_async_connection().await?,
+                seed,
+                timeout,
+            )?))
         }
         Endpoint::Sentinel {
             sentinels,
@@ -200,14 +215,7 @@ impl ConnectionLike for RedisConn {
         match self {
             RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             RedisConn::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
-            // A transaction must stay whole (and in one slot); anything else is split.
-            RedisConn::Cluster(c) => {
-                if pipeline.is_transaction() || offset != 0 || count != pipeline.len() {
-                    c.req_packed_commands(pipeline, offset, count)
-                } else {
-                    Box::pin(split_by_slot(c.clone(), pipeline))
-                }
-            }
+            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -253,140 +261,6 @@ pub async fn run_id(conn: &mut RedisConn) -> RedisResult<Option<String>> {
         .lines()
         .find_map(|l| l.strip_prefix("run_id:"))
         .map(|id| id.trim().to_owned()))
-}
-
-/// Send a pipeline to a cluster as one pipeline per hash slot, concurrently, and put
-/// the replies back in the order of the commands. Commands of one slot keep their
-/// order; a command without a key goes on its own as a plain command, so redis-rs
-/// routes it as it would outside a pipeline (SCRIPT LOAD to every master, say).
-///
-/// A part that fails as a whole with a transient error (its master unreachable or
-/// failing over) turns into a TRYAGAIN error reply for each of its commands, so with
-/// `ignore_errors` the events of the other masters go on and only that master's
-/// events wait for the next pass. Any other error, or every part failing, fails the
-/// pipeline, as one pipeline to one server would. (When a reply in a part is MOVED or
-/// ASK, redis-rs sends the whole part again; the scripts are atomic, so a call that
-/// ran twice admits within capacity and its first admissions wait in the outbox.)
-async fn split_by_slot(conn: ClusterConnection, pipeline: &Pipeline) -> RedisResult<Vec<Value>> {
-    let mut parts: Vec<(Pipeline, Vec<usize>, bool)> = Vec::new();
-    let mut by_slot: HashMap<Slot, usize> = HashMap::new();
-    for (i, cmd) in pipeline.cmd_iter().enumerate() {
-        let part = match slot_of(cmd) {
-            Some(slot) => *by_slot.entry(slot).or_insert_with(|| {
-                parts.push((redis::pipe(), Vec::new(), false));
-                parts.len() - 1
-            }),
-            None => {
-                parts.push((redis::pipe(), Vec::new(), true));
-                parts.len() - 1
-            }
-        };
-        parts[part].0.add_command(cmd.clone());
-        parts[part].1.push(i);
-    }
-    if parts.len() <= 1 {
-        let mut c = conn;
-        return c.req_packed_commands(pipeline, 0, pipeline.len()).await;
-    }
-    let sends = parts.iter().map(|(p, _, keyless)| {
-        let mut c = conn.clone();
-        async move {
-            match p.cmd_iter().next() {
-                Some(cmd) if *keyless => c.req_packed_command(cmd).await.map(|v| vec![v]),
-                _ => c.req_packed_commands(p, 0, p.len()).await,
-            }
-        }
-    });
-    let replies = futures_util::future::join_all(sends).await;
-    if replies.iter().all(Result::is_err) {
-        let first = replies.into_iter().find_map(Result::err);
-        return Err(first.unwrap_or_else(|| {
-            RedisError::from((redis::ErrorKind::Client, "empty cluster pipeline"))
-        }));
-    }
-    let mut out: Vec<Option<Value>> = vec![None; pipeline.len()];
-    for ((_, idx, _), reply) in parts.iter().zip(replies) {
-        match reply {
-            Ok(values) => {
-                for (&i, v) in idx.iter().zip(values) {
-                    out[i] = Some(v);
-                }
-            }
-            Err(e) if crate::redis::retry::is_transient(&e) => {
-                crate::log_limited!(WARN, "part of a cluster pipeline failed; its commands are retried on the next pass", error = %crate::base::error_chain::chain(&e), commands = idx.len());
-                let failed = part_failed(&e).ok_or(e)?;
-                for &i in idx {
-                    out[i] = Some(failed.clone());
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    out.into_iter()
-        .map(|v| {
-            v.ok_or_else(|| {
-                RedisError::from((
-                    redis::ErrorKind::Client,
-                    "cluster pipeline part returned fewer replies than commands",
-                ))
-            })
-        })
-        .collect()
-}
-
-/// The error reply that stands for each command of a part that failed as a whole
-/// with a transient error: TRYAGAIN (transient for the worker too), with the cause
-/// on one line. None if Redis's own parser refuses the line.
-fn part_failed(e: &RedisError) -> Option<Value> {
-    let cause: String = e
-        .to_string()
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let line = format!("-TRYAGAIN cluster part failed: {cause}\r\n");
-    redis::parse_redis_value(line.as_bytes()).ok()
-}
-
-/// The hash slot of a command that names a key: the first key of EVAL, EVALSHA and
-/// FCALL (after the script and the key count), the first argument of the rest. None
-/// for the commands without a key that the worker sends (PING, SCRIPT, INFO, ...),
-/// and for a script called with no key.
-fn slot_of(cmd: &Cmd) -> Option<Slot> {
-    const KEYLESS: [&[u8]; 9] = [
-        b"PING",
-        b"SCRIPT",
-        b"INFO",
-        b"CLIENT",
-        b"CONFIG",
-        b"TIME",
-        b"DBSIZE",
-        b"CLUSTER",
-        b"FUNCTION",
-    ];
-    const SCRIPTED: [&[u8]; 6] = [
-        b"EVAL",
-        b"EVALSHA",
-        b"EVAL_RO",
-        b"EVALSHA_RO",
-        b"FCALL",
-        b"FCALL_RO",
-    ];
-    let mut args = cmd.args_iter().filter_map(|a| match a {
-        Arg::Simple(b) => Some(b),
-        _ => None,
-    });
-    let name = args.next()?;
-    if KEYLESS.iter().any(|n| name.eq_ignore_ascii_case(n)) {
-        return None;
-    }
-    if SCRIPTED.iter().any(|n| name.eq_ignore_ascii_case(n)) {
-        args.next()?; // the script, SHA or function
-        let numkeys: u64 = std::str::from_utf8(args.next()?).ok()?.parse().ok()?;
-        if numkeys == 0 {
-            return None;
-        }
-    }
-    args.next().map(Slot::for_key)
 }
 
 /// `redis://user:secret@host/` → `redis://user:***@host/`, and
@@ -435,41 +309,6 @@ fn redact_userinfo(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn commands_of_one_event_share_a_slot_and_keyless_ones_have_none() {
-        let q = redis::cmd("ZCARD").arg("w:{e1}:queue").clone();
-        let admit = redis::cmd("EVALSHA")
-            .arg("abc")
-            .arg(2)
-            .arg("w:{e1}:queue")
-            .arg("w:{e1}:processing")
-            .arg("x")
-            .clone();
-        let other = redis::cmd("ZCARD").arg("w:{e2}:queue").clone();
-        assert_eq!(slot_of(&q), slot_of(&admit));
-        assert!(slot_of(&q).is_some());
-        assert_ne!(slot_of(&q), slot_of(&other));
-        assert_eq!(slot_of(&redis::cmd("PING")), None);
-        assert_eq!(
-            slot_of(&redis::cmd("SCRIPT").arg("LOAD").arg("x").clone()),
-            None
-        );
-    }
-
-    #[test]
-    fn a_failed_part_reads_as_a_transient_error_reply() {
-        let io = RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            "refused\r\nby node",
-        ));
-        let Some(Value::ServerError(e)) = part_failed(&io) else {
-            panic!("not an error reply");
-        };
-        let e = RedisError::from(e);
-        assert!(crate::redis::retry::is_transient(&e), "{e}");
-        assert!(e.to_string().contains("refused  by node"), "{e}");
-    }
 
     #[test]
     fn an_endpoint_never_shows_a_password() {

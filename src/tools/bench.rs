@@ -25,10 +25,14 @@ use crate::model::keys::{KeyLayout, Keys};
 use crate::ops::stats::Stats;
 use crate::redis::scripts::Scripts;
 use crate::redis::scripts::admit::{self, AdmitArgs};
-use crate::redis::store::{self, Endpoint};
 use crate::tools::embedded_kafka::EmbeddedKafka;
 use crate::tools::enqueue;
-use crate::tools::redis_server::{PrivateCluster, PrivateRedis, ServerError};
+use crate::tools::redis_server::{PrivateRedis, ServerError};
+
+mod cluster;
+pub use cluster::{
+    ClusterPass, ClusterReport, render_cluster_line, render_cluster_only, run_cluster_only,
+};
 
 /// What to measure and against what. [`Default`] is the full run.
 #[derive(Debug, Clone)]
@@ -57,6 +61,9 @@ pub struct BenchOptions {
     /// Run the workers with `--replica-acks N` (implies a replica; with
     /// [`BenchOptions::redis_url`] the server must have N replicas of its own).
     pub replica_acks: u64,
+    /// `--only cluster`: only the full pass on one server and on the cluster
+    /// ([`run_cluster_only`]).
+    pub only_cluster: bool,
 }
 
 impl Default for BenchOptions {
@@ -73,6 +80,7 @@ impl Default for BenchOptions {
             json: false,
             with_replica: false,
             replica_acks: 0,
+            only_cluster: false,
         }
     }
 }
@@ -140,9 +148,9 @@ pub struct Report {
     /// (events, ms of the first pass (admitting), ms of a steady pass, ms of Redis
     /// CPU in the steady pass).
     pub full_pass: Vec<(usize, f64, f64, f64)>,
-    /// The same passes on a private three-master Redis Cluster (cluster layout):
-    /// (events, first ms, steady ms, Redis CPU ms of the steady pass over all masters).
-    pub cluster_pass: Vec<(usize, f64, f64, f64)>,
+    /// The same passes on a private three-master Redis Cluster (cluster layout),
+    /// with the pipelines of the steady pass.
+    pub cluster_pass: Vec<ClusterPass>,
     /// Replicas on the largest event count: (replicas, events, wall ms of a steady
     /// round of all of them at once, Redis CPU ms of that round, Redis CPU ms of one
     /// replica's complete pass, which each replica runs every 30th pass).
@@ -538,50 +546,6 @@ where
     Ok((first, steady, cpu))
 }
 
-/// 8. The full pass of section 5 on a private three-master Redis Cluster (cluster
-///    layout, events spread over the masters by hash slot): (first ms, steady ms,
-///    Redis CPU ms of the steady pass, summed over the masters).
-async fn cluster_pass(env: &Env, n: usize) -> Result<(f64, f64, f64), BenchError> {
-    let cluster = PrivateCluster::start(false)?;
-    let urls = cluster.urls();
-    let prefix = format!("bench-cluster-{n}");
-    let keys = Keys::new(&prefix, KeyLayout::Cluster);
-    let mut conn = store::connect(
-        &Endpoint::Cluster(vec![cluster.url(0)]),
-        Duration::from_secs(5),
-    )
-    .await?;
-    seed_events(&mut conn, &keys, n).await?;
-    let w = start_worker(
-        settings(env, &prefix)
-            .redis_cluster(urls.split(','))
-            // WAIT answers for one node: the cluster section runs without it.
-            .replica_acks(0)
-            .batch_size(10),
-    )
-    .await?;
-    let mut nodes = Vec::new();
-    for i in 0..cluster.ports.len() {
-        nodes.push(
-            redis::Client::open(cluster.url(i))?
-                .get_multiplexed_async_connection()
-                .await?,
-        );
-    }
-    // `cluster` lives to the end of the function, past the timed passes.
-    time_passes(w, || {
-        let nodes = nodes.clone();
-        async move {
-            let mut sum = 0.0;
-            for mut c in nodes {
-                sum += redis_cpu(&mut c).await?;
-            }
-            Ok(sum)
-        }
-    })
-    .await
-}
-
 /// 7. Replicas: `replicas` workers on the `n`-event layout of [`full_pass`], all
 ///    doing a steady pass at once. Returns (wall ms of the round, Redis CPU ms of the
 ///    round, Redis CPU ms of one full pass, the kind every 30th pass is).
@@ -753,8 +717,7 @@ pub async fn run(mut a: BenchOptions) -> Result<Report, BenchError> {
         say(&format!(
             "full pass over {n} events on a three-master cluster"
         ));
-        let (first, steady, cpu) = cluster_pass(&env, n).await?;
-        cluster_passes.push((n, first, steady, cpu));
+        cluster_passes.push(cluster::cluster_pass(&env, n).await?);
     }
     // The cluster section's worker and driver hold a pipeline part per event.
     let peak_rss_after_cluster_mb = read_peak_rss_mb();
@@ -860,10 +823,8 @@ pub fn render(r: &Report) -> String {
             "full pass over {n:>6} events: {first:>8.1} ms admitting, {steady:>8.1} ms steady ({cpu:.1} ms Redis CPU)\n"
         ));
     }
-    for (n, first, steady, cpu) in &r.cluster_pass {
-        t.push_str(&format!(
-            "cluster (3 masters), {n:>6} events: {first:>8.1} ms admitting, {steady:>8.1} ms steady ({cpu:.1} ms Redis CPU, all masters)\n"
-        ));
+    for p in &r.cluster_pass {
+        t.push_str(&render_cluster_line(p, &r.full_pass));
     }
     let (n, e, wall, cpu, full) = r.replicas;
     t.push_str(&format!(
