@@ -288,7 +288,10 @@ end
 -- W / T + burst admissions, while ticks that come a little early or late keep their
 -- cells and the outflow averages exactly the rate. tat is worker-written: anything
 -- but a plain decimal (ms, maybe with a fraction) reads as an idle event.
-local rate_left, cost, tat = -1, 0, now_ms
+-- The limiter's clock is the admission instant (signed: the one the tokens carry,
+-- close to Redis's), so the admission times written and published obey the cap.
+local rate_now = stamp_ms
+local rate_left, cost, tat = -1, 0, rate_now
 if per_minute == 0 then
   rate_left = 0
 elseif per_minute > 0 then
@@ -298,12 +301,12 @@ elseif per_minute > 0 then
   local early = (burst - 1) * cost + lag
   local stored = r[4]
   if type(stored) == 'string' and #stored <= 24 and stored:match('^%d+%.?%d*$')
-      and tonumber(stored) >= now_ms - cost - lag then
-    tat = math.max(tonumber(stored), now_ms - lag)
+      and tonumber(stored) >= rate_now - cost - lag then
+    tat = math.max(tonumber(stored), rate_now - lag)
   end
-  -- tat - now_ms first (exact for close numbers), and a whisker of slack, so that
+  -- tat - rate_now first (exact for close numbers), and a whisker of slack, so that
   -- float rounding never starves a whole cell.
-  rate_left = math.max(math.floor((early - (tat - now_ms)) / cost + 1e-6) + 1, 0)
+  rate_left = math.max(math.floor((early - (tat - rate_now)) / cost + 1e-6) + 1, 0)
 end
 
 -- The earliest real deadline (-1 when none), so the worker knows when this event
@@ -577,7 +580,7 @@ if #admitted > 0 then
   end
   -- Kept at least as long as the schedule reaches ahead, so a long burst's debt is
   -- not forgotten while the event is full.
-  redis.call('PEXPIRE', rate, math.max(180000, math.ceil(tat + #admitted * cost - now_ms + cost)))
+  redis.call('PEXPIRE', rate, math.max(180000, math.ceil(tat + #admitted * cost - rate_now + cost)))
   outflow = outflow + #admitted
   if unpublished_age < 0 then unpublished_age = 0 end
   redis.call('HINCRBY', stats, 'admitted_total', #admitted)

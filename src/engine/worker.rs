@@ -155,6 +155,8 @@ struct Hint {
     /// The event's effective capacity and batch size.
     capacity: u64,
     batch: u64,
+    /// Its rate cap (per minute) and the admissions it still allowed, if capped.
+    rate: Option<(u64, u64)>,
     /// The checkout-health valve is on for the event.
     adaptive: bool,
 }
@@ -972,13 +974,22 @@ impl Worker {
     /// the slots the last reply left free when no slot can have come back since
     /// (no reaper in this call, no completion woke it). Too few only costs a
     /// second call; too many, signing for nothing.
+    /// A rate-capped event gets what its cap still allowed plus an interval's worth.
     fn sign_budget(&self, event: &str, slots_may_free: bool) -> u64 {
         let most = admit::MAX_ADMIT_PER_CALL;
-        match self.hints.get(event) {
-            None => self.settings.admission.batch_size.min(most),
-            Some(h) if slots_may_free => h.batch.min(most),
-            Some(h) => h.batch.min(most).min(h.capacity.saturating_sub(h.in_use)),
+        let Some(h) = self.hints.get(event) else {
+            return self.settings.admission.batch_size.min(most);
+        };
+        let mut budget = h.batch.min(most);
+        if !slots_may_free {
+            budget = budget.min(h.capacity.saturating_sub(h.in_use));
         }
+        if let Some((per_minute, left)) = h.rate {
+            let interval = millis(self.settings.worker.process_interval);
+            let more = per_minute.saturating_mul(interval).div_ceil(60_000);
+            budget = budget.min(left.saturating_add(more).saturating_add(1));
+        }
+        budget
     }
 
     /// Sign tokens for the first `budget` waiters this worker knows of, for an
@@ -1048,6 +1059,9 @@ impl Worker {
                 adaptive: outcome.adaptive,
                 capacity: outcome.capacity,
                 batch: outcome.batch,
+                rate: outcome
+                    .rate_per_minute
+                    .map(|r| (r, outcome.rate_left.unwrap_or(0))),
             },
         );
     }
