@@ -444,8 +444,9 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     pub(crate) replica_acks: u64,
     /// Run one section only: `cluster` (the full pass at 1,000 and --events events,
-    /// on one server and on a three-master cluster).
-    #[arg(long, value_parser = ["cluster"])]
+    /// on one server and on a three-master cluster), or `admission` (sections 1-3:
+    /// the whole path, the admit script alone, the minimal reference, the naive flow).
+    #[arg(long, value_parser = ["cluster", "admission"])]
     pub(crate) only: Option<String>,
 }
 
@@ -785,6 +786,7 @@ impl BenchArgs {
             with_replica: self.with_replica,
             replica_acks: self.replica_acks,
             only_cluster: self.only.as_deref() == Some("cluster"),
+            only_admission: self.only.as_deref() == Some("admission"),
         }
     }
 }

@@ -232,6 +232,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let mut stop = Stop::listen().context("bench: listening for SIGINT and SIGTERM")?;
             let options = args.options();
             let run = async {
+                if options.only_admission {
+                    let r = waitroom_worker::bench::run_admission_only(options).await?;
+                    return Ok(if json {
+                        serde_json::to_string_pretty(&r).map(|j| j + "\n")
+                    } else {
+                        Ok(waitroom_worker::bench::render_admission_only(&r))
+                    });
+                }
                 if options.only_cluster {
                     let r = waitroom_worker::bench::run_cluster_only(options).await?;
                     return Ok(if json {

@@ -16,6 +16,8 @@ use thiserror::Error;
 
 mod minimal;
 
+pub use minimal::{AdmissionReport, render_admission_only, run_admission_only};
+
 use crate::base::error_chain::chain;
 use crate::base::shutdown;
 use crate::config::{Config, ConfigBuilder};
@@ -64,6 +66,8 @@ pub struct BenchOptions {
     /// `--only cluster`: only the full pass on one server and on the cluster
     /// ([`run_cluster_only`]).
     pub only_cluster: bool,
+    /// `--only admission`: only sections 1 to 3 ([`run_admission_only`]).
+    pub only_admission: bool,
 }
 
 impl Default for BenchOptions {
@@ -81,6 +85,7 @@ impl Default for BenchOptions {
             with_replica: false,
             replica_acks: 0,
             only_cluster: false,
+            only_admission: false,
         }
     }
 }
@@ -170,6 +175,53 @@ struct Env {
     brokers: String,
     conn: MultiplexedConnection,
     replica_acks: u64,
+}
+
+/// The servers a one-section run starts (none given): they stop when dropped.
+struct Servers {
+    _redis: Option<PrivateRedis>,
+    _kafka: Option<EmbeddedKafka>,
+}
+
+/// Redis and Kafka for a one-section run (`--only`): those given, else a private
+/// redis-server and the embedded Kafka; no replica.
+async fn plain_env(a: &BenchOptions) -> Result<(Env, Servers), BenchError> {
+    let private_redis = match &a.redis_url {
+        Some(_) => None,
+        None => Some(PrivateRedis::start()?),
+    };
+    let embedded = match &a.kafka_brokers {
+        Some(_) => None,
+        None => Some(EmbeddedKafka::start(&[
+            ("QUEUE_READY", 1),
+            ("CHECKOUT_COMPLETED", 1),
+        ])?),
+    };
+    let redis_url = a
+        .redis_url
+        .clone()
+        .or_else(|| private_redis.as_ref().map(PrivateRedis::url))
+        .unwrap_or_default();
+    let brokers = a
+        .kafka_brokers
+        .clone()
+        .or_else(|| embedded.as_ref().map(|k| k.bootstrap.clone()))
+        .unwrap_or_default();
+    let conn = redis::Client::open(redis_url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    Ok((
+        Env {
+            redis_url,
+            brokers,
+            conn,
+            replica_acks: 0,
+        },
+        Servers {
+            _redis: private_redis,
+            _kafka: embedded,
+        },
+    ))
 }
 
 /// The settings every section starts from: this run's Redis and Kafka, its own

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{BenchError, BenchOptions, Env, full_pass, redis_cpu, seed_events, settings};
+use super::{
+    BenchError, BenchOptions, Env, full_pass, plain_env, redis_cpu, seed_events, settings,
+};
 use crate::model::keys::{KeyLayout, Keys};
 use crate::redis::store::{self, Endpoint, PipelineCounts};
-use crate::tools::embedded_kafka::EmbeddedKafka;
-use crate::tools::redis_server::{PrivateCluster, PrivateRedis};
+use crate::tools::redis_server::PrivateCluster;
 
 /// One cluster pass measured.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -134,36 +135,7 @@ pub async fn run_cluster_only(mut a: BenchOptions) -> Result<ClusterReport, Benc
     if a.quick {
         a.events = a.events.min(200);
     }
-    let private_redis = match &a.redis_url {
-        Some(_) => None,
-        None => Some(PrivateRedis::start()?),
-    };
-    let embedded = match &a.kafka_brokers {
-        Some(_) => None,
-        None => Some(EmbeddedKafka::start(&[
-            ("QUEUE_READY", 1),
-            ("CHECKOUT_COMPLETED", 1),
-        ])?),
-    };
-    let redis_url = a
-        .redis_url
-        .clone()
-        .or_else(|| private_redis.as_ref().map(PrivateRedis::url))
-        .unwrap_or_default();
-    let brokers = a
-        .kafka_brokers
-        .clone()
-        .or_else(|| embedded.as_ref().map(|k| k.bootstrap.clone()))
-        .unwrap_or_default();
-    let conn = redis::Client::open(redis_url.as_str())?
-        .get_multiplexed_async_connection()
-        .await?;
-    let mut env = Env {
-        redis_url,
-        brokers,
-        conn,
-        replica_acks: 0,
-    };
+    let (mut env, _servers) = plain_env(&a).await?;
     let mut sizes = vec![1000.min(a.events), a.events];
     sizes.dedup();
     let mut report = ClusterReport {

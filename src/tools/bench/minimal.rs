@@ -76,3 +76,85 @@ pub(super) async fn minimal(
     let cpu = redis_cpu(&mut env.conn).await? - cpu0;
     Ok(throughput(batch, users, admitted, secs, cpu))
 }
+
+/// `bench --only admission`: sections 1 to 3 alone (the whole path, the admit script
+/// alone, the minimal reference, per batch size, and the naive flow), all in one run
+/// on one server, so their ratios compare like with like.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AdmissionReport {
+    /// The full path, per batch size.
+    pub end_to_end: Vec<Throughput>,
+    /// The admit script alone, per batch size.
+    pub admit_script_only: Vec<Throughput>,
+    /// The minimal reference, per batch size.
+    pub minimal_reference: Vec<Throughput>,
+    /// The naive per-user flow (batch 100).
+    pub naive_per_user: Throughput,
+}
+
+/// Run sections 1 to 3 only.
+pub async fn run_admission_only(a: super::BenchOptions) -> Result<AdmissionReport, BenchError> {
+    let users = if a.quick { a.users.min(2_000) } else { a.users };
+    let (mut env, _servers) = super::plain_env(&a).await?;
+    let say = |s: &str| {
+        if !a.json {
+            eprintln!("bench: {s}");
+        }
+    };
+    let mut r = AdmissionReport {
+        end_to_end: Vec::new(),
+        admit_script_only: Vec::new(),
+        minimal_reference: Vec::new(),
+        naive_per_user: throughput(100, 0, 0, 1.0, 0.0),
+    };
+    for batch in [10u64, 100, 1000] {
+        say(&format!("end to end, batch {batch}, {users} users"));
+        r.end_to_end
+            .push(super::end_to_end(&mut env, batch, users).await?);
+        say(&format!("admit script only, batch {batch}"));
+        r.admit_script_only
+            .push(super::admit_only(&mut env, batch, users).await?);
+        say(&format!("minimal reference, batch {batch}"));
+        r.minimal_reference
+            .push(minimal(&mut env, batch, users).await?);
+    }
+    say("naive per-user implementation, batch 100");
+    r.naive_per_user = super::naive(&mut env, 100, (users / 2).max(1)).await?;
+    Ok(r)
+}
+
+/// The admission-only report as a table, with the ratios issue 14 sets targets for.
+pub fn render_admission_only(r: &AdmissionReport) -> String {
+    let mut t = String::from(
+        "batch   end to end  cpu µs   admit only  cpu µs      minimal  cpu µs   e2e/min  cpu e2e/min\n",
+    );
+    for ((e, c), m) in r
+        .end_to_end
+        .iter()
+        .zip(&r.admit_script_only)
+        .zip(&r.minimal_reference)
+    {
+        t.push_str(&format!(
+            "{:>5} {:>12.0} {:>7.1} {:>12.0} {:>7.1} {:>12.0} {:>7.1} {:>8.2}x {:>11.2}x\n",
+            e.batch,
+            e.users_per_sec,
+            e.redis_cpu_us_per_admission,
+            c.users_per_sec,
+            c.redis_cpu_us_per_admission,
+            m.users_per_sec,
+            m.redis_cpu_us_per_admission,
+            e.users_per_sec / m.users_per_sec.max(f64::MIN_POSITIVE),
+            e.redis_cpu_us_per_admission / m.redis_cpu_us_per_admission.max(f64::MIN_POSITIVE),
+        ));
+    }
+    let n = &r.naive_per_user;
+    let e2e = r.end_to_end.last().map_or(0.0, |e| e.users_per_sec);
+    t.push_str(&format!(
+        "naive per-user (batch {}): {:.0} users/s, {:.1} µs Redis CPU per admission; end to end at batch 1000 is {:.1}x naive\n",
+        n.batch,
+        n.users_per_sec,
+        n.redis_cpu_us_per_admission,
+        e2e / n.users_per_sec.max(f64::MIN_POSITIVE)
+    ));
+    t
+}
