@@ -337,19 +337,7 @@ async fn admit_only(env: &mut Env, batch: u64, users: usize) -> Result<Throughpu
     let t0 = Instant::now();
     let mut admitted = 0u64;
     while (admitted as usize) < users {
-        let a = AdmitArgs {
-            default_max_concurrent: 1_000_000_000,
-            default_batch_size: batch,
-            checkout_window: Duration::from_secs(900),
-            session_ttl: Duration::from_secs(7200),
-            outbox_lease: Duration::from_secs(30),
-            max_unpublished_age: Duration::from_secs(600),
-            process_interval: Duration::from_secs(1),
-            claim_window: Duration::ZERO,
-            waiter_idle_timeout: Duration::ZERO,
-            adaptive: false,
-            min_concurrent_percent: 10,
-        };
+        let a = admit_args(batch);
         let o = admit::admit(&scripts.admit, &mut env.conn, &keys, event, &a)
             .await
             .map_err(|e| BenchError::Other(e.to_string()))?;
@@ -361,6 +349,23 @@ async fn admit_only(env: &mut Env, batch: u64, users: usize) -> Result<Throughpu
     let secs = t0.elapsed().as_secs_f64();
     let cpu = redis_cpu(&mut env.conn).await? - cpu0;
     Ok(throughput(batch, users, admitted, secs, cpu))
+}
+
+/// What the admit-only sections call the script with: capacity out of the way.
+fn admit_args(batch: u64) -> AdmitArgs {
+    AdmitArgs {
+        default_max_concurrent: 1_000_000_000,
+        default_batch_size: batch,
+        checkout_window: Duration::from_secs(900),
+        session_ttl: Duration::from_secs(7200),
+        outbox_lease: Duration::from_secs(30),
+        max_unpublished_age: Duration::from_secs(600),
+        process_interval: Duration::from_secs(1),
+        claim_window: Duration::ZERO,
+        waiter_idle_timeout: Duration::ZERO,
+        adaptive: false,
+        min_concurrent_percent: 10,
+    }
 }
 
 /// 2b. The seed's flow written without Lua: SCARD, ZPOPMIN, then per user HSET and

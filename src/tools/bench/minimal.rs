@@ -86,6 +86,8 @@ pub struct AdmissionReport {
     pub end_to_end: Vec<Throughput>,
     /// The admit script alone, per batch size.
     pub admit_script_only: Vec<Throughput>,
+    /// The admit script alone, signed (tokens in, prospects out), per batch size.
+    pub admit_signed_only: Vec<Throughput>,
     /// The minimal reference, per batch size.
     pub minimal_reference: Vec<Throughput>,
     /// The naive per-user flow (batch 100).
@@ -104,6 +106,7 @@ pub async fn run_admission_only(a: super::BenchOptions) -> Result<AdmissionRepor
     let mut r = AdmissionReport {
         end_to_end: Vec::new(),
         admit_script_only: Vec::new(),
+        admit_signed_only: Vec::new(),
         minimal_reference: Vec::new(),
         naive_per_user: throughput(100, 0, 0, 1.0, 0.0),
     };
@@ -114,6 +117,9 @@ pub async fn run_admission_only(a: super::BenchOptions) -> Result<AdmissionRepor
         say(&format!("admit script only, batch {batch}"));
         r.admit_script_only
             .push(super::admit_only(&mut env, batch, users).await?);
+        say(&format!("admit script only, signed, batch {batch}"));
+        r.admit_signed_only
+            .push(admit_signed_only(&mut env, batch, users).await?);
         say(&format!("minimal reference, batch {batch}"));
         r.minimal_reference
             .push(minimal(&mut env, batch, users).await?);
@@ -126,21 +132,24 @@ pub async fn run_admission_only(a: super::BenchOptions) -> Result<AdmissionRepor
 /// The admission-only report as a table, with the ratios issue 14 sets targets for.
 pub fn render_admission_only(r: &AdmissionReport) -> String {
     let mut t = String::from(
-        "batch   end to end  cpu µs   admit only  cpu µs      minimal  cpu µs   e2e/min  cpu e2e/min\n",
+        "batch   end to end  cpu µs   admit only  cpu µs       signed  cpu µs      minimal  cpu µs   e2e/min  cpu e2e/min\n",
     );
-    for ((e, c), m) in r
+    for (((e, c), s), m) in r
         .end_to_end
         .iter()
         .zip(&r.admit_script_only)
+        .zip(&r.admit_signed_only)
         .zip(&r.minimal_reference)
     {
         t.push_str(&format!(
-            "{:>5} {:>12.0} {:>7.1} {:>12.0} {:>7.1} {:>12.0} {:>7.1} {:>8.2}x {:>11.2}x\n",
+            "{:>5} {:>12.0} {:>7.1} {:>12.0} {:>7.1} {:>12.0} {:>7.1} {:>12.0} {:>7.1} {:>8.2}x {:>11.2}x\n",
             e.batch,
             e.users_per_sec,
             e.redis_cpu_us_per_admission,
             c.users_per_sec,
             c.redis_cpu_us_per_admission,
+            s.users_per_sec,
+            s.redis_cpu_us_per_admission,
             m.users_per_sec,
             m.redis_cpu_us_per_admission,
             e.users_per_sec / m.users_per_sec.max(f64::MIN_POSITIVE),
@@ -157,4 +166,66 @@ pub fn render_admission_only(r: &AdmissionReport) -> String {
         e2e / n.users_per_sec.max(f64::MIN_POSITIVE)
     ));
     t
+}
+
+/// The signed admit script alone: as [`super::admit_only`], but each call carries
+/// the tokens of the waiters the previous reply named and asks for the next ones,
+/// as the worker does (tokens are signed here; only Redis's CPU is compared).
+pub(super) async fn admit_signed_only(
+    env: &mut Env,
+    batch: u64,
+    users: usize,
+) -> Result<Throughput, BenchError> {
+    use crate::model::token::{self, Signer};
+    use crate::redis::scripts::admit::{self, Signed};
+    use crate::redis::scripts::{self as scripts, Scripts};
+    let other = |e: &dyn std::fmt::Display| BenchError::Other(e.to_string());
+    let prefix = format!("bench-signed-{batch}");
+    let keys = seed(env, &prefix, users).await?;
+    let all = Scripts::new();
+    all.load_all(&mut env.conn).await.map_err(|e| other(&e))?;
+    let signer = Signer::hs256(&[7u8; 32], "waitroom", "checkout").map_err(|e| other(&e))?;
+    let mut a = super::admit_args(batch);
+    a.checkout_window = Duration::from_secs(900);
+    let window = 900_000;
+    let mut prospects: Vec<(String, String)> = Vec::new();
+    let mut now_ms = 0u64;
+    let cpu0 = redis_cpu(&mut env.conn).await?;
+    let t0 = Instant::now();
+    let mut admitted = 0u64;
+    let mut idle = 0;
+    while (admitted as usize) < users && idle < 3 {
+        let at = if now_ms == 0 {
+            crate::model::clock::now_ms()
+        } else {
+            now_ms
+        };
+        let (deadline, _) = token::stamps(at, window, 0);
+        let mut tokens = Vec::with_capacity(prospects.len());
+        for (sid, user) in &prospects {
+            let claims = signer.claims(EVENT, sid, user, at, deadline);
+            let t = signer.sign(&claims).map_err(|e| other(&e))?;
+            tokens.push((sid.clone(), user.clone(), t));
+        }
+        let signed = Signed {
+            admitted_ms: at,
+            claim_window_ms: 0,
+            lookahead: batch,
+            tokens,
+        };
+        let call = admit::call_signed(&all.admit, &keys, EVENT, &a, &signed);
+        let reply = scripts::run_batch(&mut env.conn, std::slice::from_ref(&call))
+            .await?
+            .pop()
+            .ok_or_else(|| BenchError::Other("no reply".into()))??;
+        let o = admit::parse(reply).map_err(|e| other(&e))?;
+        // The clock moves on by about the time a call takes.
+        now_ms = o.now_ms + 1;
+        prospects = o.prospects;
+        idle = if o.admitted == 0 { idle + 1 } else { 0 };
+        admitted += o.admitted;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = redis_cpu(&mut env.conn).await? - cpu0;
+    Ok(throughput(batch, users, admitted, secs, cpu))
 }
