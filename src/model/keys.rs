@@ -85,6 +85,14 @@ impl Keys {
         format!("{}:workers", self.prefix)
     }
 
+    /// Replicas sharing the events (ZSET: id -> until when, ms of Redis's clock, it
+    /// counts as an owner: its last completed pass + 1.5 of its intervals;
+    /// worker-owned). A global key like `workers`: one small set for the whole
+    /// deployment, read once per pass by every replica.
+    pub fn owners(&self) -> String {
+        format!("{}:owners", self.prefix)
+    }
+
     /// One worker's heartbeat (HASH with a TTL, worker-owned).
     pub fn worker(&self, id: &str) -> String {
         format!("{}:worker:{}", self.prefix, id)
@@ -185,12 +193,14 @@ mod tests {
         assert_eq!(k.processing("e"), "waitroom:e:processing");
         assert_eq!(k.config("e"), "waitroom:e:config");
         assert_eq!(k.session("e", "abc"), "waitroom:session:abc");
+        assert_eq!(k.owners(), "waitroom:owners");
     }
 
     #[test]
     fn cluster_layout_hash_tags_the_event() {
         let k = Keys::new("waitroom", KeyLayout::Cluster);
         assert_eq!(k.active_events(), "waitroom:active_events");
+        assert_eq!(k.owners(), "waitroom:owners");
         assert_eq!(k.queue("e1"), "waitroom:{e1}:queue");
         assert_eq!(k.outbox("e1"), "waitroom:{e1}:outbox");
         assert_eq!(k.session("e1", "abc"), "waitroom:{e1}:session:abc");
