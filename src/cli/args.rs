@@ -299,6 +299,11 @@ pub(crate) struct RunArgs {
     /// This worker's id in heartbeats (default `<host>-<pid>`).
     #[arg(long, env = "QUEUE_WORKER_ID")]
     pub(crate) worker_id: Option<String>,
+    /// Share the events among the live replicas: each passes (reaper, outbox claim,
+    /// admit) only the events it owns, and takes over a dead replica's within a few
+    /// intervals. `false`: this replica passes every event (as before issue 14).
+    #[arg(long, env = "QUEUE_EVENT_OWNERSHIP", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub(crate) event_ownership: bool,
 
     /// Event to serve, repeatable; `<prefix>:active_events` is read every cycle as well.
     #[arg(long = "event", value_name = "ID")]
@@ -714,6 +719,7 @@ impl RunArgs {
             .consumer_session_timeout(self.consumer_session_timeout)
             .http_addr_written(&self.http_addr)
             .process_interval(self.process_interval)
+            .event_ownership(self.event_ownership)
             .max_concurrent(self.max_concurrent)
             .batch_size(self.batch_size)
             .session_ttl(self.session_ttl)

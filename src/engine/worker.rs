@@ -26,9 +26,10 @@ use crate::model::clock;
 use crate::model::event::EventId;
 use crate::model::outbox;
 use crate::model::outbox::OutboxEntry;
+use crate::model::ownership::{self, Owners};
 use crate::ops::http::{self, HttpState};
 use crate::ops::stats::{ErrorKind, EventSnapshot, Stats};
-use crate::redis::heartbeat::{self, Identity};
+use crate::redis::heartbeat::{self, Identity, OwnerBeat};
 use crate::redis::redis_time::RedisTime;
 use crate::redis::retry::{self, Backoff};
 use crate::redis::scripts::admit::{self, AdmitOutcome, Hold};
@@ -165,8 +166,13 @@ pub struct Worker {
     served: BTreeSet<String>,
     /// Events this process has put into `<prefix>:known_events`.
     registered: HashSet<String>,
-    /// Known events that are no longer served: drained until nothing is left.
+    /// Known events that are no longer served: drained until nothing is left (all
+    /// of them; each pass drains the ones this replica owns).
     retired: BTreeSet<String>,
+    /// Who shares the events, as read at the start of the last pass.
+    owners: Owners,
+    /// The events (served and retired) the last pass owned.
+    owned: HashSet<String>,
     /// The wait figures of each event, written to its stats hash.
     wait: WaitStats,
     /// Publishes sell-outs.
@@ -286,6 +292,7 @@ impl Worker {
             },
         );
         let wait = WaitStats::new(settings.admission.checkout_window);
+        let owners = Owners::everything(&identity.id);
         Ok(Some(Worker {
             wait,
             announcer,
@@ -305,6 +312,8 @@ impl Worker {
             held_seen: HashMap::new(),
             time,
             served: BTreeSet::new(),
+            owners,
+            owned: HashSet::new(),
             registered: HashSet::new(),
             retired: BTreeSet::new(),
             hints: HashMap::new(),
@@ -390,12 +399,22 @@ impl Worker {
                     .cycle_duration
                     .observe(pass_started.elapsed().as_secs_f64());
                 let last = self.stats.last_processed_ms.load(relaxed);
+                // Only a pass that went through renews this replica as an owner: one
+                // whose passes fail hands its events to the others.
+                let owner = if !self.settings.worker.event_ownership {
+                    OwnerBeat::Withdraw
+                } else if ok {
+                    OwnerBeat::Renew(ownership::owner_window(interval))
+                } else {
+                    OwnerBeat::Keep
+                };
                 if let Err(e) = heartbeat::beat(
                     &mut self.conn,
                     &self.settings.keys,
                     &self.identity,
                     last,
                     self.settings.worker.process_interval,
+                    owner,
                 )
                 .await
                 {
@@ -545,6 +564,7 @@ impl Worker {
         let served_set: BTreeSet<String> = served.iter().cloned().collect();
         let lost_some = self.served.difference(&served_set).next().is_some();
         self.served = served_set;
+        self.refresh_owners().await;
         if let Err(e) = self.refresh_known(full, lost_some).await {
             crate::log_limited!(WARN, "could not update the known events; retired events are drained later", error = %crate::base::error_chain::chain(&e), key = %self.settings.keys.known_events());
             self.stats.error(ErrorKind::Redis);
@@ -552,16 +572,16 @@ impl Worker {
         let mut tracked = self.served.clone();
         tracked.extend(self.retired.iter().cloned());
         self.stats.track(tracked);
-        self.hints
-            .retain(|e, _| self.served.contains(e) || self.retired.contains(e));
+        let events = self.owned_events(served);
         tracing::debug!(
-            event_count = served.len(),
+            event_count = self.served.len(),
             retired = self.retired.len(),
+            owned = events.len(),
+            replicas = self.owners.replicas(),
             "Processing queues for active events"
         );
         self.check_master().await;
-        let mut events: Vec<(String, bool)> = served.into_iter().map(|e| (e, true)).collect();
-        events.extend(self.retired.iter().map(|e| (e.clone(), false)));
+        Stats::add(&self.stats.event_passes, events.len() as u64);
         let mut ok = true;
         for chunk in events.chunks(EVENTS_PER_PIPELINE) {
             if let Err(e) = self.process_events(chunk, kind).await {
@@ -625,19 +645,22 @@ impl Worker {
         self.stats.set_layout_mismatch(mismatch);
     }
 
-    /// Keep `<prefix>:known_events` up to date: add the served events this process
-    /// has not added yet (all of them on a full pass), and on a full pass or when an
-    /// event stopped being served, read it back to learn the retired events.
+    /// Keep `<prefix>:known_events` up to date: add the owned served events this
+    /// process has not added yet (all of them on a full pass), and on a full pass or
+    /// when an event stopped being served, read it back to learn the retired events
+    /// (all of them: which ones this replica drains follows ownership each pass).
     async fn refresh_known(
         &mut self,
         full: bool,
         lost_some: bool,
     ) -> Result<(), redis::RedisError> {
         let key = self.settings.keys.known_events();
+        // Each replica registers the events it owns: together they register all.
         let new: Vec<&String> = self
             .served
             .iter()
             .filter(|e| full || !self.registered.contains(*e))
+            .filter(|e| self.owners.owns(e))
             .collect();
         if !new.is_empty() {
             let _: () = redis::cmd("SADD")
@@ -686,6 +709,69 @@ impl Worker {
                 crate::log_limited!(WARN, "could not forget a drained event; retrying next pass", event_id = %event, error = %crate::base::error_chain::chain(&e))
             }
         }
+    }
+
+    /// Read who shares the events, once per pass: the list of owners (one small
+    /// sorted set) and each listed replica's interval, two round trips. Ownership
+    /// off, or the list unreadable: this replica passes every event, which is
+    /// always safe (the scripts never depend on ownership).
+    async fn refresh_owners(&mut self) {
+        let me = self.identity.id.as_str();
+        let owners = if !self.settings.worker.event_ownership {
+            Owners::everything(me)
+        } else {
+            match heartbeat::owners(&mut self.conn, &self.settings.keys).await {
+                Ok((now, entries)) => {
+                    let period = u64::try_from(self.settings.worker.process_interval.as_millis())
+                        .unwrap_or(u64::MAX);
+                    Owners::among(me, ownership::candidates(&entries, now, period))
+                }
+                Err(e) => {
+                    self.stats.error(ErrorKind::Redis);
+                    crate::log_limited!(WARN, "could not read the replicas sharing the events; passing every event meanwhile", key = %self.settings.keys.owners(), error = %crate::base::error_chain::chain(&e));
+                    Owners::everything(me)
+                }
+            }
+        };
+        if owners.ids() != self.owners.ids() {
+            crate::log_limited!(
+                INFO,
+                "replicas sharing the events changed",
+                replicas = ?owners.ids()
+            );
+        }
+        self.owners = owners;
+    }
+
+    /// The events this pass runs: the served and the retired ones this replica
+    /// owns, each with whether it is served. An event it no longer owns loses its
+    /// hint and wait figures here (its new owner writes them; should it come back,
+    /// its first pass runs everything, as for a new event).
+    fn owned_events(&mut self, served: Vec<String>) -> Vec<(String, bool)> {
+        let owners = &self.owners;
+        let mut events: Vec<(String, bool)> = served
+            .into_iter()
+            .filter(|e| owners.owns(e))
+            .map(|e| (e, true))
+            .collect();
+        events.extend(
+            self.retired
+                .iter()
+                .filter(|e| owners.owns(e))
+                .map(|e| (e.clone(), false)),
+        );
+        let owned: HashSet<String> = events.iter().map(|(e, _)| e.clone()).collect();
+        for lost in self.owned.difference(&owned) {
+            self.wait.forget(lost);
+        }
+        self.hints.retain(|e, _| owned.contains(e));
+        self.stats.set_ownership(
+            events.len() as u64,
+            self.owners.replicas() as u64,
+            self.owners.is_shared(),
+        );
+        self.owned = owned;
+        events
     }
 
     /// Reap, claim and admit for `events` (each with whether it is served) in one
