@@ -169,7 +169,8 @@ pub(crate) async fn owners<C: ConnectionLike + Send>(
     conn: &mut C,
     keys: &Keys,
 ) -> Result<(u64, Vec<OwnerEntry>), RedisError> {
-    let ((secs, micros), listed): ((u64, u64), Vec<(Vec<u8>, f64)>) = redis::pipe()
+    type Listed = Vec<(Vec<u8>, f64)>;
+    let ((secs, micros), listed): ((u64, u64), Listed) = redis::pipe()
         .cmd("TIME")
         .cmd("ZRANGE")
         .arg(keys.owners())
