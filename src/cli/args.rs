@@ -448,6 +448,28 @@ pub(crate) struct BenchArgs {
     /// redis-server).
     #[arg(long, default_value_t = 0)]
     pub(crate) replica_acks: u64,
+    /// Run only the section of replicas sharing the events (issue 14): Redis CPU
+    /// per second, steady round and takeover for each event count and replica count.
+    #[arg(long)]
+    pub(crate) sharing: bool,
+    /// Event counts of `--sharing`.
+    #[arg(long, value_delimiter = ',', default_value = "10000,50000")]
+    pub(crate) sharing_events: Vec<usize>,
+    /// Replica counts of `--sharing`.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+    pub(crate) sharing_replicas: Vec<usize>,
+    /// One more `--sharing` run with this many events (0: none) ...
+    #[arg(long, default_value_t = 100_000)]
+    pub(crate) sharing_big_events: usize,
+    /// ... and this many replicas.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) sharing_big_replicas: usize,
+    /// How long `--sharing` measures Redis CPU per run.
+    #[arg(long, default_value = "10s", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
+    pub(crate) sharing_window: Duration,
+    /// `--sharing` with every replica passing every event (the cost before issue 14).
+    #[arg(long)]
+    pub(crate) sharing_off: bool,
 }
 
 #[cfg(feature = "tools")]
@@ -786,6 +808,22 @@ impl BenchArgs {
             json: self.json,
             with_replica: self.with_replica,
             replica_acks: self.replica_acks,
+        }
+    }
+
+    /// What `--sharing` measures.
+    pub(crate) fn sharing_options(&self) -> waitroom_worker::bench::replicas::SharingOptions {
+        waitroom_worker::bench::replicas::SharingOptions {
+            redis_url: self.redis_url.clone(),
+            kafka_brokers: self.kafka_brokers.clone(),
+            events: self.sharing_events.clone(),
+            replicas: self.sharing_replicas.clone(),
+            big_events: self.sharing_big_events,
+            big_replicas: self.sharing_big_replicas,
+            window: self.sharing_window,
+            ownership: !self.sharing_off,
+            json: self.json,
+            ..Default::default()
         }
     }
 }

@@ -28,6 +28,9 @@ use crate::tools::embedded_kafka::EmbeddedKafka;
 use crate::tools::enqueue;
 use crate::tools::redis_server::{PrivateCluster, PrivateRedis, ServerError};
 
+/// Replicas sharing the events (issue 14): `bench --sharing`.
+pub mod replicas;
+
 /// What to measure and against what. [`Default`] is the full run.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
