@@ -356,6 +356,9 @@ impl Worker {
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let refill = self.refill.clone();
         let mut failures: u32 = 0;
+        // The last two full passes' durations: how far apart this replica's beats
+        // really are when passes outlast the interval (see `owner_period`).
+        let mut recent_passes = [Duration::ZERO; 2];
         let interval = self.settings.worker.process_interval;
         // The longest one pass may hold the loop: the pass itself (cut at the max
         // processing time), then the heartbeat (two Redis calls).
@@ -398,13 +401,17 @@ impl Worker {
                 self.stats
                     .cycle_duration
                     .observe(pass_started.elapsed().as_secs_f64());
+                recent_passes = [recent_passes[1], pass_started.elapsed()];
                 let last = self.stats.last_processed_ms.load(relaxed);
                 // Only a pass that went through renews this replica as an owner: one
                 // whose passes fail hands its events to the others.
                 let owner = if !self.settings.worker.event_ownership {
                     OwnerBeat::Withdraw
                 } else if ok {
-                    OwnerBeat::Renew(ownership::owner_window(interval))
+                    OwnerBeat::Renew(ownership::owner_window(owner_period(
+                        interval,
+                        recent_passes,
+                    )))
                 } else {
                     OwnerBeat::Keep
                 };
@@ -1508,6 +1515,16 @@ impl Worker {
             self.invalid_seen.insert(event.to_owned(), invalid.to_vec());
         }
     }
+}
+
+/// How far apart this replica's beats are: its interval, or its recent passes when
+/// they outlast it (the ticker then fires as soon as a pass ends). The owner window
+/// follows it: sized on the interval alone, passes slower than 1.5 intervals (a
+/// loaded Redis, a replica's first complete pass over many events) let its entry
+/// run out between two of its own beats; the others would then pass its events
+/// too, making every pass slower still, until every replica passed every event.
+fn owner_period(interval: Duration, recent_passes: [Duration; 2]) -> Duration {
+    recent_passes.into_iter().fold(interval, Duration::max)
 }
 
 /// Why the worker could not start.

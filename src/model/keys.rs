@@ -86,7 +86,7 @@ impl Keys {
     }
 
     /// Replicas sharing the events (ZSET: id -> until when, ms of Redis's clock, it
-    /// counts as an owner: its last completed pass + 1.5 of its intervals;
+    /// counts as an owner: its last completed pass + 1.5 of its periods;
     /// worker-owned). A global key like `workers`: one small set for the whole
     /// deployment, read once per pass by every replica.
     pub fn owners(&self) -> String {

@@ -17,8 +17,9 @@
 use std::time::Duration;
 
 /// How long a replica counts as an owner after its last completed pass: one and a
-/// half of its own intervals. Short enough that a killed replica's events move on
-/// well within three intervals (its last beat + 1.5 intervals, then at most one
+/// half of its own period (its interval, or its recent passes when they take
+/// longer: the time between its beats). Short enough that a killed replica's events
+/// move on well within three periods (its last beat + 1.5 periods, then at most one
 /// interval until the survivor's next pass reads the list and passes them); long
 /// enough that a pass running a little late does not hand its events away (if it
 /// does, they are passed twice for a moment: harmless).

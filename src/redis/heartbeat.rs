@@ -11,7 +11,7 @@
 //! - `<prefix>:owners` ZSET: member = worker id, score = until when (ms, Redis's
 //!   clock) it counts as an owner of events (`model::ownership`): renewed with the
 //!   heartbeat only after a pass that went through, so a replica whose passes fail
-//!   stops being handed events within 1.5 of its intervals, while its heartbeat
+//!   stops being handed events within 1.5 of its periods, while its heartbeat
 //!   (which says it is running) lasts longer.
 
 use std::time::Duration;

@@ -13,6 +13,11 @@
 //!   them are admitted is the takeover. The killed replica's last pass over those
 //!   events ended before that beat, so the longest any event went unpassed is the
 //!   takeover plus at most one pass.
+//!
+//! Each replica runs on a thread and a single-threaded runtime of its own, as in a
+//! process of its own: the completion consumer's rebalance callback blocks the
+//! thread it runs on (librdkafka's assign), and sixteen of them on the two threads
+//! of one shared runtime stopped every loop.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +27,7 @@ use serde::Serialize;
 
 use super::{BenchError, Env, redis_cpu, settings, start_worker};
 use crate::base::shutdown::{self, ShutdownTrigger};
+use crate::config::ConfigBuilder;
 use crate::model::clock;
 use crate::model::keys::{KeyLayout, Keys};
 use crate::model::ownership::{owner, owner_window};
@@ -108,12 +114,78 @@ pub struct SharingReport {
     pub runs: Vec<SharingRun>,
 }
 
-/// A replica running its loop.
+/// A replica running its loop on a thread of its own.
 struct Replica {
     id: String,
     stats: Arc<Stats>,
     trigger: ShutdownTrigger,
-    handle: tokio::task::JoinHandle<()>,
+    /// Kills the loop where it is (no goodbye).
+    abort: tokio::task::AbortHandle,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Replica {
+    /// Start a worker from `b` on a new thread with a runtime of its own, and run
+    /// its loop there until shutdown or abort.
+    async fn start(id: String, b: ConfigBuilder) -> Result<Replica, BenchError> {
+        type Started = Result<(Arc<Stats>, ShutdownTrigger, tokio::task::AbortHandle), BenchError>;
+        let (tx, rx) = tokio::sync::oneshot::channel::<Started>();
+        let thread = std::thread::Builder::new()
+            .name(format!("replica-{id}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(BenchError::Other(e.to_string())));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let w = match start_worker(b).await {
+                        Ok(w) => w,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let stats = w.stats();
+                    let (trigger, listener) = shutdown::channel();
+                    let handle = tokio::spawn(w.run(listener));
+                    if tx
+                        .send(Ok((stats, trigger, handle.abort_handle())))
+                        .is_err()
+                    {
+                        handle.abort();
+                    }
+                    let _ = handle.await;
+                });
+            })
+            .map_err(|e| BenchError::Other(e.to_string()))?;
+        let (stats, trigger, abort) = rx.await.map_err(|_| {
+            BenchError::Other("a replica's thread ended before it started".into())
+        })??;
+        Ok(Replica {
+            id,
+            stats,
+            trigger,
+            abort,
+            thread,
+        })
+    }
+
+    /// Wait (off the async threads) until its thread is done.
+    async fn join(self) {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(15),
+            tokio::task::spawn_blocking(move || {
+                let _ = self.thread.join();
+            }),
+        )
+        .await;
+    }
 }
 
 /// (sum, count) of a replica's `cycle_duration` histogram.
@@ -222,31 +294,22 @@ async fn one_run(
     let mut replicas = Vec::with_capacity(r);
     for i in 0..r {
         let id = format!("w{i}");
-        let w = start_worker(
-            settings(env, &prefix)
-                .worker_id(&id)
-                .process_interval(o.interval)
-                .event_ownership(o.ownership)
-                .shutdown_timeout(Duration::from_secs(3))
-                .batch_size(10)
-                .max_concurrent(1_000_000_000),
-        )
-        .await?;
-        let stats = w.stats();
-        let (trigger, listener) = shutdown::channel();
-        let handle = tokio::spawn(w.run(listener));
-        replicas.push(Replica {
-            id,
-            stats,
-            trigger,
-            handle,
-        });
+        let b = settings(env, &prefix)
+            .worker_id(&id)
+            .process_interval(o.interval)
+            .event_ownership(o.ownership)
+            .shutdown_timeout(Duration::from_secs(3))
+            .batch_size(10)
+            .max_concurrent(1_000_000_000);
+        replicas.push(Replica::start(id, b).await?);
     }
     let ids: Vec<String> = replicas.iter().map(|x| x.id.clone()).collect();
     // Settled: every replica sees them all, together they own each event once,
     // and each has run a few passes (its first one runs everything).
     let relaxed = std::sync::atomic::Ordering::Relaxed;
     let want_owned = if o.ownership { n } else { n * r } as u64;
+    let settling = Instant::now();
+    let mut said = 0;
     wait_until(Duration::from_secs(300), "the replicas to settle", || {
         let ok = replicas.iter().all(|x| {
             Stats::get(&x.stats.cycles) >= 3
@@ -256,6 +319,22 @@ async fn one_run(
             .map(|x| x.stats.owned_events.load(relaxed))
             .sum::<u64>()
             == want_owned;
+        if !ok && !o.json && settling.elapsed().as_secs() >= 30 * (said + 1) {
+            said += 1;
+            let view: Vec<String> = replicas
+                .iter()
+                .map(|x| {
+                    format!(
+                        "{}: {} passes, sees {}, owns {}",
+                        x.id,
+                        Stats::get(&x.stats.cycles),
+                        x.stats.owner_replicas.load(relaxed),
+                        x.stats.owned_events.load(relaxed)
+                    )
+                })
+                .collect();
+            eprintln!("bench: still settling: {}", view.join("; "));
+        }
         async move { Ok(ok) }
     })
     .await?;
@@ -296,9 +375,7 @@ async fn one_run(
         })
         .await?;
         let victim = replicas.remove(0);
-        victim.handle.abort();
-        let _ = victim.handle.await;
-        victim.trigger.trigger();
+        victim.abort.abort();
         let score: Option<f64> = redis::cmd("ZSCORE")
             .arg(keys.owners())
             .arg(&victim.id)
@@ -322,12 +399,13 @@ async fn one_run(
         let done = redis_ms(&mut env.conn).await?;
         takeover_ms = Some(done.saturating_sub(last_beat) as f64);
         takeover_events = sample.len();
+        victim.join().await;
     }
     for x in &replicas {
         x.trigger.trigger();
     }
     for x in replicas {
-        let _ = tokio::time::timeout(Duration::from_secs(10), x.handle).await;
+        x.join().await;
     }
     Ok(SharingRun {
         events: n,
@@ -382,7 +460,9 @@ pub async fn run(o: SharingOptions) -> Result<SharingReport, BenchError> {
     for &n in &o.events {
         for &r in &o.replicas {
             say(&format!("{r} replicas over {n} idle events"));
-            runs.push(one_run(&mut env, &o, n, r).await?);
+            let run = one_run(&mut env, &o, n, r).await?;
+            say(&format!("{run:?}"));
+            runs.push(run);
         }
     }
     if o.big_events > 0 && o.big_replicas > 0 {
@@ -390,7 +470,9 @@ pub async fn run(o: SharingOptions) -> Result<SharingReport, BenchError> {
             "{} replicas over {} idle events",
             o.big_replicas, o.big_events
         ));
-        runs.push(one_run(&mut env, &o, o.big_events, o.big_replicas).await?);
+        let run = one_run(&mut env, &o, o.big_events, o.big_replicas).await?;
+        say(&format!("{run:?}"));
+        runs.push(run);
     }
     Ok(SharingReport {
         interval_ms: u64::try_from(o.interval.as_millis()).unwrap_or(u64::MAX),
