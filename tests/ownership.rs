@@ -223,3 +223,91 @@ async fn a_killed_replicas_events_are_taken_over_within_three_intervals() {
         r.stop().await;
     }
 }
+
+/// Replicas read `active_events` in full only when it may have changed. An event
+/// swapped for another (same size) is still seen: the new one is served within a
+/// few passes (well before the complete pass, every 30th, would read the set
+/// anyway), and the one that left admits nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_swapped_for_another_is_seen() {
+    let redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    let evs = events();
+    activate(&mut conn, &k, &evs).await;
+    let interval = Duration::from_millis(300);
+    let ids: Vec<String> = (0..2).map(|i| format!("replica-{i}")).collect();
+    let mut running = Vec::new();
+    for id in &ids {
+        running.push(
+            run_worker(
+                settings(&redis.url(), &kafka.bootstrap)
+                    .worker_id(id)
+                    .process_interval(interval),
+            )
+            .await,
+        );
+    }
+    let stats: Vec<(String, _)> = ids
+        .iter()
+        .cloned()
+        .zip(running.iter().map(|r| r.stats.clone()))
+        .collect();
+    steady(&stats, 2).await;
+    // A few more passes, so both have read the set and skip reading it again.
+    let cycles = |s: &std::sync::Arc<Stats>| Stats::get(&s.cycles);
+    let c0: Vec<u64> = stats.iter().map(|(_, s)| cycles(s)).collect();
+    eventually(Duration::from_secs(10), "a few passes", || {
+        let done = stats.iter().zip(&c0).all(|((_, s), c)| cycles(s) >= c + 3);
+        async move { done.then_some(()) }
+    })
+    .await;
+
+    let (gone, new) = (evs[0].clone(), "ev-new".to_owned());
+    let now = waitroom_worker::clock::now_ms();
+    enqueue(&mut conn, &gone, "gone", 1, now).await;
+    enqueue(&mut conn, &new, "new", 1, now).await;
+    let _: () = redis::pipe()
+        .atomic()
+        .cmd("SREM")
+        .arg(k.active_events())
+        .arg(&gone)
+        .ignore()
+        .cmd("SADD")
+        .arg(k.active_events())
+        .arg(&new)
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .expect("swap");
+    let swapped = std::time::Instant::now();
+    eventually(Duration::from_secs(15), "the new event served", || {
+        let (mut c, q) = (conn.clone(), k.queue(&new));
+        async move { (zcard(&mut c, &q).await == 0).then_some(()) }
+    })
+    .await;
+    // The owner of the event that left sees it gone at its next pass and bumps the
+    // version; the others read the set again at theirs: a few intervals, not the
+    // 9 s until a complete pass.
+    assert!(
+        swapped.elapsed() < interval * 7,
+        "the new event waited {:?}",
+        swapped.elapsed()
+    );
+    // Both replicas have passed since (the new event's owner at least twice).
+    let c1: Vec<u64> = stats.iter().map(|(_, s)| cycles(s)).collect();
+    eventually(Duration::from_secs(10), "more passes", || {
+        let done = stats.iter().zip(&c1).all(|((_, s), c)| cycles(s) >= c + 3);
+        async move { done.then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        zcard(&mut conn, &k.queue(&gone)).await,
+        1,
+        "the event that left admitted"
+    );
+    for r in running {
+        r.stop().await;
+    }
+}

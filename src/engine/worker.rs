@@ -171,6 +171,9 @@ pub struct Worker {
     retired: BTreeSet<String>,
     /// Who shares the events, as read at the start of the last pass.
     owners: Owners,
+    /// `active_events` as last read in full, to skip reading it again while it
+    /// has not changed.
+    active: Option<ActiveCache>,
     /// The events (served and retired) the last pass owned.
     owned: HashSet<String>,
     /// The wait figures of each event, written to its stats hash.
@@ -313,6 +316,7 @@ impl Worker {
             time,
             served: BTreeSet::new(),
             owners,
+            active: None,
             owned: HashSet::new(),
             registered: HashSet::new(),
             retired: BTreeSet::new(),
@@ -356,9 +360,9 @@ impl Worker {
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let refill = self.refill.clone();
         let mut failures: u32 = 0;
-        // The last two full passes' durations: how far apart this replica's beats
+        // The last few full passes' durations: how far apart this replica's beats
         // really are when passes outlast the interval (see `owner_period`).
-        let mut recent_passes = [Duration::ZERO; 2];
+        let mut recent_passes = [Duration::ZERO; RECENT_PASSES];
         let interval = self.settings.worker.process_interval;
         // The longest one pass may hold the loop: the pass itself (cut at the max
         // processing time), then the heartbeat (two Redis calls).
@@ -401,7 +405,8 @@ impl Worker {
                 self.stats
                     .cycle_duration
                     .observe(pass_started.elapsed().as_secs_f64());
-                recent_passes = [recent_passes[1], pass_started.elapsed()];
+                recent_passes.rotate_left(1);
+                recent_passes[RECENT_PASSES - 1] = pass_started.elapsed();
                 let last = self.stats.last_processed_ms.load(relaxed);
                 // Only a pass that went through renews this replica as an owner: one
                 // whose passes fail hands its events to the others.
@@ -511,18 +516,60 @@ impl Worker {
 
     /// The events to serve: those given on the command line and the members of
     /// `<prefix>:active_events`, sorted and without duplicates.
-    async fn active_events(&mut self) -> Result<Vec<String>, redis::RedisError> {
+    ///
+    /// Read in full (SMEMBERS: every replica, every pass, O(events) each, the one
+    /// cost that grew with the number of replicas once they share the events) only
+    /// when it may have changed: its size differs from the last full read, the
+    /// version counter moved, one of this replica's own events is gone from it, or
+    /// on a complete pass. Otherwise one round trip of O(1) reads and one
+    /// SMISMEMBER of the events this replica owns. An event swapped for another
+    /// (same size) is seen by the owner of the one that left, which bumps the
+    /// counter: every replica reads the set again within two passes.
+    async fn active_events(&mut self, full: bool) -> Result<Vec<String>, redis::RedisError> {
         let key = self.settings.keys.active_events();
-        let members: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
+        let version_key = self.settings.keys.active_events_version();
+        if let Some(cache) = self.active.as_ref().filter(|_| !full) {
+            let owned: Vec<&String> = cache
+                .members
+                .iter()
+                .filter(|e| self.owners.owns(e))
+                .collect();
+            let mut p = redis::pipe();
+            p.cmd("SCARD").arg(&key).cmd("GET").arg(&version_key);
+            let (size, version, present): (u64, Option<u64>, Vec<bool>) = if owned.is_empty() {
+                let (size, version): (u64, Option<u64>) = p.query_async(&mut self.conn).await?;
+                (size, version, Vec::new())
+            } else {
+                p.cmd("SMISMEMBER").arg(&key).arg(&owned);
+                p.query_async(&mut self.conn).await?
+            };
+            let gone = present.iter().any(|here| !here);
+            if gone && size == cache.size {
+                // Others cannot tell from the size: have them read it again too.
+                let _: u64 = redis::cmd("INCR")
+                    .arg(&version_key)
+                    .query_async(&mut self.conn)
+                    .await?;
+            }
+            if !gone && size == cache.size && version == cache.version {
+                let mut set: BTreeSet<String> =
+                    self.settings.admission.events.iter().cloned().collect();
+                set.extend(cache.members.iter().cloned());
+                return Ok(set.into_iter().collect());
+            }
+        }
+        let (version, members): (Option<u64>, Vec<Vec<u8>>) = redis::pipe()
+            .cmd("GET")
+            .arg(&version_key)
+            .cmd("SMEMBERS")
             .arg(&key)
             .query_async(&mut self.conn)
             .await?;
-        let mut set: BTreeSet<String> = self.settings.admission.events.iter().cloned().collect();
+        let size = members.len() as u64;
+        let mut from_redis = Vec::with_capacity(members.len());
         for m in members {
             match String::from_utf8(m) {
-                Ok(e) if EventId::is_valid(&e) => {
-                    set.insert(e);
-                }
+                Ok(e) if EventId::is_valid(&e) => from_redis.push(e),
                 Ok(e) => {
                     crate::log_limited!(WARN, "ignoring an invalid event id", event_id = %e, key = %key)
                 }
@@ -531,6 +578,13 @@ impl Worker {
                 }
             }
         }
+        let mut set: BTreeSet<String> = self.settings.admission.events.iter().cloned().collect();
+        set.extend(from_redis.iter().cloned());
+        self.active = Some(ActiveCache {
+            members: from_redis,
+            size,
+            version,
+        });
         Ok(set.into_iter().collect())
     }
 
@@ -546,7 +600,8 @@ impl Worker {
     /// nothing of them is left they are forgotten.
     pub async fn cycle(&mut self) -> bool {
         let started = Instant::now();
-        let served = match self.active_events().await {
+        let full = self.passes.is_multiple_of(FULL_PASS_EVERY);
+        let served = match self.active_events(full).await {
             Ok(e) => e,
             Err(e) => {
                 crate::log_limited!(ERROR, "reading active events failed", error = %crate::base::error_chain::chain(&e));
@@ -560,11 +615,10 @@ impl Worker {
         // Counted per pass, not per chunk of events: with many events a per-chunk
         // count made complete passes and refreshes many times more frequent.
         let kind = PassKind {
-            full: self.passes.is_multiple_of(FULL_PASS_EVERY),
+            full,
             refresh: (self.passes + 1).is_multiple_of(REFRESH_EVERY),
         };
         self.passes = self.passes.wrapping_add(1);
-        let full = kind.full;
         if full {
             self.check_layout(&served).await;
         }
@@ -741,6 +795,7 @@ impl Worker {
             }
         };
         if owners.ids() != self.owners.ids() {
+            Stats::add(&self.stats.owner_changes, 1);
             crate::log_limited!(
                 INFO,
                 "replicas sharing the events changed",
@@ -1517,13 +1572,32 @@ impl Worker {
     }
 }
 
+/// Full passes whose durations size the owner window (see `owner_period`).
+const RECENT_PASSES: usize = 8;
+
+/// `active_events` as last read in full.
+#[derive(Debug)]
+struct ActiveCache {
+    /// Its valid members.
+    members: Vec<String>,
+    /// Its size then (invalid members included), compared with SCARD.
+    size: u64,
+    /// `active_events_version` then.
+    version: Option<u64>,
+}
+
 /// How far apart this replica's beats are: its interval, or its recent passes when
 /// they outlast it (the ticker then fires as soon as a pass ends). The owner window
 /// follows it: sized on the interval alone, passes slower than 1.5 intervals (a
 /// loaded Redis, a replica's first complete pass over many events) let its entry
 /// run out between two of its own beats; the others would then pass its events
 /// too, making every pass slower still, until every replica passed every event.
-fn owner_period(interval: Duration, recent_passes: [Duration; 2]) -> Duration {
+///
+/// The longest of several recent passes, not the last one: on a loaded machine
+/// pass times vary a lot, and an entry sized on a quick pass ran out during the
+/// next slow one (bench --sharing, 16 replicas on 2 cores: a hundred view changes
+/// in 10 s with the last two passes, each costing double work).
+fn owner_period(interval: Duration, recent_passes: [Duration; RECENT_PASSES]) -> Duration {
     recent_passes.into_iter().fold(interval, Duration::max)
 }
 

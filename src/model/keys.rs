@@ -72,6 +72,14 @@ impl Keys {
         format!("{}:active_events", self.prefix)
     }
 
+    /// `<prefix>:active_events_version` (STRING counter, worker-owned): bumped by a
+    /// replica that finds one of the events it owns gone from `active_events` (the
+    /// set's size alone would not show an event swapped for another), so every
+    /// replica reads the whole set again on its next pass.
+    pub fn active_events_version(&self) -> String {
+        format!("{}:active_events_version", self.prefix)
+    }
+
     /// `<prefix>:known_events` (SET, worker-owned): every event a worker has served
     /// and not yet drained. An event in here but not served is retired: it admits
     /// nobody, its slots still expire and its outbox still publishes, and it leaves

@@ -237,6 +237,10 @@ pub struct Stats {
     /// Events passed by this replica's cycles (one per event per pass): with the
     /// events shared among replicas, about (events / replicas) per pass.
     pub event_passes: Counter,
+    /// Times this replica's view of the replicas sharing the events changed (a
+    /// replica joined, left, or its entry ran out before its next beat: flapping
+    /// shows here, and costs double work while it lasts).
+    pub owner_changes: Counter,
     /// Events this replica owns (passes), served and retired, as of its last pass.
     pub owned_events: AtomicU64,
     /// Replicas sharing the events as this one sees them (itself included; 1 when
@@ -341,6 +345,7 @@ impl Stats {
             repaired: Counter::default(),
             refills: Counter::default(),
             event_passes: Counter::default(),
+            owner_changes: Counter::default(),
             owned_events: AtomicU64::new(0),
             owner_replicas: AtomicU64::new(1),
             ownership_shared: AtomicBool::new(false),
@@ -520,6 +525,11 @@ impl Stats {
             "event_passes",
             "Events passed by this replica's cycles (each event once per pass it owns)",
             s.event_passes.clone(),
+        );
+        r.register(
+            "owner_changes",
+            "Times this replica's view of the replicas sharing the events changed",
+            s.owner_changes.clone(),
         );
         r.register(
             "owned_events",

@@ -9,8 +9,8 @@
 //!   `cycle_duration` histogram), the wall time in which every event is passed once;
 //! - takeover: one replica's loop is killed (aborted, no goodbye); one user is then
 //!   queued in each of (a sample of) the events it owned, and the time from its last
-//!   beat (its `<prefix>:owners` score less the owner window) to the moment all of
-//!   them are admitted is the takeover. The killed replica's last pass over those
+//!   beat (when its loop last went round, which is right after its beat) to the
+//!   moment all of them are admitted is the takeover. The killed replica's last pass over those
 //!   events ended before that beat, so the longest any event went unpassed is the
 //!   takeover plus at most one pass.
 //!
@@ -30,7 +30,7 @@ use crate::base::shutdown::{self, ShutdownTrigger};
 use crate::config::ConfigBuilder;
 use crate::model::clock;
 use crate::model::keys::{KeyLayout, Keys};
-use crate::model::ownership::{owner, owner_window};
+use crate::model::ownership::owner;
 use crate::ops::stats::Stats;
 use crate::tools::embedded_kafka::EmbeddedKafka;
 use crate::tools::redis_server::PrivateRedis;
@@ -99,6 +99,9 @@ pub struct SharingRun {
     pub takeover_ms: Option<f64>,
     /// Events whose takeover was timed.
     pub takeover_events: usize,
+    /// Changes of the replicas' views of who shares the events during the window,
+    /// all replicas together (0: no flapping).
+    pub view_changes: u64,
 }
 
 /// Every run of the section.
@@ -339,11 +342,15 @@ async fn one_run(
     })
     .await?;
     let before: Vec<(f64, f64)> = replicas.iter().map(|x| cycle_totals(&x.stats)).collect();
+    let changes =
+        |rs: &[Replica]| -> u64 { rs.iter().map(|x| Stats::get(&x.stats.owner_changes)).sum() };
+    let changes0 = changes(&replicas);
     let cpu0 = redis_cpu(&mut env.conn).await?;
     let t = Instant::now();
     tokio::time::sleep(o.window).await;
     let secs = t.elapsed().as_secs_f64();
     let cpu = (redis_cpu(&mut env.conn).await? - cpu0) * 1e3 / secs;
+    let view_changes = changes(&replicas) - changes0;
     let round_ms = replicas
         .iter()
         .zip(&before)
@@ -374,16 +381,29 @@ async fn one_run(
             async move { Ok(waiting(&mut c, &k, &e).await? == 0) }
         })
         .await?;
-        let victim = replicas.remove(0);
-        victim.abort.abort();
-        let score: Option<f64> = redis::cmd("ZSCORE")
+        // A replica the others count as an owner right now (one whose entry had run
+        // out would have handed its events over already).
+        let now = redis_ms(&mut env.conn).await?;
+        let listed: Vec<(String, f64)> = redis::cmd("ZRANGE")
             .arg(keys.owners())
-            .arg(&victim.id)
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
             .query_async(&mut env.conn)
             .await?;
-        let score = score.ok_or_else(|| BenchError::Other("no owner entry".into()))?;
-        let window_ms = u64::try_from(owner_window(o.interval).as_millis()).unwrap_or(0);
-        let last_beat = (score as u64).saturating_sub(window_ms);
+        let at = replicas
+            .iter()
+            .position(|x| {
+                listed
+                    .iter()
+                    .any(|(id, until)| *id == x.id && *until > now as f64)
+            })
+            .ok_or_else(|| BenchError::Other("no replica listed as an owner".into()))?;
+        let victim = replicas.remove(at);
+        victim.abort.abort();
+        // Its loop stamps this right after each beat (same machine as Redis, so the
+        // same clock).
+        let last_beat = victim.stats.last_loop_ms.load(relaxed);
         let sample: Vec<String> = events
             .iter()
             .filter(|e| owner(e, &ids) == Some(victim.id.as_str()))
@@ -396,7 +416,7 @@ async fn one_run(
             async move { Ok(waiting(&mut c, &k, &s).await? == 0) }
         })
         .await?;
-        let done = redis_ms(&mut env.conn).await?;
+        let done = clock::now_ms();
         takeover_ms = Some(done.saturating_sub(last_beat) as f64);
         takeover_events = sample.len();
         victim.join().await;
@@ -416,6 +436,7 @@ async fn one_run(
         owned_max,
         takeover_ms,
         takeover_events,
+        view_changes,
     })
 }
 
@@ -491,8 +512,15 @@ pub fn render(r: &SharingReport) -> String {
         r.window_s
     );
     t.push_str(&format!(
-        "{:>7} {:>8} {:>12} {:>8} {:>10} {:>13} {:>12}\n",
-        "events", "replicas", "cpu ms/s", "vs R=1", "round ms", "owned min-max", "takeover ms"
+        "{:>7} {:>8} {:>12} {:>8} {:>10} {:>13} {:>12} {:>7}\n",
+        "events",
+        "replicas",
+        "cpu ms/s",
+        "vs R=1",
+        "round ms",
+        "owned min-max",
+        "takeover ms",
+        "flaps"
     ));
     for run in &r.runs {
         let one = r
@@ -501,7 +529,7 @@ pub fn render(r: &SharingReport) -> String {
             .find(|x| x.events == run.events && x.replicas == 1)
             .map(|x| run.redis_cpu_ms_per_s / x.redis_cpu_ms_per_s);
         t.push_str(&format!(
-            "{:>7} {:>8} {:>12.1} {:>8} {:>10.1} {:>13} {:>12}\n",
+            "{:>7} {:>8} {:>12.1} {:>8} {:>10.1} {:>13} {:>12} {:>7}\n",
             run.events,
             run.replicas,
             run.redis_cpu_ms_per_s,
@@ -512,6 +540,7 @@ pub fn render(r: &SharingReport) -> String {
             run.takeover_ms
                 .map(|x| format!("{x:.0} ({})", run.takeover_events))
                 .unwrap_or_else(|| "-".into()),
+            run.view_changes,
         ));
     }
     t
