@@ -201,6 +201,9 @@ pub struct WorkerConfig {
     pub max_processing_time: Duration,
     /// How long a graceful shutdown may take before the process exits anyway.
     pub shutdown_timeout: Duration,
+    /// Share the events among the live replicas (each passes only the events it
+    /// owns, see `model::ownership`); off, this replica passes every event.
+    pub event_ownership: bool,
 }
 
 /// The operator's HTTP endpoint.
@@ -809,6 +812,7 @@ pub struct ConfigBuilder {
     consumer_session_timeout: Duration,
     http_addr: HttpInput,
     worker_id: Option<String>,
+    event_ownership: bool,
     events: Vec<String>,
     process_interval: Duration,
     max_concurrent: u64,
@@ -863,6 +867,7 @@ impl Default for ConfigBuilder {
             consumer_session_timeout: Duration::from_secs(6),
             http_addr: HttpInput::Addr(Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 9090)))),
             worker_id: None,
+            event_ownership: true,
             events: Vec::new(),
             process_interval: Duration::from_secs(1),
             max_concurrent: 100,
@@ -1074,6 +1079,8 @@ impl ConfigBuilder {
         consumer_session_timeout: Duration => consumer_session_timeout = consumer_session_timeout;
         /// This worker's id in heartbeats (default `<host>-<pid>`).
         worker_id: impl Into<String> => worker_id = Some(worker_id.into());
+        /// Share the events among the live replicas (default true).
+        event_ownership: bool => event_ownership = event_ownership;
         /// Time between admission cycles (default 1s).
         process_interval: Duration => process_interval = process_interval;
         /// Users in checkout per event (default 100).
@@ -1474,6 +1481,7 @@ impl ConfigBuilder {
                 process_interval: self.process_interval,
                 max_processing_time: self.max_processing_time,
                 shutdown_timeout: self.shutdown_timeout,
+                event_ownership: self.event_ownership,
             },
             http: HttpConfig { addr: http_addr },
         })

@@ -71,6 +71,12 @@ pub mod completions {
 pub use crate::base::error_chain;
 pub use crate::ops::report;
 
+/// Which replica owns which event (issue 14): the same function every replica
+/// uses, for tests and tools that check or predict it.
+pub mod ownership {
+    pub use crate::model::ownership::{owner, owner_window};
+}
+
 /// `waitroom-worker health`: the container's probe of `/healthz`.
 pub mod probe {
     pub use crate::ops::probe::{ProbeError, check};

@@ -299,6 +299,11 @@ pub(crate) struct RunArgs {
     /// This worker's id in heartbeats (default `<host>-<pid>`).
     #[arg(long, env = "QUEUE_WORKER_ID")]
     pub(crate) worker_id: Option<String>,
+    /// Share the events among the live replicas: each passes (reaper, outbox claim,
+    /// admit) only the events it owns, and takes over a dead replica's within a few
+    /// intervals. `false`: this replica passes every event (as before issue 14).
+    #[arg(long, env = "QUEUE_EVENT_OWNERSHIP", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub(crate) event_ownership: bool,
 
     /// Event to serve, repeatable; `<prefix>:active_events` is read every cycle as well.
     #[arg(long = "event", value_name = "ID")]
@@ -448,6 +453,28 @@ pub(crate) struct BenchArgs {
     /// the whole path, the admit script alone, the minimal reference, the naive flow).
     #[arg(long, value_parser = ["cluster", "admission"])]
     pub(crate) only: Option<String>,
+    /// Run only the section of replicas sharing the events (issue 14): Redis CPU
+    /// per second, steady round and takeover for each event count and replica count.
+    #[arg(long)]
+    pub(crate) sharing: bool,
+    /// Event counts of `--sharing`.
+    #[arg(long, value_delimiter = ',', default_value = "10000,50000")]
+    pub(crate) sharing_events: Vec<usize>,
+    /// Replica counts of `--sharing`.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+    pub(crate) sharing_replicas: Vec<usize>,
+    /// One more `--sharing` run with this many events (0: none) ...
+    #[arg(long, default_value_t = 100_000)]
+    pub(crate) sharing_big_events: usize,
+    /// ... and this many replicas.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) sharing_big_replicas: usize,
+    /// How long `--sharing` measures Redis CPU per run.
+    #[arg(long, default_value = "10s", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
+    pub(crate) sharing_window: Duration,
+    /// `--sharing` with every replica passing every event (the cost before issue 14).
+    #[arg(long)]
+    pub(crate) sharing_off: bool,
 }
 
 #[cfg(feature = "tools")]
@@ -719,6 +746,7 @@ impl RunArgs {
             .consumer_session_timeout(self.consumer_session_timeout)
             .http_addr_written(&self.http_addr)
             .process_interval(self.process_interval)
+            .event_ownership(self.event_ownership)
             .max_concurrent(self.max_concurrent)
             .batch_size(self.batch_size)
             .session_ttl(self.session_ttl)
@@ -787,6 +815,22 @@ impl BenchArgs {
             replica_acks: self.replica_acks,
             only_cluster: self.only.as_deref() == Some("cluster"),
             only_admission: self.only.as_deref() == Some("admission"),
+        }
+    }
+
+    /// What `--sharing` measures.
+    pub(crate) fn sharing_options(&self) -> waitroom_worker::bench::replicas::SharingOptions {
+        waitroom_worker::bench::replicas::SharingOptions {
+            redis_url: self.redis_url.clone(),
+            kafka_brokers: self.kafka_brokers.clone(),
+            events: self.sharing_events.clone(),
+            replicas: self.sharing_replicas.clone(),
+            big_events: self.sharing_big_events,
+            big_replicas: self.sharing_big_replicas,
+            window: self.sharing_window,
+            ownership: !self.sharing_off,
+            json: self.json,
+            ..Default::default()
         }
     }
 }

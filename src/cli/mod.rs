@@ -230,6 +230,25 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             // SIGINT/SIGTERM drop the bench where it is: its servers go with it (their
             // Drop), and the process exits 130/143 without a report.
             let mut stop = Stop::listen().context("bench: listening for SIGINT and SIGTERM")?;
+            if args.sharing {
+                use waitroom_worker::bench::replicas;
+                let report = tokio::select! {
+                    r = replicas::run(args.sharing_options()) => r.context("bench --sharing")?,
+                    sig = stop.next() => {
+                        eprintln!("bench: {}: stopped, no report", sig.name());
+                        return Err(Answered(sig.exit_code()).into());
+                    }
+                };
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report).context("encoding JSON")?
+                    );
+                } else {
+                    print!("{}", replicas::render(&report));
+                }
+                return Ok(());
+            }
             let options = args.options();
             let run = async {
                 if options.only_admission {

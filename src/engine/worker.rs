@@ -26,10 +26,11 @@ use crate::model::clock;
 use crate::model::event::EventId;
 use crate::model::outbox;
 use crate::model::outbox::OutboxEntry;
+use crate::model::ownership::{self, Owners};
 use crate::model::token;
 use crate::ops::http::{self, HttpState};
 use crate::ops::stats::{ErrorKind, EventSnapshot, Stats};
-use crate::redis::heartbeat::{self, Identity};
+use crate::redis::heartbeat::{self, Identity, OwnerBeat};
 use crate::redis::redis_time::RedisTime;
 use crate::redis::retry::{self, Backoff};
 use crate::redis::scripts::admit::{self, AdmitOutcome, Hold};
@@ -227,8 +228,16 @@ pub struct Worker {
     served: BTreeSet<String>,
     /// Events this process has put into `<prefix>:known_events`.
     registered: HashSet<String>,
-    /// Known events that are no longer served: drained until nothing is left.
+    /// Known events that are no longer served: drained until nothing is left (all
+    /// of them; each pass drains the ones this replica owns).
     retired: BTreeSet<String>,
+    /// Who shares the events, as read at the start of the last pass.
+    owners: Owners,
+    /// `active_events` as last read in full, to skip reading it again while it
+    /// has not changed.
+    active: Option<ActiveCache>,
+    /// The events (served and retired) the last pass owned.
+    owned: HashSet<String>,
     /// The wait figures of each event, written to its stats hash.
     wait: WaitStats,
     /// Publishes sell-outs.
@@ -352,6 +361,7 @@ impl Worker {
             },
         );
         let wait = WaitStats::new(settings.admission.checkout_window);
+        let owners = Owners::everything(&identity.id);
         Ok(Some(Worker {
             wait,
             announcer,
@@ -371,6 +381,9 @@ impl Worker {
             held_seen: HashMap::new(),
             time,
             served: BTreeSet::new(),
+            owners,
+            active: None,
+            owned: HashSet::new(),
             registered: HashSet::new(),
             retired: BTreeSet::new(),
             hints: HashMap::new(),
@@ -420,6 +433,9 @@ impl Worker {
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let refill = self.refill.clone();
         let mut failures: u32 = 0;
+        // The last few full passes' durations: how far apart this replica's beats
+        // really are when passes outlast the interval (see `owner_period`).
+        let mut recent_passes = [Duration::ZERO; RECENT_PASSES];
         let interval = self.settings.worker.process_interval;
         // The longest one pass may hold the loop: the pass itself (cut at the max
         // processing time), then the heartbeat (two Redis calls).
@@ -462,13 +478,28 @@ impl Worker {
                 self.stats
                     .cycle_duration
                     .observe(pass_started.elapsed().as_secs_f64());
+                recent_passes.rotate_left(1);
+                recent_passes[RECENT_PASSES - 1] = pass_started.elapsed();
                 let last = self.stats.last_processed_ms.load(relaxed);
+                // Only a pass that went through renews this replica as an owner: one
+                // whose passes fail hands its events to the others.
+                let owner = if !self.settings.worker.event_ownership {
+                    OwnerBeat::Withdraw
+                } else if ok {
+                    OwnerBeat::Renew(ownership::owner_window(owner_period(
+                        interval,
+                        recent_passes,
+                    )))
+                } else {
+                    OwnerBeat::Keep
+                };
                 if let Err(e) = heartbeat::beat(
                     &mut self.conn,
                     &self.settings.keys,
                     &self.identity,
                     last,
                     self.settings.worker.process_interval,
+                    owner,
                 )
                 .await
                 {
@@ -558,18 +589,60 @@ impl Worker {
 
     /// The events to serve: those given on the command line and the members of
     /// `<prefix>:active_events`, sorted and without duplicates.
-    async fn active_events(&mut self) -> Result<Vec<String>, redis::RedisError> {
+    ///
+    /// Read in full (SMEMBERS: every replica, every pass, O(events) each, the one
+    /// cost that grew with the number of replicas once they share the events) only
+    /// when it may have changed: its size differs from the last full read, the
+    /// version counter moved, one of this replica's own events is gone from it, or
+    /// on a complete pass. Otherwise one round trip of O(1) reads and one
+    /// SMISMEMBER of the events this replica owns. An event swapped for another
+    /// (same size) is seen by the owner of the one that left, which bumps the
+    /// counter: every replica reads the set again within two passes.
+    async fn active_events(&mut self, full: bool) -> Result<Vec<String>, redis::RedisError> {
         let key = self.settings.keys.active_events();
-        let members: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
+        let version_key = self.settings.keys.active_events_version();
+        if let Some(cache) = self.active.as_ref().filter(|_| !full) {
+            let owned: Vec<&String> = cache
+                .members
+                .iter()
+                .filter(|e| self.owners.owns(e))
+                .collect();
+            let mut p = redis::pipe();
+            p.cmd("SCARD").arg(&key).cmd("GET").arg(&version_key);
+            let (size, version, present): (u64, Option<u64>, Vec<bool>) = if owned.is_empty() {
+                let (size, version): (u64, Option<u64>) = p.query_async(&mut self.conn).await?;
+                (size, version, Vec::new())
+            } else {
+                p.cmd("SMISMEMBER").arg(&key).arg(&owned);
+                p.query_async(&mut self.conn).await?
+            };
+            let gone = present.iter().any(|here| !here);
+            if gone && size == cache.size {
+                // Others cannot tell from the size: have them read it again too.
+                let _: u64 = redis::cmd("INCR")
+                    .arg(&version_key)
+                    .query_async(&mut self.conn)
+                    .await?;
+            }
+            if !gone && size == cache.size && version == cache.version {
+                let mut set: BTreeSet<String> =
+                    self.settings.admission.events.iter().cloned().collect();
+                set.extend(cache.members.iter().cloned());
+                return Ok(set.into_iter().collect());
+            }
+        }
+        let (version, members): (Option<u64>, Vec<Vec<u8>>) = redis::pipe()
+            .cmd("GET")
+            .arg(&version_key)
+            .cmd("SMEMBERS")
             .arg(&key)
             .query_async(&mut self.conn)
             .await?;
-        let mut set: BTreeSet<String> = self.settings.admission.events.iter().cloned().collect();
+        let size = members.len() as u64;
+        let mut from_redis = Vec::with_capacity(members.len());
         for m in members {
             match String::from_utf8(m) {
-                Ok(e) if EventId::is_valid(&e) => {
-                    set.insert(e);
-                }
+                Ok(e) if EventId::is_valid(&e) => from_redis.push(e),
                 Ok(e) => {
                     crate::log_limited!(WARN, "ignoring an invalid event id", event_id = %e, key = %key)
                 }
@@ -578,6 +651,13 @@ impl Worker {
                 }
             }
         }
+        let mut set: BTreeSet<String> = self.settings.admission.events.iter().cloned().collect();
+        set.extend(from_redis.iter().cloned());
+        self.active = Some(ActiveCache {
+            members: from_redis,
+            size,
+            version,
+        });
         Ok(set.into_iter().collect())
     }
 
@@ -593,7 +673,8 @@ impl Worker {
     /// nothing of them is left they are forgotten.
     pub async fn cycle(&mut self) -> bool {
         let started = Instant::now();
-        let served = match self.active_events().await {
+        let full = self.passes.is_multiple_of(FULL_PASS_EVERY);
+        let served = match self.active_events(full).await {
             Ok(e) => e,
             Err(e) => {
                 crate::log_limited!(ERROR, "reading active events failed", error = %crate::base::error_chain::chain(&e));
@@ -607,17 +688,17 @@ impl Worker {
         // Counted per pass, not per chunk of events: with many events a per-chunk
         // count made complete passes and refreshes many times more frequent.
         let kind = PassKind {
-            full: self.passes.is_multiple_of(FULL_PASS_EVERY),
+            full,
             refresh: (self.passes + 1).is_multiple_of(REFRESH_EVERY),
         };
         self.passes = self.passes.wrapping_add(1);
-        let full = kind.full;
         if full {
             self.check_layout(&served).await;
         }
         let served_set: BTreeSet<String> = served.iter().cloned().collect();
         let lost_some = self.served.difference(&served_set).next().is_some();
         self.served = served_set;
+        self.refresh_owners().await;
         if let Err(e) = self.refresh_known(full, lost_some).await {
             crate::log_limited!(WARN, "could not update the known events; retired events are drained later", error = %crate::base::error_chain::chain(&e), key = %self.settings.keys.known_events());
             self.stats.error(ErrorKind::Redis);
@@ -625,17 +706,17 @@ impl Worker {
         let mut tracked = self.served.clone();
         tracked.extend(self.retired.iter().cloned());
         self.stats.track(tracked);
-        self.hints
-            .retain(|e, _| self.served.contains(e) || self.retired.contains(e));
         self.ahead.retain(|e, _| self.served.contains(e));
+        let events = self.owned_events(served);
         tracing::debug!(
-            event_count = served.len(),
+            event_count = self.served.len(),
             retired = self.retired.len(),
+            owned = events.len(),
+            replicas = self.owners.replicas(),
             "Processing queues for active events"
         );
         self.check_master().await;
-        let mut events: Vec<(String, bool)> = served.into_iter().map(|e| (e, true)).collect();
-        events.extend(self.retired.iter().map(|e| (e.clone(), false)));
+        Stats::add(&self.stats.event_passes, events.len() as u64);
         let mut ok = true;
         for chunk in events.chunks(EVENTS_PER_PIPELINE) {
             if let Err(e) = self.process_events(chunk, kind).await {
@@ -699,19 +780,22 @@ impl Worker {
         self.stats.set_layout_mismatch(mismatch);
     }
 
-    /// Keep `<prefix>:known_events` up to date: add the served events this process
-    /// has not added yet (all of them on a full pass), and on a full pass or when an
-    /// event stopped being served, read it back to learn the retired events.
+    /// Keep `<prefix>:known_events` up to date: add the owned served events this
+    /// process has not added yet (all of them on a full pass), and on a full pass or
+    /// when an event stopped being served, read it back to learn the retired events
+    /// (all of them: which ones this replica drains follows ownership each pass).
     async fn refresh_known(
         &mut self,
         full: bool,
         lost_some: bool,
     ) -> Result<(), redis::RedisError> {
         let key = self.settings.keys.known_events();
+        // Each replica registers the events it owns: together they register all.
         let new: Vec<&String> = self
             .served
             .iter()
             .filter(|e| full || !self.registered.contains(*e))
+            .filter(|e| self.owners.owns(e))
             .collect();
         if !new.is_empty() {
             let _: () = redis::cmd("SADD")
@@ -760,6 +844,70 @@ impl Worker {
                 crate::log_limited!(WARN, "could not forget a drained event; retrying next pass", event_id = %event, error = %crate::base::error_chain::chain(&e))
             }
         }
+    }
+
+    /// Read who shares the events, once per pass: the list of owners (one small
+    /// sorted set) and each listed replica's interval, two round trips. Ownership
+    /// off, or the list unreadable: this replica passes every event, which is
+    /// always safe (the scripts never depend on ownership).
+    async fn refresh_owners(&mut self) {
+        let me = self.identity.id.as_str();
+        let owners = if !self.settings.worker.event_ownership {
+            Owners::everything(me)
+        } else {
+            match heartbeat::owners(&mut self.conn, &self.settings.keys).await {
+                Ok((now, entries)) => {
+                    let period = u64::try_from(self.settings.worker.process_interval.as_millis())
+                        .unwrap_or(u64::MAX);
+                    Owners::among(me, ownership::candidates(&entries, now, period))
+                }
+                Err(e) => {
+                    self.stats.error(ErrorKind::Redis);
+                    crate::log_limited!(WARN, "could not read the replicas sharing the events; passing every event meanwhile", key = %self.settings.keys.owners(), error = %crate::base::error_chain::chain(&e));
+                    Owners::everything(me)
+                }
+            }
+        };
+        if owners.ids() != self.owners.ids() {
+            Stats::add(&self.stats.owner_changes, 1);
+            crate::log_limited!(
+                INFO,
+                "replicas sharing the events changed",
+                replicas = ?owners.ids()
+            );
+        }
+        self.owners = owners;
+    }
+
+    /// The events this pass runs: the served and the retired ones this replica
+    /// owns, each with whether it is served. An event it no longer owns loses its
+    /// hint and wait figures here (its new owner writes them; should it come back,
+    /// its first pass runs everything, as for a new event).
+    fn owned_events(&mut self, served: Vec<String>) -> Vec<(String, bool)> {
+        let owners = &self.owners;
+        let mut events: Vec<(String, bool)> = served
+            .into_iter()
+            .filter(|e| owners.owns(e))
+            .map(|e| (e, true))
+            .collect();
+        events.extend(
+            self.retired
+                .iter()
+                .filter(|e| owners.owns(e))
+                .map(|e| (e.clone(), false)),
+        );
+        let owned: HashSet<String> = events.iter().map(|(e, _)| e.clone()).collect();
+        for lost in self.owned.difference(&owned) {
+            self.wait.forget(lost);
+        }
+        self.hints.retain(|e, _| owned.contains(e));
+        self.stats.set_ownership(
+            events.len() as u64,
+            self.owners.replicas() as u64,
+            self.owners.is_shared(),
+        );
+        self.owned = owned;
+        events
     }
 
     /// Reap, claim and admit for `events` (each with whether it is served) in one
@@ -1766,6 +1914,35 @@ fn wants_again(o: &AdmitOutcome) -> bool {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Full passes whose durations size the owner window (see `owner_period`).
+const RECENT_PASSES: usize = 8;
+
+/// `active_events` as last read in full.
+#[derive(Debug)]
+struct ActiveCache {
+    /// Its valid members.
+    members: Vec<String>,
+    /// Its size then (invalid members included), compared with SCARD.
+    size: u64,
+    /// `active_events_version` then.
+    version: Option<u64>,
+}
+
+/// How far apart this replica's beats are: its interval, or its recent passes when
+/// they outlast it (the ticker then fires as soon as a pass ends). The owner window
+/// follows it: sized on the interval alone, passes slower than 1.5 intervals (a
+/// loaded Redis, a replica's first complete pass over many events) let its entry
+/// run out between two of its own beats; the others would then pass its events
+/// too, making every pass slower still, until every replica passed every event.
+///
+/// The longest of several recent passes, not the last one: on a loaded machine
+/// pass times vary a lot, and an entry sized on a quick pass ran out during the
+/// next slow one (bench --sharing, 16 replicas on 2 cores: a hundred view changes
+/// in 10 s with the last two passes, each costing double work).
+fn owner_period(interval: Duration, recent_passes: [Duration; RECENT_PASSES]) -> Duration {
+    recent_passes.into_iter().fold(interval, Duration::max)
 }
 
 /// Why the worker could not start.

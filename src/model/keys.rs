@@ -72,6 +72,14 @@ impl Keys {
         format!("{}:active_events", self.prefix)
     }
 
+    /// `<prefix>:active_events_version` (STRING counter, worker-owned): bumped by a
+    /// replica that finds one of the events it owns gone from `active_events` (the
+    /// set's size alone would not show an event swapped for another), so every
+    /// replica reads the whole set again on its next pass.
+    pub fn active_events_version(&self) -> String {
+        format!("{}:active_events_version", self.prefix)
+    }
+
     /// `<prefix>:known_events` (SET, worker-owned): every event a worker has served
     /// and not yet drained. An event in here but not served is retired: it admits
     /// nobody, its slots still expire and its outbox still publishes, and it leaves
@@ -83,6 +91,14 @@ impl Keys {
     /// Live workers (ZSET: id -> last heartbeat ms, worker-owned).
     pub fn workers(&self) -> String {
         format!("{}:workers", self.prefix)
+    }
+
+    /// Replicas sharing the events (ZSET: id -> until when, ms of Redis's clock, it
+    /// counts as an owner: its last completed pass + 1.5 of its periods;
+    /// worker-owned). A global key like `workers`: one small set for the whole
+    /// deployment, read once per pass by every replica.
+    pub fn owners(&self) -> String {
+        format!("{}:owners", self.prefix)
     }
 
     /// One worker's heartbeat (HASH with a TTL, worker-owned).
@@ -185,12 +201,14 @@ mod tests {
         assert_eq!(k.processing("e"), "waitroom:e:processing");
         assert_eq!(k.config("e"), "waitroom:e:config");
         assert_eq!(k.session("e", "abc"), "waitroom:session:abc");
+        assert_eq!(k.owners(), "waitroom:owners");
     }
 
     #[test]
     fn cluster_layout_hash_tags_the_event() {
         let k = Keys::new("waitroom", KeyLayout::Cluster);
         assert_eq!(k.active_events(), "waitroom:active_events");
+        assert_eq!(k.owners(), "waitroom:owners");
         assert_eq!(k.queue("e1"), "waitroom:{e1}:queue");
         assert_eq!(k.outbox("e1"), "waitroom:{e1}:outbox");
         assert_eq!(k.session("e1", "abc"), "waitroom:{e1}:session:abc");

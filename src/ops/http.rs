@@ -215,7 +215,21 @@ pub(crate) struct StatusBody {
     pub error_count: u64,
     /// While admission is held after a new Redis master was seen: how much longer (ms).
     pub failover_hold_ms: Option<u64>,
+    /// How this replica shares the events with the others (issue 14).
+    pub ownership: OwnershipBody,
     pub events: BTreeMap<String, EventSnapshot>,
+}
+
+/// Event ownership as this replica last saw it.
+#[derive(Serialize)]
+pub(crate) struct OwnershipBody {
+    /// Whether it shares the events (false: it passes every event, ownership being
+    /// off or the list of owners unreadable).
+    pub shared: bool,
+    /// Events it owns and passes (served and retired).
+    pub owned_events: u64,
+    /// Replicas sharing the events, itself included.
+    pub live_replicas: u64,
 }
 
 async fn status(State(s): State<Arc<HttpState>>) -> Json<StatusBody> {
@@ -235,6 +249,11 @@ async fn status(State(s): State<Arc<HttpState>>) -> Json<StatusBody> {
             let until = st.failover_hold_until_ms.load(Ordering::Relaxed);
             let now = clock::now_ms();
             (until > now).then(|| until - now)
+        },
+        ownership: OwnershipBody {
+            shared: st.ownership_shared.load(Ordering::Relaxed),
+            owned_events: st.owned_events.load(Ordering::Relaxed),
+            live_replicas: st.owner_replicas.load(Ordering::Relaxed),
         },
         events: st.events(),
     })

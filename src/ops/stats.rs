@@ -234,6 +234,23 @@ pub struct Stats {
     pub repaired: Counter,
     /// Admissions woken by a freed slot.
     pub refills: Counter,
+    /// Events passed by this replica's cycles (one per event per pass): with the
+    /// events shared among replicas, about (events / replicas) per pass.
+    pub event_passes: Counter,
+    /// Times this replica's view of the replicas sharing the events changed (a
+    /// replica joined, left, or its entry ran out before its next beat: flapping
+    /// shows here, and costs double work while it lasts).
+    pub owner_changes: Counter,
+    /// Events this replica owns (passes), served and retired, as of its last pass.
+    pub owned_events: AtomicU64,
+    /// Replicas sharing the events as this one sees them (itself included; 1 when
+    /// it passes every event).
+    pub owner_replicas: AtomicU64,
+    /// Whether this replica shares the events (false: ownership off, or the list
+    /// of owners could not be read, so it passes every event).
+    pub ownership_shared: AtomicBool,
+    owned_events_gauge: Gauge,
+    owner_replicas_gauge: Gauge,
     /// Errors of every kind (by kind in `/metrics`).
     pub errors: Counter,
     errors_by_kind: Family<Labels, Counter>,
@@ -327,6 +344,13 @@ impl Stats {
             outbox_dropped: Counter::default(),
             repaired: Counter::default(),
             refills: Counter::default(),
+            event_passes: Counter::default(),
+            owner_changes: Counter::default(),
+            owned_events: AtomicU64::new(0),
+            owner_replicas: AtomicU64::new(1),
+            ownership_shared: AtomicBool::new(false),
+            owned_events_gauge: Gauge::default(),
+            owner_replicas_gauge: Gauge::default(),
             errors: Counter::default(),
             errors_by_kind: Family::default(),
             event_admitted: Family::default(),
@@ -496,6 +520,26 @@ impl Stats {
             "refills",
             "Refill passes woken by completions",
             s.refills.clone(),
+        );
+        r.register(
+            "event_passes",
+            "Events passed by this replica's cycles (each event once per pass it owns)",
+            s.event_passes.clone(),
+        );
+        r.register(
+            "owner_changes",
+            "Times this replica's view of the replicas sharing the events changed",
+            s.owner_changes.clone(),
+        );
+        r.register(
+            "owned_events",
+            "Events this replica owns and passes (served and retired)",
+            s.owned_events_gauge.clone(),
+        );
+        r.register(
+            "owner_replicas",
+            "Replicas sharing the events as this one sees them (itself included; 1 when it passes every event)",
+            s.owner_replicas_gauge.clone(),
         );
         r.register("errors", "Errors by kind", s.errors_by_kind.clone());
         r.register(
@@ -721,6 +765,18 @@ impl Stats {
         {
             snap.wait = Some(w);
         }
+    }
+
+    /// Where ownership stands after a pass's read of the list of owners.
+    pub(crate) fn set_ownership(&self, owned: u64, replicas: u64, shared: bool) {
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        self.owned_events.store(owned, relaxed);
+        self.owner_replicas.store(replicas, relaxed);
+        self.ownership_shared.store(shared, relaxed);
+        self.owned_events_gauge
+            .set(i64::try_from(owned).unwrap_or(i64::MAX));
+        self.owner_replicas_gauge
+            .set(i64::try_from(replicas).unwrap_or(i64::MAX));
     }
 
     /// Admission held after a new master until `until_ms` (0: not held).

@@ -8,6 +8,11 @@
 //! - `<prefix>:worker:<id>` HASH: `id`, `host`, `pid`, `version`, `started_at`,
 //!   `last_cycle`, `last_beat`, `period_ms` (its interval), `ttl_ms` (how long a
 //!   beat counts), with that TTL, so a dead worker's hash vanishes.
+//! - `<prefix>:owners` ZSET: member = worker id, score = until when (ms, Redis's
+//!   clock) it counts as an owner of events (`model::ownership`): renewed with the
+//!   heartbeat only after a pass that went through, so a replica whose passes fail
+//!   stops being handed events within 1.5 of its periods, while its heartbeat
+//!   (which says it is running) lasts longer.
 
 use std::time::Duration;
 
@@ -16,6 +21,19 @@ use redis::aio::ConnectionLike;
 
 use crate::model::clock;
 use crate::model::keys::Keys;
+use crate::model::ownership::OwnerEntry;
+
+/// What a heartbeat does to this worker's entry in `<prefix>:owners`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OwnerBeat {
+    /// The pass went through: count as an owner for this long from now.
+    Renew(Duration),
+    /// The pass failed: leave the entry to run out (a failing replica's events
+    /// move to the others; one late pass must not make them flap).
+    Keep,
+    /// Ownership is off here: not a candidate (this replica passes everything).
+    Withdraw,
+}
 
 /// Who this worker is.
 #[derive(Debug, Clone)]
@@ -72,20 +90,22 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// Write this worker's heartbeat, which counts for `ttl(period)` (`period`: this
-/// worker's interval), and drop the replicas whose own heartbeat has expired.
-/// Two round trips: Redis's clock, then one pipeline.
+/// worker's interval), do what `owner` says to its entry in `<prefix>:owners`, and
+/// drop the replicas whose own heartbeat or owner entry has expired. Two round
+/// trips: Redis's clock, then one pipeline.
 pub(crate) async fn beat<C: ConnectionLike + Send>(
     conn: &mut C,
     keys: &Keys,
     me: &Identity,
     last_cycle_ms: u64,
     period: Duration,
+    owner: OwnerBeat,
 ) -> Result<(), RedisError> {
     let now = redis_now_ms(conn).await?;
     let ttl_ms = millis(ttl(period)).max(1);
     let key = keys.worker(&me.id);
-    redis::pipe()
-        .cmd("HSET")
+    let mut p = redis::pipe();
+    p.cmd("HSET")
         .arg(&key)
         .arg("id")
         .arg(&me.id)
@@ -119,9 +139,81 @@ pub(crate) async fn beat<C: ConnectionLike + Send>(
         .arg(keys.workers())
         .arg("-inf")
         .arg(now)
-        .ignore()
-        .query_async::<()>(conn)
-        .await
+        .ignore();
+    // After the hash, so a listed owner's `period_ms` is there to be read.
+    match owner {
+        OwnerBeat::Renew(window) => {
+            p.cmd("ZADD")
+                .arg(keys.owners())
+                .arg(now.saturating_add(millis(window)))
+                .arg(&me.id)
+                .ignore();
+        }
+        OwnerBeat::Keep => {}
+        OwnerBeat::Withdraw => {
+            p.cmd("ZREM").arg(keys.owners()).arg(&me.id).ignore();
+        }
+    }
+    p.cmd("ZREMRANGEBYSCORE")
+        .arg(keys.owners())
+        .arg("-inf")
+        .arg(now)
+        .ignore();
+    p.query_async::<()>(conn).await
+}
+
+/// The list of owners as it stands (`model::ownership::candidates` picks from
+/// it), with Redis's clock to judge it by. Two round trips whatever the number of
+/// replicas: the clock and the list, then every listed replica's `period_ms`.
+pub(crate) async fn owners<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+) -> Result<(u64, Vec<OwnerEntry>), RedisError> {
+    type Listed = Vec<(Vec<u8>, f64)>;
+    let ((secs, micros), listed): ((u64, u64), Listed) = redis::pipe()
+        .cmd("TIME")
+        .cmd("ZRANGE")
+        .arg(keys.owners())
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(conn)
+        .await?;
+    let now = secs.saturating_mul(1000).saturating_add(micros / 1000);
+    let ids: Vec<String> = listed
+        .iter()
+        .map(|(id, _)| String::from_utf8_lossy(id).into_owned())
+        .collect();
+    let periods: Vec<Option<u64>> = if ids.is_empty() {
+        Vec::new()
+    } else {
+        let mut p = redis::pipe();
+        for id in &ids {
+            p.cmd("HGET").arg(keys.worker(id)).arg("period_ms");
+        }
+        let raw: Vec<Option<String>> = p.query_async(conn).await?;
+        // Written by the worker itself as plain digits; anything else is unknown.
+        raw.into_iter()
+            .map(|r| r.and_then(|v| v.parse::<u64>().ok()))
+            .collect()
+    };
+    let entries = ids
+        .into_iter()
+        .zip(listed)
+        .zip(periods)
+        .map(|((id, (_, until)), period_ms)| OwnerEntry {
+            id,
+            // A score written by hand may be anything: not finite or negative
+            // counts as expired.
+            until_ms: if until.is_finite() && until > 0.0 {
+                until as u64
+            } else {
+                0
+            },
+            period_ms,
+        })
+        .collect();
+    Ok((now, entries))
 }
 
 /// Ids of the workers whose heartbeat has not expired at `now_ms` (Redis's clock):
@@ -153,6 +245,10 @@ pub(crate) async fn leave<C: ConnectionLike + Send>(
     redis::pipe()
         .cmd("ZREM")
         .arg(keys.workers())
+        .arg(&me.id)
+        .ignore()
+        .cmd("ZREM")
+        .arg(keys.owners())
         .arg(&me.id)
         .ignore()
         .cmd("DEL")

@@ -36,6 +36,9 @@ pub use cluster::{
     ClusterPass, ClusterReport, render_cluster_line, render_cluster_only, run_cluster_only,
 };
 
+/// Replicas sharing the events (issue 14): `bench --sharing`.
+pub mod replicas;
+
 /// What to measure and against what. [`Default`] is the full run.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {

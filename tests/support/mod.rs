@@ -313,6 +313,14 @@ pub async fn run_worker(settings: impl IntoConfig) -> Running {
 }
 
 impl Running {
+    /// The loop dies where it is, as in a crash: no goodbye, so its heartbeat and
+    /// its owner entry stay until they run out. (Its completion consumer and HTTP
+    /// tasks, spawned apart, go on until the test ends.)
+    pub async fn kill(self) {
+        self.handle.abort();
+        let _ = self.handle.await;
+    }
+
     /// Graceful shutdown, awaited.
     pub async fn stop(self) {
         self.trigger.trigger();

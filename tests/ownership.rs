@@ -1,0 +1,313 @@
+//! Issue 14, part 1: the events are shared among the live replicas. Each event is
+//! passed (reaper, outbox claim, admit) by the one replica that owns it, and a
+//! killed replica's events are taken over within three intervals of its last beat.
+//! Ownership is never a lock: the chaos suite (tests/chaos.rs) keeps proving the
+//! invariants with replicas dying and joining.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use support::*;
+use waitroom_worker::ownership::{owner, owner_window};
+use waitroom_worker::{Keys, Stats};
+
+const EVENTS: usize = 30;
+
+fn events() -> Vec<String> {
+    (0..EVENTS).map(|i| format!("ev-{i:02}")).collect()
+}
+
+async fn activate(conn: &mut redis::aio::MultiplexedConnection, k: &Keys, events: &[String]) {
+    let _: () = redis::cmd("SADD")
+        .arg(k.active_events())
+        .arg(events)
+        .query_async(conn)
+        .await
+        .expect("SADD active_events");
+}
+
+/// Redis's clock, ms.
+async fn redis_ms(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let (s, us): (u64, u64) = redis::cmd("TIME").query_async(conn).await.expect("TIME");
+    s * 1000 + us / 1000
+}
+
+/// Until every replica sees all of `ids` sharing the events and together they
+/// own each event once.
+async fn steady(stats: &[(String, std::sync::Arc<Stats>)], ids: usize) {
+    use std::sync::atomic::Ordering::Relaxed;
+    eventually(
+        Duration::from_secs(20),
+        "the replicas share the events",
+        || {
+            let ok = stats.iter().all(|(_, s)| {
+                s.ownership_shared.load(Relaxed) && s.owner_replicas.load(Relaxed) == ids as u64
+            }) && stats
+                .iter()
+                .map(|(_, s)| s.owned_events.load(Relaxed))
+                .sum::<u64>()
+                == EVENTS as u64;
+            async move { ok.then_some(()) }
+        },
+    )
+    .await;
+}
+
+/// (a) Three replicas, batch 1, four users in each of 30 events: each event is
+/// admitted for by exactly one replica, the one the rendezvous hash names. Were
+/// every replica passing every event, the four admissions of an event would be
+/// spread over whichever replica passed first each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_event_is_passed_by_exactly_one_replica() {
+    let redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    let evs = events();
+    activate(&mut conn, &k, &evs).await;
+    let interval = Duration::from_millis(500);
+    let ids: Vec<String> = (0..3).map(|i| format!("replica-{i}")).collect();
+    let mut running = Vec::new();
+    for id in &ids {
+        running.push(
+            run_worker(
+                settings(&redis.url(), &kafka.bootstrap)
+                    .worker_id(id)
+                    .process_interval(interval)
+                    .batch_size(1)
+                    .max_concurrent(1000),
+            )
+            .await,
+        );
+    }
+    let stats: Vec<(String, _)> = ids
+        .iter()
+        .cloned()
+        .zip(running.iter().map(|r| r.stats.clone()))
+        .collect();
+    steady(&stats, 3).await;
+    if let Some(addr) = running[0].http {
+        let (code, body) = http_get(addr, "/status").await;
+        assert_eq!(code, 200);
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(v["ownership"]["shared"], true, "{body}");
+        assert_eq!(v["ownership"]["live_replicas"], 3, "{body}");
+    }
+
+    let now = waitroom_worker::clock::now_ms();
+    for e in &evs {
+        enqueue(&mut conn, e, &format!("{e}-s"), 4, now).await;
+    }
+    eventually(Duration::from_secs(30), "every user admitted", || {
+        let (mut c, evs, k) = (conn.clone(), evs.clone(), k.clone());
+        async move {
+            for e in &evs {
+                if zcard(&mut c, &k.queue(e)).await > 0 {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await;
+
+    let mut by_event: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+    for (id, s) in &stats {
+        for (e, snap) in s.events() {
+            if snap.admitted_total > 0 {
+                by_event
+                    .entry(e)
+                    .or_default()
+                    .push((id.clone(), snap.admitted_total));
+            }
+        }
+    }
+    for e in &evs {
+        let admitters = by_event.get(e).cloned().unwrap_or_default();
+        let expected = owner(e, &ids).expect("an owner");
+        assert_eq!(
+            admitters,
+            [(expected.to_owned(), 4)],
+            "{e}: admitted by {admitters:?}, owner {expected}"
+        );
+    }
+    for r in running {
+        r.stop().await;
+    }
+}
+
+/// (b) Kill one of three replicas (its loop dies mid-sale, no goodbye): users then
+/// queued in the events it owned are admitted by the survivors within three
+/// intervals of its last beat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replicas_events_are_taken_over_within_three_intervals() {
+    let redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    let evs = events();
+    activate(&mut conn, &k, &evs).await;
+    let interval = Duration::from_millis(400);
+    let ids: Vec<String> = (0..3).map(|i| format!("replica-{i}")).collect();
+    let mut running = Vec::new();
+    for id in &ids {
+        running.push(
+            run_worker(
+                settings(&redis.url(), &kafka.bootstrap)
+                    .worker_id(id)
+                    .process_interval(interval)
+                    .max_concurrent(1000),
+            )
+            .await,
+        );
+    }
+    let stats: Vec<(String, _)> = ids
+        .iter()
+        .cloned()
+        .zip(running.iter().map(|r| r.stats.clone()))
+        .collect();
+    steady(&stats, 3).await;
+    // Mid-sale: every event has someone in checkout and someone waiting.
+    let now = waitroom_worker::clock::now_ms();
+    for e in &evs {
+        enqueue(&mut conn, e, &format!("{e}-a"), 2, now).await;
+    }
+
+    let victim = running.remove(0);
+    victim.kill().await;
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg(k.owners())
+        .arg(&ids[0])
+        .query_async(&mut conn)
+        .await
+        .expect("ZSCORE");
+    let window = owner_window(interval).as_millis() as u64;
+    let last_beat = score.expect("the killed replica's owner entry") as u64 - window;
+    let orphans: Vec<&String> = evs
+        .iter()
+        .filter(|e| owner(e, &ids) == Some(ids[0].as_str()))
+        .collect();
+    assert!(!orphans.is_empty(), "replica-0 owned no event");
+    let t0 = waitroom_worker::clock::now_ms() + 1_000_000;
+    for e in &orphans {
+        enqueue(&mut conn, e, &format!("{e}-b"), 1, t0).await;
+    }
+    let taken_over = eventually(
+        Duration::from_secs(10),
+        "the orphans' users admitted",
+        || {
+            let (mut c, k) = (conn.clone(), k.clone());
+            let orphans = orphans.clone();
+            async move {
+                for e in &orphans {
+                    if zcard(&mut c, &k.queue(e)).await > 0 {
+                        return None;
+                    }
+                }
+                Some(redis_ms(&mut c).await)
+            }
+        },
+    )
+    .await;
+    let limit = 3 * interval.as_millis() as u64;
+    assert!(
+        taken_over.saturating_sub(last_beat) <= limit,
+        "taken over {} ms after the last beat (limit {limit} ms)",
+        taken_over.saturating_sub(last_beat)
+    );
+    let survivors: Vec<(String, _)> = stats[1..].to_vec();
+    steady(&survivors, 2).await;
+    for r in running {
+        r.stop().await;
+    }
+}
+
+/// Replicas read `active_events` in full only when it may have changed. An event
+/// swapped for another (same size) is still seen: the new one is served within a
+/// few passes (well before the complete pass, every 30th, would read the set
+/// anyway), and the one that left admits nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_swapped_for_another_is_seen() {
+    let redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    let evs = events();
+    activate(&mut conn, &k, &evs).await;
+    let interval = Duration::from_millis(300);
+    let ids: Vec<String> = (0..2).map(|i| format!("replica-{i}")).collect();
+    let mut running = Vec::new();
+    for id in &ids {
+        running.push(
+            run_worker(
+                settings(&redis.url(), &kafka.bootstrap)
+                    .worker_id(id)
+                    .process_interval(interval),
+            )
+            .await,
+        );
+    }
+    let stats: Vec<(String, _)> = ids
+        .iter()
+        .cloned()
+        .zip(running.iter().map(|r| r.stats.clone()))
+        .collect();
+    steady(&stats, 2).await;
+    // A few more passes, so both have read the set and skip reading it again.
+    let cycles = |s: &std::sync::Arc<Stats>| Stats::get(&s.cycles);
+    let c0: Vec<u64> = stats.iter().map(|(_, s)| cycles(s)).collect();
+    eventually(Duration::from_secs(10), "a few passes", || {
+        let done = stats.iter().zip(&c0).all(|((_, s), c)| cycles(s) >= c + 3);
+        async move { done.then_some(()) }
+    })
+    .await;
+
+    let (gone, new) = (evs[0].clone(), "ev-new".to_owned());
+    let now = waitroom_worker::clock::now_ms();
+    enqueue(&mut conn, &gone, "gone", 1, now).await;
+    enqueue(&mut conn, &new, "new", 1, now).await;
+    let _: () = redis::pipe()
+        .atomic()
+        .cmd("SREM")
+        .arg(k.active_events())
+        .arg(&gone)
+        .ignore()
+        .cmd("SADD")
+        .arg(k.active_events())
+        .arg(&new)
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .expect("swap");
+    let swapped = std::time::Instant::now();
+    eventually(Duration::from_secs(15), "the new event served", || {
+        let (mut c, q) = (conn.clone(), k.queue(&new));
+        async move { (zcard(&mut c, &q).await == 0).then_some(()) }
+    })
+    .await;
+    // The owner of the event that left sees it gone at its next pass and bumps the
+    // version; the others read the set again at theirs: a few intervals, not the
+    // 9 s until a complete pass.
+    assert!(
+        swapped.elapsed() < interval * 7,
+        "the new event waited {:?}",
+        swapped.elapsed()
+    );
+    // Both replicas have passed since (the new event's owner at least twice).
+    let c1: Vec<u64> = stats.iter().map(|(_, s)| cycles(s)).collect();
+    eventually(Duration::from_secs(10), "more passes", || {
+        let done = stats.iter().zip(&c1).all(|((_, s), c)| cycles(s) >= c + 3);
+        async move { done.then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        zcard(&mut conn, &k.queue(&gone)).await,
+        1,
+        "the event that left admitted"
+    );
+    for r in running {
+        r.stop().await;
+    }
+}
