@@ -82,8 +82,9 @@
 --          ever seen admitted without its token); absent or 0: unsigned (the token
 --          is patched in later by set_tokens.lua; tests and the bench's ceiling)
 -- ARGV[18] signed: the admission instant (ms) the tokens were signed for; used as
---          admitted_ms when within [now - 2000, now + 1000] of Redis's clock, else
---          no token is used (the reply says short, with Redis's clock)
+--          admitted_ms when within [now - 2000, now + 1000] of Redis's clock (and,
+--          with a claim window, at least 500 ms of it left), else no token is used
+--          (the reply says stale_stamp, with Redis's clock)
 -- ARGV[19] signed: the claim window (ms) the tokens were signed with; a token is
 --          used only if the event's effective claim window is the same
 -- ARGV[20] signed: how many waiters to read ahead (the prospects of the reply)
@@ -114,7 +115,8 @@
 --           expired_total, completed_total, checkout_ms_total},
 --          {stock (-1 none), adaptive (0/1), configured capacity (before the valve
 --           and the stock), announce_at (ms, -1 none), announce_queue_length,
---           failed_total, claim_window (ms, effective), short (0/1)},
+--           failed_total, claim_window (ms, effective), short (0/1), stale_stamp (1:
+--           tokens came but their instant or claim window was not usable)},
 --          {prospects: session id, user id, session id, user id, ... (signed only)} }
 --   capacity (in the counts) is the effective one: the configured capacity capped
 --   by the valve and by the stock.
@@ -224,14 +226,20 @@ if stock >= 0 then capacity = math.min(capacity, stock) end
 -- Signed: the admission instant is the one the tokens were signed for, if it is
 -- close to Redis's clock and the tokens carry the event's claim window; else no
 -- token is usable (the worker signs again from the reply).
-local stamp_ms, tokens, lookahead, short = now_ms, {}, 0, 0
+local stamp_ms, tokens, lookahead, short, stale_stamp = now_ms, {}, 0, 0, 0
 if signed then
   local at, cw = ARGV[18], ARGV[19]
   lookahead = math.min(tonumber(ARGV[20]) or 0, max_admit)
-  if #at <= 15 and at:match('^%d+$') and tonumber(at) >= now_ms - 2000
-      and tonumber(at) <= now_ms + 1000 and cw == string.format('%d', claim_window) then
-    stamp_ms = tonumber(at)
+  -- With a claim window, the claim deadline must still be ahead (a short window
+  -- and a stamp from 2 s ago would hand out a token already past its claim-by).
+  local t = #at <= 15 and at:match('^%d+$') and tonumber(at)
+  local in_time = t and t >= now_ms - 2000 and t <= now_ms + 1000
+    and (claim_window == 0 or t + claim_window > now_ms + 500)
+  if in_time and cw == string.format('%d', claim_window) then
+    stamp_ms = t
     for i = 21, #ARGV, 3 do tokens[ARGV[i]] = { ARGV[i + 1], ARGV[i + 2] } end
+  elseif not in_time and #ARGV > 20 then
+    stale_stamp = 1
   end
 end
 
@@ -354,7 +362,7 @@ if stock >= 0 then
 end
 local extra = function()
   return { stock, adaptive, max_capacity, announce_at, announce_len, total[8], claim_window,
-    short }
+    short, stale_stamp }
 end
 
 -- Session and user ids travel in JSON and JWTs, so they must be non-empty UTF-8 of at
@@ -391,19 +399,33 @@ end
 
 -- Signed: the first `n` waiters of each lane with their user ids, read after the
 -- admissions, for the worker to sign for the next call.
-local function prospects(n, p_len, q_len)
+-- In the order the next call takes them: with both lanes waiting and a priority
+-- share, the lanes interleave by the share rule from the counts `lp`, `lq` (so the
+-- tokens the worker signs for the first of them are the ones that call needs).
+local function prospects(n, p_len, q_len, lp, lq)
   local out = {}
   if not signed or not served or n <= 0 then return out end
-  for _, l in ipairs({ { priority, p_len }, { queue, q_len } }) do
+  local lanes = {}
+  for i, l in ipairs({ { priority, p_len }, { queue, q_len } }) do
+    lanes[i] = {}
     if l[2] > 0 then
       for _, sid in ipairs(redis.call('ZRANGE', l[1], 0, n - 1)) do
         local u = redis.pcall('HGET', session_prefix .. sid, 'user_id')
         if type(u) == 'string' and utf8_ok(u) and utf8_ok(sid) then
-          out[#out + 1] = sid
-          out[#out + 1] = u
+          lanes[i][#lanes[i] + 1] = { sid, u }
         end
       end
     end
+  end
+  local p, q, i, j = lanes[1], lanes[2], 1, 1
+  if #p == 0 or #q == 0 then lp, lq = 0, 0 end
+  while i <= #p or j <= #q do
+    local from_q = i > #p or (j <= #q and share < 100
+      and (lp + 1) * 100 > share * (lp + lq + 1))
+    local w
+    if from_q then w, j, lq = q[j], j + 1, lq + 1 else w, i, lp = p[i], i + 1, lp + 1 end
+    out[#out + 1] = w[1]
+    out[#out + 1] = w[2]
   end
   return out
 end
@@ -414,7 +436,7 @@ if paused == 1 or held ~= 0 or want <= 0 or queue_len + priority_len == 0 then
   return { {0, 0, in_use, capacity, batch, paused, rate_left, queue_len + priority_len,
     outbox_len, deadlines_len, next_deadline, held, unpublished_age, now_ms, per_minute,
     outflow, 0, 0}, invalid, {}, repaired, { unpack(total, 1, 7) }, extra(),
-    prospects(lookahead, priority_len, queue_len) }
+    prospects(lookahead, priority_len, queue_len, count(r[5]), count(r[6])) }
 end
 
 -- Validate: walk the lanes in order and decide for each member, without writing.
@@ -592,4 +614,4 @@ return { {#admitted, #dropped, in_use + #admitted, capacity, batch, paused,
   next_deadline, held, unpublished_age, now_ms, per_minute, outflow, #left, bad_last_seen},
   invalid, entries, repaired, { unpack(total, 1, 7) }, extra(),
   prospects(short == 1 and math.max(lookahead, want - #admitted) or lookahead, p_left,
-    waiting - p_left) }
+    waiting - p_left, lane_p, lane_q) }

@@ -708,6 +708,11 @@ async fn signed_admission_needs_the_waiters_own_token() {
         )
         .expect("parse");
         assert_eq!((o.admitted, o.short), (0, true), "at {at} for {user}");
+        assert_eq!(
+            o.stale_stamp,
+            at != now,
+            "the reply says when the instant was the reason"
+        );
     }
 
     // The first waiter's own token: admitted with it; the second has none: stop.

@@ -572,3 +572,70 @@ async fn priority_share_splits_each_batch_between_the_lanes() {
         .collect();
     assert!(ids.iter().all(|s| s.starts_with("p-")), "{ids:?}");
 }
+
+/// The same share through the worker, which signs tokens ahead: the waiters the
+/// admit reply names come in the order the share takes them, so the tokens signed
+/// for the first of them are the ones the next call needs, and admission goes on
+/// lane by lane instead of stopping at a queue-lane waiter without a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_share_holds_with_signed_admissions() {
+    let redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    let t0 = clock::now_ms() - 60_000;
+    let main = enqueue(&mut conn, EVENT, "m", 20, t0).await;
+    let vip = enqueue(&mut conn, EVENT, "p", 20, t0).await;
+    let mut p = redis::pipe();
+    for sid in &vip {
+        p.cmd("ZREM").arg(k.queue(EVENT)).arg(sid).ignore();
+        p.cmd("ZADD")
+            .arg(k.priority(EVENT))
+            .arg(t0)
+            .arg(sid)
+            .ignore();
+    }
+    p.query_async::<()>(&mut conn).await.expect("priority lane");
+    config(&mut conn, "priority_share", "50").await;
+    let mut w = start_worker(
+        settings(&redis.url(), &kafka.bootstrap)
+            .event(EVENT)
+            .max_concurrent(1000)
+            .batch_size(4),
+    )
+    .await;
+    let mut order: Vec<String> = Vec::new();
+    for _ in 0..5 {
+        assert!(w.cycle().await);
+        let admitted: HashSet<String> = smembers(&mut conn, &k.processing(EVENT))
+            .await
+            .into_iter()
+            .collect();
+        let mut new: Vec<String> = admitted
+            .into_iter()
+            .filter(|s| !order.contains(s))
+            .collect();
+        new.sort();
+        assert_eq!(new.len(), 4, "a whole batch each pass: {new:?}");
+        let np = new.iter().filter(|s| s.starts_with("p-")).count();
+        assert_eq!(np, 2, "half and half: {new:?}");
+        order.extend(new);
+    }
+    let seen_p: Vec<String> = order
+        .iter()
+        .filter(|s| s.starts_with("p-"))
+        .cloned()
+        .collect();
+    let seen_m: Vec<String> = order
+        .iter()
+        .filter(|s| s.starts_with("m-"))
+        .cloned()
+        .collect();
+    assert_eq!(seen_p, vip[..10].to_vec());
+    assert_eq!(seen_m, main[..10].to_vec());
+    // Every admission carries its token.
+    for sid in &order {
+        let h = hgetall(&mut conn, &k.session(EVENT, sid)).await;
+        assert!(h.contains_key("checkout_token"), "{sid}: {h:?}");
+    }
+}

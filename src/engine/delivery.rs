@@ -185,6 +185,10 @@ impl Delivery {
                     .collect()
             })
             .collect();
+        // The entries whose admission wrote the token are only checked, in the same
+        // round trip: does the hash still show this admission? (The API may have
+        // abandoned or re-queued the session since: then nobody is told.)
+        let checked = self.still_admitted(&prepared).await?;
         let outcomes: Vec<Written> = if patches.iter().all(Vec::is_empty) {
             patches.iter().map(|_| Written::Flags(Vec::new())).collect()
         } else {
@@ -202,14 +206,21 @@ impl Delivery {
             set_tokens::per_event(grouping, results)
         };
 
+        let mut checked = checked.into_iter();
         let mut sent = Vec::new();
         for ((event, ps), result) in prepared.into_iter().zip(outcomes) {
             let written: Vec<bool> = match result {
-                // The patched entries' flags, in order, between the written ones.
+                // The patched entries' flags, in order, between the checked ones.
                 Written::Flags(flags) => {
                     let mut flags = flags.into_iter();
                     ps.iter()
-                        .map(|p| p.written || flags.next().unwrap_or(false))
+                        .map(|p| {
+                            if p.written {
+                                checked.next().unwrap_or(false)
+                            } else {
+                                flags.next().unwrap_or(false)
+                            }
+                        })
                         .collect()
                 }
                 Written::Unexpected(e) => {
@@ -266,6 +277,58 @@ impl Delivery {
         }
         self.settle_in_background(sent, not_sent, recheck, handed.to_vec());
         Ok(())
+    }
+
+    /// For every entry whose admission wrote its token, in order: whether its session
+    /// hash still shows that admission (`status=admitted`, the same `admitted_at`).
+    /// One pipeline of `HMGET`s, read only; none when there is no such entry.
+    async fn still_admitted(
+        &self,
+        prepared: &[(String, Vec<Prepared>)],
+    ) -> Result<Vec<bool>, DeliveryError> {
+        let mut pipe = redis::pipe();
+        // A hash of the wrong type (or a cluster part that failed) answers an error
+        // for itself: that entry reads as not admitted (checked again by the next
+        // claim), the others go on.
+        pipe.ignore_errors();
+        let mut want: Vec<String> = Vec::new();
+        for (event, ps) in prepared {
+            for p in ps.iter().filter(|p| p.written) {
+                pipe.cmd("HMGET")
+                    .arg(self.keys.session(event, &p.entry.session_id))
+                    .arg("status")
+                    .arg("admitted_at");
+                want.push(p.message.admitted_at.clone());
+            }
+        }
+        if want.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<redis::Value> = crate::redis::retry::with_retries(
+            self.policy.attempts,
+            self.policy.backoff,
+            crate::redis::retry::is_transient,
+            || {
+                let mut conn = self.conn.clone();
+                let pipe = &pipe;
+                async move { pipe.query_async(&mut conn).await }
+            },
+        )
+        .await
+        .map_err(|e| DeliveryError::Tokens(ScriptError::Redis(e)))?;
+        Ok(rows
+            .into_iter()
+            .zip(want)
+            .map(|(row, want)| {
+                match redis::from_redis_value::<(Option<String>, Option<String>)>(row) {
+                    Ok((status, at)) => {
+                        status.as_deref() == Some("admitted")
+                            && at.as_deref() == Some(want.as_str())
+                    }
+                    Err(_) => false,
+                }
+            })
+            .collect())
     }
 
     /// The token of one admission: what [`Delivery::prepare`] would sign for its

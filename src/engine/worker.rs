@@ -162,6 +162,10 @@ struct Hint {
     adaptive: bool,
 }
 
+/// The longest one round of admit calls may spend signing tokens ahead: the instant
+/// they are signed for must be within 2 s of Redis's clock when the calls run.
+const SIGNING_PER_ROUND: Duration = Duration::from_millis(500);
+
 /// Waiters read ahead for an event whose slots are all taken (see
 /// `Worker::sign_ahead`): enough for what completions usually free between passes.
 const AHEAD_WHEN_FULL: u64 = 32;
@@ -939,10 +943,11 @@ impl Worker {
 
         // Tokens first: each admit call carries the tokens of the waiters it may admit.
         let mut signed: Vec<Option<SignedSet>> = Vec::with_capacity(events.len());
+        let until = Instant::now() + SIGNING_PER_ROUND;
         for ((e, served), plan) in events.iter().zip(&plans) {
             signed.push((plan.admit && *served && self.signs_ahead()).then(|| {
                 let budget = self.sign_budget(e, plan.reap);
-                self.sign_ahead(e, budget)
+                self.sign_ahead(e, budget, until)
             }));
         }
         let s = &self.settings;
@@ -1065,9 +1070,10 @@ impl Worker {
         to_deliver: &mut Vec<(String, Vec<Outgoing>)>,
     ) {
         let mut sets = Vec::with_capacity(events.len());
+        let until = Instant::now() + SIGNING_PER_ROUND;
         for (e, _) in events {
             let budget = self.sign_budget(e, true);
-            sets.push(self.sign_ahead(e, budget));
+            sets.push(self.sign_ahead(e, budget, until));
         }
         let s = &self.settings;
         let args = s.admit_args();
@@ -1145,7 +1151,12 @@ impl Worker {
     /// when fewer than half of those wanted would be left: a batch while slots stay
     /// free, else [`AHEAD_WHEN_FULL`] (a full event's waiters are read ahead only a
     /// little: what a completion frees; a bigger refill costs a second call).
-    fn sign_ahead(&mut self, event: &str, budget: u64) -> SignedSet {
+    ///
+    /// Signing stops at `until` (the round's signing time, [`SIGNING_PER_ROUND`]):
+    /// the instant signed for must still be close to Redis's clock when the call
+    /// runs, however slow the key (RS256) or many the events; the waiters left
+    /// unsigned wait for the second call or the next pass.
+    fn sign_ahead(&mut self, event: &str, budget: u64, until: Instant) -> SignedSet {
         let window_ms = millis(self.settings.admission.checkout_window);
         let default_claim = millis(self.settings.admission.claim_window);
         let hint = self.hints.get(event);
@@ -1167,6 +1178,9 @@ impl Worker {
             .min(ahead.prospects.len());
         let mut tokens = Vec::with_capacity(n);
         for (sid, user) in ahead.prospects.iter().take(n) {
+            if Instant::now() >= until {
+                break;
+            }
             match self
                 .delivery
                 .sign(event, sid, user, at, deadline_ms, claim_by_ms)
@@ -1191,6 +1205,20 @@ impl Worker {
                 lookahead: if left * 2 < wanted { wanted } else { 0 },
                 tokens,
             },
+        }
+    }
+
+    /// Follow Redis's clock from an admit reply; when the script found the signed
+    /// instant too far from its clock, take its clock as it is.
+    fn note_time(&self, outcome: &AdmitOutcome) {
+        if outcome.stale_stamp {
+            crate::log_limited!(
+                WARN,
+                "the admission instant signed for was too far from Redis's clock; following its clock again"
+            );
+            self.time.reset(outcome.now_ms);
+        } else {
+            self.time.observe(outcome.now_ms);
         }
     }
 
@@ -1398,7 +1426,7 @@ impl Worker {
         if let Some(admitted) = r.admit {
             match admitted.map_err(ScriptError::Redis).and_then(admit::parse) {
                 Ok(mut outcome) => {
-                    self.time.observe(outcome.now_ms);
+                    self.note_time(&outcome);
                     self.wait.observe(event, &outcome);
                     self.note_hint(event, &outcome);
                     applied.drained = !served
@@ -1835,43 +1863,45 @@ impl Worker {
         in_flight: u64,
         entries: &mut Vec<Outgoing>,
     ) -> Result<AdmitOutcome, EventError> {
-        let set = self.signs_ahead().then(|| {
-            let budget = self.sign_budget(event, true);
-            self.sign_ahead(event, budget)
-        });
-        let s = &self.settings;
-        let args = s.admit_args();
-        let call = match &set {
-            Some(set) => {
-                admit::call_signed(&self.scripts.admit, &s.keys, event, &args, &set.signed)
-            }
-            None => admit::call(&self.scripts.admit, &s.keys, event, &args, true),
-        };
-        let reply = retry::with_retries(
-            s.retry.attempts,
-            self.backoff(),
-            ScriptError::is_transient,
-            || {
-                let mut conn = self.conn.clone();
-                let call = &call;
-                async move {
-                    scripts::run_batch(&mut conn, std::slice::from_ref(call))
-                        .await
-                        .map_err(ScriptError::Redis)?
-                        .pop()
-                        .ok_or_else(|| ScriptError::Reply {
-                            script: "admit",
-                            detail: "no reply".into(),
-                        })?
-                        .map_err(ScriptError::Redis)
+        // Each try signs afresh: a retry after a backoff must not carry an instant
+        // that has grown stale meanwhile.
+        let mut attempt = 0;
+        let (set, reply) = loop {
+            attempt += 1;
+            let set = self.signs_ahead().then(|| {
+                let budget = self.sign_budget(event, true);
+                self.sign_ahead(event, budget, Instant::now() + SIGNING_PER_ROUND)
+            });
+            let s = &self.settings;
+            let args = s.admit_args();
+            let call = match &set {
+                Some(set) => {
+                    admit::call_signed(&self.scripts.admit, &s.keys, event, &args, &set.signed)
                 }
-            },
-        )
-        .await
-        .map_err(EventError::Admit)?;
-        drop(call);
+                None => admit::call(&self.scripts.admit, &s.keys, event, &args, true),
+            };
+            let mut conn = self.conn.clone();
+            let reply = scripts::run_batch(&mut conn, std::slice::from_ref(&call))
+                .await
+                .map_err(ScriptError::Redis)
+                .and_then(|mut r| {
+                    r.pop().ok_or_else(|| ScriptError::Reply {
+                        script: "admit",
+                        detail: "no reply".into(),
+                    })
+                })
+                .and_then(|r| r.map_err(ScriptError::Redis));
+            drop(call);
+            match reply {
+                Ok(reply) => break (set, reply),
+                Err(e) if e.is_transient() && attempt < self.settings.retry.attempts => {
+                    tokio::time::sleep(self.backoff().delay(attempt)).await;
+                }
+                Err(e) => return Err(EventError::Admit(e)),
+            }
+        };
         let outcome = admit::parse(reply).map_err(EventError::Admit)?;
-        self.time.observe(outcome.now_ms);
+        self.note_time(&outcome);
         self.note_hint(event, &outcome);
         let admitted = self
             .note_admitted(event, &outcome, outcome.entries.clone(), in_flight)

@@ -38,6 +38,21 @@ impl RedisTime {
         self.observe_at(redis_now_ms, clock::now_ms());
     }
 
+    /// Take `redis_now_ms` as Redis's clock now, whatever was kept: the admit
+    /// script said the instant signed from the estimate was too far from its clock
+    /// (a failover to a master whose clock is behind, a local clock that stepped).
+    pub(crate) fn reset(&self, redis_now_ms: u64) {
+        if redis_now_ms == 0 {
+            return;
+        }
+        let local = clock::now_ms();
+        self.offset_ms.store(
+            (redis_now_ms as i64).saturating_sub(local as i64),
+            Ordering::Relaxed,
+        );
+        self.measured_at_ms.store(local.max(1), Ordering::Relaxed);
+    }
+
     fn observe_at(&self, redis_now_ms: u64, local_ms: u64) {
         if redis_now_ms == 0 {
             return;

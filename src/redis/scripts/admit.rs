@@ -165,6 +165,9 @@ pub struct AdmitOutcome {
     pub claim_window_ms: u64,
     /// Signed: admission stopped at a waiter without a usable token.
     pub short: bool,
+    /// Signed: tokens came, but their admission instant was too far from Redis's
+    /// clock (or left too little of the claim window): none was usable.
+    pub stale_stamp: bool,
     /// Signed: the waiters to sign for next (session id, user id), in lane order.
     pub prospects: Vec<(String, String)>,
 }
@@ -357,9 +360,10 @@ pub fn parse(reply: Value) -> Result<AdmitOutcome, ScriptError> {
         failed_t,
         claim_window,
         short,
+        stale_stamp,
     ] = extra.as_slice()
     else {
-        return Err(bad("want 8 extras"));
+        return Err(bad("want 9 extras"));
     };
     let text = |v: &Value| match v {
         Value::BulkString(b) => Ok(b.clone()),
@@ -381,6 +385,7 @@ pub fn parse(reply: Value) -> Result<AdmitOutcome, ScriptError> {
     Ok(AdmitOutcome {
         claim_window_ms: (*claim_window).max(0) as u64,
         short: *short == 1,
+        stale_stamp: *stale_stamp == 1,
         prospects,
         admitted: (*admitted).max(0) as u64,
         skipped: (*skipped).max(0) as u64,
