@@ -180,34 +180,36 @@ struct Env {
     replica_acks: u64,
 }
 
-/// The servers a one-section run starts (none given): they stop when dropped.
+/// The servers a run starts (for what was not given): they stop when dropped.
 struct Servers {
-    _redis: Option<PrivateRedis>,
+    redis: Option<PrivateRedis>,
     _kafka: Option<EmbeddedKafka>,
 }
 
-/// Redis and Kafka for a one-section run (`--only`): those given, else a private
-/// redis-server and the embedded Kafka; no replica.
-async fn plain_env(a: &BenchOptions) -> Result<(Env, Servers), BenchError> {
-    let private_redis = match &a.redis_url {
+/// The topics every run's embedded Kafka has.
+const TOPICS: [(&str, i32); 2] = [("QUEUE_READY", 1), ("CHECKOUT_COMPLETED", 1)];
+
+/// Redis and Kafka for a run: those given, else a private redis-server and the
+/// embedded Kafka with `topics`; no replica.
+async fn bench_env(
+    redis_url: Option<&str>,
+    kafka_brokers: Option<&str>,
+    topics: &[(&str, i32)],
+) -> Result<(Env, Servers), BenchError> {
+    let private_redis = match redis_url {
         Some(_) => None,
         None => Some(PrivateRedis::start()?),
     };
-    let embedded = match &a.kafka_brokers {
+    let embedded = match kafka_brokers {
         Some(_) => None,
-        None => Some(EmbeddedKafka::start(&[
-            ("QUEUE_READY", 1),
-            ("CHECKOUT_COMPLETED", 1),
-        ])?),
+        None => Some(EmbeddedKafka::start(topics)?),
     };
-    let redis_url = a
-        .redis_url
-        .clone()
+    let redis_url = redis_url
+        .map(str::to_owned)
         .or_else(|| private_redis.as_ref().map(PrivateRedis::url))
         .unwrap_or_default();
-    let brokers = a
-        .kafka_brokers
-        .clone()
+    let brokers = kafka_brokers
+        .map(str::to_owned)
         .or_else(|| embedded.as_ref().map(|k| k.bootstrap.clone()))
         .unwrap_or_default();
     let conn = redis::Client::open(redis_url.as_str())?
@@ -221,7 +223,7 @@ async fn plain_env(a: &BenchOptions) -> Result<(Env, Servers), BenchError> {
             replica_acks: 0,
         },
         Servers {
-            _redis: private_redis,
+            redis: private_redis,
             _kafka: embedded,
         },
     ))
@@ -670,6 +672,11 @@ fn read_peak_rss_mb() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Redis and Kafka for a one-section run (`--only`).
+async fn plain_env(a: &BenchOptions) -> Result<(Env, Servers), BenchError> {
+    bench_env(a.redis_url.as_deref(), a.kafka_brokers.as_deref(), &TOPICS).await
+}
+
 /// Run every section; the figures.
 pub async fn run(mut a: BenchOptions) -> Result<Report, BenchError> {
     if a.quick {
@@ -679,20 +686,15 @@ pub async fn run(mut a: BenchOptions) -> Result<Report, BenchError> {
         a.samples = a.samples.min(10);
         a.replicas = a.replicas.min(2);
     }
-    let private_redis = match &a.redis_url {
-        Some(_) => None,
-        None => Some(PrivateRedis::start()?),
-    };
-    let embedded = match &a.kafka_brokers {
-        Some(_) => None,
-        None => Some(EmbeddedKafka::start(&[
-            ("QUEUE_READY", 1),
-            ("CHECKOUT_COMPLETED", 1),
-            ("BENCH_COMPLETED", 1),
-        ])?),
-    };
+    let (mut env, servers) = bench_env(
+        a.redis_url.as_deref(),
+        a.kafka_brokers.as_deref(),
+        &[TOPICS[0], TOPICS[1], ("BENCH_COMPLETED", 1)],
+    )
+    .await?;
+    env.replica_acks = a.replica_acks;
     // A replica of the private server, in sync before anything is measured.
-    let replica = match (&private_redis, a.with_replica || a.replica_acks > 0) {
+    let replica = match (&servers.redis, a.with_replica || a.replica_acks > 0) {
         (Some(master), true) => {
             let r = PrivateRedis::start_with(crate::tools::redis_server::RedisOptions {
                 replica_of: Some(master.port),
@@ -718,25 +720,6 @@ pub async fn run(mut a: BenchOptions) -> Result<Report, BenchError> {
             Some(r)
         }
         _ => None,
-    };
-    let redis_url = a
-        .redis_url
-        .clone()
-        .or_else(|| private_redis.as_ref().map(PrivateRedis::url))
-        .unwrap_or_default();
-    let brokers = a
-        .kafka_brokers
-        .clone()
-        .or_else(|| embedded.as_ref().map(|k| k.bootstrap.clone()))
-        .unwrap_or_default();
-    let conn = redis::Client::open(redis_url.as_str())?
-        .get_multiplexed_async_connection()
-        .await?;
-    let mut env = Env {
-        redis_url,
-        brokers,
-        conn,
-        replica_acks: a.replica_acks,
     };
     let say = |s: &str| {
         if !a.json {

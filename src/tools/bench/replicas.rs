@@ -32,8 +32,6 @@ use crate::model::clock;
 use crate::model::keys::{KeyLayout, Keys};
 use crate::model::ownership::owner;
 use crate::ops::stats::Stats;
-use crate::tools::embedded_kafka::EmbeddedKafka;
-use crate::tools::redis_server::PrivateRedis;
 
 /// What the section measures.
 #[derive(Debug, Clone)]
@@ -442,36 +440,12 @@ async fn one_run(
 
 /// Run the section on its own servers (or the given ones).
 pub async fn run(o: SharingOptions) -> Result<SharingReport, BenchError> {
-    let private_redis = match &o.redis_url {
-        Some(_) => None,
-        None => Some(PrivateRedis::start()?),
-    };
-    let embedded = match &o.kafka_brokers {
-        Some(_) => None,
-        None => Some(EmbeddedKafka::start(&[
-            ("QUEUE_READY", 1),
-            ("CHECKOUT_COMPLETED", 1),
-        ])?),
-    };
-    let redis_url = o
-        .redis_url
-        .clone()
-        .or_else(|| private_redis.as_ref().map(PrivateRedis::url))
-        .unwrap_or_default();
-    let brokers = o
-        .kafka_brokers
-        .clone()
-        .or_else(|| embedded.as_ref().map(|k| k.bootstrap.clone()))
-        .unwrap_or_default();
-    let conn = redis::Client::open(redis_url.as_str())?
-        .get_multiplexed_async_connection()
-        .await?;
-    let mut env = Env {
-        redis_url,
-        brokers,
-        conn,
-        replica_acks: 0,
-    };
+    let (mut env, _servers) = super::bench_env(
+        o.redis_url.as_deref(),
+        o.kafka_brokers.as_deref(),
+        &super::TOPICS,
+    )
+    .await?;
     let say = |s: &str| {
         if !o.json {
             eprintln!("bench: {s}");
