@@ -120,13 +120,12 @@ impl SignedSet {
     /// The entries, each with its token where the call wrote one: the entry must
     /// carry exactly what the token was signed for.
     fn pair(self, entries: Vec<OutboxEntry>) -> Vec<Outgoing> {
-        let by_session: HashMap<String, (String, String)> = self
+        let mut by_session: HashMap<String, (String, String)> = self
             .signed
             .tokens
             .into_iter()
             .map(|(sid, user, tok)| (sid, (user, tok)))
             .collect();
-        let mut by_session = by_session;
         entries
             .into_iter()
             .map(|e| {
