@@ -500,17 +500,16 @@ async fn the_valve_closes_on_failures_and_reopens_without_evicting_anyone() {
     w.stop().await;
 }
 
-/// `priority_share 50` with both lanes waiting: each batch splits half and half,
-/// FIFO within each lane; across calls the share holds; without the setting the
-/// priority lane goes first as before.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn priority_share_splits_each_batch_between_the_lanes() {
-    let redis = RedisServer::start();
-    let mut conn = redis.conn().await;
+/// `n` waiters in each lane (main `m-*`, priority `p-*`, all joined a minute ago)
+/// and `priority_share 50`; their ids.
+async fn two_lanes_half_and_half(
+    conn: &mut MultiplexedConnection,
+    n: usize,
+) -> (Vec<String>, Vec<String>) {
     let k = keys();
     let t0 = clock::now_ms() - 60_000;
-    let main = enqueue(&mut conn, EVENT, "m", 30, t0).await;
-    let vip = enqueue(&mut conn, EVENT, "p", 30, t0).await;
+    let main = enqueue(conn, EVENT, "m", n, t0).await;
+    let vip = enqueue(conn, EVENT, "p", n, t0).await;
     let mut p = redis::pipe();
     for sid in &vip {
         p.cmd("ZREM").arg(k.queue(EVENT)).arg(sid).ignore();
@@ -520,8 +519,20 @@ async fn priority_share_splits_each_batch_between_the_lanes() {
             .arg(sid)
             .ignore();
     }
-    p.query_async::<()>(&mut conn).await.expect("priority lane");
-    config(&mut conn, "priority_share", "50").await;
+    p.query_async::<()>(conn).await.expect("priority lane");
+    config(conn, "priority_share", "50").await;
+    (main, vip)
+}
+
+/// `priority_share 50` with both lanes waiting: each batch splits half and half,
+/// FIFO within each lane; across calls the share holds; without the setting the
+/// priority lane goes first as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_share_splits_each_batch_between_the_lanes() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    let (main, vip) = two_lanes_half_and_half(&mut conn, 30).await;
     let lanes_of = |admitted: &[String]| {
         let p: Vec<&String> = admitted.iter().filter(|s| s.starts_with("p-")).collect();
         let m: Vec<&String> = admitted.iter().filter(|s| s.starts_with("m-")).collect();
@@ -583,20 +594,7 @@ async fn priority_share_holds_with_signed_admissions() {
     let kafka = MockKafka::start();
     let mut conn = redis.conn().await;
     let k = keys();
-    let t0 = clock::now_ms() - 60_000;
-    let main = enqueue(&mut conn, EVENT, "m", 20, t0).await;
-    let vip = enqueue(&mut conn, EVENT, "p", 20, t0).await;
-    let mut p = redis::pipe();
-    for sid in &vip {
-        p.cmd("ZREM").arg(k.queue(EVENT)).arg(sid).ignore();
-        p.cmd("ZADD")
-            .arg(k.priority(EVENT))
-            .arg(t0)
-            .arg(sid)
-            .ignore();
-    }
-    p.query_async::<()>(&mut conn).await.expect("priority lane");
-    config(&mut conn, "priority_share", "50").await;
+    let (main, vip) = two_lanes_half_and_half(&mut conn, 20).await;
     let mut w = start_worker(
         settings(&redis.url(), &kafka.bootstrap)
             .event(EVENT)
