@@ -994,6 +994,7 @@ impl Worker {
             scripts::run_batch_retrying(&self.conn, &calls, s.retry.attempts, self.backoff())
                 .await
                 .map_err(|e| EventError::Admit(ScriptError::Redis(e)))?;
+        let answered = Instant::now();
         drop(calls);
 
         // Each reply goes to the event and step of its call.
@@ -1053,7 +1054,7 @@ impl Worker {
         if !to_deliver.is_empty() {
             let delivery = self.delivery.clone();
             self.pending = Some(tokio::spawn(async move {
-                delivery.dispatch_many(to_deliver).await
+                delivery.dispatch_many(to_deliver, answered).await
             }));
         }
         Ok(())
@@ -1830,6 +1831,7 @@ impl Worker {
         let in_flight = self.stats.in_flight(event);
         let mut entries = Vec::new();
         let mut outcome = self.admit_signed(event, in_flight, &mut entries).await?;
+        let answered = Instant::now();
         if wants_again(&outcome) {
             let first = outcome;
             outcome = self.admit_signed(event, in_flight, &mut entries).await?;
@@ -1847,9 +1849,9 @@ impl Worker {
             self.stats.in_flight_add(event, entries.len() as i64);
             let delivery = self.delivery.clone();
             let batch = vec![(event.to_owned(), entries)];
-            self.pending = Some(tokio::spawn(
-                async move { delivery.dispatch_many(batch).await },
-            ));
+            self.pending = Some(tokio::spawn(async move {
+                delivery.dispatch_many(batch, answered).await
+            }));
         }
         Ok(outcome)
     }
