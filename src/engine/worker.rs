@@ -1323,15 +1323,23 @@ impl Worker {
         // Each length on its own: one event's error (its cluster master away) must
         // not keep the others from being admitted. A length that cannot be read
         // counts as someone waiting, so the admit call runs and reports for itself.
+        // Between refreshes only "is anyone waiting" matters: one `EXISTS` of both
+        // lanes (Redis deletes an empty sorted set, so a lane exists only while
+        // someone waits in it; a lane of the wrong type exists too, and the admit
+        // call reports it). Half the commands of two `ZCARD`s, on every idle event
+        // of every pass.
         let mut p = redis::pipe();
         p.ignore_errors();
-        let per = if kind.refresh { 4 } else { 2 };
+        let per = if kind.refresh { 4 } else { 1 };
         for &i in &idle {
-            p.cmd("ZCARD").arg(s.keys.queue(&events[i].0));
-            p.cmd("ZCARD").arg(s.keys.priority(&events[i].0));
+            let e = &events[i].0;
             if kind.refresh {
-                p.cmd("SCARD").arg(s.keys.processing(&events[i].0));
-                p.cmd("ZCARD").arg(s.keys.outbox(&events[i].0));
+                p.cmd("ZCARD").arg(s.keys.queue(e));
+                p.cmd("ZCARD").arg(s.keys.priority(e));
+                p.cmd("SCARD").arg(s.keys.processing(e));
+                p.cmd("ZCARD").arg(s.keys.outbox(e));
+            } else {
+                p.cmd("EXISTS").arg(s.keys.queue(e)).arg(s.keys.priority(e));
             }
         }
         let lens: Vec<redis::RedisResult<u64>> = retry::with_retries(
@@ -1351,11 +1359,12 @@ impl Worker {
             _ => None,
         };
         for (n, &i) in idle.iter().enumerate() {
-            let (q, p) = (len(per * n), len(per * n + 1));
-            plans[i].admit = q.unwrap_or(1) + p.unwrap_or(1) > 0;
             if !kind.refresh {
+                plans[i].admit = len(n).is_none_or(|lanes| lanes > 0);
                 continue;
             }
+            let (q, p) = (len(per * n), len(per * n + 1));
+            plans[i].admit = q.unwrap_or(1) + p.unwrap_or(1) > 0;
             let (in_use, outbox) = (len(per * n + 2), len(per * n + 3));
             if let (Some(q), Some(p), Some(in_use), Some(outbox)) = (q, p, in_use, outbox) {
                 self.stats
