@@ -1,5 +1,5 @@
 -- admit.lua: move waiting sessions of one event into checkout, atomically.
--- version: 11
+-- version: 12
 --
 -- One call does, for one event: read the capacity settings (per-event config hash
 -- over the defaults), count the slots in use, look at the head of the priority lane
@@ -237,7 +237,8 @@ if signed then
     and (claim_window == 0 or t + claim_window > now_ms + 500)
   if in_time and cw == string.format('%d', claim_window) then
     stamp_ms = t
-    for i = 21, #ARGV, 3 do tokens[ARGV[i]] = { ARGV[i + 1], ARGV[i + 2] } end
+    -- Each session id maps to the index of its user id in ARGV (the token follows).
+    for i = 21, #ARGV, 3 do tokens[ARGV[i]] = i + 1 end
   elseif not in_time and #ARGV > 20 then
     stale_stamp = 1
   end
@@ -488,7 +489,7 @@ while #admitted < want and examined < max_scan do
           end
           if idle_timeout > 0 and seen_ms and now_ms - tonumber(seen_ms) > idle_timeout then
             left[#left + 1] = sid
-          elseif signed and (not tokens[sid] or tokens[sid][1] ~= h[2]) then
+          elseif signed and (not tokens[sid] or ARGV[tokens[sid]] ~= h[2]) then
             -- No usable token: stop here; this waiter stays first in line.
             short = 1
             break
@@ -508,6 +509,13 @@ while #admitted < want and examined < max_scan do
 end
 
 -- @include rfc3339
+
+-- A JSON string as cjson writes it: ids of plain printable ASCII without a quote,
+-- backslash or slash (nearly all) are quoted as they are, the rest go to cjson.
+local function json_string(v)
+  if v:find('[^%w%-_.:@]') then return cjson.encode(v) end
+  return '"' .. v .. '"'
+end
 
 -- Calls whose argument count grows with the batch go in chunks: Lua's unpack
 -- refuses a few thousand values. Returns the sum of the replies (members removed or
@@ -570,22 +578,25 @@ if #admitted > 0 then
   local untold_score = string.format('%d', UNTOLD + stamp_ms)
   local times = ',' .. admitted_ms .. ',' .. string.format('%d', deadline_ms) .. claim_tail .. ']'
   local outbox_args, deadline_args = {}, {}
+  -- One field list for every session; only the token changes from one to the next.
+  local fields = { 'status', 'admitted', 'admitted_at', admitted_at,
+    'checkout_expires_at', expires_at, 'admitted_ms', admitted_ms }
+  if claim_at then
+    fields[#fields + 1] = 'claim_expires_at'
+    fields[#fields + 1] = claim_at
+  end
+  local token_at = #fields + 2
+  if signed then
+    fields[#fields + 1] = 'checkout_token'
+    fields[#fields + 1] = ''
+  end
   for i, sid in ipairs(admitted) do
     local key = session_prefix .. sid
     if stale_claims[i] then redis.call('HDEL', key, 'claimed_at', 'claim_expires_at') end
-    local fields = { 'status', 'admitted', 'admitted_at', admitted_at,
-      'checkout_expires_at', expires_at, 'admitted_ms', admitted_ms }
-    if claim_at then
-      fields[#fields + 1] = 'claim_expires_at'
-      fields[#fields + 1] = claim_at
-    end
-    if signed then
-      fields[#fields + 1] = 'checkout_token'
-      fields[#fields + 1] = tokens[sid][2]
-    end
+    if signed then fields[token_at] = ARGV[tokens[sid] + 1] end
     redis.call('HSET', key, unpack(fields))
     redis.call('PEXPIRE', key, ttl_ms)
-    local entry = '[' .. cjson.encode(sid) .. ',' .. cjson.encode(users[i]) .. times
+    local entry = '[' .. json_string(sid) .. ',' .. json_string(users[i]) .. times
     entries[i] = entry
     outbox_args[#outbox_args + 1] = due
     outbox_args[#outbox_args + 1] = entry
