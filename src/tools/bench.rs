@@ -736,7 +736,7 @@ pub async fn run(mut a: BenchOptions) -> Result<Report, BenchError> {
         say(&format!("admit script only, batch {batch}"));
         ceiling.push(admit_only(&mut env, batch, a.users).await?);
         say(&format!("minimal reference, batch {batch}"));
-        reference.push(minimal::minimal(&mut env, batch, a.users).await?);
+        reference.push(minimal::minimal(&mut env, batch, a.users, false).await?);
     }
     say("naive per-user implementation, batch 100");
     let naive = naive(&mut env, 100, (a.users / 2).max(1)).await?;

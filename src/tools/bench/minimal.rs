@@ -3,6 +3,11 @@
 //! user HMGET status and user_id, SADD processing, HSET the three admission fields,
 //! EXPIRE, RPUSH to a list: no validation beyond status, no token, no outbox, no
 //! Kafka. The worker's whole path is measured against it in the same run.
+//!
+//! Beside it, "minimal + token": the same script, but each admission also writes
+//! a signed checkout token (about 340 bytes, passed in as an argument) in its
+//! `HSET`, as any design that hands the token out with the admission must. It is
+//! the floor for that: what carrying and storing the token alone costs Redis.
 
 use std::time::{Duration, Instant};
 
@@ -26,8 +31,13 @@ for i = 1, #popped, 2 do
   local h = redis.call('HMGET', key, 'status', 'user_id')
   if h[1] == 'queued' then
     redis.call('SADD', KEYS[2], sid)
-    redis.call('HSET', key, 'status', 'admitted', 'admitted_at', at,
-      'checkout_expires_at', at + 900)
+    if ARGV[5] then
+      redis.call('HSET', key, 'status', 'admitted', 'admitted_at', at,
+        'checkout_expires_at', at + 900, 'checkout_token', ARGV[4 + (i + 1) / 2])
+    else
+      redis.call('HSET', key, 'status', 'admitted', 'admitted_at', at,
+        'checkout_expires_at', at + 900)
+    end
     redis.call('EXPIRE', key, ARGV[4])
     redis.call('RPUSH', KEYS[3], sid)
     admitted = admitted + 1
@@ -36,13 +46,19 @@ end
 return admitted
 "#;
 
-/// Admit `users` with the reference script, `batch` a call.
+/// Admit `users` with the reference script, `batch` a call; `with_token`: each
+/// call carries a signed token per admission and writes it (signed here, for
+/// placeholder sessions: only their size matters to Redis).
 pub(super) async fn minimal(
     env: &mut Env,
     batch: u64,
     users: usize,
+    with_token: bool,
 ) -> Result<Throughput, BenchError> {
-    let prefix = format!("bench-minimal-{batch}");
+    let prefix = format!(
+        "bench-minimal{}-{batch}",
+        if with_token { "-token" } else { "" }
+    );
     let keys = seed(env, &prefix, users).await?;
     let script = Script::new("minimal", MINIMAL);
     script
@@ -52,17 +68,32 @@ pub(super) async fn minimal(
     let list = format!("{prefix}:admitted");
     let k = [keys.queue(EVENT), keys.processing(EVENT), list];
     let k: Vec<&str> = k.iter().map(String::as_str).collect();
-    let a = [
+    let fixed = [
         keys.session_prefix(EVENT),
         batch.to_string(),
         "1000000000".to_owned(),
         Duration::from_secs(7200).as_secs().to_string(),
     ];
-    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let signer = crate::model::token::Signer::hs256(&[7u8; 32], "waitroom", "checkout")
+        .map_err(|e| BenchError::Other(e.to_string()))?;
     let cpu0 = redis_cpu(&mut env.conn).await?;
     let t0 = Instant::now();
     let mut admitted = 0u64;
     loop {
+        let mut a: Vec<String> = fixed.to_vec();
+        if with_token {
+            let at = crate::model::clock::now_ms();
+            for i in 0..batch {
+                let sid = format!("s-{admitted:09}-{i:05}-placeholder");
+                let claims = signer.claims(EVENT, &sid, "u-placeholder-0001", at, at + 900_000);
+                a.push(
+                    signer
+                        .sign(&claims)
+                        .map_err(|e| BenchError::Other(e.to_string()))?,
+                );
+            }
+        }
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
         let n: u64 = script
             .invoke(&mut env.conn, &k, &a)
             .await
@@ -90,6 +121,8 @@ pub struct AdmissionReport {
     pub admit_signed_only: Vec<Throughput>,
     /// The minimal reference, per batch size.
     pub minimal_reference: Vec<Throughput>,
+    /// The minimal reference writing a token with each admission, per batch size.
+    pub minimal_with_token: Vec<Throughput>,
     /// The naive per-user flow (batch 100).
     pub naive_per_user: Throughput,
 }
@@ -108,6 +141,7 @@ pub async fn run_admission_only(a: super::BenchOptions) -> Result<AdmissionRepor
         admit_script_only: Vec::new(),
         admit_signed_only: Vec::new(),
         minimal_reference: Vec::new(),
+        minimal_with_token: Vec::new(),
         naive_per_user: throughput(100, 0, 0, 1.0, 0.0),
     };
     for batch in [10u64, 100, 1000] {
@@ -122,7 +156,10 @@ pub async fn run_admission_only(a: super::BenchOptions) -> Result<AdmissionRepor
             .push(admit_signed_only(&mut env, batch, users).await?);
         say(&format!("minimal reference, batch {batch}"));
         r.minimal_reference
-            .push(minimal(&mut env, batch, users).await?);
+            .push(minimal(&mut env, batch, users, false).await?);
+        say(&format!("minimal reference with a token, batch {batch}"));
+        r.minimal_with_token
+            .push(minimal(&mut env, batch, users, true).await?);
     }
     say("naive per-user implementation, batch 100");
     r.naive_per_user = super::naive(&mut env, 100, (users / 2).max(1)).await?;
@@ -132,17 +169,18 @@ pub async fn run_admission_only(a: super::BenchOptions) -> Result<AdmissionRepor
 /// The admission-only report as a table, with the ratios issue 14 sets targets for.
 pub fn render_admission_only(r: &AdmissionReport) -> String {
     let mut t = String::from(
-        "batch   end to end  cpu µs   admit only  cpu µs       signed  cpu µs      minimal  cpu µs   e2e/min  cpu e2e/min\n",
+        "batch   end to end  cpu µs   admit only  cpu µs       signed  cpu µs      minimal  cpu µs    min+token  cpu µs   e2e/min  cpu e2e/min  cpu e2e/min+tok\n",
     );
-    for (((e, c), s), m) in r
+    for ((((e, c), s), m), k) in r
         .end_to_end
         .iter()
         .zip(&r.admit_script_only)
         .zip(&r.admit_signed_only)
         .zip(&r.minimal_reference)
+        .zip(&r.minimal_with_token)
     {
         t.push_str(&format!(
-            "{:>5} {:>12.0} {:>7.1} {:>12.0} {:>7.1} {:>12.0} {:>7.1} {:>12.0} {:>7.1} {:>8.2}x {:>11.2}x\n",
+            "{:>5} {:>12.0} {:>7.1} {:>12.0} {:>7.1} {:>12.0} {:>7.1} {:>12.0} {:>7.1} {:>12.0} {:>7.1} {:>8.2}x {:>11.2}x {:>15.2}x\n",
             e.batch,
             e.users_per_sec,
             e.redis_cpu_us_per_admission,
@@ -152,8 +190,11 @@ pub fn render_admission_only(r: &AdmissionReport) -> String {
             s.redis_cpu_us_per_admission,
             m.users_per_sec,
             m.redis_cpu_us_per_admission,
+            k.users_per_sec,
+            k.redis_cpu_us_per_admission,
             e.users_per_sec / m.users_per_sec.max(f64::MIN_POSITIVE),
             e.redis_cpu_us_per_admission / m.redis_cpu_us_per_admission.max(f64::MIN_POSITIVE),
+            e.redis_cpu_us_per_admission / k.redis_cpu_us_per_admission.max(f64::MIN_POSITIVE),
         ));
     }
     let n = &r.naive_per_user;
