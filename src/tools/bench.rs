@@ -287,6 +287,34 @@ async fn seed(env: &mut Env, prefix: &str, users: usize) -> Result<Keys, BenchEr
     Ok(keys)
 }
 
+/// Delete every key under `prefix` (the keys a section made), so each section
+/// starts on the same keyspace: a section left behind grows the main dictionary,
+/// and a later section that crosses a power of two pays for its rehash.
+async fn clear(env: &mut Env, prefix: &str) -> Result<(), BenchError> {
+    let pattern = format!("{prefix}:*");
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut env.conn)
+            .await?;
+        if !keys.is_empty() {
+            let _: u64 = redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async(&mut env.conn)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
 /// Users per second and Redis CPU per admission of a run.
 fn throughput(batch: u64, users: usize, admitted: u64, secs: f64, cpu_secs: f64) -> Throughput {
     Throughput {
@@ -325,6 +353,8 @@ async fn end_to_end(env: &mut Env, batch: u64, users: usize) -> Result<Throughpu
     }
     let secs = t0.elapsed().as_secs_f64();
     let cpu = redis_cpu(&mut env.conn).await? - cpu0;
+    drop(w);
+    clear(env, &prefix).await?;
     Ok(throughput(batch, users, users as u64, secs, cpu))
 }
 
@@ -353,6 +383,7 @@ async fn admit_only(env: &mut Env, batch: u64, users: usize) -> Result<Throughpu
     }
     let secs = t0.elapsed().as_secs_f64();
     let cpu = redis_cpu(&mut env.conn).await? - cpu0;
+    clear(env, &prefix).await?;
     Ok(throughput(batch, users, admitted, secs, cpu))
 }
 
@@ -417,6 +448,7 @@ async fn naive(env: &mut Env, batch: u64, users: usize) -> Result<Throughput, Be
     }
     let secs = t0.elapsed().as_secs_f64();
     let cpu = redis_cpu(&mut env.conn).await? - cpu0;
+    clear(env, prefix).await?;
     Ok(throughput(batch, admitted, admitted as u64, secs, cpu))
 }
 
@@ -526,6 +558,8 @@ async fn cycle_cost(env: &mut Env, queued: usize) -> Result<f64, BenchError> {
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
+    drop(w);
+    clear(env, &prefix).await?;
     Ok(times[times.len() / 2])
 }
 

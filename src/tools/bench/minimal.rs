@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::redis::scripts::Script;
 
-use super::{BenchError, EVENT, Env, Throughput, redis_cpu, seed, throughput};
+use super::{BenchError, EVENT, Env, Throughput, clear, redis_cpu, seed, throughput};
 
 /// The reference script (bench only; never loaded by the worker).
 const MINIMAL: &str = r#"-- minimal reference (bench only)
@@ -105,6 +105,7 @@ pub(super) async fn minimal(
     }
     let secs = t0.elapsed().as_secs_f64();
     let cpu = redis_cpu(&mut env.conn).await? - cpu0;
+    clear(env, &prefix).await?;
     Ok(throughput(batch, users, admitted, secs, cpu))
 }
 
@@ -268,5 +269,6 @@ pub(super) async fn admit_signed_only(
     }
     let secs = t0.elapsed().as_secs_f64();
     let cpu = redis_cpu(&mut env.conn).await? - cpu0;
+    clear(env, &prefix).await?;
     Ok(throughput(batch, users, admitted, secs, cpu))
 }
