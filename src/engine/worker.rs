@@ -236,6 +236,9 @@ pub struct Worker {
     retired: BTreeSet<String>,
     /// Who shares the events, as read at the start of the last pass.
     owners: Owners,
+    /// The listed replicas' periods (`period_ms` of their heartbeat hashes), read
+    /// once per replica and again on every complete pass.
+    owner_periods: HashMap<String, u64>,
     /// `active_events` as last read in full, to skip reading it again while it
     /// has not changed.
     active: Option<ActiveCache>,
@@ -385,6 +388,7 @@ impl Worker {
             time,
             served: BTreeSet::new(),
             owners,
+            owner_periods: HashMap::new(),
             active: None,
             owned: HashSet::new(),
             registered: HashSet::new(),
@@ -701,7 +705,7 @@ impl Worker {
         let served_set: BTreeSet<String> = served.iter().cloned().collect();
         let lost_some = self.served.difference(&served_set).next().is_some();
         self.served = served_set;
-        self.refresh_owners().await;
+        self.refresh_owners(full).await;
         if let Err(e) = self.refresh_known(full, lost_some).await {
             crate::log_limited!(WARN, "could not update the known events; retired events are drained later", error = %crate::base::error_chain::chain(&e), key = %self.settings.keys.known_events());
             self.stats.error(ErrorKind::Redis);
@@ -850,15 +854,23 @@ impl Worker {
     }
 
     /// Read who shares the events, once per pass: the list of owners (one small
-    /// sorted set) and each listed replica's interval, two round trips. Ownership
+    /// sorted set), one round trip, and the interval of a replica listed for the
+    /// first time (of every listed one on a complete pass), one more. Ownership
     /// off, or the list unreadable: this replica passes every event, which is
     /// always safe (the scripts never depend on ownership).
-    async fn refresh_owners(&mut self) {
+    async fn refresh_owners(&mut self, full: bool) {
         let me = self.identity.id.as_str();
         let owners = if !self.settings.worker.event_ownership {
             Owners::everything(me)
         } else {
-            match heartbeat::owners(&mut self.conn, &self.settings.keys).await {
+            match heartbeat::owners(
+                &mut self.conn,
+                &self.settings.keys,
+                &mut self.owner_periods,
+                full,
+            )
+            .await
+            {
                 Ok((now, entries)) => {
                     let period = u64::try_from(self.settings.worker.process_interval.as_millis())
                         .unwrap_or(u64::MAX);

@@ -14,6 +14,7 @@
 //!   stops being handed events within 1.5 of its periods, while its heartbeat
 //!   (which says it is running) lasts longer.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::RedisError;
@@ -163,11 +164,18 @@ pub(crate) async fn beat<C: ConnectionLike + Send>(
 }
 
 /// The list of owners as it stands (`model::ownership::candidates` picks from
-/// it), with Redis's clock to judge it by. Two round trips whatever the number of
-/// replicas: the clock and the list, then every listed replica's `period_ms`.
+/// it), with Redis's clock to judge it by. One round trip for the clock and the
+/// list; a second reads the `period_ms` of the listed replicas `known` has no
+/// period for (every listed replica's when `all`), and `known` learns them. A
+/// replica's period is its interval, fixed for its life, so a steady list costs
+/// one round trip and no command per replica (R replicas reading each other's
+/// periods on every pass were R² reads a second); the caller asks for `all` now
+/// and then, for an id reused by a restart with another interval.
 pub(crate) async fn owners<C: ConnectionLike + Send>(
     conn: &mut C,
     keys: &Keys,
+    known: &mut HashMap<String, u64>,
+    all: bool,
 ) -> Result<(u64, Vec<OwnerEntry>), RedisError> {
     type Listed = Vec<(Vec<u8>, f64)>;
     let ((secs, micros), listed): ((u64, u64), Listed) = redis::pipe()
@@ -184,19 +192,31 @@ pub(crate) async fn owners<C: ConnectionLike + Send>(
         .iter()
         .map(|(id, _)| String::from_utf8_lossy(id).into_owned())
         .collect();
-    let periods: Vec<Option<u64>> = if ids.is_empty() {
-        Vec::new()
-    } else {
+    known.retain(|id, _| ids.contains(id));
+    let unknown: Vec<&String> = ids
+        .iter()
+        .filter(|id| all || !known.contains_key(*id))
+        .collect();
+    if !unknown.is_empty() {
         let mut p = redis::pipe();
-        for id in &ids {
+        for id in &unknown {
             p.cmd("HGET").arg(keys.worker(id)).arg("period_ms");
         }
         let raw: Vec<Option<String>> = p.query_async(conn).await?;
-        // Written by the worker itself as plain digits; anything else is unknown.
-        raw.into_iter()
-            .map(|r| r.and_then(|v| v.parse::<u64>().ok()))
-            .collect()
-    };
+        // Written by the worker itself as plain digits; anything else is unknown
+        // (and read again next time).
+        for (id, r) in unknown.into_iter().zip(raw) {
+            match r.and_then(|v| v.parse::<u64>().ok()) {
+                Some(period) => {
+                    known.insert(id.clone(), period);
+                }
+                None => {
+                    known.remove(id);
+                }
+            }
+        }
+    }
+    let periods: Vec<Option<u64>> = ids.iter().map(|id| known.get(id).copied()).collect();
     let entries = ids
         .into_iter()
         .zip(listed)
@@ -267,5 +287,104 @@ mod tests {
         assert_eq!(ttl(Duration::from_secs(1)), Duration::from_secs(10));
         assert_eq!(ttl(Duration::from_secs(5)), Duration::from_secs(15));
         assert_eq!(ttl(Duration::MAX), Duration::MAX);
+    }
+
+    /// A listed replica's period is read once, kept while it stays listed, read
+    /// again when asked for all (a reused id may come back with another interval),
+    /// and forgotten when it leaves the list.
+    #[cfg(feature = "tools")]
+    #[tokio::test]
+    async fn owner_periods_are_read_once_and_refreshed_on_request() {
+        use crate::model::keys::{KeyLayout, Keys};
+        use crate::tools::redis_server::PrivateRedis;
+        let server = PrivateRedis::start().unwrap_or_else(|e| panic!("{e}"));
+        let client = redis::Client::open(server.url()).unwrap_or_else(|e| panic!("{e}"));
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let keys = Keys::new("t", KeyLayout::Default);
+        let far = 4_000_000_000_000u64;
+        let set = |id: &str, period: u64| {
+            redis::pipe()
+                .cmd("ZADD")
+                .arg(keys.owners())
+                .arg(far)
+                .arg(id)
+                .ignore()
+                .cmd("HSET")
+                .arg(keys.worker(id))
+                .arg("period_ms")
+                .arg(period)
+                .ignore()
+                .clone()
+        };
+        let periods = |entries: &[OwnerEntry]| -> Vec<(String, Option<u64>)> {
+            entries
+                .iter()
+                .map(|e| (e.id.clone(), e.period_ms))
+                .collect()
+        };
+        let _: () = set("a", 1000)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut known = HashMap::new();
+        let (_, e) = owners(&mut conn, &keys, &mut known, false)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(periods(&e), vec![("a".to_owned(), Some(1000))]);
+
+        // The same id restarted with another interval: the kept period stands until
+        // a read of all.
+        let _: () = set("a", 5000)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (_, e) = owners(&mut conn, &keys, &mut known, false)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(periods(&e), vec![("a".to_owned(), Some(1000))]);
+        let (_, e) = owners(&mut conn, &keys, &mut known, true)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(periods(&e), vec![("a".to_owned(), Some(5000))]);
+
+        // A new replica is read at once; one without a period stays unknown.
+        let _: () = set("b", 500)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let _: () = redis::cmd("ZADD")
+            .arg(keys.owners())
+            .arg(far)
+            .arg("c")
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (_, e) = owners(&mut conn, &keys, &mut known, false)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            periods(&e),
+            vec![
+                ("a".to_owned(), Some(5000)),
+                ("b".to_owned(), Some(500)),
+                ("c".to_owned(), None)
+            ]
+        );
+
+        // Gone from the list: forgotten.
+        let _: () = redis::cmd("ZREM")
+            .arg(keys.owners())
+            .arg("a")
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (_, e) = owners(&mut conn, &keys, &mut known, false)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(e.len(), 2);
+        assert!(!known.contains_key("a"));
     }
 }
