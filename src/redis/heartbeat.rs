@@ -292,17 +292,47 @@ mod tests {
     /// A listed replica's period is read once, kept while it stays listed, read
     /// again when asked for all (a reused id may come back with another interval),
     /// and forgotten when it leaves the list.
-    #[cfg(feature = "tools")]
     #[tokio::test]
     async fn owner_periods_are_read_once_and_refreshed_on_request() {
         use crate::model::keys::{KeyLayout, Keys};
-        use crate::tools::redis_server::PrivateRedis;
-        let server = PrivateRedis::start().unwrap_or_else(|e| panic!("{e}"));
-        let client = redis::Client::open(server.url()).unwrap_or_else(|e| panic!("{e}"));
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
+        // A redis-server of its own on a unix socket (this layer may not use the
+        // tools' server helper), killed when the test ends.
+        struct Server(std::process::Child, std::path::PathBuf);
+        impl Drop for Server {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+                let _ = std::fs::remove_dir_all(&self.1);
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("wr-heartbeat-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let sock = dir.join("redis.sock");
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--unixsocket",
+            ])
+            .arg(&sock)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("redis-server: {e}"));
+        let _server = Server(child, dir);
+        let client = redis::Client::open(format!("unix://{}", sock.display()))
             .unwrap_or_else(|e| panic!("{e}"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut conn = loop {
+            match client.get_multiplexed_async_connection().await {
+                Ok(c) => break c,
+                Err(e) if std::time::Instant::now() > deadline => panic!("no redis: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
         let keys = Keys::new("t", KeyLayout::Default);
         let far = 4_000_000_000_000u64;
         let set = |id: &str, period: u64| {
