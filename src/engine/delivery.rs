@@ -323,15 +323,11 @@ impl Delivery {
         if want.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<redis::Value> = crate::redis::retry::with_retries(
+        let rows: Vec<redis::Value> = crate::redis::retry::query_retrying(
+            &self.conn,
+            &pipe,
             self.policy.attempts,
             self.policy.backoff,
-            crate::redis::retry::is_transient,
-            || {
-                let mut conn = self.conn.clone();
-                let pipe = &pipe;
-                async move { pipe.query_async(&mut conn).await }
-            },
         )
         .await
         .map_err(|e| DeliveryError::Tokens(ScriptError::Redis(e)))?;

@@ -632,10 +632,7 @@ impl Worker {
                     .await?;
             }
             if !gone && size == cache.size && version == cache.version {
-                let mut set: BTreeSet<String> =
-                    self.settings.admission.events.iter().cloned().collect();
-                set.extend(cache.members.iter().cloned());
-                return Ok(set.into_iter().collect());
+                return Ok(self.served_with(&cache.members));
             }
         }
         let (version, members): (Option<u64>, Vec<Vec<u8>>) = redis::pipe()
@@ -658,14 +655,20 @@ impl Worker {
                 }
             }
         }
-        let mut set: BTreeSet<String> = self.settings.admission.events.iter().cloned().collect();
-        set.extend(from_redis.iter().cloned());
+        let served = self.served_with(&from_redis);
         self.active = Some(ActiveCache {
             members: from_redis,
             size,
             version,
         });
-        Ok(set.into_iter().collect())
+        Ok(served)
+    }
+
+    /// The events given on the command line and `members`, sorted, without duplicates.
+    fn served_with(&self, members: &[String]) -> Vec<String> {
+        let mut set: BTreeSet<String> = self.settings.admission.events.iter().cloned().collect();
+        set.extend(members.iter().cloned());
+        set.into_iter().collect()
     }
 
     /// One pass over every event. Returns false when Redis looked unreachable.
@@ -1342,7 +1345,6 @@ impl Worker {
         // of every pass.
         let mut p = redis::pipe();
         p.ignore_errors();
-        let per = if kind.refresh { 4 } else { 1 };
         for &i in &idle {
             let e = &events[i].0;
             if kind.refresh {
@@ -1354,18 +1356,10 @@ impl Worker {
                 p.cmd("EXISTS").arg(s.keys.queue(e)).arg(s.keys.priority(e));
             }
         }
-        let lens: Vec<redis::RedisResult<u64>> = retry::with_retries(
-            s.retry.attempts,
-            self.backoff(),
-            retry::is_transient,
-            || {
-                let mut conn = self.conn.clone();
-                let p = &p;
-                async move { p.query_async(&mut conn).await }
-            },
-        )
-        .await
-        .map_err(|e| EventError::Admit(ScriptError::Redis(e)))?;
+        let lens: Vec<redis::RedisResult<u64>> =
+            retry::query_retrying(&self.conn, &p, s.retry.attempts, self.backoff())
+                .await
+                .map_err(|e| EventError::Admit(ScriptError::Redis(e)))?;
         let len = |j: usize| match lens.get(j) {
             Some(Ok(n)) => Some(*n),
             _ => None,
@@ -1375,9 +1369,10 @@ impl Worker {
                 plans[i].admit = len(n).is_none_or(|lanes| lanes > 0);
                 continue;
             }
-            let (q, p) = (len(per * n), len(per * n + 1));
+            // A refresh pass read four lengths per event, in this order.
+            let (q, p) = (len(4 * n), len(4 * n + 1));
             plans[i].admit = q.unwrap_or(1) + p.unwrap_or(1) > 0;
-            let (in_use, outbox) = (len(per * n + 2), len(per * n + 3));
+            let (in_use, outbox) = (len(4 * n + 2), len(4 * n + 3));
             if let (Some(q), Some(p), Some(in_use), Some(outbox)) = (q, p, in_use, outbox) {
                 self.stats
                     .refresh_event(&events[i].0, q + p, in_use, outbox);

@@ -4,7 +4,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use redis::{ErrorKind, RedisError, ServerErrorKind};
+use redis::aio::ConnectionLike;
+use redis::{ErrorKind, FromRedisValue, Pipeline, RedisError, ServerErrorKind};
 
 /// Exponential backoff: `first`, `2 * first`, `4 * first`, ... never above `max`.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +71,25 @@ where
             Err(e) => return Err(e),
         }
     }
+}
+
+/// `pipe` on a clone of `conn`, tried again as [`with_retries`] does while the
+/// error is transient.
+pub(crate) async fn query_retrying<T, C>(
+    conn: &C,
+    pipe: &Pipeline,
+    attempts: u32,
+    backoff: Backoff,
+) -> Result<T, RedisError>
+where
+    T: FromRedisValue,
+    C: ConnectionLike + Clone + Send,
+{
+    with_retries(attempts, backoff, is_transient, || {
+        let mut conn = conn.clone();
+        async move { pipe.query_async(&mut conn).await }
+    })
+    .await
 }
 
 #[cfg(test)]
