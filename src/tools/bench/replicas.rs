@@ -204,11 +204,6 @@ fn cycle_totals(stats: &Stats) -> (f64, f64) {
     )
 }
 
-async fn redis_ms(conn: &mut MultiplexedConnection) -> Result<u64, BenchError> {
-    let (s, us): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
-    Ok(s.saturating_mul(1000).saturating_add(us / 1000))
-}
-
 /// Queue one user in each of `events` (as the API would).
 async fn queue_one(
     conn: &mut MultiplexedConnection,
@@ -381,7 +376,7 @@ async fn one_run(
         .await?;
         // A replica the others count as an owner right now (one whose entry had run
         // out would have handed its events over already).
-        let now = redis_ms(&mut env.conn).await?;
+        let now = crate::redis::heartbeat::redis_now_ms(&mut env.conn).await?;
         let listed: Vec<(String, f64)> = redis::cmd("ZRANGE")
             .arg(keys.owners())
             .arg(0)
