@@ -7,6 +7,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use support::*;
@@ -34,9 +35,35 @@ async fn redis_ms(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
     s * 1000 + us / 1000
 }
 
+/// `n` replicas `replica-0`, `replica-1`, ... on `redis` and `kafka`, each with the
+/// common test settings, `interval` and then `configure`: their ids, the running
+/// workers, and (id, stats) for [`steady`].
+async fn replicas(
+    redis: &RedisServer,
+    kafka: &MockKafka,
+    n: usize,
+    interval: Duration,
+    configure: impl Fn(waitroom_worker::ConfigBuilder) -> waitroom_worker::ConfigBuilder,
+) -> (Vec<String>, Vec<Running>, Vec<(String, Arc<Stats>)>) {
+    let ids: Vec<String> = (0..n).map(|i| format!("replica-{i}")).collect();
+    let mut running = Vec::new();
+    for id in &ids {
+        let base = settings(&redis.url(), &kafka.bootstrap)
+            .worker_id(id)
+            .process_interval(interval);
+        running.push(run_worker(configure(base)).await);
+    }
+    let stats = ids
+        .iter()
+        .cloned()
+        .zip(running.iter().map(|r| r.stats.clone()))
+        .collect();
+    (ids, running, stats)
+}
+
 /// Until every replica sees all of `ids` sharing the events and together they
 /// own each event once.
-async fn steady(stats: &[(String, std::sync::Arc<Stats>)], ids: usize) {
+async fn steady(stats: &[(String, Arc<Stats>)], ids: usize) {
     use std::sync::atomic::Ordering::Relaxed;
     eventually(
         Duration::from_secs(20),
@@ -68,25 +95,10 @@ async fn each_event_is_passed_by_exactly_one_replica() {
     let evs = events();
     activate(&mut conn, &k, &evs).await;
     let interval = Duration::from_millis(500);
-    let ids: Vec<String> = (0..3).map(|i| format!("replica-{i}")).collect();
-    let mut running = Vec::new();
-    for id in &ids {
-        running.push(
-            run_worker(
-                settings(&redis.url(), &kafka.bootstrap)
-                    .worker_id(id)
-                    .process_interval(interval)
-                    .batch_size(1)
-                    .max_concurrent(1000),
-            )
-            .await,
-        );
-    }
-    let stats: Vec<(String, _)> = ids
-        .iter()
-        .cloned()
-        .zip(running.iter().map(|r| r.stats.clone()))
-        .collect();
+    let (ids, running, stats) = replicas(&redis, &kafka, 3, interval, |b| {
+        b.batch_size(1).max_concurrent(1000)
+    })
+    .await;
     steady(&stats, 3).await;
     if let Some(addr) = running[0].http {
         let (code, body) = http_get(addr, "/status").await;
@@ -150,24 +162,8 @@ async fn a_killed_replicas_events_are_taken_over_within_three_intervals() {
     let evs = events();
     activate(&mut conn, &k, &evs).await;
     let interval = Duration::from_millis(400);
-    let ids: Vec<String> = (0..3).map(|i| format!("replica-{i}")).collect();
-    let mut running = Vec::new();
-    for id in &ids {
-        running.push(
-            run_worker(
-                settings(&redis.url(), &kafka.bootstrap)
-                    .worker_id(id)
-                    .process_interval(interval)
-                    .max_concurrent(1000),
-            )
-            .await,
-        );
-    }
-    let stats: Vec<(String, _)> = ids
-        .iter()
-        .cloned()
-        .zip(running.iter().map(|r| r.stats.clone()))
-        .collect();
+    let (ids, mut running, stats) =
+        replicas(&redis, &kafka, 3, interval, |b| b.max_concurrent(1000)).await;
     steady(&stats, 3).await;
     // Mid-sale: every event has someone in checkout and someone waiting.
     let now = waitroom_worker::clock::now_ms();
@@ -237,23 +233,7 @@ async fn an_event_swapped_for_another_is_seen() {
     let evs = events();
     activate(&mut conn, &k, &evs).await;
     let interval = Duration::from_millis(300);
-    let ids: Vec<String> = (0..2).map(|i| format!("replica-{i}")).collect();
-    let mut running = Vec::new();
-    for id in &ids {
-        running.push(
-            run_worker(
-                settings(&redis.url(), &kafka.bootstrap)
-                    .worker_id(id)
-                    .process_interval(interval),
-            )
-            .await,
-        );
-    }
-    let stats: Vec<(String, _)> = ids
-        .iter()
-        .cloned()
-        .zip(running.iter().map(|r| r.stats.clone()))
-        .collect();
+    let (_, running, stats) = replicas(&redis, &kafka, 2, interval, |b| b).await;
     steady(&stats, 2).await;
     // A few more passes, so both have read the set and skip reading it again.
     let cycles = |s: &std::sync::Arc<Stats>| Stats::get(&s.cycles);

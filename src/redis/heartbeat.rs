@@ -334,74 +334,63 @@ mod tests {
             }
         };
         let keys = Keys::new("t", KeyLayout::Default);
-        let far = 4_000_000_000_000u64;
-        let set = |id: &str, period: u64| {
-            redis::pipe()
-                .cmd("ZADD")
+        type Conn = redis::aio::MultiplexedConnection;
+        // List `id` as an owner (far into the future); with a period, write it in
+        // its heartbeat hash.
+        async fn list(conn: &mut Conn, keys: &Keys, id: &str, period: Option<u64>) {
+            let mut p = redis::pipe();
+            p.cmd("ZADD")
                 .arg(keys.owners())
-                .arg(far)
+                .arg(4_000_000_000_000u64)
                 .arg(id)
-                .ignore()
-                .cmd("HSET")
-                .arg(keys.worker(id))
-                .arg("period_ms")
-                .arg(period)
-                .ignore()
-                .clone()
-        };
-        let periods = |entries: &[OwnerEntry]| -> Vec<(String, Option<u64>)> {
-            entries
-                .iter()
-                .map(|e| (e.id.clone(), e.period_ms))
-                .collect()
-        };
-        let _: () = set("a", 1000)
-            .query_async(&mut conn)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+                .ignore();
+            if let Some(period) = period {
+                p.cmd("HSET")
+                    .arg(keys.worker(id))
+                    .arg("period_ms")
+                    .arg(period)
+                    .ignore();
+            }
+            let _: () = p.query_async(conn).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        // The owners as read, with the periods they came with.
+        async fn read(
+            conn: &mut Conn,
+            keys: &Keys,
+            known: &mut HashMap<String, u64>,
+            all: bool,
+        ) -> Vec<(String, Option<u64>)> {
+            let (_, entries) = owners(conn, keys, known, all)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            entries.into_iter().map(|e| (e.id, e.period_ms)).collect()
+        }
+        let of = |id: &str, p: Option<u64>| (id.to_owned(), p);
         let mut known = HashMap::new();
-        let (_, e) = owners(&mut conn, &keys, &mut known, false)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(periods(&e), vec![("a".to_owned(), Some(1000))]);
+        list(&mut conn, &keys, "a", Some(1000)).await;
+        assert_eq!(
+            read(&mut conn, &keys, &mut known, false).await,
+            vec![of("a", Some(1000))]
+        );
 
         // The same id restarted with another interval: the kept period stands until
         // a read of all.
-        let _: () = set("a", 5000)
-            .query_async(&mut conn)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let (_, e) = owners(&mut conn, &keys, &mut known, false)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(periods(&e), vec![("a".to_owned(), Some(1000))]);
-        let (_, e) = owners(&mut conn, &keys, &mut known, true)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(periods(&e), vec![("a".to_owned(), Some(5000))]);
+        list(&mut conn, &keys, "a", Some(5000)).await;
+        assert_eq!(
+            read(&mut conn, &keys, &mut known, false).await,
+            vec![of("a", Some(1000))]
+        );
+        assert_eq!(
+            read(&mut conn, &keys, &mut known, true).await,
+            vec![of("a", Some(5000))]
+        );
 
         // A new replica is read at once; one without a period stays unknown.
-        let _: () = set("b", 500)
-            .query_async(&mut conn)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let _: () = redis::cmd("ZADD")
-            .arg(keys.owners())
-            .arg(far)
-            .arg("c")
-            .query_async(&mut conn)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let (_, e) = owners(&mut conn, &keys, &mut known, false)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        list(&mut conn, &keys, "b", Some(500)).await;
+        list(&mut conn, &keys, "c", None).await;
         assert_eq!(
-            periods(&e),
-            vec![
-                ("a".to_owned(), Some(5000)),
-                ("b".to_owned(), Some(500)),
-                ("c".to_owned(), None)
-            ]
+            read(&mut conn, &keys, &mut known, false).await,
+            vec![of("a", Some(5000)), of("b", Some(500)), of("c", None)]
         );
 
         // Gone from the list: forgotten.
@@ -411,10 +400,7 @@ mod tests {
             .query_async(&mut conn)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        let (_, e) = owners(&mut conn, &keys, &mut known, false)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(e.len(), 2);
+        assert_eq!(read(&mut conn, &keys, &mut known, false).await.len(), 2);
         assert!(!known.contains_key("a"));
     }
 }
