@@ -291,3 +291,110 @@ async fn an_event_swapped_for_another_is_seen() {
         r.stop().await;
     }
 }
+
+/// Only one replica (the first of the owners by id) checks every member of
+/// `active_events` on each pass; the others check only their own events with
+/// people waiting, and an event about to admit that nobody checked is checked
+/// before its admit call. Here a listed owner that runs no loop (`0-watch`, first
+/// by id) keeps watch, so no running replica checks the whole set: an event
+/// swapped out (same size) with a waiter still admits nobody, and its owner's
+/// check makes every replica read the set again, so the event swapped in is
+/// served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_leaves_admits_nobody_when_no_running_replica_keeps_watch() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    let evs = events();
+    activate(&mut conn, &k, &evs).await;
+    let interval = Duration::from_millis(300);
+    let watch = "0-watch";
+    let _: () = redis::pipe()
+        .cmd("ZADD")
+        .arg(k.owners())
+        .arg(4_000_000_000_000u64)
+        .arg(watch)
+        .ignore()
+        .cmd("HSET")
+        .arg(k.worker(watch))
+        .arg("period_ms")
+        .arg(interval.as_millis() as u64)
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .expect("list 0-watch");
+    let (ids, running, stats) = replicas(&redis, &kafka, 2, interval, |b| b).await;
+    let candidates: Vec<String> = std::iter::once(watch.to_owned())
+        .chain(ids.iter().cloned())
+        .collect();
+    eventually(Duration::from_secs(20), "both see three owners", || {
+        let ok = stats
+            .iter()
+            .all(|(_, s)| s.ownership_shared.load(Relaxed) && s.owner_replicas.load(Relaxed) == 3);
+        async move { ok.then_some(()) }
+    })
+    .await;
+    let cycles = |s: &Arc<Stats>| Stats::get(&s.cycles);
+    let c0: Vec<u64> = stats.iter().map(|(_, s)| cycles(s)).collect();
+    eventually(Duration::from_secs(10), "a few passes", || {
+        let done = stats.iter().zip(&c0).all(|((_, s), c)| cycles(s) >= c + 3);
+        async move { done.then_some(()) }
+    })
+    .await;
+
+    // An event a running replica owns leaves; one a running replica owns comes.
+    let owned_by_a_replica = |e: &str| owner(e, &candidates) != Some(watch);
+    let gone = evs
+        .iter()
+        .find(|e| owned_by_a_replica(e))
+        .expect("an event a replica owns")
+        .clone();
+    let new = (0..)
+        .map(|i| format!("ev-new-{i}"))
+        .find(|e| owned_by_a_replica(e))
+        .expect("a name a replica owns");
+    let now = waitroom_worker::clock::now_ms();
+    enqueue(&mut conn, &gone, "gone", 1, now).await;
+    enqueue(&mut conn, &new, "new", 1, now).await;
+    let _: () = redis::pipe()
+        .atomic()
+        .cmd("SREM")
+        .arg(k.active_events())
+        .arg(&gone)
+        .ignore()
+        .cmd("SADD")
+        .arg(k.active_events())
+        .arg(&new)
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .expect("swap");
+    let swapped = std::time::Instant::now();
+    eventually(Duration::from_secs(15), "the new event served", || {
+        let (mut c, q) = (conn.clone(), k.queue(&new));
+        async move { (zcard(&mut c, &q).await == 0).then_some(()) }
+    })
+    .await;
+    // Long before a complete pass (every 30th) would have read the set anyway.
+    assert!(
+        swapped.elapsed() < interval * 10,
+        "the new event waited {:?}",
+        swapped.elapsed()
+    );
+    let c1: Vec<u64> = stats.iter().map(|(_, s)| cycles(s)).collect();
+    eventually(Duration::from_secs(10), "more passes", || {
+        let done = stats.iter().zip(&c1).all(|((_, s), c)| cycles(s) >= c + 3);
+        async move { done.then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        zcard(&mut conn, &k.queue(&gone)).await,
+        1,
+        "the event that left admitted"
+    );
+    for r in running {
+        r.stop().await;
+    }
+}

@@ -242,6 +242,9 @@ pub struct Worker {
     /// `active_events` as last read in full, to skip reading it again while it
     /// has not changed.
     active: Option<ActiveCache>,
+    /// The members of `active_events` this pass's opening found still there
+    /// (None: all, read in full or checked by this replica keeping watch).
+    verified: Option<HashSet<String>>,
     /// The events (served and retired) the last pass owned.
     owned: HashSet<String>,
     /// The wait figures of each event, written to its stats hash.
@@ -250,6 +253,9 @@ pub struct Worker {
     announcer: Announcer,
     /// The Redis master's run id as last seen, and when it was last read.
     master: Option<(String, Instant)>,
+    /// Redis's clock as read at the start of the last pass, and when: the
+    /// heartbeat after the pass is stamped from it, without a round trip of its own.
+    redis_clock: Option<(u64, Instant)>,
     /// Admission is held until then (a new master was seen).
     hold_until: Option<Instant>,
     /// Per event, the waiters to sign tokens for before the next admit call.
@@ -372,6 +378,7 @@ impl Worker {
             wait,
             announcer,
             master: None,
+            redis_clock: None,
             hold_until: None,
             settings,
             conn,
@@ -390,6 +397,7 @@ impl Worker {
             owners,
             owner_periods: HashMap::new(),
             active: None,
+            verified: None,
             owned: HashSet::new(),
             registered: HashSet::new(),
             retired: BTreeSet::new(),
@@ -500,6 +508,7 @@ impl Worker {
                 } else {
                     OwnerBeat::Keep
                 };
+                let now = self.redis_now_ms();
                 if let Err(e) = heartbeat::beat(
                     &mut self.conn,
                     &self.settings.keys,
@@ -507,6 +516,7 @@ impl Worker {
                     last,
                     self.settings.worker.process_interval,
                     owner,
+                    now,
                 )
                 .await
                 {
@@ -594,54 +604,132 @@ impl Worker {
         }
     }
 
-    /// The events to serve: those given on the command line and the members of
-    /// `<prefix>:active_events`, sorted and without duplicates.
+    /// The round trip that opens a pass, in one pipeline: the events to serve
+    /// (see below), Redis's clock and the list of owners (who shares the events),
+    /// and about once a second the master's run id. Each is a fixed cost of every
+    /// replica's pass, idle or not; apart they were four round trips per pass, and
+    /// with sixteen replicas Redis spent more answering round trips than running
+    /// the commands in them. Returns the events to serve: those given on the
+    /// command line and the members of `<prefix>:active_events`, sorted and
+    /// without duplicates.
     ///
-    /// Read in full (SMEMBERS: every replica, every pass, O(events) each, the one
-    /// cost that grew with the number of replicas once they share the events) only
-    /// when it may have changed: its size differs from the last full read, the
-    /// version counter moved, one of this replica's own events is gone from it, or
-    /// on a complete pass. Otherwise one round trip of O(1) reads and one
-    /// SMISMEMBER of the events this replica owns. An event swapped for another
-    /// (same size) is seen by the owner of the one that left, which bumps the
+    /// `active_events` is read in full (SMEMBERS: O(events), the one cost that grew
+    /// with the number of replicas once they share the events) only when it may
+    /// have changed: its size differs from the last full read, the version counter
+    /// moved, a checked member is gone from it, or on a complete pass. Otherwise
+    /// the pass reads SCARD and the counter, and checks members with SMISMEMBER:
+    /// one replica (the first of the owners, see [`Owners::keeps_watch`]) checks
+    /// them all, the others only their own events that people are waiting in.
+    /// Checking is what costs (a lookup per member, each a cache miss in Redis:
+    /// sixteen replicas checking their sixteenth each cost Redis four times one
+    /// check of all), and only an event with someone waiting can admit. An event
+    /// swapped for another (same size) is seen by whoever checks it, who bumps the
     /// counter: every replica reads the set again within two passes.
-    async fn active_events(&mut self, full: bool) -> Result<Vec<String>, redis::RedisError> {
+    async fn open_pass(&mut self, full: bool) -> Result<Vec<String>, redis::RedisError> {
         let key = self.settings.keys.active_events();
         let version_key = self.settings.keys.active_events_version();
-        if let Some(cache) = self.active.as_ref().filter(|_| !full) {
-            let owned: Vec<&String> = cache
+        let sharing = self.settings.worker.event_ownership;
+        let mut p = redis::pipe();
+        p.ignore_errors();
+        if sharing {
+            heartbeat::read_owners(&mut p, &self.settings.keys);
+        } else {
+            p.cmd("TIME");
+        }
+        let master = self.master_check_due();
+        if master {
+            p.cmd("INFO").arg("server");
+        }
+        let checked: Option<Vec<&String>> = self.active.as_ref().filter(|_| !full).map(|cache| {
+            let watch = self.owners.keeps_watch();
+            cache
                 .members
                 .iter()
-                .filter(|e| self.owners.owns(e))
-                .collect();
-            let mut p = redis::pipe();
-            p.cmd("SCARD").arg(&key).cmd("GET").arg(&version_key);
-            let (size, version, present): (u64, Option<u64>, Vec<bool>) = if owned.is_empty() {
-                let (size, version): (u64, Option<u64>) = p.query_async(&mut self.conn).await?;
-                (size, version, Vec::new())
-            } else {
-                p.cmd("SMISMEMBER").arg(&key).arg(&owned);
-                p.query_async(&mut self.conn).await?
-            };
-            let gone = present.iter().any(|here| !here);
-            if gone && size == cache.size {
-                // Others cannot tell from the size: have them read it again too.
-                let _: u64 = redis::cmd("INCR")
-                    .arg(&version_key)
-                    .query_async(&mut self.conn)
-                    .await?;
+                .filter(|e| {
+                    watch
+                        || (self.owners.owns(e)
+                            && self.hints.get(e.as_str()).is_some_and(|h| h.waiting > 0))
+                })
+                .collect()
+        });
+        match &checked {
+            Some(members) => {
+                p.cmd("SCARD").arg(&key).cmd("GET").arg(&version_key);
+                if !members.is_empty() {
+                    p.cmd("SMISMEMBER").arg(&key).arg(members);
+                }
             }
-            if !gone && size == cache.size && version == cache.version {
-                return Ok(self.served_with(&cache.members));
+            None => {
+                p.cmd("GET").arg(&version_key).cmd("SMEMBERS").arg(&key);
             }
         }
-        let (version, members): (Option<u64>, Vec<Vec<u8>>) = redis::pipe()
-            .cmd("GET")
-            .arg(&version_key)
-            .cmd("SMEMBERS")
-            .arg(&key)
-            .query_async(&mut self.conn)
-            .await?;
+        let checked_any = checked.as_ref().map(|m| !m.is_empty());
+        let verified: Option<HashSet<String>> = checked
+            .filter(|_| !self.owners.keeps_watch())
+            .map(|m| m.into_iter().cloned().collect());
+        let replies: Vec<redis::RedisResult<redis::Value>> = p.query_async(&mut self.conn).await?;
+        let mut replies = replies.into_iter();
+        let mut next = || {
+            replies.next().unwrap_or_else(|| {
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "a pipeline reply is missing",
+                )))
+            })
+        };
+        let time = next();
+        if let Ok(v) = &time
+            && let Ok((secs, micros)) = redis::from_redis_value_ref::<(u64, u64)>(v)
+        {
+            let now = secs.saturating_mul(1000).saturating_add(micros / 1000);
+            self.redis_clock = Some((now, Instant::now()));
+        }
+        if sharing {
+            let listed = next();
+            self.refresh_owners(full, time, listed).await;
+        } else {
+            self.owners = Owners::everything(&self.identity.id);
+        }
+        if master {
+            self.note_master(next().and_then(|v| Ok(redis::from_redis_value::<String>(v)?)));
+        }
+        let (version, members): (Option<u64>, Vec<Vec<u8>>) = match checked_any {
+            Some(any) => {
+                let size: u64 = redis::from_redis_value(next()?)?;
+                let version: Option<u64> = redis::from_redis_value(next()?)?;
+                let present: Vec<bool> = if any {
+                    redis::from_redis_value(next()?)?
+                } else {
+                    Vec::new()
+                };
+                let gone = present.iter().any(|here| !here);
+                let cache = self.active.as_ref();
+                let same_size = cache.is_some_and(|c| c.size == size);
+                if gone && same_size {
+                    // Others cannot tell from the size: have them read it again too.
+                    let _: u64 = redis::cmd("INCR")
+                        .arg(&version_key)
+                        .query_async(&mut self.conn)
+                        .await?;
+                }
+                if let Some(cache) = cache.filter(|c| !gone && same_size && version == c.version) {
+                    let served = self.served_with(&cache.members);
+                    self.verified = verified;
+                    return Ok(served);
+                }
+                redis::pipe()
+                    .cmd("GET")
+                    .arg(&version_key)
+                    .cmd("SMEMBERS")
+                    .arg(&key)
+                    .query_async(&mut self.conn)
+                    .await?
+            }
+            None => {
+                let version = redis::from_redis_value(next()?)?;
+                (version, redis::from_redis_value(next()?)?)
+            }
+        };
         let size = members.len() as u64;
         let mut from_redis = Vec::with_capacity(members.len());
         for m in members {
@@ -656,12 +744,21 @@ impl Worker {
             }
         }
         let served = self.served_with(&from_redis);
+        self.verified = None;
         self.active = Some(ActiveCache {
             members: from_redis,
             size,
             version,
         });
         Ok(served)
+    }
+
+    /// Redis's clock now, from the reading at the start of the last pass and the
+    /// time gone since (monotonic); None when that reading is missing or old.
+    fn redis_now_ms(&self) -> Option<u64> {
+        self.redis_clock
+            .filter(|(_, at)| at.elapsed() < REDIS_CLOCK_FRESH)
+            .map(|(ms, at)| ms.saturating_add(millis(at.elapsed())))
     }
 
     /// The events given on the command line and `members`, sorted, without duplicates.
@@ -684,7 +781,7 @@ impl Worker {
     pub async fn cycle(&mut self) -> bool {
         let started = Instant::now();
         let full = self.passes.is_multiple_of(FULL_PASS_EVERY);
-        let served = match self.active_events(full).await {
+        let served = match self.open_pass(full).await {
             Ok(e) => e,
             Err(e) => {
                 crate::log_limited!(ERROR, "reading active events failed", error = %crate::base::error_chain::chain(&e));
@@ -708,7 +805,6 @@ impl Worker {
         let served_set: BTreeSet<String> = served.iter().cloned().collect();
         let lost_some = self.served.difference(&served_set).next().is_some();
         self.served = served_set;
-        self.refresh_owners(full).await;
         if let Err(e) = self.refresh_known(full, lost_some).await {
             crate::log_limited!(WARN, "could not update the known events; retired events are drained later", error = %crate::base::error_chain::chain(&e), key = %self.settings.keys.known_events());
             self.stats.error(ErrorKind::Redis);
@@ -725,7 +821,6 @@ impl Worker {
             replicas = self.owners.replicas(),
             "Processing queues for active events"
         );
-        self.check_master().await;
         Stats::add(&self.stats.event_passes, events.len() as u64);
         let mut ok = true;
         for chunk in events.chunks(EVENTS_PER_PIPELINE) {
@@ -856,34 +951,38 @@ impl Worker {
         }
     }
 
-    /// Read who shares the events, once per pass: the list of owners (one small
-    /// sorted set), one round trip, and the interval of a replica listed for the
-    /// first time (of every listed one on a complete pass), one more. Ownership
-    /// off, or the list unreadable: this replica passes every event, which is
-    /// always safe (the scripts never depend on ownership).
-    async fn refresh_owners(&mut self, full: bool) {
+    /// Take in who shares the events, from the replies of
+    /// [`heartbeat::read_owners`] in the pass's opening round trip (the
+    /// interval of a replica listed for the first time, of every listed one on a
+    /// complete pass, costs one more). The list unreadable: this replica passes
+    /// every event meanwhile, which is always safe (the scripts never depend on
+    /// ownership).
+    async fn refresh_owners(
+        &mut self,
+        full: bool,
+        time: redis::RedisResult<redis::Value>,
+        listed: redis::RedisResult<redis::Value>,
+    ) {
         let me = self.identity.id.as_str();
-        let owners = if !self.settings.worker.event_ownership {
-            Owners::everything(me)
-        } else {
-            match heartbeat::owners(
-                &mut self.conn,
-                &self.settings.keys,
-                &mut self.owner_periods,
-                full,
-            )
-            .await
-            {
-                Ok((now, entries)) => {
-                    let period = u64::try_from(self.settings.worker.process_interval.as_millis())
-                        .unwrap_or(u64::MAX);
-                    Owners::among(me, ownership::candidates(&entries, now, period))
-                }
-                Err(e) => {
-                    self.stats.error(ErrorKind::Redis);
-                    crate::log_limited!(WARN, "could not read the replicas sharing the events; passing every event meanwhile", key = %self.settings.keys.owners(), error = %crate::base::error_chain::chain(&e));
-                    Owners::everything(me)
-                }
+        let owners = match heartbeat::owners_from(
+            &mut self.conn,
+            &self.settings.keys,
+            &mut self.owner_periods,
+            full,
+            time,
+            listed,
+        )
+        .await
+        {
+            Ok((now, entries)) => {
+                let period = u64::try_from(self.settings.worker.process_interval.as_millis())
+                    .unwrap_or(u64::MAX);
+                Owners::among(me, ownership::candidates(&entries, now, period))
+            }
+            Err(e) => {
+                self.stats.error(ErrorKind::Redis);
+                crate::log_limited!(WARN, "could not read the replicas sharing the events; passing every event meanwhile", key = %self.settings.keys.owners(), error = %crate::base::error_chain::chain(&e));
+                Owners::everything(me)
             }
         };
         if owners.ids() != self.owners.ids() {
@@ -954,6 +1053,7 @@ impl Worker {
                 p.admit = false;
             }
         }
+        self.verify_served(events, &mut plans).await;
 
         // Tokens first: each admit call carries the tokens of the waiters it may admit.
         let mut signed: Vec<Option<SignedSet>> = Vec::with_capacity(events.len());
@@ -1310,6 +1410,66 @@ impl Worker {
                 },
             })
             .collect()
+    }
+
+    /// Only a served event admits: an event about to admit that the pass's opening
+    /// did not find in `active_events` (it checks only what people wait in, see
+    /// [`Worker::open_pass`]) is checked now, one round trip for the chunk, and
+    /// only in a pass where an event starts admitting. One gone from the set
+    /// admits nobody, and every replica reads the set again (the version counter).
+    /// Events given by `--event` are always served.
+    async fn verify_served(&mut self, events: &[(String, bool)], plans: &mut [Plan]) {
+        let Some(verified) = self.verified.as_ref() else {
+            return;
+        };
+        let given = &self.settings.admission.events;
+        let unverified: Vec<usize> = (0..events.len())
+            .filter(|&i| plans[i].admit && events[i].1)
+            .filter(|&i| !verified.contains(&events[i].0) && !given.contains(&events[i].0))
+            .collect();
+        if unverified.is_empty() {
+            return;
+        }
+        let key = self.settings.keys.active_events();
+        let names: Vec<&String> = unverified.iter().map(|&i| &events[i].0).collect();
+        let present: Vec<bool> = match retry::query_retrying(
+            &self.conn,
+            redis::pipe().cmd("SMISMEMBER").arg(&key).arg(&names),
+            self.settings.retry.attempts,
+            self.backoff(),
+        )
+        .await
+        {
+            Ok((present,)) => present,
+            Err(e) => {
+                // Not known to be served: it admits at a later pass.
+                self.stats.error(ErrorKind::Redis);
+                crate::log_limited!(WARN, "could not check that events are still served; they admit at a later pass", key = %key, error = %crate::base::error_chain::chain(&e));
+                vec![false; unverified.len()]
+            }
+        };
+        let mut gone = false;
+        for (&i, here) in unverified.iter().zip(present) {
+            if here {
+                if let Some(v) = self.verified.as_mut() {
+                    v.insert(events[i].0.clone());
+                }
+            } else {
+                plans[i].admit = false;
+                gone = true;
+            }
+        }
+        if gone && self.active.take().is_some() {
+            // Read in full at the next pass, here and (the counter) everywhere.
+            let version_key = self.settings.keys.active_events_version();
+            let bumped: redis::RedisResult<u64> = redis::cmd("INCR")
+                .arg(&version_key)
+                .query_async(&mut self.conn)
+                .await;
+            if let Err(e) = bumped {
+                crate::log_limited!(WARN, "could not bump the version of the active events", key = %version_key, error = %crate::base::error_chain::chain(&e));
+            }
+        }
     }
 
     /// An event with nothing to reap or publish is admitted only if someone waits:
@@ -1768,25 +1928,31 @@ impl Worker {
         self.hold_until.is_some_and(|t| Instant::now() < t)
     }
 
-    /// About once a second, read the master's run id; when it changed (another
-    /// server became the master, or it restarted), hold admission for
-    /// `--failover-hold`: writes the old master took but never replicated cannot be
-    /// compounded by new ones while the dust settles.
-    async fn check_master(&mut self) {
+    /// Whether this pass reads the master's run id: about once a second; never on
+    /// a cluster (many servers, no one run id). When it changed (another server
+    /// became the master, or it restarted), admission is held for
+    /// `--failover-hold` ([`Worker::note_master`]): writes the old master took but
+    /// never replicated cannot be compounded by new ones while the dust settles.
+    /// Ends a hold whose time is up.
+    fn master_check_due(&mut self) -> bool {
         if self
             .master
             .as_ref()
             .is_some_and(|(_, at)| at.elapsed() < Duration::from_secs(1))
         {
-            return;
+            return false;
         }
         if self.hold_until.is_some() && !self.admission_held() {
             self.hold_until = None;
             self.stats.set_failover_hold(0);
             tracing::info!("admission resumed after the failover hold");
         }
-        let mut conn = self.conn.clone();
-        let id = match store::run_id(&mut conn).await {
+        !matches!(self.conn, RedisConn::Cluster(_))
+    }
+
+    /// Take in the reply of `INFO server` (see [`Worker::master_check_due`]).
+    fn note_master(&mut self, info: redis::RedisResult<String>) {
+        let id = match info.map(|i| store::run_id_of(&i)) {
             Ok(Some(id)) => id,
             Ok(None) => return,
             Err(e) => {
@@ -1962,6 +2128,10 @@ fn wants_again(o: &AdmitOutcome) -> bool {
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
+
+/// How long Redis's clock read at the start of a pass stamps what follows it
+/// (the heartbeat after the pass) without a new reading.
+const REDIS_CLOCK_FRESH: Duration = Duration::from_secs(10);
 
 /// Full passes whose durations size the owner window (see `owner_period`).
 const RECENT_PASSES: usize = 8;

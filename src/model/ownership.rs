@@ -126,6 +126,15 @@ impl Owners {
             .all(|(h, id)| (weight(e, *h), id.as_str()) < mine)
     }
 
+    /// Whether this replica keeps watch over the whole list of events (checks that
+    /// each is still there, see the worker's opening of a pass): the first of the
+    /// candidates by id, or the only one. Views may differ for a moment while a
+    /// replica joins or leaves (two watch, or none until the views agree); the
+    /// owner of an event with people waiting always checks it too.
+    pub(crate) fn keeps_watch(&self) -> bool {
+        self.peers.iter().all(|(_, id)| self.me < *id)
+    }
+
     /// Replicas sharing the events, this one included (1 when it serves everything).
     pub(crate) fn replicas(&self) -> usize {
         self.peers.len() + 1

@@ -17,8 +17,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use redis::RedisError;
 use redis::aio::ConnectionLike;
+use redis::{Pipeline, RedisError, Value};
 
 use crate::model::clock;
 use crate::model::keys::Keys;
@@ -92,8 +92,10 @@ fn millis(d: Duration) -> u64 {
 
 /// Write this worker's heartbeat, which counts for `ttl(period)` (`period`: this
 /// worker's interval), do what `owner` says to its entry in `<prefix>:owners`, and
-/// drop the replicas whose own heartbeat or owner entry has expired. Two round
-/// trips: Redis's clock, then one pipeline.
+/// drop the replicas whose own heartbeat or owner entry has expired. One pipeline,
+/// stamped with `now_ms` (Redis's clock as the caller knows it, from a `TIME` it
+/// read moments ago), or, when the caller does not know it, one more round trip
+/// for Redis's clock first.
 pub(crate) async fn beat<C: ConnectionLike + Send>(
     conn: &mut C,
     keys: &Keys,
@@ -101,8 +103,12 @@ pub(crate) async fn beat<C: ConnectionLike + Send>(
     last_cycle_ms: u64,
     period: Duration,
     owner: OwnerBeat,
+    now_ms: Option<u64>,
 ) -> Result<(), RedisError> {
-    let now = redis_now_ms(conn).await?;
+    let now = match now_ms {
+        Some(now) => now,
+        None => redis_now_ms(conn).await?,
+    };
     let ttl_ms = millis(ttl(period)).max(1);
     let key = keys.worker(&me.id);
     let mut p = redis::pipe();
@@ -163,30 +169,53 @@ pub(crate) async fn beat<C: ConnectionLike + Send>(
     p.query_async::<()>(conn).await
 }
 
+/// Add the reads of the list of owners to `p`: Redis's clock (`TIME`) and the
+/// list (`ZRANGE ... WITHSCORES`), two replies for [`owners_from`]. Apart, so a
+/// pass reads them in the round trip that opens it, with its other reads.
+pub(crate) fn read_owners(p: &mut Pipeline, keys: &Keys) {
+    p.cmd("TIME")
+        .cmd("ZRANGE")
+        .arg(keys.owners())
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES");
+}
+
 /// The list of owners as it stands (`model::ownership::candidates` picks from
 /// it), with Redis's clock to judge it by. One round trip for the clock and the
-/// list; a second reads the `period_ms` of the listed replicas `known` has no
-/// period for (every listed replica's when `all`), and `known` learns them. A
-/// replica's period is its interval, fixed for its life, so a steady list costs
-/// one round trip and no command per replica (R replicas reading each other's
-/// periods on every pass were R² reads a second); the caller asks for `all` now
-/// and then, for an id reused by a restart with another interval.
+/// list ([`owners_from`] says the rest).
+#[cfg(test)]
 pub(crate) async fn owners<C: ConnectionLike + Send>(
     conn: &mut C,
     keys: &Keys,
     known: &mut HashMap<String, u64>,
     all: bool,
 ) -> Result<(u64, Vec<OwnerEntry>), RedisError> {
+    let mut p = redis::pipe();
+    read_owners(&mut p, keys);
+    let (time, listed): (Value, Value) = p.query_async(conn).await?;
+    owners_from(conn, keys, known, all, Ok(time), Ok(listed)).await
+}
+
+/// The list of owners from the two replies of [`read_owners`] (each may be an
+/// error, a command's own), with Redis's clock. A second round trip reads the
+/// `period_ms` of the listed replicas `known` has no period for (every listed
+/// replica's when `all`), and `known` learns them. A replica's period is its
+/// interval, fixed for its life, so a steady list costs no command per replica
+/// (R replicas reading each other's periods on every pass were R² reads a
+/// second); the caller asks for `all` now and then, for an id reused by a restart
+/// with another interval.
+pub(crate) async fn owners_from<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    known: &mut HashMap<String, u64>,
+    all: bool,
+    time: Result<Value, RedisError>,
+    listed: Result<Value, RedisError>,
+) -> Result<(u64, Vec<OwnerEntry>), RedisError> {
     type Listed = Vec<(Vec<u8>, f64)>;
-    let ((secs, micros), listed): ((u64, u64), Listed) = redis::pipe()
-        .cmd("TIME")
-        .cmd("ZRANGE")
-        .arg(keys.owners())
-        .arg(0)
-        .arg(-1)
-        .arg("WITHSCORES")
-        .query_async(conn)
-        .await?;
+    let (secs, micros): (u64, u64) = redis::from_redis_value(time?)?;
+    let listed: Listed = redis::from_redis_value(listed?)?;
     let now = secs.saturating_mul(1000).saturating_add(micros / 1000);
     let ids: Vec<String> = listed
         .iter()

@@ -257,10 +257,14 @@ pub async fn run_id(conn: &mut RedisConn) -> RedisResult<Option<String>> {
         return Ok(None);
     }
     let info: String = redis::cmd("INFO").arg("server").query_async(conn).await?;
-    Ok(info
-        .lines()
+    Ok(run_id_of(&info))
+}
+
+/// The `run_id` in the text of an `INFO server` reply.
+pub(crate) fn run_id_of(info: &str) -> Option<String> {
+    info.lines()
         .find_map(|l| l.strip_prefix("run_id:"))
-        .map(|id| id.trim().to_owned()))
+        .map(|id| id.trim().to_owned())
 }
 
 /// `redis://user:secret@host/` → `redis://user:***@host/`, and
