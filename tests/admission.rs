@@ -771,3 +771,152 @@ async fn signed_admission_needs_the_waiters_own_token() {
         "queued"
     );
 }
+
+/// `lua/peek.lua` names the waiters at the head of the line in the order the
+/// admit call takes them (the same interleaving of the lanes by the priority
+/// share, from the same counts) and the claim window the call reads, valid
+/// settings or not, so the tokens signed from it are the ones the call needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peek_names_the_waiters_as_the_admit_call_takes_them() {
+    use waitroom_worker::scripts::{self, admit::Signed, peek};
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    let t0 = clock::now_ms() - 60_000;
+    enqueue(&mut conn, EVENT, "m", 6, t0).await;
+    let vip = enqueue(&mut conn, EVENT, "p", 4, t0).await;
+    let mut p = redis::pipe();
+    for sid in &vip {
+        p.cmd("ZREM").arg(k.queue(EVENT)).arg(sid).ignore();
+        p.cmd("ZADD")
+            .arg(k.priority(EVENT))
+            .arg(t0)
+            .arg(sid)
+            .ignore();
+    }
+    // Counts carried over from earlier calls, and the event's own settings.
+    p.cmd("HSET")
+        .arg(k.rate(EVENT))
+        .arg("lane_p")
+        .arg(1)
+        .arg("lane_q")
+        .arg(1)
+        .ignore();
+    p.query_async::<()>(&mut conn).await.expect("lanes");
+    let s = Scripts::new();
+    let a = admit_args(100, 10);
+    let default_claim = Duration::from_millis(4_000);
+    async fn one(
+        c: &mut redis::aio::MultiplexedConnection,
+        call: scripts::Call<'_>,
+    ) -> redis::Value {
+        scripts::run_batch(c, std::slice::from_ref(&call))
+            .await
+            .expect("pipeline")
+            .pop()
+            .expect("one reply")
+            .expect("reply")
+    }
+    for (share, claim) in [
+        ("30", "2500"),
+        ("70", "0"),
+        ("inf", "1e3"),
+        (" 5", "-1"),
+        ("100", "99999999999999"),
+    ] {
+        let _: () = redis::cmd("HSET")
+            .arg(k.config(EVENT))
+            .arg("priority_share")
+            .arg(share)
+            .arg("claim_window_ms")
+            .arg(claim)
+            .query_async(&mut conn)
+            .await
+            .expect("config");
+        let head =
+            peek::parse(one(&mut conn, peek::call(&s.peek, &k, EVENT, 10, default_claim)).await)
+                .expect("peek");
+        let mut a = a.clone();
+        a.claim_window = default_claim;
+        let o = admit::parse(
+            one(
+                &mut conn,
+                admit::call_signed(
+                    &s.admit,
+                    &k,
+                    EVENT,
+                    &a,
+                    &Signed {
+                        admitted_ms: clock::now_ms(),
+                        claim_window_ms: 0,
+                        lookahead: 10,
+                        tokens: vec![],
+                    },
+                ),
+            )
+            .await,
+        )
+        .expect("admit");
+        assert_eq!((o.admitted, o.short), (0, true), "{share}/{claim}");
+        assert_eq!(head.prospects, o.prospects, "{share}/{claim}");
+        assert_eq!(head.prospects.len(), 10, "{share}/{claim}");
+        assert_eq!(head.claim_window_ms, o.claim_window_ms, "{share}/{claim}");
+    }
+    // The share interleaves the lanes (30 %: the queue goes first here), and an
+    // invalid one reads as 100 (the priority lane first).
+    let _: () = redis::cmd("HSET")
+        .arg(k.config(EVENT))
+        .arg("priority_share")
+        .arg("30")
+        .query_async(&mut conn)
+        .await
+        .expect("config");
+    let head = peek::parse(one(&mut conn, peek::call(&s.peek, &k, EVENT, 10, default_claim)).await)
+        .expect("peek");
+    assert!(
+        head.prospects[0].0.starts_with("m-"),
+        "{:?}",
+        head.prospects
+    );
+    assert!(head.prospects.iter().any(|(sid, _)| sid.starts_with("p-")));
+}
+
+/// An event's first pass carries the tokens of its first waiters, read with
+/// `lua/peek.lua`: one admit call per event admits them, no second call follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_pass_admits_with_one_admit_call_per_event() {
+    let redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    let events: Vec<String> = (0..20).map(|i| format!("first-{i:02}")).collect();
+    let t0 = clock::now_ms() - 60_000;
+    // Session ids are global (the default layout): each event has its own.
+    for e in &events {
+        enqueue(&mut conn, e, e, 3, t0).await;
+    }
+    let _: () = redis::cmd("SADD")
+        .arg(k.active_events())
+        .arg(&events)
+        .query_async(&mut conn)
+        .await
+        .expect("SADD active_events");
+    let mut w = start_worker(settings(&redis.url(), &kafka.bootstrap)).await;
+    assert!(w.cycle().await);
+    for e in &events {
+        assert_eq!(zcard(&mut conn, &k.queue(e)).await, 0, "{e}: all admitted");
+        for i in 0..3 {
+            let h = hgetall(&mut conn, &k.session(e, &format!("{e}-{i:06}"))).await;
+            assert_eq!(h["status"], "admitted", "{e}");
+            assert!(
+                h.get("checkout_token").is_some_and(|t| !t.is_empty()),
+                "{e}"
+            );
+        }
+    }
+    assert_eq!(
+        Stats::get(&w.stats().admit_second_calls),
+        0,
+        "no event needed a second admit call"
+    );
+}

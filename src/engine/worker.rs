@@ -35,6 +35,7 @@ use crate::redis::redis_time::RedisTime;
 use crate::redis::retry::{self, Backoff};
 use crate::redis::scripts::admit::{self, AdmitOutcome, Hold};
 use crate::redis::scripts::claim_outbox;
+use crate::redis::scripts::peek;
 use crate::redis::scripts::quarantine;
 use crate::redis::scripts::reap::{self, Reaped};
 use crate::redis::scripts::valve::{self, ValveStep};
@@ -63,6 +64,10 @@ struct Plan {
     /// A step of the checkout-health valve (events whose last admit reply said
     /// `adaptive`; the script itself steps at most once per valve interval).
     valve: bool,
+    /// Someone may be waiting (nothing known yet, the last reply said so, or the
+    /// idle check found someone): read the head of the line first if this worker
+    /// knows none of the waiters ([`Worker::peek_heads`]).
+    peek: bool,
 }
 
 /// What a call of the pass's pipeline is, so its reply goes where it belongs.
@@ -1054,6 +1059,7 @@ impl Worker {
             }
         }
         self.verify_served(events, &mut plans).await;
+        self.peek_heads(events, &plans).await;
 
         // Tokens first: each admit call carries the tokens of the waiters it may admit.
         let mut signed: Vec<Option<SignedSet>> = Vec::with_capacity(events.len());
@@ -1150,6 +1156,7 @@ impl Worker {
             }
         }
         if !again.is_empty() {
+            Stats::add(&self.stats.admit_second_calls, again.len() as u64);
             self.admit_again(&again, &mut to_deliver).await;
         }
         for event in drained {
@@ -1401,15 +1408,85 @@ impl Worker {
                     // runs while they publish): the claim runs only for more.
                     claim: h.outbox_depth > in_flight,
                     admit: true,
+                    peek: h.waiting > 0,
                 },
                 _ => Plan {
                     reap: true,
                     claim: true,
                     admit: true,
                     valve: *served && self.hints.get(e).is_some_and(|h| h.adaptive),
+                    peek: self.hints.get(e).is_none_or(|h| h.waiting > 0),
                 },
             })
             .collect()
+    }
+
+    /// Read the head of the line of each event about to admit whose waiters this
+    /// worker knows nothing of (its first pass, one just gained, or one whose line
+    /// was empty): `lua/peek.lua`, one round trip for the chunk, so its admit call
+    /// carries their tokens. Without it the call stops at its first waiter and a
+    /// second full call follows, and an admit call costs several times this read.
+    /// A failed read costs nothing but that second call.
+    async fn peek_heads(&mut self, events: &[(String, bool)], plans: &[Plan]) {
+        if !self.signs_ahead() {
+            return;
+        }
+        let unknown: Vec<usize> = (0..events.len())
+            .filter(|&i| plans[i].admit && plans[i].peek && events[i].1)
+            .filter(|&i| {
+                self.ahead
+                    .get(&events[i].0)
+                    .is_none_or(|a| a.prospects.is_empty())
+            })
+            .collect();
+        if unknown.is_empty() {
+            return;
+        }
+        let s = &self.settings;
+        let calls: Vec<Call<'_>> = unknown
+            .iter()
+            .map(|&i| {
+                let e = &events[i].0;
+                let batch = self
+                    .hints
+                    .get(e)
+                    .map_or(s.admission.batch_size, |h| h.batch);
+                peek::call(
+                    &self.scripts.peek,
+                    &s.keys,
+                    e,
+                    batch,
+                    s.admission.claim_window,
+                )
+            })
+            .collect();
+        let results = match scripts::run_batch_retrying(
+            &self.conn,
+            &calls,
+            s.retry.attempts,
+            self.backoff(),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                crate::log_limited!(WARN, "could not read the heads of the lines; the admit calls read them", error = %crate::base::error_chain::chain(&e));
+                return;
+            }
+        };
+        drop(calls);
+        for (&i, result) in unknown.iter().zip(results) {
+            match result.map_err(ScriptError::Redis).and_then(peek::parse) {
+                Ok(head) => {
+                    let ahead = self.ahead.entry(events[i].0.clone()).or_default();
+                    ahead.claim_window_ms = Some(head.claim_window_ms);
+                    ahead.prospects = head.prospects.into_iter().collect();
+                }
+                Err(e) => {
+                    crate::log_limited!(WARN, "could not read the head of an event's line; its admit call reads it", event_id = %events[i].0, error = %crate::base::error_chain::chain(&e));
+                }
+            }
+        }
     }
 
     /// Only a served event admits: an event about to admit that the pass's opening
@@ -1527,11 +1604,13 @@ impl Worker {
         for (n, &i) in idle.iter().enumerate() {
             if !kind.refresh {
                 plans[i].admit = len(n).is_none_or(|lanes| lanes > 0);
+                plans[i].peek = plans[i].admit;
                 continue;
             }
             // A refresh pass read four lengths per event, in this order.
             let (q, p) = (len(4 * n), len(4 * n + 1));
             plans[i].admit = q.unwrap_or(1) + p.unwrap_or(1) > 0;
+            plans[i].peek = plans[i].admit;
             let (in_use, outbox) = (len(4 * n + 2), len(4 * n + 3));
             if let (Some(q), Some(p), Some(in_use), Some(outbox)) = (q, p, in_use, outbox) {
                 self.stats

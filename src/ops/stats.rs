@@ -234,6 +234,10 @@ pub struct Stats {
     pub repaired: Counter,
     /// Admissions woken by a freed slot.
     pub refills: Counter,
+    /// Admit calls that stopped at a waiter without a token while slots were
+    /// free, so a second call followed at once (an event's line changed since
+    /// the tokens were signed; a first call reads the head of the line first).
+    pub admit_second_calls: Counter,
     /// Events passed by this replica's cycles (one per event per pass): with the
     /// events shared among replicas, about (events / replicas) per pass.
     pub event_passes: Counter,
@@ -346,6 +350,7 @@ impl Stats {
             refills: Counter::default(),
             event_passes: Counter::default(),
             owner_changes: Counter::default(),
+            admit_second_calls: Counter::default(),
             owned_events: AtomicU64::new(0),
             owner_replicas: AtomicU64::new(1),
             ownership_shared: AtomicBool::new(false),
@@ -525,6 +530,11 @@ impl Stats {
             "event_passes",
             "Events passed by this replica's cycles (each event once per pass it owns)",
             s.event_passes.clone(),
+        );
+        r.register(
+            "admit_second_calls",
+            "Admit calls that stopped at a waiter without a token while slots were free, so a second call followed",
+            s.admit_second_calls.clone(),
         );
         r.register(
             "owner_changes",

@@ -10,6 +10,7 @@
 pub mod admit;
 pub mod claim;
 pub mod claim_outbox;
+pub mod peek;
 pub mod quarantine;
 pub mod reap;
 pub mod release;
@@ -64,6 +65,10 @@ impl ScriptError {
 /// when the script is built, so the copies cannot drift apart. Redis only ever sees
 /// the whole text (its SHA is of that text).
 const INCLUDES: &[(&str, &str)] = &[
+    (
+        "prospects",
+        include_str!("../../../lua/include/prospects.lua"),
+    ),
     ("rfc3339", include_str!("../../../lua/include/rfc3339.lua")),
     ("untold", include_str!("../../../lua/include/untold.lua")),
 ];
@@ -318,6 +323,8 @@ pub struct Scripts {
     pub valve: Script,
     /// `lua/settle_sold_out.lua`: an event's sell-out was announced.
     pub settle_sold_out: Script,
+    /// `lua/peek.lua`: who is first in an event's line (reads only).
+    pub peek: Script,
 }
 
 impl Default for Scripts {
@@ -340,11 +347,12 @@ impl Scripts {
             quarantine: quarantine::script(),
             valve: valve::script(),
             settle_sold_out: settle_sold_out::script(),
+            peek: peek::script(),
         }
     }
 
     /// Every script, in one list (to load or log them all).
-    pub fn all(&self) -> [&Script; 10] {
+    pub fn all(&self) -> [&Script; 11] {
         [
             &self.admit,
             &self.claim_outbox,
@@ -356,6 +364,7 @@ impl Scripts {
             &self.quarantine,
             &self.valve,
             &self.settle_sold_out,
+            &self.peek,
         ]
     }
 

@@ -100,6 +100,29 @@ pub struct SharingRun {
     /// Changes of the replicas' views of who shares the events during the window,
     /// all replicas together (0: no flapping).
     pub view_changes: u64,
+    /// Why the run did not finish (the figures are then 0); the section goes on
+    /// with the next run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl SharingRun {
+    /// A run that could not finish: a machine overloaded by many replicas over many
+    /// events may time out a Redis call; the runs before and after still count.
+    fn failed(events: usize, replicas: usize, error: &BenchError) -> Self {
+        SharingRun {
+            events,
+            replicas,
+            redis_cpu_ms_per_s: 0.0,
+            round_ms: 0.0,
+            owned_min: 0,
+            owned_max: 0,
+            takeover_ms: None,
+            takeover_events: 0,
+            view_changes: 0,
+            error: Some(error.to_string()),
+        }
+    }
 }
 
 /// Every run of the section.
@@ -288,6 +311,7 @@ async fn one_run(
             .await?;
     }
     let mut replicas = Vec::with_capacity(r);
+    let mut started = Ok(());
     for i in 0..r {
         let id = format!("w{i}");
         let b = settings(env, &prefix)
@@ -297,8 +321,38 @@ async fn one_run(
             .shutdown_timeout(Duration::from_secs(3))
             .batch_size(10)
             .max_concurrent(1_000_000_000);
-        replicas.push(Replica::start(id, b).await?);
+        match Replica::start(id, b).await {
+            Ok(x) => replicas.push(x),
+            Err(e) => {
+                started = Err(e);
+                break;
+            }
+        }
     }
+    let result = match started {
+        Ok(()) => measure(env, o, &keys, &events, &mut replicas).await,
+        Err(e) => Err(e),
+    };
+    // Whatever happened, no replica is left running into the next run.
+    for x in &replicas {
+        x.trigger.trigger();
+    }
+    for x in replicas {
+        x.join().await;
+    }
+    result
+}
+
+/// Settle, measure, kill one replica (removed from `replicas`) and time the
+/// takeover.
+async fn measure(
+    env: &mut Env,
+    o: &SharingOptions,
+    keys: &Keys,
+    events: &[String],
+    replicas: &mut Vec<Replica>,
+) -> Result<SharingRun, BenchError> {
+    let (n, r) = (events.len(), replicas.len());
     let ids: Vec<String> = replicas.iter().map(|x| x.id.clone()).collect();
     // Settled: every replica sees them all, together they own each event once,
     // and each has run a few passes (its first one runs everything).
@@ -337,13 +391,13 @@ async fn one_run(
     let before: Vec<(f64, f64)> = replicas.iter().map(|x| cycle_totals(&x.stats)).collect();
     let changes =
         |rs: &[Replica]| -> u64 { rs.iter().map(|x| Stats::get(&x.stats.owner_changes)).sum() };
-    let changes0 = changes(&replicas);
+    let changes0 = changes(replicas);
     let cpu0 = redis_cpu(&mut env.conn).await?;
     let t = Instant::now();
     tokio::time::sleep(o.window).await;
     let secs = t.elapsed().as_secs_f64();
     let cpu = (redis_cpu(&mut env.conn).await? - cpu0) * 1e3 / secs;
-    let view_changes = changes(&replicas) - changes0;
+    let view_changes = changes(replicas) - changes0;
     let round_ms = replicas
         .iter()
         .zip(&before)
@@ -370,8 +424,8 @@ async fn one_run(
     if r >= 2 && o.ownership {
         // Nobody waiting anywhere first, so only the takeover admits the sample.
         wait_until(Duration::from_secs(120), "the queues to empty", || {
-            let (mut c, k, e) = (env.conn.clone(), keys.clone(), events.clone());
-            async move { Ok(waiting(&mut c, &k, &e).await? == 0) }
+            let (mut c, k, e) = (env.conn.clone(), keys.clone(), events);
+            async move { Ok(waiting(&mut c, &k, e).await? == 0) }
         })
         .await?;
         // A replica the others count as an owner right now (one whose entry had run
@@ -403,7 +457,7 @@ async fn one_run(
             .take(o.takeover_sample)
             .cloned()
             .collect();
-        queue_one(&mut env.conn, &keys, &sample, "orphan").await?;
+        queue_one(&mut env.conn, keys, &sample, "orphan").await?;
         wait_until(Duration::from_secs(60), "the takeover", || {
             let (mut c, k, s) = (env.conn.clone(), keys.clone(), sample.clone());
             async move { Ok(waiting(&mut c, &k, &s).await? == 0) }
@@ -413,12 +467,6 @@ async fn one_run(
         takeover_ms = Some(done.saturating_sub(last_beat) as f64);
         takeover_events = sample.len();
         victim.join().await;
-    }
-    for x in &replicas {
-        x.trigger.trigger();
-    }
-    for x in replicas {
-        x.join().await;
     }
     Ok(SharingRun {
         events: n,
@@ -430,6 +478,7 @@ async fn one_run(
         takeover_ms,
         takeover_events,
         view_changes,
+        error: None,
     })
 }
 
@@ -450,7 +499,9 @@ pub async fn run(o: SharingOptions) -> Result<SharingReport, BenchError> {
     for &n in &o.events {
         for &r in &o.replicas {
             say(&format!("{r} replicas over {n} idle events"));
-            let run = one_run(&mut env, &o, n, r).await?;
+            let run = one_run(&mut env, &o, n, r)
+                .await
+                .unwrap_or_else(|e| SharingRun::failed(n, r, &e));
             say(&format!("{run:?}"));
             runs.push(run);
         }
@@ -460,7 +511,9 @@ pub async fn run(o: SharingOptions) -> Result<SharingReport, BenchError> {
             "{} replicas over {} idle events",
             o.big_replicas, o.big_events
         ));
-        let run = one_run(&mut env, &o, o.big_events, o.big_replicas).await?;
+        let run = one_run(&mut env, &o, o.big_events, o.big_replicas)
+            .await
+            .unwrap_or_else(|e| SharingRun::failed(o.big_events, o.big_replicas, &e));
         say(&format!("{run:?}"));
         runs.push(run);
     }
@@ -492,10 +545,17 @@ pub fn render(r: &SharingReport) -> String {
         "flaps"
     ));
     for run in &r.runs {
+        if let Some(e) = &run.error {
+            t.push_str(&format!(
+                "{:>7} {:>8} failed: {e}\n",
+                run.events, run.replicas
+            ));
+            continue;
+        }
         let one = r
             .runs
             .iter()
-            .find(|x| x.events == run.events && x.replicas == 1)
+            .find(|x| x.events == run.events && x.replicas == 1 && x.error.is_none())
             .map(|x| run.redis_cpu_ms_per_s / x.redis_cpu_ms_per_s);
         t.push_str(&format!(
             "{:>7} {:>8} {:>12.1} {:>8} {:>10.1} {:>13} {:>12} {:>7}\n",
