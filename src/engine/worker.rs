@@ -252,6 +252,13 @@ pub struct Worker {
     verified: Option<HashSet<String>>,
     /// The events (served and retired) the last pass owned.
     owned: HashSet<String>,
+    /// The last pass's events, each with whether it is served: passed again
+    /// while nothing they follow from changed.
+    pass_events: Vec<(String, bool)>,
+    /// The retired events `pass_events` were made with.
+    pass_retired: BTreeSet<String>,
+    /// Whether the last reading of the owners changed who shares the events.
+    owners_changed: bool,
     /// The wait figures of each event, written to its stats hash.
     wait: WaitStats,
     /// Publishes sell-outs.
@@ -404,6 +411,9 @@ impl Worker {
             active: None,
             verified: None,
             owned: HashSet::new(),
+            pass_events: Vec::new(),
+            pass_retired: BTreeSet::new(),
+            owners_changed: true,
             registered: HashSet::new(),
             retired: BTreeSet::new(),
             hints: HashMap::new(),
@@ -616,7 +626,7 @@ impl Worker {
     /// with sixteen replicas Redis spent more answering round trips than running
     /// the commands in them. Returns the events to serve: those given on the
     /// command line and the members of `<prefix>:active_events`, sorted and
-    /// without duplicates.
+    /// without duplicates; None when they are the last pass's.
     ///
     /// `active_events` is read in full (SMEMBERS: O(events), the one cost that grew
     /// with the number of replicas once they share the events) only when it may
@@ -630,7 +640,7 @@ impl Worker {
     /// check of all), and only an event with someone waiting can admit. An event
     /// swapped for another (same size) is seen by whoever checks it, who bumps the
     /// counter: every replica reads the set again within two passes.
-    async fn open_pass(&mut self, full: bool) -> Result<Vec<String>, redis::RedisError> {
+    async fn open_pass(&mut self, full: bool) -> Result<Option<Vec<String>>, redis::RedisError> {
         let key = self.settings.keys.active_events();
         let version_key = self.settings.keys.active_events_version();
         let sharing = self.settings.worker.event_ownership;
@@ -645,16 +655,19 @@ impl Worker {
         if master {
             p.cmd("INFO").arg("server");
         }
+        let given = &self.settings.admission.events;
         let checked: Option<Vec<&String>> = self.active.as_ref().filter(|_| !full).map(|cache| {
-            let watch = self.owners.keeps_watch();
-            cache
-                .members
+            if self.owners.keeps_watch() {
+                return cache.members.iter().collect();
+            }
+            // From the hints (the events admitted for lately), not from every
+            // member: O(busy events), not O(events), on every pass. An event given
+            // by `--event` is served whether or not it is in the set.
+            self.hints
                 .iter()
-                .filter(|e| {
-                    watch
-                        || (self.owners.owns(e)
-                            && self.hints.get(e.as_str()).is_some_and(|h| h.waiting > 0))
-                })
+                .filter(|(e, h)| h.waiting > 0 && !given.contains(*e))
+                .filter(|(e, _)| cache.members.binary_search(e).is_ok() && self.owners.owns(e))
+                .map(|(e, _)| e)
                 .collect()
         });
         match &checked {
@@ -693,6 +706,7 @@ impl Worker {
             let listed = next();
             self.refresh_owners(full, time, listed).await;
         } else {
+            self.owners_changed = self.owners.is_shared();
             self.owners = Owners::everything(&self.identity.id);
         }
         if master {
@@ -717,10 +731,9 @@ impl Worker {
                         .query_async(&mut self.conn)
                         .await?;
                 }
-                if let Some(cache) = cache.filter(|c| !gone && same_size && version == c.version) {
-                    let served = self.served_with(&cache.members);
+                if cache.is_some_and(|c| !gone && same_size && version == c.version) {
                     self.verified = verified;
-                    return Ok(served);
+                    return Ok(None);
                 }
                 redis::pipe()
                     .cmd("GET")
@@ -736,7 +749,7 @@ impl Worker {
             }
         };
         let size = members.len() as u64;
-        let mut from_redis = Vec::with_capacity(members.len());
+        let mut from_redis: Vec<String> = Vec::with_capacity(members.len());
         for m in members {
             match String::from_utf8(m) {
                 Ok(e) if EventId::is_valid(&e) => from_redis.push(e),
@@ -748,6 +761,8 @@ impl Worker {
                 }
             }
         }
+        // Sorted, for the membership tests above.
+        from_redis.sort_unstable();
         let served = self.served_with(&from_redis);
         self.verified = None;
         self.active = Some(ActiveCache {
@@ -755,7 +770,7 @@ impl Worker {
             size,
             version,
         });
-        Ok(served)
+        Ok(Some(served))
     }
 
     /// Redis's clock now, from the reading at the start of the last pass and the
@@ -786,7 +801,7 @@ impl Worker {
     pub async fn cycle(&mut self) -> bool {
         let started = Instant::now();
         let full = self.passes.is_multiple_of(FULL_PASS_EVERY);
-        let served = match self.open_pass(full).await {
+        let fresh = match self.open_pass(full).await {
             Ok(e) => e,
             Err(e) => {
                 crate::log_limited!(ERROR, "reading active events failed", error = %crate::base::error_chain::chain(&e));
@@ -794,7 +809,9 @@ impl Worker {
                 if retry::is_transient(&e) {
                     return false;
                 }
-                self.settings.admission.events.clone()
+                // Read in full next time: this pass serves only the given events.
+                self.active = None;
+                Some(self.settings.admission.events.clone())
             }
         };
         // Counted per pass, not per chunk of events: with many events a per-chunk
@@ -804,21 +821,40 @@ impl Worker {
             refresh: (self.passes + 1).is_multiple_of(REFRESH_EVERY),
         };
         self.passes = self.passes.wrapping_add(1);
-        if full {
-            self.check_layout(&served).await;
+        // What follows the list of events is O(events) for every replica on every
+        // pass (sets built, ownership hashed, metrics' label sets compared): with
+        // 100,000 events it outweighed the pass's Redis work. It runs only when the
+        // list, the owners or the retired events changed; otherwise the last pass's
+        // events are passed again.
+        let changed = fresh.is_some() || self.owners_changed || full;
+        let mut lost_some = false;
+        if let Some(served) = fresh {
+            if full {
+                self.check_layout(&served).await;
+            }
+            let served_set: BTreeSet<String> = served.into_iter().collect();
+            lost_some = self.served.difference(&served_set).next().is_some();
+            self.served = served_set;
         }
-        let served_set: BTreeSet<String> = served.iter().cloned().collect();
-        let lost_some = self.served.difference(&served_set).next().is_some();
-        self.served = served_set;
-        if let Err(e) = self.refresh_known(full, lost_some).await {
+        if let Err(e) = self.refresh_known(full, changed, lost_some).await {
             crate::log_limited!(WARN, "could not update the known events; retired events are drained later", error = %crate::base::error_chain::chain(&e), key = %self.settings.keys.known_events());
             self.stats.error(ErrorKind::Redis);
         }
-        let mut tracked = self.served.clone();
-        tracked.extend(self.retired.iter().cloned());
-        self.stats.track(tracked);
-        self.ahead.retain(|e, _| self.served.contains(e));
-        let events = self.owned_events(served);
+        let events = if changed || self.retired != self.pass_retired {
+            let mut tracked = self.served.clone();
+            tracked.extend(self.retired.iter().cloned());
+            self.stats.track(tracked);
+            self.ahead.retain(|e, _| self.served.contains(e));
+            self.pass_retired = self.retired.clone();
+            self.owned_events()
+        } else {
+            self.stats.set_ownership(
+                self.pass_events.len() as u64,
+                self.owners.replicas() as u64,
+                self.owners.is_shared(),
+            );
+            std::mem::take(&mut self.pass_events)
+        };
         tracing::debug!(
             event_count = self.served.len(),
             retired = self.retired.len(),
@@ -838,6 +874,9 @@ impl Worker {
                 }
             }
         }
+        self.pass_events = events;
+        // Once per pass, not per chunk: each call looks at every event tracked.
+        self.write_wait_figures();
         self.stats
             .last_processed_ms
             .store(clock::now_ms(), std::sync::atomic::Ordering::Relaxed);
@@ -897,13 +936,16 @@ impl Worker {
     async fn refresh_known(
         &mut self,
         full: bool,
+        changed: bool,
         lost_some: bool,
     ) -> Result<(), redis::RedisError> {
         let key = self.settings.keys.known_events();
         // Each replica registers the events it owns: together they register all.
+        // Only the served events or the owners changing makes new ones.
         let new: Vec<&String> = self
             .served
             .iter()
+            .filter(|_| changed)
             .filter(|e| full || !self.registered.contains(*e))
             .filter(|e| self.owners.owns(e))
             .collect();
@@ -990,7 +1032,8 @@ impl Worker {
                 Owners::everything(me)
             }
         };
-        if owners.ids() != self.owners.ids() {
+        self.owners_changed = owners.ids() != self.owners.ids();
+        if self.owners_changed {
             Stats::add(&self.stats.owner_changes, 1);
             crate::log_limited!(
                 INFO,
@@ -1005,12 +1048,13 @@ impl Worker {
     /// owns, each with whether it is served. An event it no longer owns loses its
     /// hint and wait figures here (its new owner writes them; should it come back,
     /// its first pass runs everything, as for a new event).
-    fn owned_events(&mut self, served: Vec<String>) -> Vec<(String, bool)> {
+    fn owned_events(&mut self) -> Vec<(String, bool)> {
         let owners = &self.owners;
-        let mut events: Vec<(String, bool)> = served
-            .into_iter()
+        let mut events: Vec<(String, bool)> = self
+            .served
+            .iter()
             .filter(|e| owners.owns(e))
-            .map(|e| (e, true))
+            .map(|e| (e.clone(), true))
             .collect();
         events.extend(
             self.retired
@@ -1162,7 +1206,6 @@ impl Worker {
         for event in drained {
             self.forget(&event).await;
         }
-        self.write_wait_figures();
         // Nothing leaves before enough replicas hold it (--replica-acks): short of
         // them, the entries stay in the outbox (leased) and are published later.
         if !to_deliver.is_empty() && !self.replicated().await {
@@ -2218,7 +2261,7 @@ const RECENT_PASSES: usize = 8;
 /// `active_events` as last read in full.
 #[derive(Debug)]
 struct ActiveCache {
-    /// Its valid members.
+    /// Its valid members, sorted.
     members: Vec<String>,
     /// Its size then (invalid members included), compared with SCARD.
     size: u64,
