@@ -398,3 +398,72 @@ async fn an_event_that_leaves_admits_nobody_when_no_running_replica_keeps_watch(
         r.stop().await;
     }
 }
+
+/// EVALSHA calls `redis` has answered so far.
+async fn script_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|v| v.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// An event a replica gains between complete passes (taken over, or new) used
+/// to run every script on its first pass, idle or not: a takeover of thousands
+/// of idle events waited for that pass. Now one EXISTS says whether it holds
+/// anything to work on; with nothing, no script runs for it. One with a waiter
+/// is admitted as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gained_event_with_nothing_in_it_runs_no_script() {
+    let redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    activate(&mut conn, &k, &events()).await;
+    let interval = Duration::from_millis(200);
+    let (_, running, stats) = replicas(&redis, &kafka, 1, interval, |b| b).await;
+    let s = stats[0].1.clone();
+    let cycles = || Stats::get(&s.cycles);
+    for attempt in 0.. {
+        assert!(attempt < 3, "no window between complete passes");
+        // Just after a complete pass (every 30th, which runs everything anyway).
+        eventually(Duration::from_secs(30), "a complete pass", || {
+            let c = cycles();
+            async move { (c % 30 == 2).then_some(()) }
+        })
+        .await;
+        let (c0, calls0) = (cycles(), script_calls(&mut conn).await);
+        let idle: Vec<String> = (0..100).map(|i| format!("new-{attempt}-{i:03}")).collect();
+        activate(&mut conn, &k, &idle).await;
+        let busy = format!("busy-{attempt}");
+        enqueue(&mut conn, &busy, &busy, 1, waitroom_worker::clock::now_ms()).await;
+        activate(&mut conn, &k, std::slice::from_ref(&busy)).await;
+        eventually(Duration::from_secs(10), "the new waiter admitted", || {
+            let (mut c, q) = (conn.clone(), k.queue(&busy));
+            async move { (zcard(&mut c, &q).await == 0).then_some(()) }
+        })
+        .await;
+        let c1 = cycles();
+        eventually(Duration::from_secs(10), "three more passes", || {
+            let c = cycles();
+            async move { (c >= c1 + 3).then_some(()) }
+        })
+        .await;
+        let (c2, calls) = (cycles(), script_calls(&mut conn).await - calls0);
+        if c2 / 30 != c0 / 30 {
+            continue;
+        }
+        // The busy event's own calls (peek, reaper, claim, admit, settle ...), a
+        // few a pass; running every script for the idle ones would be 300 at once.
+        assert!(calls < 60, "{calls} script calls for 100 idle events");
+        break;
+    }
+    for r in running {
+        r.stop().await;
+    }
+}

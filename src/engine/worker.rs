@@ -1596,6 +1596,13 @@ impl Worker {
     /// two O(1) reads (no script) per such event, in one round trip for the chunk.
     /// Every REFRESH_EVERY-th pass two more keep the event's figures following
     /// Redis between admit calls (slots and outbox the API or others changed).
+    ///
+    /// An event this worker has no figures of between complete passes (gained from
+    /// a replica that stopped, or new) is checked in the same round trip for any
+    /// key that needs work (someone waiting, a slot, an outbox entry, a deadline,
+    /// a sell-out to announce): with none, nothing runs for it, where it used to
+    /// run every script. A takeover hands over thousands of mostly idle events at
+    /// once, and the pass that took them over was what the takeover waited for.
     async fn check_idle(
         &mut self,
         events: &[(String, bool)],
@@ -1611,7 +1618,10 @@ impl Worker {
                 kind.refresh || self.hints.get(&events[i].0).is_none_or(|h| h.waiting == 0)
             })
             .collect();
-        if idle.is_empty() {
+        let fresh: Vec<usize> = (0..events.len())
+            .filter(|&i| !kind.full && !self.hints.contains_key(&events[i].0))
+            .collect();
+        if idle.is_empty() && fresh.is_empty() {
             return Ok(());
         }
         let s = &self.settings;
@@ -1636,6 +1646,16 @@ impl Worker {
                 p.cmd("EXISTS").arg(s.keys.queue(e)).arg(s.keys.priority(e));
             }
         }
+        for &i in &fresh {
+            let e = &events[i].0;
+            p.cmd("EXISTS")
+                .arg(s.keys.queue(e))
+                .arg(s.keys.priority(e))
+                .arg(s.keys.processing(e))
+                .arg(s.keys.outbox(e))
+                .arg(s.keys.deadlines(e))
+                .arg(s.keys.sold_out(e));
+        }
         let lens: Vec<redis::RedisResult<u64>> =
             retry::query_retrying(&self.conn, &p, s.retry.attempts, self.backoff())
                 .await
@@ -1644,6 +1664,19 @@ impl Worker {
             Some(Ok(n)) => Some(*n),
             _ => None,
         };
+        let after_idle = idle.len() * if kind.refresh { 4 } else { 1 };
+        for (n, &i) in fresh.iter().enumerate() {
+            // Unreadable counts as work to do: the scripts run and report.
+            if len(after_idle + n) == Some(0) {
+                plans[i] = Plan {
+                    reap: false,
+                    claim: false,
+                    admit: false,
+                    valve: false,
+                    peek: false,
+                };
+            }
+        }
         for (n, &i) in idle.iter().enumerate() {
             if !kind.refresh {
                 plans[i].admit = len(n).is_none_or(|lanes| lanes > 0);
