@@ -1665,6 +1665,10 @@ impl Worker {
             _ => None,
         };
         let after_idle = idle.len() * if kind.refresh { 4 } else { 1 };
+        let (capacity, batch) = (
+            self.settings.admission.max_concurrent,
+            self.settings.admission.batch_size,
+        );
         for (n, &i) in fresh.iter().enumerate() {
             // Unreadable counts as work to do: the scripts run and report.
             if len(after_idle + n) == Some(0) {
@@ -1675,6 +1679,22 @@ impl Worker {
                     valve: false,
                     peek: false,
                 };
+                // Known empty now: the next passes check only its lanes, as for
+                // any idle event (the first admit call brings the real figures).
+                self.hints.insert(
+                    events[i].0.clone(),
+                    Hint {
+                        in_use: 0,
+                        deadlines: 0,
+                        next_deadline_ms: None,
+                        outbox_depth: 0,
+                        waiting: 0,
+                        capacity,
+                        batch,
+                        rate: None,
+                        adaptive: false,
+                    },
+                );
             }
         }
         for (n, &i) in idle.iter().enumerate() {
