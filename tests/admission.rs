@@ -785,16 +785,9 @@ async fn peek_names_the_waiters_as_the_admit_call_takes_them() {
     let t0 = clock::now_ms() - 60_000;
     enqueue(&mut conn, EVENT, "m", 6, t0).await;
     let vip = enqueue(&mut conn, EVENT, "p", 4, t0).await;
+    to_priority(&mut conn, EVENT, &vip, t0).await;
+    // Counts carried over from earlier calls.
     let mut p = redis::pipe();
-    for sid in &vip {
-        p.cmd("ZREM").arg(k.queue(EVENT)).arg(sid).ignore();
-        p.cmd("ZADD")
-            .arg(k.priority(EVENT))
-            .arg(t0)
-            .arg(sid)
-            .ignore();
-    }
-    // Counts carried over from earlier calls, and the event's own settings.
     p.cmd("HSET")
         .arg(k.rate(EVENT))
         .arg("lane_p")

@@ -506,20 +506,10 @@ async fn two_lanes_half_and_half(
     conn: &mut MultiplexedConnection,
     n: usize,
 ) -> (Vec<String>, Vec<String>) {
-    let k = keys();
     let t0 = clock::now_ms() - 60_000;
     let main = enqueue(conn, EVENT, "m", n, t0).await;
     let vip = enqueue(conn, EVENT, "p", n, t0).await;
-    let mut p = redis::pipe();
-    for sid in &vip {
-        p.cmd("ZREM").arg(k.queue(EVENT)).arg(sid).ignore();
-        p.cmd("ZADD")
-            .arg(k.priority(EVENT))
-            .arg(t0)
-            .arg(sid)
-            .ignore();
-    }
-    p.query_async::<()>(conn).await.expect("priority lane");
+    to_priority(conn, EVENT, &vip, t0).await;
     config(conn, "priority_share", "50").await;
     (main, vip)
 }

@@ -220,6 +220,61 @@ async fn a_killed_replicas_events_are_taken_over_within_three_intervals() {
     }
 }
 
+/// Until every replica has run `n` more passes.
+async fn more_passes(stats: &[(String, Arc<Stats>)], n: u64, what: &str) {
+    let cycles = |s: &Arc<Stats>| Stats::get(&s.cycles);
+    let c0: Vec<u64> = stats.iter().map(|(_, s)| cycles(s)).collect();
+    eventually(Duration::from_secs(10), what, || {
+        let done = stats.iter().zip(&c0).all(|((_, s), c)| cycles(s) >= c + n);
+        async move { done.then_some(()) }
+    })
+    .await;
+}
+
+/// One waiter in `gone` and one in `new`, then `gone` swapped for `new` in
+/// `active_events` (the set keeps its size), until `new` is served: how long
+/// that took. Then a few more passes of every replica, and `gone`'s waiter is
+/// still waiting.
+async fn swap_and_serve(
+    conn: &mut redis::aio::MultiplexedConnection,
+    k: &Keys,
+    stats: &[(String, Arc<Stats>)],
+    gone: &str,
+    new: &str,
+) -> Duration {
+    let now = waitroom_worker::clock::now_ms();
+    enqueue(conn, gone, "gone", 1, now).await;
+    enqueue(conn, new, "new", 1, now).await;
+    let _: () = redis::pipe()
+        .atomic()
+        .cmd("SREM")
+        .arg(k.active_events())
+        .arg(gone)
+        .ignore()
+        .cmd("SADD")
+        .arg(k.active_events())
+        .arg(new)
+        .ignore()
+        .query_async(conn)
+        .await
+        .expect("swap");
+    let swapped = std::time::Instant::now();
+    eventually(Duration::from_secs(15), "the new event served", || {
+        let (mut c, q) = (conn.clone(), k.queue(new));
+        async move { (zcard(&mut c, &q).await == 0).then_some(()) }
+    })
+    .await;
+    let took = swapped.elapsed();
+    // Every replica has passed since (the new event's owner at least twice).
+    more_passes(stats, 3, "more passes").await;
+    assert_eq!(
+        zcard(conn, &k.queue(gone)).await,
+        1,
+        "the event that left admitted"
+    );
+    took
+}
+
 /// Replicas read `active_events` in full only when it may have changed. An event
 /// swapped for another (same size) is still seen: the new one is served within a
 /// few passes (well before the complete pass, every 30th, would read the set
@@ -236,57 +291,12 @@ async fn an_event_swapped_for_another_is_seen() {
     let (_, running, stats) = replicas(&redis, &kafka, 2, interval, |b| b).await;
     steady(&stats, 2).await;
     // A few more passes, so both have read the set and skip reading it again.
-    let cycles = |s: &std::sync::Arc<Stats>| Stats::get(&s.cycles);
-    let c0: Vec<u64> = stats.iter().map(|(_, s)| cycles(s)).collect();
-    eventually(Duration::from_secs(10), "a few passes", || {
-        let done = stats.iter().zip(&c0).all(|((_, s), c)| cycles(s) >= c + 3);
-        async move { done.then_some(()) }
-    })
-    .await;
-
-    let (gone, new) = (evs[0].clone(), "ev-new".to_owned());
-    let now = waitroom_worker::clock::now_ms();
-    enqueue(&mut conn, &gone, "gone", 1, now).await;
-    enqueue(&mut conn, &new, "new", 1, now).await;
-    let _: () = redis::pipe()
-        .atomic()
-        .cmd("SREM")
-        .arg(k.active_events())
-        .arg(&gone)
-        .ignore()
-        .cmd("SADD")
-        .arg(k.active_events())
-        .arg(&new)
-        .ignore()
-        .query_async(&mut conn)
-        .await
-        .expect("swap");
-    let swapped = std::time::Instant::now();
-    eventually(Duration::from_secs(15), "the new event served", || {
-        let (mut c, q) = (conn.clone(), k.queue(&new));
-        async move { (zcard(&mut c, &q).await == 0).then_some(()) }
-    })
-    .await;
+    more_passes(&stats, 3, "a few passes").await;
+    let took = swap_and_serve(&mut conn, &k, &stats, &evs[0], "ev-new").await;
     // The owner of the event that left sees it gone at its next pass and bumps the
     // version; the others read the set again at theirs: a few intervals, not the
     // 9 s until a complete pass.
-    assert!(
-        swapped.elapsed() < interval * 7,
-        "the new event waited {:?}",
-        swapped.elapsed()
-    );
-    // Both replicas have passed since (the new event's owner at least twice).
-    let c1: Vec<u64> = stats.iter().map(|(_, s)| cycles(s)).collect();
-    eventually(Duration::from_secs(10), "more passes", || {
-        let done = stats.iter().zip(&c1).all(|((_, s), c)| cycles(s) >= c + 3);
-        async move { done.then_some(()) }
-    })
-    .await;
-    assert_eq!(
-        zcard(&mut conn, &k.queue(&gone)).await,
-        1,
-        "the event that left admitted"
-    );
+    assert!(took < interval * 7, "the new event waited {took:?}");
     for r in running {
         r.stop().await;
     }
@@ -336,13 +346,7 @@ async fn an_event_that_leaves_admits_nobody_when_no_running_replica_keeps_watch(
         async move { ok.then_some(()) }
     })
     .await;
-    let cycles = |s: &Arc<Stats>| Stats::get(&s.cycles);
-    let c0: Vec<u64> = stats.iter().map(|(_, s)| cycles(s)).collect();
-    eventually(Duration::from_secs(10), "a few passes", || {
-        let done = stats.iter().zip(&c0).all(|((_, s), c)| cycles(s) >= c + 3);
-        async move { done.then_some(()) }
-    })
-    .await;
+    more_passes(&stats, 3, "a few passes").await;
 
     // An event a running replica owns leaves; one a running replica owns comes.
     let owned_by_a_replica = |e: &str| owner(e, &candidates) != Some(watch);
@@ -355,45 +359,9 @@ async fn an_event_that_leaves_admits_nobody_when_no_running_replica_keeps_watch(
         .map(|i| format!("ev-new-{i}"))
         .find(|e| owned_by_a_replica(e))
         .expect("a name a replica owns");
-    let now = waitroom_worker::clock::now_ms();
-    enqueue(&mut conn, &gone, "gone", 1, now).await;
-    enqueue(&mut conn, &new, "new", 1, now).await;
-    let _: () = redis::pipe()
-        .atomic()
-        .cmd("SREM")
-        .arg(k.active_events())
-        .arg(&gone)
-        .ignore()
-        .cmd("SADD")
-        .arg(k.active_events())
-        .arg(&new)
-        .ignore()
-        .query_async(&mut conn)
-        .await
-        .expect("swap");
-    let swapped = std::time::Instant::now();
-    eventually(Duration::from_secs(15), "the new event served", || {
-        let (mut c, q) = (conn.clone(), k.queue(&new));
-        async move { (zcard(&mut c, &q).await == 0).then_some(()) }
-    })
-    .await;
+    let took = swap_and_serve(&mut conn, &k, &stats, &gone, &new).await;
     // Long before a complete pass (every 30th) would have read the set anyway.
-    assert!(
-        swapped.elapsed() < interval * 10,
-        "the new event waited {:?}",
-        swapped.elapsed()
-    );
-    let c1: Vec<u64> = stats.iter().map(|(_, s)| cycles(s)).collect();
-    eventually(Duration::from_secs(10), "more passes", || {
-        let done = stats.iter().zip(&c1).all(|((_, s), c)| cycles(s) >= c + 3);
-        async move { done.then_some(()) }
-    })
-    .await;
-    assert_eq!(
-        zcard(&mut conn, &k.queue(&gone)).await,
-        1,
-        "the event that left admitted"
-    );
+    assert!(took < interval * 10, "the new event waited {took:?}");
     for r in running {
         r.stop().await;
     }

@@ -656,8 +656,9 @@ impl Worker {
             p.cmd("INFO").arg("server");
         }
         let given = &self.settings.admission.events;
+        let watch = self.owners.keeps_watch();
         let checked: Option<Vec<&String>> = self.active.as_ref().filter(|_| !full).map(|cache| {
-            if self.owners.keeps_watch() {
+            if watch {
                 return cache.members.iter().collect();
             }
             // From the hints (the events admitted for lately), not from every
@@ -683,7 +684,7 @@ impl Worker {
         }
         let checked_any = checked.as_ref().map(|m| !m.is_empty());
         let verified: Option<HashSet<String>> = checked
-            .filter(|_| !self.owners.keeps_watch())
+            .filter(|_| !watch)
             .map(|m| m.into_iter().cloned().collect());
         let replies: Vec<redis::RedisResult<redis::Value>> = p.query_async(&mut self.conn).await?;
         let mut replies = replies.into_iter();

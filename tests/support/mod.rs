@@ -405,6 +405,21 @@ pub async fn enqueue(
     ids
 }
 
+/// Move `sids` of `event` from the queue to the priority lane, joined at `t0`.
+pub async fn to_priority(conn: &mut MultiplexedConnection, event: &str, sids: &[String], t0: u64) {
+    let k = keys();
+    let mut p = redis::pipe();
+    for sid in sids {
+        p.cmd("ZREM").arg(k.queue(event)).arg(sid).ignore();
+        p.cmd("ZADD")
+            .arg(k.priority(event))
+            .arg(t0)
+            .arg(sid)
+            .ignore();
+    }
+    p.query_async::<()>(conn).await.expect("priority lane");
+}
+
 pub async fn scard(conn: &mut MultiplexedConnection, key: &str) -> u64 {
     redis::cmd("SCARD")
         .arg(key)

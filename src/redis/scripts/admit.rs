@@ -272,10 +272,7 @@ pub async fn admit<C: ConnectionLike + Send>(
 }
 
 fn bad(detail: impl Into<String>) -> ScriptError {
-    ScriptError::Reply {
-        script: NAME,
-        detail: detail.into(),
-    }
+    ScriptError::reply(NAME, detail)
 }
 
 /// Read the script's reply.
@@ -374,14 +371,7 @@ pub fn parse(reply: Value) -> Result<AdmitOutcome, ScriptError> {
             .map(|v| text(v).map(|b| String::from_utf8_lossy(&b).into_owned()))
             .collect()
     };
-    if prospects.len() % 2 != 0 {
-        return Err(bad("prospects must come in pairs"));
-    }
-    let prospects = names(prospects)?;
-    let prospects = prospects
-        .chunks_exact(2)
-        .map(|p| (p[0].clone(), p[1].clone()))
-        .collect();
+    let prospects = super::prospect_pairs(NAME, prospects)?;
     Ok(AdmitOutcome {
         claim_window_ms: (*claim_window).max(0) as u64,
         short: *short == 1,

@@ -50,6 +50,14 @@ pub enum ScriptError {
 }
 
 impl ScriptError {
+    /// A reply of `script` that is not in the shape its header documents.
+    pub(crate) fn reply(script: &'static str, detail: impl Into<String>) -> Self {
+        ScriptError::Reply {
+            script,
+            detail: detail.into(),
+        }
+    }
+
     /// Whether the call may succeed if simply tried again (a dropped connection, a
     /// timeout, a server that is loading or busy).
     pub fn is_transient(&self) -> bool {
@@ -58,6 +66,24 @@ impl ScriptError {
             _ => false,
         }
     }
+}
+
+/// The waiters `lane_prospects` (`lua/include/prospects.lua`) named in a reply of
+/// `script`: session id, user id, in the order the next admit call takes them.
+pub(crate) fn prospect_pairs(
+    script: &'static str,
+    flat: &[redis::Value],
+) -> Result<Vec<(String, String)>, ScriptError> {
+    if !flat.len().is_multiple_of(2) {
+        return Err(ScriptError::reply(script, "prospects must come in pairs"));
+    }
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => Ok(String::from_utf8_lossy(b).into_owned()),
+        _ => Err(ScriptError::reply(script, "want bulk strings")),
+    };
+    flat.chunks_exact(2)
+        .map(|p| Ok((text(&p[0])?, text(&p[1])?)))
+        .collect()
 }
 
 /// Lua that several scripts share (BullMQ's includes), in `lua/include/`: a script

@@ -51,32 +51,18 @@ pub fn call<'a>(
     }
 }
 
-fn bad(detail: impl Into<String>) -> ScriptError {
-    ScriptError::Reply {
-        script: NAME,
-        detail: detail.into(),
-    }
-}
-
 /// Read the script's reply.
 pub fn parse(reply: Value) -> Result<Head, ScriptError> {
     let Value::Array(parts) = reply else {
-        return Err(bad("not an array"));
+        return Err(ScriptError::reply(NAME, "not an array"));
     };
     let [Value::Int(claim_window), Value::Array(flat)] = parts.as_slice() else {
-        return Err(bad("want the claim window and an array"));
+        return Err(ScriptError::reply(
+            NAME,
+            "want the claim window and an array",
+        ));
     };
-    if flat.len() % 2 != 0 {
-        return Err(bad("prospects must come in pairs"));
-    }
-    let text = |v: &Value| match v {
-        Value::BulkString(b) => Ok(String::from_utf8_lossy(b).into_owned()),
-        _ => Err(bad("want bulk strings")),
-    };
-    let prospects = flat
-        .chunks_exact(2)
-        .map(|p| Ok((text(&p[0])?, text(&p[1])?)))
-        .collect::<Result<_, ScriptError>>()?;
+    let prospects = super::prospect_pairs(NAME, flat)?;
     Ok(Head {
         claim_window_ms: u64::try_from(*claim_window).unwrap_or(0),
         prospects,
