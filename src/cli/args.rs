@@ -469,8 +469,9 @@ pub(crate) struct BenchArgs {
     /// ... and this many replicas.
     #[arg(long, default_value_t = 4)]
     pub(crate) sharing_big_replicas: usize,
-    /// How long `--sharing` measures Redis CPU per run.
-    #[arg(long, default_value = "10s", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
+    /// How long `--sharing` measures Redis CPU per run: 30 intervals of 1 s hold
+    /// each replica's complete pass (every 30th) once.
+    #[arg(long, default_value = "30s", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
     pub(crate) sharing_window: Duration,
     /// `--sharing` with every replica passing every event (the cost before issue 14).
     #[arg(long)]

@@ -70,7 +70,8 @@ impl Default for SharingOptions {
             big_events: 100_000,
             big_replicas: 4,
             interval: Duration::from_secs(1),
-            window: Duration::from_secs(10),
+            // A complete pass (every 30th) of each replica, once.
+            window: Duration::from_secs(30),
             ownership: true,
             takeover_sample: 200,
             json: false,
