@@ -461,6 +461,25 @@ async fn a_complete_pass_runs_no_script_for_an_event_with_nothing_in_it() {
     })
     .await;
     let (c0, calls0) = (cycles(), script_calls(&mut conn).await);
+    // No script ran for them, and still each shows its figures (the defaults: none
+    // has a config), as an admit call's reply would have.
+    let shown = s.events();
+    let default_capacity = settings(&redis.url(), &kafka.bootstrap)
+        .build()
+        .expect("settings")
+        .admission
+        .max_concurrent;
+    for e in &idle {
+        let snap = shown
+            .get(e)
+            .unwrap_or_else(|| panic!("{e} is not in the figures"));
+        assert_eq!(snap.capacity, default_capacity, "{e}: {snap:?}");
+        assert_eq!(
+            (snap.queue_length, snap.slots_in_use),
+            (0, 0),
+            "{e}: {snap:?}"
+        );
+    }
     // Sold out while nobody waits: only a complete pass looks at this event again.
     let sold = &idle[7];
     let _: () = redis::cmd("HSET")

@@ -1607,6 +1607,8 @@ impl Worker {
     /// a sell-out to announce): with none, nothing runs for it, where it used to
     /// run every script. A takeover hands over thousands of mostly idle events at
     /// once, and the pass that took them over was what the takeover waited for.
+    /// Its config is checked too: without one, the defaults are its figures
+    /// (`/status`, the gauges); with one, they come with its next admit call.
     ///
     /// A complete pass checks every served event nobody was waiting in the same
     /// way, and its config hash too: with nothing in the event, no script runs;
@@ -1671,9 +1673,7 @@ impl Worker {
                 .arg(s.keys.outbox(e))
                 .arg(s.keys.deadlines(e))
                 .arg(s.keys.sold_out(e));
-            if kind.full {
-                p.cmd("EXISTS").arg(s.keys.config(e));
-            }
+            p.cmd("EXISTS").arg(s.keys.config(e));
         }
         let lens: Vec<redis::RedisResult<u64>> =
             retry::query_retrying(&self.conn, &p, s.retry.attempts, self.backoff())
@@ -1688,21 +1688,21 @@ impl Worker {
             self.settings.admission.max_concurrent,
             self.settings.admission.batch_size,
         );
-        let per_fresh = if kind.full { 2 } else { 1 };
         for (n, &i) in fresh.iter().enumerate() {
             // Unreadable counts as work to do: the scripts run and report.
-            if len(after_idle + per_fresh * n) != Some(0) {
+            if len(after_idle + 2 * n) != Some(0) {
                 continue;
             }
             let event = &events[i].0;
             let known = self.hints.get(event).copied();
+            let configured = len(after_idle + 2 * n + 1) != Some(0);
             plans[i] = Plan {
                 reap: false,
                 claim: false,
                 // A complete pass still reads the config of an event that has one:
                 // an invalid value is reported, a stock of 0 announced, the
                 // capacity figures brought up to date, whether or not anyone waits.
-                admit: kind.full && len(after_idle + per_fresh * n + 1) != Some(0),
+                admit: kind.full && configured,
                 valve: known.is_some_and(|h| h.adaptive),
                 peek: false,
             };
@@ -1719,7 +1719,13 @@ impl Worker {
                 rate: None,
                 adaptive: false,
             };
-            if known.is_some() {
+            // Without a config the defaults are its figures; with one they come
+            // with its next admit call (above on a complete pass, else the next
+            // complete pass or its first waiter).
+            if !configured {
+                self.stats
+                    .observe_empty(event, capacity, batch, clock::now_ms());
+            } else if !kind.full {
                 self.stats.refresh_event(event, 0, 0, 0);
             }
             self.hints.insert(

@@ -890,6 +890,27 @@ impl Stats {
         }
     }
 
+    /// An event found to hold nothing, no config among it (so no admit call ran):
+    /// seen for the first time, it shows the default figures, as an admit call's
+    /// reply would have; already seen, only its lengths go to 0.
+    pub(crate) fn observe_empty(&self, event: &str, capacity: u64, batch: u64, now_ms: u64) {
+        let known = self.events.read().is_ok_and(|m| m.contains_key(event));
+        if known {
+            self.refresh_event(event, 0, 0, 0);
+            return;
+        }
+        self.observe_event(
+            event,
+            EventSnapshot {
+                capacity,
+                batch_size: batch,
+                max_concurrent: capacity,
+                updated_ms: now_ms,
+                ..EventSnapshot::default()
+            },
+        );
+    }
+
     /// What an idle pass read of `event` (no admit call): the lengths only, so its
     /// figures follow Redis between admit calls.
     pub(crate) fn refresh_event(
