@@ -141,7 +141,7 @@ def run_admit(name, src, opt, n):
     clear(prefix)
     return total / admitted, settle_us / admitted
 
-def run_min(name, with_token, n):
+def run_min(with_token, n):
     sha = r.cmd('SCRIPT', 'LOAD', MIN).decode()
     prefix = f'min{n}'
     seed(prefix)
@@ -160,14 +160,14 @@ def run_min(name, with_token, n):
 settle_sha = r.cmd('SCRIPT', 'LOAD', settle).decode()
 res = {}
 n = 0
-for rnd in range(rounds):
+for _ in range(rounds):
     for name, (src, opt) in variants.items():
         n += 1
         a, s = run_admit(name, src, opt, n)
         res.setdefault(name, []).append(a)
         if name == 'v13 as shipped': res.setdefault('settle.lua (per admission)', []).append(s)
-    n += 1; res.setdefault('minimal', []).append(run_min('minimal', False, n))
-    n += 1; res.setdefault('minimal + token', []).append(run_min('minimal + token', True, n))
+    n += 1; res.setdefault('minimal', []).append(run_min(False, n))
+    n += 1; res.setdefault('minimal + token', []).append(run_min(True, n))
 server.terminate()
 server.wait()
 base = statistics.median(res['minimal'])

@@ -438,7 +438,7 @@ async fn a_gained_event_with_nothing_in_it_runs_no_script() {
 
 /// A complete pass (every 30th) used to run the reaper, the outbox claim and the
 /// admit call for every event it owns: with 10,000 idle events a burst of about
-/// 200 ms of Redis CPU every 30 s, 1 s and more at 50,000. Now one `EXISTS` per
+/// 200 ms of Redis CPU every 30 s (BENCHMARKS.md). Now one `EXISTS` per
 /// event says whether it holds anything for the reaper or the claim; an event with
 /// nothing in it runs no script, unless it has a config hash, which its admit call
 /// still reads (a stock of 0 set while nobody waits is announced on that pass).
@@ -454,7 +454,7 @@ async fn a_complete_pass_runs_no_script_for_an_event_with_nothing_in_it() {
     let (_, running, stats) = replicas(&redis, &kafka, 1, interval, |b| b).await;
     let s = stats[0].1.clone();
     let cycles = || Stats::get(&s.cycles);
-    // Past the first pass (a complete one: every script ran for every event).
+    // Past the first pass (a complete one) and a few more.
     eventually(Duration::from_secs(30), "a few passes", || {
         let c = cycles();
         async move { (c % 30 == 3).then_some(()) }

@@ -1607,15 +1607,15 @@ impl Worker {
     /// a sell-out to announce): with none, nothing runs for it, where it used to
     /// run every script. A takeover hands over thousands of mostly idle events at
     /// once, and the pass that took them over was what the takeover waited for.
-    /// Its config is checked too: without one, the defaults are its figures
-    /// (`/status`, the gauges); with one, they come with its next admit call.
+    /// Its config's existence is read too: without one, the defaults are its
+    /// figures (`/status`, the gauges); with one, they come with its next admit call.
     ///
     /// A complete pass checks every served event nobody was waiting in the same
-    /// way, and its config hash too: with nothing in the event, no script runs;
-    /// with a config, only the admit call (it reports invalid values, records a
-    /// stock of 0 as sold out, and brings the capacity figures up to date). It used
-    /// to run every script for every event: with 10,000 idle events about 200 ms
-    /// of Redis CPU in a burst every 30 passes.
+    /// way: with nothing in the event, no script runs; with a config, only the
+    /// admit call (it reports invalid values, records a stock of 0 as sold out,
+    /// and brings the capacity figures up to date). It used to run every script for
+    /// every event: with 10,000 idle events about 200 ms of Redis CPU in a burst
+    /// every 30 passes.
     async fn check_idle(
         &mut self,
         events: &[(String, bool)],
@@ -1632,7 +1632,7 @@ impl Worker {
             })
             .collect();
         // Between complete passes: events without figures. On a complete pass:
-        // every served event nobody was waiting in (see `sweep_plan`).
+        // every served event nobody was waiting in.
         let fresh: Vec<usize> = (0..events.len())
             .filter(|&i| match self.hints.get(&events[i].0) {
                 None => !kind.full || events[i].1,
@@ -1720,12 +1720,12 @@ impl Worker {
                 adaptive: false,
             };
             // Without a config the defaults are its figures; with one they come
-            // with its next admit call (above on a complete pass, else the next
+            // with its next admit call (this one on a complete pass, else the next
             // complete pass or its first waiter).
             if !configured {
                 self.stats
                     .observe_empty(event, capacity, batch, clock::now_ms());
-            } else if !kind.full {
+            } else if !plans[i].admit {
                 self.stats.refresh_event(event, 0, 0, 0);
             }
             self.hints.insert(
