@@ -369,13 +369,19 @@ async fn an_event_that_leaves_admits_nobody_when_no_running_replica_keeps_watch(
 
 /// EVALSHA calls `redis` has answered so far.
 async fn script_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    command_calls(conn, "evalsha").await
+}
+
+/// How many times Redis ran `command` (lower case) so far, `INFO commandstats`.
+async fn command_calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(conn)
         .await
         .expect("INFO");
+    let prefix = format!("cmdstat_{command}:calls=");
     info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
         .and_then(|v| v.split(',').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
@@ -510,6 +516,79 @@ async fn a_complete_pass_runs_no_script_for_an_event_with_nothing_in_it() {
         calls < 20,
         "{calls} script calls over a complete pass of 100 idle events"
     );
+    for r in running {
+        r.stop().await;
+    }
+}
+
+/// Idle events are asked whether anyone waits sixteen at a time, one `EXISTS` of
+/// all their lanes (default key layout): a steady pass over 100 idle events sends
+/// 7 commands for them, not 100. A group that counts something is read event by
+/// event: a waiter who joins an idle event is admitted, and on a refresh pass an
+/// idle event's slots still show in its figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_events_are_asked_in_groups_and_a_new_waiter_is_still_admitted() {
+    let redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    let idle: Vec<String> = (0..100).map(|i| format!("idle-{i:03}")).collect();
+    activate(&mut conn, &k, &idle).await;
+    let interval = Duration::from_millis(100);
+    let (_, running, stats) = replicas(&redis, &kafka, 1, interval, |b| b).await;
+    let s = stats[0].1.clone();
+    let cycles = || Stats::get(&s.cycles);
+    // Ten passes between complete passes (every 30th, which also checks the key
+    // layout with EXISTS): one of them a refresh, asked in groups too.
+    eventually(Duration::from_secs(30), "a few passes", || {
+        let c = cycles();
+        async move { (c % 30 == 5).then_some(()) }
+    })
+    .await;
+    let (c0, exists0) = (cycles(), command_calls(&mut conn, "exists").await);
+    eventually(Duration::from_secs(30), "ten more passes", || {
+        let c = cycles();
+        async move { (c >= c0 + 10).then_some(()) }
+    })
+    .await;
+    let exists = command_calls(&mut conn, "exists").await - exists0;
+    let passes = cycles() - c0;
+    // 7 a pass (100 events in groups of 16); one per event would be 100 a pass.
+    assert!(
+        exists <= passes * 8,
+        "{exists} EXISTS over {passes} passes of 100 idle events"
+    );
+
+    // A waiter in the middle of a group is admitted.
+    let now = waitroom_worker::clock::now_ms();
+    let busy = &idle[50];
+    enqueue(&mut conn, busy, "late", 1, now).await;
+    eventually(Duration::from_secs(20), "the waiter admitted", || {
+        let (mut c, key) = (conn.clone(), k.processing(busy));
+        async move {
+            let n: u64 = redis::cmd("SCARD")
+                .arg(&key)
+                .query_async(&mut c)
+                .await
+                .ok()?;
+            (n == 1).then_some(())
+        }
+    })
+    .await;
+
+    // A slot taken in an idle event (its figures said none) shows after a refresh.
+    let held = &idle[20];
+    let _: () = redis::cmd("SADD")
+        .arg(k.processing(held))
+        .arg("someone")
+        .query_async(&mut conn)
+        .await
+        .expect("SADD");
+    eventually(Duration::from_secs(20), "the slot in the figures", || {
+        let n = s.events().get(held.as_str()).map(|e| e.slots_in_use);
+        async move { (n == Some(1)).then_some(()) }
+    })
+    .await;
     for r in running {
         r.stop().await;
     }

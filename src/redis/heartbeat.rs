@@ -109,9 +109,25 @@ pub(crate) async fn beat<C: ConnectionLike + Send>(
         Some(now) => now,
         None => redis_now_ms(conn).await?,
     };
+    let mut p = redis::pipe();
+    add_beat(&mut p, keys, me, last_cycle_ms, period, owner, now);
+    p.query_async::<()>(conn).await
+}
+
+/// Add [`beat`]'s commands to `p`, stamped with `now` (Redis's clock, ms), their
+/// replies ignored: a pass sends its replica's heartbeat with the reads that open
+/// it, one round trip fewer per replica and pass.
+pub(crate) fn add_beat(
+    p: &mut Pipeline,
+    keys: &Keys,
+    me: &Identity,
+    last_cycle_ms: u64,
+    period: Duration,
+    owner: OwnerBeat,
+    now: u64,
+) {
     let ttl_ms = millis(ttl(period)).max(1);
     let key = keys.worker(&me.id);
-    let mut p = redis::pipe();
     p.cmd("HSET")
         .arg(&key)
         .arg("id")
@@ -166,7 +182,6 @@ pub(crate) async fn beat<C: ConnectionLike + Send>(
         .arg("-inf")
         .arg(now)
         .ignore();
-    p.query_async::<()>(conn).await
 }
 
 /// Add the reads of the list of owners to `p`: Redis's clock (`TIME`) and the
