@@ -676,18 +676,22 @@ impl Worker {
         let sharing = self.settings.worker.event_ownership;
         let mut p = redis::pipe();
         p.ignore_errors();
+        let mut beat_sent = false;
         if let Some((last, owner)) = self.beat_due.take() {
             match self.redis_now_ms() {
                 // Before the owners are read: this replica's own entry is fresh.
-                Some(now) => heartbeat::add_beat(
-                    &mut p,
-                    &self.settings.keys,
-                    &self.identity,
-                    last,
-                    self.settings.worker.process_interval,
-                    owner,
-                    now,
-                ),
+                Some(now) => {
+                    heartbeat::add_beat(
+                        &mut p,
+                        &self.settings.keys,
+                        &self.identity,
+                        last,
+                        self.settings.worker.process_interval,
+                        owner,
+                        now,
+                    );
+                    beat_sent = true;
+                }
                 None => {
                     self.send_beat(last, owner).await;
                 }
@@ -740,6 +744,11 @@ impl Worker {
             .filter(|_| !watch)
             .map(|m| m.into_iter().cloned().collect());
         let replies: Vec<redis::RedisResult<redis::Value>> = p.query_async(&mut self.conn).await?;
+        if beat_sent {
+            self.stats
+                .last_beat_ms
+                .store(clock::now_ms(), std::sync::atomic::Ordering::Relaxed);
+        }
         let mut replies = replies.into_iter();
         let mut next = || {
             replies.next().unwrap_or_else(|| {
@@ -850,7 +859,12 @@ impl Worker {
         )
         .await
         {
-            Ok(()) => true,
+            Ok(()) => {
+                self.stats
+                    .last_beat_ms
+                    .store(clock::now_ms(), std::sync::atomic::Ordering::Relaxed);
+                true
+            }
             Err(e) => {
                 tracing::debug!(error = %crate::base::error_chain::chain(&e), "heartbeat failed");
                 false

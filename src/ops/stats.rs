@@ -170,6 +170,9 @@ pub struct Stats {
     pub last_processed_ms: AtomicU64,
     /// When the loop last went round (even a failed cycle).
     pub last_loop_ms: AtomicU64,
+    /// When this replica's last heartbeat went out (ms since the epoch, this
+    /// machine's clock; 0: none yet). The bench times a takeover from it.
+    pub last_beat_ms: AtomicU64,
     /// By when the loop is expected to go round again: set before every wait (a
     /// tick, a pass bounded by the max processing time, a deliberate backoff), so
     /// liveness follows the settings instead of a fixed cut-off.
@@ -318,6 +321,7 @@ impl Stats {
             started_at_ms: AtomicU64::new(0),
             last_processed_ms: AtomicU64::new(0),
             last_loop_ms: AtomicU64::new(0),
+            last_beat_ms: AtomicU64::new(0),
             loop_due_ms: AtomicU64::new(0),
             backing_off: AtomicBool::new(false),
             last_cycle_ok_ms: AtomicU64::new(0),
