@@ -1702,9 +1702,11 @@ impl Worker {
     }
 
     /// An event with nothing to reap or publish is admitted only if someone waits:
-    /// two O(1) reads (no script) per such event, in one round trip for the chunk.
-    /// Every REFRESH_EVERY-th pass two more keep the event's figures following
-    /// Redis between admit calls (slots and outbox the API or others changed).
+    /// an `EXISTS` of both lanes (no script), 16 events to a command in the
+    /// default key layout, in one round trip for the chunk (a second only for a
+    /// group that counts someone). Every REFRESH_EVERY-th pass reads the slots and
+    /// outbox too, keeping the event's figures following Redis between admit
+    /// calls (slots and outbox the API or others changed).
     ///
     /// An event this worker has no figures of between complete passes (gained from
     /// a replica that stopped, or new) is checked in the same round trip for any
