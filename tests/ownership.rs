@@ -593,3 +593,77 @@ async fn idle_events_are_asked_in_groups_and_a_new_waiter_is_still_admitted() {
         r.stop().await;
     }
 }
+
+/// Redis's count of reads from its clients (`total_reads_processed`): one per
+/// request that fits its 16 KB read buffer, so one per round trip of a small
+/// pipeline.
+async fn reads_processed(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(conn)
+        .await
+        .expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_reads_processed:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("total_reads_processed in INFO stats")
+}
+
+/// A pass over idle events took one round trip to open it and one more per
+/// chunk of events to ask whether anyone waits, and each round trip costs Redis
+/// about as much as sixty `EXISTS`: sixteen replicas made sixteen times the
+/// round trips for the events one served. Now the question goes with the
+/// opening reads, so a pass in which nobody waits is one round trip; a waiter
+/// who joins is still admitted (its group counts someone and is read on its
+/// own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_over_idle_events_is_one_round_trip() {
+    let redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    let idle: Vec<String> = (0..100).map(|i| format!("idle-{i:03}")).collect();
+    activate(&mut conn, &k, &idle).await;
+    let (_, running, stats) = replicas(&redis, &kafka, 1, Duration::from_millis(100), |b| b).await;
+    let s = stats[0].1.clone();
+    let cycles = || Stats::get(&s.cycles);
+    // Past a complete pass (every 30th, which asks every event for more), and
+    // ten plain passes (one of them a refresh) before the next.
+    eventually(Duration::from_secs(30), "a few passes", || {
+        let c = cycles();
+        async move { (c % 30 == 3).then_some(()) }
+    })
+    .await;
+    let (c0, reads0) = (cycles(), reads_processed(&mut conn).await);
+    eventually(Duration::from_secs(30), "ten more passes", || {
+        let c = cycles();
+        async move { (c >= c0 + 10).then_some(()) }
+    })
+    .await;
+    // Less this test's own second INFO.
+    let reads = reads_processed(&mut conn).await - reads0 - 1;
+    let passes = cycles() - c0;
+    assert!(
+        reads * 2 <= passes * 3,
+        "{reads} reads by Redis over {passes} passes of 100 idle events: more than one round trip a pass"
+    );
+
+    let now = waitroom_worker::clock::now_ms();
+    let busy = &idle[70];
+    enqueue(&mut conn, busy, "late", 1, now).await;
+    eventually(Duration::from_secs(20), "the waiter admitted", || {
+        let (mut c, key) = (conn.clone(), k.processing(busy));
+        async move {
+            let n: u64 = redis::cmd("SCARD")
+                .arg(&key)
+                .query_async(&mut c)
+                .await
+                .ok()?;
+            (n == 1).then_some(())
+        }
+    })
+    .await;
+    for r in running {
+        r.stop().await;
+    }
+}

@@ -184,6 +184,33 @@ pub(crate) const REFRESH_EVERY: u64 = 10;
 /// layout; see `Worker::check_idle`).
 const PROBE_GROUP: usize = 16;
 
+/// Most events asked ahead in the round trip that opens a pass (see
+/// `Worker::ask_ahead`): beyond it the pass's chunks ask the rest, as without.
+/// 32,768 events are 2,048 `EXISTS` of a few MB in all.
+const ASK_AHEAD_MAX: usize = 32_768;
+
+/// What the round trip that opened the pass learnt of an event of the last
+/// pass's list, asked in a group of PROBE_GROUP (see `Worker::ask_ahead`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    /// Not asked (or the read failed): the pass's chunk asks as usual.
+    Not,
+    /// Nothing in any of its group's keys: nobody waits (on a refresh pass, no
+    /// slot and no outbox either).
+    Empty,
+    /// Its group counted something: read it on its own.
+    Someone,
+}
+
+/// Add to `c` the keys one idle event is asked for: both lanes, and on a refresh
+/// pass its slots and outbox too.
+fn idle_keys(c: &mut redis::Cmd, keys: &Keys, event: &str, refresh: bool) {
+    c.arg(keys.queue(event)).arg(keys.priority(event));
+    if refresh {
+        c.arg(keys.processing(event)).arg(keys.outbox(event));
+    }
+}
+
 /// One idle event's own reads: both lanes' existence, or on a refresh pass the
 /// lanes', slots' and outbox's lengths (in that order).
 fn read_idle(p: &mut redis::Pipeline, keys: &Keys, event: &str, refresh: bool) {
@@ -281,6 +308,9 @@ pub struct Worker {
     pass_events: Vec<(String, bool)>,
     /// The retired events `pass_events` were made with.
     pass_retired: BTreeSet<String>,
+    /// What the opening round trip of this pass learnt of `pass_events`, index by
+    /// index (empty: nothing asked ahead).
+    asked: Vec<Asked>,
     /// Whether the last reading of the owners changed who shares the events.
     owners_changed: bool,
     /// The wait figures of each event, written to its stats hash.
@@ -443,6 +473,7 @@ impl Worker {
             verified: None,
             owned: HashSet::new(),
             pass_events: Vec::new(),
+            asked: Vec::new(),
             pass_retired: BTreeSet::new(),
             owners_changed: true,
             registered: HashSet::new(),
@@ -670,7 +701,11 @@ impl Worker {
     /// check of all), and only an event with someone waiting can admit. An event
     /// swapped for another (same size) is seen by whoever checks it, who bumps the
     /// counter: every replica reads the set again within two passes.
-    async fn open_pass(&mut self, full: bool) -> Result<Option<Vec<String>>, redis::RedisError> {
+    async fn open_pass(
+        &mut self,
+        kind: PassKind,
+    ) -> Result<Option<Vec<String>>, redis::RedisError> {
+        let full = kind.full;
         let key = self.settings.keys.active_events();
         let version_key = self.settings.keys.active_events_version();
         let sharing = self.settings.worker.event_ownership;
@@ -743,7 +778,25 @@ impl Worker {
         let verified: Option<HashSet<String>> = checked
             .filter(|_| !watch)
             .map(|m| m.into_iter().cloned().collect());
-        let replies: Vec<redis::RedisResult<redis::Value>> = p.query_async(&mut self.conn).await?;
+        self.asked.clear();
+        let groups = self.ask_ahead(&mut p, kind);
+        let mut replies: Vec<redis::RedisResult<redis::Value>> =
+            p.query_async(&mut self.conn).await?;
+        // The groups' replies are the last ones.
+        if let Some(at) = replies.len().checked_sub(groups.len()) {
+            let counts = replies.split_off(at);
+            self.asked = vec![Asked::Not; self.pass_events.len()];
+            for (group, count) in groups.iter().zip(counts) {
+                let asked = match count.map(redis::from_redis_value::<u64>) {
+                    Ok(Ok(0)) => Asked::Empty,
+                    Ok(Ok(_)) => Asked::Someone,
+                    _ => Asked::Not,
+                };
+                for &i in group {
+                    self.asked[i] = asked;
+                }
+            }
+        }
         if beat_sent {
             self.stats
                 .last_beat_ms
@@ -836,6 +889,62 @@ impl Worker {
         Ok(Some(served))
     }
 
+    /// Ask ahead, in the round trip that opens the pass, whether anyone waits in
+    /// the last pass's idle events (served, nobody waiting and nothing to publish
+    /// by their last figures), PROBE_GROUP to an `EXISTS` as
+    /// [`Worker::check_idle`] asks them.
+    /// Passes over idle events are most of a replica's passes, and with this one
+    /// needs no other round trip: without it each chunk of EVENTS_PER_PIPELINE
+    /// events asked in one of its own, and a round trip (waking Redis, reading,
+    /// writing the reply) costs Redis about as much as sixty `EXISTS` on the
+    /// machine the bench ran on. Sixteen replicas serving the events one did
+    /// made sixteen times the round trips for the same reads.
+    ///
+    /// The answers hold for the events of this pass when its list is the last
+    /// one again (the usual case: nothing it follows from changed); otherwise
+    /// `cycle` drops them and the chunks ask as without. Not on a complete pass
+    /// (which asks every event for more). In the cluster key layout an `EXISTS`
+    /// takes the keys of one hash slot, so each event is asked on its own: the
+    /// round trips are still saved (the cluster connection sends the opening
+    /// reads as one pipeline per master). Returns the groups, as indexes into
+    /// `pass_events`, in the order their commands were added.
+    fn ask_ahead(&self, p: &mut redis::Pipeline, kind: PassKind) -> Vec<Vec<usize>> {
+        let s = &self.settings;
+        if kind.full {
+            return Vec::new();
+        }
+        let group = match s.keys.layout() {
+            KeyLayout::Default => PROBE_GROUP,
+            KeyLayout::Cluster => 1,
+        };
+        // As `plan` and `check_idle` will find them, short of the clock: nobody
+        // waiting, nothing to claim or adopt (a deadline coming due makes the event
+        // one to reap, and its answer goes unused); on a refresh pass no slot
+        // either (those are read on their own, for their figures).
+        let idle = |(e, served): &(String, bool)| {
+            *served
+                && self.hints.get(e).is_some_and(|h| {
+                    h.waiting == 0
+                        && h.outbox_depth == 0
+                        && h.in_use <= h.deadlines
+                        && !(kind.refresh && h.in_use > 0)
+                })
+        };
+        let candidates: Vec<usize> = (0..self.pass_events.len())
+            .filter(|&i| idle(&self.pass_events[i]))
+            .take(ASK_AHEAD_MAX)
+            .collect();
+        let groups: Vec<Vec<usize>> = candidates.chunks(group).map(<[usize]>::to_vec).collect();
+        for group in &groups {
+            let mut c = redis::cmd("EXISTS");
+            for &i in group {
+                idle_keys(&mut c, &s.keys, &self.pass_events[i].0, kind.refresh);
+            }
+            p.add_command(c);
+        }
+        groups
+    }
+
     /// Redis's clock now, from the reading at the start of the last pass and the
     /// time gone since (monotonic); None when that reading is missing or old.
     fn redis_now_ms(&self) -> Option<u64> {
@@ -892,7 +1001,13 @@ impl Worker {
     pub async fn cycle(&mut self) -> bool {
         let started = Instant::now();
         let full = self.passes.is_multiple_of(FULL_PASS_EVERY);
-        let fresh = match self.open_pass(full).await {
+        // Counted per pass, not per chunk of events: with many events a per-chunk
+        // count made complete passes and refreshes many times more frequent.
+        let kind = PassKind {
+            full,
+            refresh: (self.passes + 1).is_multiple_of(REFRESH_EVERY),
+        };
+        let fresh = match self.open_pass(kind).await {
             Ok(e) => e,
             Err(e) => {
                 crate::log_limited!(ERROR, "reading active events failed", error = %crate::base::error_chain::chain(&e));
@@ -902,14 +1017,9 @@ impl Worker {
                 }
                 // Read in full next time: this pass serves only the given events.
                 self.active = None;
+                self.asked.clear();
                 Some(self.settings.admission.events.clone())
             }
-        };
-        // Counted per pass, not per chunk of events: with many events a per-chunk
-        // count made complete passes and refreshes many times more frequent.
-        let kind = PassKind {
-            full,
-            refresh: (self.passes + 1).is_multiple_of(REFRESH_EVERY),
         };
         self.passes = self.passes.wrapping_add(1);
         // What follows the list of events is O(events) for every replica on every
@@ -938,6 +1048,8 @@ impl Worker {
             self.stats.track(tracked);
             self.ahead.retain(|e, _| self.served.contains(e));
             self.pass_retired = self.retired.clone();
+            // Asked ahead of the last pass's list: not this one's.
+            self.asked.clear();
             self.owned_events()
         } else {
             self.stats.set_ownership(
@@ -956,8 +1068,11 @@ impl Worker {
         );
         Stats::add(&self.stats.event_passes, events.len() as u64);
         let mut ok = true;
-        for chunk in events.chunks(EVENTS_PER_PIPELINE) {
-            if let Err(e) = self.process_events(chunk, kind).await {
+        let asked = std::mem::take(&mut self.asked);
+        for (n, chunk) in events.chunks(EVENTS_PER_PIPELINE).enumerate() {
+            let from = n * EVENTS_PER_PIPELINE;
+            let asked = asked.get(from..from + chunk.len()).unwrap_or_default();
+            if let Err(e) = self.process_events(chunk, asked, kind).await {
                 self.stats.error(ErrorKind::Redis);
                 crate::log_limited!(ERROR, "processing events failed, the rest waits for the next cycle", error = %crate::base::error_chain::chain(&e));
                 if e.is_connection() {
@@ -1191,9 +1306,10 @@ impl Worker {
     /// events have anyone waiting, build the calls (each tagged with its event and
     /// [`Step`]), run them in one pipeline, and apply each reply to its event, in a
     /// tracing span per event.
-    pub(crate) async fn process_events(
+    async fn process_events(
         &mut self,
         events: &[(String, bool)],
+        asked: &[Asked],
         kind: PassKind,
     ) -> Result<(), EventError> {
         let now = self.time.now_ms();
@@ -1204,7 +1320,7 @@ impl Worker {
             .map(|(e, _)| self.stats.in_flight(e))
             .collect();
         let mut plans = self.plan(events, &in_flight, kind, now);
-        self.check_idle(events, &mut plans, kind).await?;
+        self.check_idle(events, asked, &mut plans, kind).await?;
         if self.admission_held() {
             for p in &mut plans {
                 p.admit = false;
@@ -1726,6 +1842,7 @@ impl Worker {
     async fn check_idle(
         &mut self,
         events: &[(String, bool)],
+        asked: &[Asked],
         plans: &mut [Plan],
         kind: PassKind,
     ) -> Result<(), EventError> {
@@ -1765,22 +1882,29 @@ impl Worker {
         // Redis spends less on one command of 32 keys than on 16 commands of two
         // (what a command costs beyond its keys: parsing, dispatch, the reply),
         // and idle events are what most of a pass is made of.
+        //
+        // Most of those were asked ahead, in the round trip that opened the pass
+        // (`asked`, see `Worker::ask_ahead`): an event whose group counted nothing
+        // is not asked again, one whose group counted something is read on its own.
         let per = if kind.refresh { 4 } else { 1 };
         let grouped = s.keys.layout() == KeyLayout::Default;
-        let (alone, together): (Vec<usize>, Vec<usize>) = (0..idle.len()).partition(|&n| {
-            !grouped
-                || self.hints.get(&events[idle[n]].0).is_some_and(|h| {
-                    h.waiting > 0 || (kind.refresh && (h.in_use > 0 || h.outbox_depth > 0))
-                })
-        });
-        let idle_keys = |e: &str| {
-            let mut k = vec![s.keys.queue(e), s.keys.priority(e)];
-            if kind.refresh {
-                k.push(s.keys.processing(e));
-                k.push(s.keys.outbox(e));
+        let (mut alone, mut together, mut answered) = (Vec::new(), Vec::new(), Vec::new());
+        for n in 0..idle.len() {
+            match asked.get(idle[n]).copied().unwrap_or(Asked::Not) {
+                Asked::Empty => answered.push(n),
+                Asked::Someone => alone.push(n),
+                Asked::Not => {
+                    let known_busy = self.hints.get(&events[idle[n]].0).is_some_and(|h| {
+                        h.waiting > 0 || (kind.refresh && (h.in_use > 0 || h.outbox_depth > 0))
+                    });
+                    if grouped && !known_busy {
+                        together.push(n);
+                    } else {
+                        alone.push(n);
+                    }
+                }
             }
-            k
-        };
+        }
         let mut p = redis::pipe();
         p.ignore_errors();
         for &n in &alone {
@@ -1789,7 +1913,7 @@ impl Worker {
         for group in together.chunks(PROBE_GROUP) {
             let mut c = redis::cmd("EXISTS");
             for &n in group {
-                c.arg(idle_keys(&events[idle[n]].0));
+                idle_keys(&mut c, &s.keys, &events[idle[n]].0, kind.refresh);
             }
             p.add_command(c);
         }
@@ -1804,16 +1928,24 @@ impl Worker {
                 .arg(s.keys.sold_out(e));
             p.cmd("EXISTS").arg(s.keys.config(e));
         }
+        // Nothing left to ask (all asked ahead, nobody found): no round trip.
         let lens: Vec<redis::RedisResult<u64>> =
-            retry::query_retrying(&self.conn, &p, s.retry.attempts, self.backoff())
-                .await
-                .map_err(|e| EventError::Admit(ScriptError::Redis(e)))?;
+            if alone.is_empty() && together.is_empty() && fresh.is_empty() {
+                Vec::new()
+            } else {
+                retry::query_retrying(&self.conn, &p, s.retry.attempts, self.backoff())
+                    .await
+                    .map_err(|e| EventError::Admit(ScriptError::Redis(e)))?
+            };
         let ok = |j: usize| match lens.get(j) {
             Some(Ok(n)) => Some(*n),
             _ => None,
         };
         // What was read of each idle event (None: could not be read).
         let mut idle_reads: Vec<Vec<Option<u64>>> = vec![vec![None; per]; idle.len()];
+        for &n in &answered {
+            idle_reads[n] = vec![Some(0); per];
+        }
         let mut j = 0;
         for &n in &alone {
             for read in idle_reads[n].iter_mut() {
