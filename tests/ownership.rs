@@ -411,7 +411,11 @@ async fn a_gained_event_with_nothing_in_it_runs_no_script() {
             async move { (c % 30 == 2).then_some(()) }
         })
         .await;
-        let (c0, calls0) = (cycles(), script_calls(&mut conn).await);
+        let (c0, calls0, exists0) = (
+            cycles(),
+            script_calls(&mut conn).await,
+            command_calls(&mut conn, "exists").await,
+        );
         let idle: Vec<String> = (0..100).map(|i| format!("new-{attempt}-{i:03}")).collect();
         activate(&mut conn, &k, &idle).await;
         let busy = format!("busy-{attempt}");
@@ -444,12 +448,14 @@ async fn a_gained_event_with_nothing_in_it_runs_no_script() {
 
 /// A complete pass (every 30th) used to run the reaper, the outbox claim and the
 /// admit call for every event it owns: with 10,000 idle events a burst of about
-/// 200 ms of Redis CPU every 30 s (BENCHMARKS.md). Now one `EXISTS` per
-/// event says whether it holds anything for the reaper or the claim; an event with
-/// nothing in it runs no script, unless it has a config hash, which its admit call
-/// still reads (a stock of 0 set while nobody waits is announced on that pass).
+/// 200 ms of Redis CPU every 30 s (BENCHMARKS.md). Now an `EXISTS` says whether
+/// an event holds anything for the reaper or the claim; an event with nothing in
+/// it runs no script, unless it has a config hash, which its admit call still
+/// reads (a stock of 0 set while nobody waits is announced on that pass). The
+/// events are asked 16 to an `EXISTS` (their keys, then their configs), and
+/// only a group whose configs count one is asked event by event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_complete_pass_runs_no_script_for_an_event_with_nothing_in_it() {
+async fn a_complete_pass_runs_no_script_for_an_event_with_nothing_in_it_and_asks_in_groups() {
     let redis = RedisServer::start();
     let kafka = MockKafka::start();
     let mut conn = redis.conn().await;
@@ -466,7 +472,11 @@ async fn a_complete_pass_runs_no_script_for_an_event_with_nothing_in_it() {
         async move { (c % 30 == 3).then_some(()) }
     })
     .await;
-    let (c0, calls0) = (cycles(), script_calls(&mut conn).await);
+    let (c0, calls0, exists0) = (
+        cycles(),
+        script_calls(&mut conn).await,
+        command_calls(&mut conn, "exists").await,
+    );
     // No script ran for them, and still each shows its figures (the defaults: none
     // has a config), as an admit call's reply would have.
     let shown = s.events();
@@ -501,6 +511,8 @@ async fn a_complete_pass_runs_no_script_for_an_event_with_nothing_in_it() {
     })
     .await;
     let calls = script_calls(&mut conn).await - calls0;
+    let exists = command_calls(&mut conn, "exists").await - exists0;
+    let passes = cycles() - c0;
     let announced: bool = redis::cmd("EXISTS")
         .arg(k.sold_out(sold))
         .query_async(&mut conn)
@@ -513,8 +525,16 @@ async fn a_complete_pass_runs_no_script_for_an_event_with_nothing_in_it() {
     // The sold-out event's admit call and its announcement (settle_sold_out), a
     // few; every script for every event would be 300.
     assert!(
-        calls < 20,
+        calls < 10,
         "{calls} script calls over a complete pass of 100 idle events"
+    );
+    // Asked in groups on the complete pass too: 7 `EXISTS` a plain pass, and on
+    // the complete one 14 for the groups, 16 for the configs of the group that
+    // has one, one for the key layout. One per event and key set, as before, is
+    // 200 more, and the layout check's two per event 200 more again.
+    assert!(
+        exists <= passes * 8 + 100,
+        "{exists} EXISTS over {passes} passes of 100 idle events, a complete one among them"
     );
     for r in running {
         r.stop().await;

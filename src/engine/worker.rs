@@ -211,6 +211,17 @@ fn idle_keys(c: &mut redis::Cmd, keys: &Keys, event: &str, refresh: bool) {
     }
 }
 
+/// Add to `c` every key of an event that holds work for a pass: someone
+/// waiting, a slot, an outbox entry, a deadline, a sell-out to announce.
+fn work_keys(c: &mut redis::Cmd, keys: &Keys, event: &str) {
+    c.arg(keys.queue(event))
+        .arg(keys.priority(event))
+        .arg(keys.processing(event))
+        .arg(keys.outbox(event))
+        .arg(keys.deadlines(event))
+        .arg(keys.sold_out(event));
+}
+
 /// One idle event's own reads: both lanes' existence, or on a refresh pass the
 /// lanes', slots' and outbox's lengths (in that order).
 fn read_idle(p: &mut redis::Pipeline, keys: &Keys, event: &str, refresh: bool) {
@@ -1094,7 +1105,8 @@ impl Worker {
     /// Detect a `--key-layout` that does not match what the API writes: a served
     /// event whose queue exists only under the other layout's name would admit
     /// nobody, silently. Checked at start and on every full pass (at most 100
-    /// events, two EXISTS each); `/readyz` and the log say so.
+    /// events, two EXISTS each, unless none of them exists under the other
+    /// names); `/readyz` and the log say so.
     async fn check_layout(&mut self, served: &[String]) {
         use crate::model::keys::{KeyLayout, Keys};
         let keys = &self.settings.keys;
@@ -1109,6 +1121,20 @@ impl Worker {
         if sample.is_empty() {
             self.stats.set_layout_mismatch(Vec::new());
             return;
+        }
+        // On one server, first one `EXISTS` of all the other layout's names: none
+        // there (the usual answer) is no mismatch, without 200 commands. (A
+        // cluster takes one slot's keys to a command.)
+        if !matches!(self.conn, RedisConn::Cluster(_)) {
+            let names: Vec<String> = sample.iter().map(|e| other.queue(e)).collect();
+            let any: redis::RedisResult<u64> = redis::cmd("EXISTS")
+                .arg(names)
+                .query_async(&mut self.conn)
+                .await;
+            if matches!(any, Ok(0)) {
+                self.stats.set_layout_mismatch(Vec::new());
+                return;
+            }
         }
         let mut p = redis::pipe();
         for e in sample {
@@ -1819,8 +1845,9 @@ impl Worker {
 
     /// An event with nothing to reap or publish is admitted only if someone waits:
     /// an `EXISTS` of both lanes (no script), 16 events to a command in the
-    /// default key layout, in one round trip for the chunk (a second only for a
-    /// group that counts someone). Every REFRESH_EVERY-th pass reads the slots and
+    /// default key layout, mostly asked ahead with the pass's opening reads
+    /// ([`Worker::ask_ahead`]); what that left open is asked in one round trip
+    /// for the chunk (a second only for a group that counts someone). Every REFRESH_EVERY-th pass reads the slots and
     /// outbox too, keeping the event's figures following Redis between admit
     /// calls (slots and outbox the API or others changed).
     ///
@@ -1917,16 +1944,19 @@ impl Worker {
             }
             p.add_command(c);
         }
-        for &i in &fresh {
-            let e = &events[i].0;
-            p.cmd("EXISTS")
-                .arg(s.keys.queue(e))
-                .arg(s.keys.priority(e))
-                .arg(s.keys.processing(e))
-                .arg(s.keys.outbox(e))
-                .arg(s.keys.deadlines(e))
-                .arg(s.keys.sold_out(e));
-            p.cmd("EXISTS").arg(s.keys.config(e));
+        // Events without figures, or every idle one on a complete pass: grouped
+        // the same way, one `EXISTS` of every key with work in it and one of the
+        // configs per group (a complete pass over 10,000 idle events made 20,000
+        // commands, as many as its 29 plain passes together).
+        let fresh_group = if grouped { PROBE_GROUP } else { 1 };
+        for group in fresh.chunks(fresh_group) {
+            let (mut work, mut config) = (redis::cmd("EXISTS"), redis::cmd("EXISTS"));
+            for &i in group {
+                work_keys(&mut work, &s.keys, &events[i].0);
+                config.arg(s.keys.config(&events[i].0));
+            }
+            p.add_command(work);
+            p.add_command(config);
         }
         // Nothing left to ask (all asked ahead, nobody found): no round trip.
         let lens: Vec<redis::RedisResult<u64>> =
@@ -1964,12 +1994,41 @@ impl Worker {
             }
             j += 1;
         }
-        let after_idle = j;
-        if !again.is_empty() {
+        // Per fresh event: whether any key holds work, whether it has a config
+        // (None: unread, which counts as work to do and as configured).
+        let mut fresh_work: Vec<Option<u64>> = vec![None; fresh.len()];
+        let mut fresh_config: Vec<Option<u64>> = vec![None; fresh.len()];
+        let (mut work_again, mut config_again) = (Vec::new(), Vec::new());
+        let fresh_at: Vec<usize> = (0..fresh.len()).collect();
+        for group in fresh_at.chunks(fresh_group) {
+            for (read, into, more) in [
+                (ok(j), &mut fresh_work, &mut work_again),
+                (ok(j + 1), &mut fresh_config, &mut config_again),
+            ] {
+                match read {
+                    // Nothing in any: the answer for each.
+                    Some(0) => group.iter().for_each(|&n| into[n] = Some(0)),
+                    // A group of one answers for its event.
+                    Some(count) if group.len() == 1 => into[group[0]] = Some(count),
+                    Some(_) => more.extend_from_slice(group),
+                    None => {}
+                }
+            }
+            j += 2;
+        }
+        if !again.is_empty() || !work_again.is_empty() || !config_again.is_empty() {
             let mut p = redis::pipe();
             p.ignore_errors();
             for &n in &again {
                 read_idle(&mut p, &s.keys, &events[idle[n]].0, kind.refresh);
+            }
+            for &n in &work_again {
+                let mut c = redis::cmd("EXISTS");
+                work_keys(&mut c, &s.keys, &events[fresh[n]].0);
+                p.add_command(c);
+            }
+            for &n in &config_again {
+                p.cmd("EXISTS").arg(s.keys.config(&events[fresh[n]].0));
             }
             match retry::query_retrying::<Vec<redis::RedisResult<u64>>, _>(
                 &self.conn,
@@ -1986,24 +2045,29 @@ impl Worker {
                             *read = more.next().and_then(Result::ok);
                         }
                     }
+                    for &n in &work_again {
+                        fresh_work[n] = more.next().and_then(Result::ok);
+                    }
+                    for &n in &config_again {
+                        fresh_config[n] = more.next().and_then(Result::ok);
+                    }
                 }
                 // Unread: these events' admit calls run and report for themselves.
                 Err(e) => tracing::debug!(error = %e, "idle events' second read failed"),
             }
         }
-        let len = |j: usize| ok(after_idle + j);
         let (capacity, batch) = (
             self.settings.admission.max_concurrent,
             self.settings.admission.batch_size,
         );
         for (n, &i) in fresh.iter().enumerate() {
             // Unreadable counts as work to do: the scripts run and report.
-            if len(2 * n) != Some(0) {
+            if fresh_work[n] != Some(0) {
                 continue;
             }
             let event = &events[i].0;
             let known = self.hints.get(event).copied();
-            let configured = len(2 * n + 1) != Some(0);
+            let configured = fresh_config[n] != Some(0);
             plans[i] = Plan {
                 reap: false,
                 claim: false,
