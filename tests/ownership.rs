@@ -579,18 +579,7 @@ async fn idle_events_are_asked_in_groups_and_a_new_waiter_is_still_admitted() {
     let now = waitroom_worker::clock::now_ms();
     let busy = &idle[50];
     enqueue(&mut conn, busy, "late", 1, now).await;
-    eventually(Duration::from_secs(20), "the waiter admitted", || {
-        let (mut c, key) = (conn.clone(), k.processing(busy));
-        async move {
-            let n: u64 = redis::cmd("SCARD")
-                .arg(&key)
-                .query_async(&mut c)
-                .await
-                .ok()?;
-            (n == 1).then_some(())
-        }
-    })
-    .await;
+    until_one_slot_taken(&conn, &k, busy).await;
 
     // A slot taken in an idle event (its figures said none) shows after a refresh.
     let held = &idle[20];
@@ -608,6 +597,22 @@ async fn idle_events_are_asked_in_groups_and_a_new_waiter_is_still_admitted() {
     for r in running {
         r.stop().await;
     }
+}
+
+/// Until `event` has exactly one slot taken: the waiter queued there admitted.
+async fn until_one_slot_taken(conn: &redis::aio::MultiplexedConnection, k: &Keys, event: &str) {
+    eventually(Duration::from_secs(20), "the waiter admitted", || {
+        let (mut c, key) = (conn.clone(), k.processing(event));
+        async move {
+            let n: u64 = redis::cmd("SCARD")
+                .arg(&key)
+                .query_async(&mut c)
+                .await
+                .ok()?;
+            (n == 1).then_some(())
+        }
+    })
+    .await;
 }
 
 /// Redis's count of reads from its clients (`total_reads_processed`): one per
@@ -667,18 +672,7 @@ async fn a_pass_over_idle_events_is_one_round_trip() {
     let now = waitroom_worker::clock::now_ms();
     let busy = &idle[70];
     enqueue(&mut conn, busy, "late", 1, now).await;
-    eventually(Duration::from_secs(20), "the waiter admitted", || {
-        let (mut c, key) = (conn.clone(), k.processing(busy));
-        async move {
-            let n: u64 = redis::cmd("SCARD")
-                .arg(&key)
-                .query_async(&mut c)
-                .await
-                .ok()?;
-            (n == 1).then_some(())
-        }
-    })
-    .await;
+    until_one_slot_taken(&conn, &k, busy).await;
     for r in running {
         r.stop().await;
     }

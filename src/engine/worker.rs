@@ -231,9 +231,9 @@ fn read_idle(p: &mut redis::Pipeline, keys: &Keys, event: &str, refresh: bool) {
         p.cmd("SCARD").arg(keys.processing(event));
         p.cmd("ZCARD").arg(keys.outbox(event));
     } else {
-        p.cmd("EXISTS")
-            .arg(keys.queue(event))
-            .arg(keys.priority(event));
+        let mut c = redis::cmd("EXISTS");
+        idle_keys(&mut c, keys, event, false);
+        p.add_command(c);
     }
 }
 
