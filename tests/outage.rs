@@ -322,3 +322,66 @@ async fn an_outage_of_several_windows_wrongs_nobody() {
     );
     w.stop().await;
 }
+
+/// Kafka gone for good at shutdown (its cluster torn down while the completion
+/// consumer is in its group): the worker stops within its shutdown timeout and
+/// leaves no runtime thread stuck in librdkafka's consumer close, so the runtime
+/// itself drops at once. (Closed in place, the consumer held a runtime thread
+/// about ten seconds past the stop here, and once, in a test, for good.) Run on a
+/// thread of its own with its own runtime: a hang is a failure, not a test that
+/// never ends.
+#[test]
+fn a_worker_stops_and_its_runtime_drops_when_kafka_is_gone_for_good() {
+    let shutdown_timeout = Duration::from_secs(2);
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (stopping, stopped_in) = rt.block_on(async {
+            let redis = RedisServer::start();
+            let kafka = MockKafka::start();
+            let w = run_worker(
+                settings(&redis.url(), &kafka.bootstrap)
+                    .event(EVENT)
+                    .shutdown_timeout(shutdown_timeout),
+            )
+            .await;
+            // The consumer is in its group: it has read a message.
+            let checkout = CheckoutService::new(&kafka.bootstrap);
+            let mut sent = 0;
+            eventually(Duration::from_secs(60), "the consumer reads", || {
+                let seen = Stats::get(&w.stats.completions_rejected);
+                sent += 1;
+                let checkout = &checkout;
+                async move {
+                    if seen > 0 {
+                        return Some(());
+                    }
+                    checkout.send_raw(&format!("warm-{sent}"), b"warm-up").await;
+                    None
+                }
+            })
+            .await;
+            drop(checkout);
+            drop(kafka);
+            let stopping = Instant::now();
+            w.stop().await;
+            (stopping, stopping.elapsed())
+        });
+        drop(rt);
+        let _ = done.send((stopped_in, stopping.elapsed()));
+    });
+    let (stopped_in, dropped_in) = finished
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the worker stopped and its runtime dropped within 120 s of Kafka going away");
+    // The shutdown timeout bounds the consumer's close and, apart, the flush.
+    let bound = shutdown_timeout * 2 + Duration::from_secs(2);
+    assert!(stopped_in < bound, "stopping took {stopped_in:?}");
+    assert!(
+        dropped_in < bound,
+        "the runtime dropped {dropped_in:?} after the stop began (stopped in {stopped_in:?})"
+    );
+}

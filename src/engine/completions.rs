@@ -127,6 +127,8 @@ pub(crate) struct ConsumerSettings {
     pub replica_acks: u64,
     /// Longest wait for them per try.
     pub replica_ack_timeout: Duration,
+    /// Longest wait for the consumer to commit and leave its group at shutdown.
+    pub close_timeout: Duration,
 }
 
 pub(crate) struct Completions {
@@ -198,6 +200,7 @@ impl Completions {
         if let Err(e) = self.consumer.subscribe(&[&self.settings.topic]) {
             self.stats.error(ErrorKind::Kafka);
             tracing::error!(topic = %self.settings.topic, error = %chain(&e), "cannot subscribe to the completion topic; slots come back by expiry only");
+            close(self.consumer, self.settings.close_timeout).await;
             return;
         }
         tracing::info!(topic = %self.settings.topic, group = %self.settings.group, "completion consumer started");
@@ -231,11 +234,7 @@ impl Completions {
                 crate::log_limited!(WARN, "could not store a completion offset", error = %chain(&e));
             }
         }
-        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
-            tracing::debug!(error = %chain(&e), "final offset commit");
-        }
-        self.consumer.unsubscribe();
-        tracing::info!("completion consumer stopped");
+        close(self.consumer, self.settings.close_timeout).await;
     }
 
     /// Apply one message. Returns false only if shutdown came while Redis could not
@@ -427,6 +426,40 @@ impl Completions {
                 }
             }
         }
+    }
+}
+
+/// Commit what was applied and leave the group, on a thread of its own, waiting at
+/// most `bound`.
+///
+/// librdkafka's close (the commit, the unsubscribe, and the drop that waits for the
+/// consumer to be closed) blocks, and with the brokers gone for good it can block
+/// forever: rdkafka's `Drop` polls until the group is left. On a runtime thread that
+/// would hang the runtime's own shutdown, so it runs apart; after `bound` it is left
+/// to finish (or not) on its own, and the process is free to exit.
+async fn close(consumer: StreamConsumer<KafkaLogs>, bound: Duration) {
+    let (closed, wait) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("completions-close".into())
+        .spawn(move || {
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                tracing::debug!(error = %chain(&e), "final offset commit");
+            }
+            consumer.unsubscribe();
+            drop(consumer);
+            let _ = closed.send(());
+        });
+    match spawned {
+        Err(e) => {
+            // The closure, consumer and all, was dropped here, on this thread.
+            tracing::warn!(error = %e, "no thread to close the completion consumer on; closed in place");
+        }
+        Ok(_) => match tokio::time::timeout(bound, wait).await {
+            Ok(_) => tracing::info!("completion consumer stopped"),
+            Err(_) => {
+                tracing::warn!(timeout = ?bound, "the completion consumer did not leave its group in time (Kafka unreachable?); left behind, its uncommitted offsets are read again by the next owner")
+            }
+        },
     }
 }
 

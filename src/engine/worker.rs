@@ -406,6 +406,7 @@ impl Worker {
                 backoff,
                 replica_acks: settings.redis.replica_acks,
                 replica_ack_timeout: settings.redis.replica_ack_timeout,
+                close_timeout: settings.worker.shutdown_timeout,
             },
             conn.clone(),
             scripts.clone(),
