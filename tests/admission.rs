@@ -913,3 +913,131 @@ async fn a_first_pass_admits_with_one_admit_call_per_event() {
         "no event needed a second admit call"
     );
 }
+
+/// The events whose line `lua/peek.lua` was run for, as Redis's slow log (every
+/// command logged) names them: the first key of each call is the event's queue.
+async fn peeked(conn: &mut redis::aio::MultiplexedConnection, k: &Keys) -> HashSet<String> {
+    let peek = Scripts::new().peek.sha().to_owned();
+    let log: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(-1)
+        .query_async(conn)
+        .await
+        .expect("SLOWLOG GET");
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        _ => String::new(),
+    };
+    let mut events = HashSet::new();
+    for entry in &log {
+        let redis::Value::Array(fields) = entry else {
+            continue;
+        };
+        let Some(redis::Value::Array(args)) = fields.get(3) else {
+            continue;
+        };
+        if args.len() > 3
+            && text(&args[0]).eq_ignore_ascii_case("evalsha")
+            && text(&args[1]) == peek
+        {
+            let queue = text(&args[3]);
+            let event = queue
+                .strip_prefix(&format!("{}:", k.prefix()))
+                .and_then(|q| q.strip_suffix(":queue"))
+                .unwrap_or(&queue)
+                .to_owned();
+            events.insert(event);
+        }
+    }
+    events
+}
+
+/// A replica's first pass asks whether anyone waits in the events it sees for the
+/// first time: an event holding slots with nobody waiting is not peeked at
+/// (`lua/peek.lua`, a script call per event); one with waiters is, and admits them
+/// with one admit call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_pass_peeks_only_at_events_someone_waits_in() {
+    let redis = RedisServer::start();
+    let kafka = MockKafka::start();
+    let mut conn = redis.conn().await;
+    let k = keys();
+    let t0 = clock::now_ms() - 60_000;
+    let busy: Vec<String> = (0..20).map(|i| format!("busy-{i:02}")).collect();
+    let held: Vec<String> = (0..40).map(|i| format!("held-{i:02}")).collect();
+    for e in &busy {
+        enqueue(&mut conn, e, e, 3, t0).await;
+    }
+    // Slots in checkout, deadlines an hour away, nobody waiting.
+    let deadline = clock::now_ms() + 3_600_000;
+    for e in &held {
+        for i in 0..2 {
+            let sid = format!("{e}-{i}");
+            let _: () = redis::pipe()
+                .cmd("SADD")
+                .arg(k.processing(e))
+                .arg(&sid)
+                .cmd("ZADD")
+                .arg(k.deadlines(e))
+                .arg(deadline)
+                .arg(&sid)
+                .query_async(&mut conn)
+                .await
+                .expect("a held slot");
+        }
+    }
+    let _: () = redis::cmd("SADD")
+        .arg(k.active_events())
+        .arg(&busy)
+        .arg(&held)
+        .query_async(&mut conn)
+        .await
+        .expect("SADD active_events");
+    let mut w = start_worker(settings(&redis.url(), &kafka.bootstrap)).await;
+    for (name, value) in [
+        ("slowlog-max-len", "100000"),
+        ("slowlog-log-slower-than", "0"),
+    ] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async(&mut conn)
+            .await
+            .expect("CONFIG SET");
+    }
+    let _: () = redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async(&mut conn)
+        .await
+        .expect("SLOWLOG RESET");
+    assert!(w.cycle().await);
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("slowlog-log-slower-than")
+        .arg("-1")
+        .query_async(&mut conn)
+        .await
+        .expect("CONFIG SET");
+    let peeked = peeked(&mut conn, &k).await;
+    assert_eq!(
+        peeked,
+        busy.iter().cloned().collect::<HashSet<_>>(),
+        "peeked at exactly the events someone waits in"
+    );
+    for e in &busy {
+        assert_eq!(zcard(&mut conn, &k.queue(e)).await, 0, "{e}: all admitted");
+    }
+    for e in &held {
+        assert_eq!(
+            scard(&mut conn, &k.processing(e)).await,
+            2,
+            "{e}: slots kept"
+        );
+    }
+    assert_eq!(
+        Stats::get(&w.stats().admit_second_calls),
+        0,
+        "no event needed a second admit call"
+    );
+}

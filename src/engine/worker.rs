@@ -1951,15 +1951,33 @@ impl Worker {
         // the same way, one `EXISTS` of every key with work in it and one of the
         // configs per group (a complete pass over 10,000 idle events made 20,000
         // commands, as many as its 29 plain passes together).
+        //
+        // A group with an event seen for the first time (this replica's first pass,
+        // an event just gained) asks its lanes too: an event whose line is empty is
+        // then not peeked at (`Worker::peek_heads`), a script call per event saved
+        // where most events hold slots and nobody waits.
         let fresh_group = if grouped { PROBE_GROUP } else { 1 };
-        for group in fresh.chunks(fresh_group) {
+        let first_sight: Vec<bool> = fresh
+            .chunks(fresh_group)
+            .map(|group| {
+                group
+                    .iter()
+                    .any(|&i| !self.hints.contains_key(&events[i].0))
+            })
+            .collect();
+        for (group, &first) in fresh.chunks(fresh_group).zip(&first_sight) {
             let (mut work, mut config) = (redis::cmd("EXISTS"), redis::cmd("EXISTS"));
+            let mut lanes = redis::cmd("EXISTS");
             for &i in group {
                 work_keys(&mut work, &s.keys, &events[i].0);
                 config.arg(s.keys.config(&events[i].0));
+                idle_keys(&mut lanes, &s.keys, &events[i].0, false);
             }
             p.add_command(work);
             p.add_command(config);
+            if first {
+                p.add_command(lanes);
+            }
         }
         // Nothing left to ask (all asked ahead, nobody found): no round trip.
         let lens: Vec<redis::RedisResult<u64>> =
@@ -2002,8 +2020,9 @@ impl Worker {
         let mut fresh_work: Vec<Option<u64>> = vec![None; fresh.len()];
         let mut fresh_config: Vec<Option<u64>> = vec![None; fresh.len()];
         let (mut work_again, mut config_again) = (Vec::new(), Vec::new());
+        let mut lanes_again = Vec::new();
         let fresh_at: Vec<usize> = (0..fresh.len()).collect();
-        for group in fresh_at.chunks(fresh_group) {
+        for (group, &first) in fresh_at.chunks(fresh_group).zip(&first_sight) {
             for (read, into, more) in [
                 (ok(j), &mut fresh_work, &mut work_again),
                 (ok(j + 1), &mut fresh_config, &mut config_again),
@@ -2018,8 +2037,23 @@ impl Worker {
                 }
             }
             j += 2;
+            if first {
+                // Nobody waits in any: none of them is peeked at (their admit calls
+                // still run, and a waiter who joins meanwhile gets a second call).
+                // Someone in a group of several: each is asked on its own.
+                match ok(j) {
+                    Some(0) => group.iter().for_each(|&n| plans[fresh[n]].peek = false),
+                    Some(_) if group.len() > 1 => lanes_again.extend_from_slice(group),
+                    _ => {}
+                }
+                j += 1;
+            }
         }
-        if !again.is_empty() || !work_again.is_empty() || !config_again.is_empty() {
+        if !again.is_empty()
+            || !work_again.is_empty()
+            || !config_again.is_empty()
+            || !lanes_again.is_empty()
+        {
             let mut p = redis::pipe();
             p.ignore_errors();
             for &n in &again {
@@ -2032,6 +2066,11 @@ impl Worker {
             }
             for &n in &config_again {
                 p.cmd("EXISTS").arg(s.keys.config(&events[fresh[n]].0));
+            }
+            for &n in &lanes_again {
+                let mut c = redis::cmd("EXISTS");
+                idle_keys(&mut c, &s.keys, &events[fresh[n]].0, false);
+                p.add_command(c);
             }
             match retry::query_retrying::<Vec<redis::RedisResult<u64>>, _>(
                 &self.conn,
@@ -2053,6 +2092,11 @@ impl Worker {
                     }
                     for &n in &config_again {
                         fresh_config[n] = more.next().and_then(Result::ok);
+                    }
+                    for &n in &lanes_again {
+                        if more.next().and_then(Result::ok) == Some(0) {
+                            plans[fresh[n]].peek = false;
+                        }
                     }
                 }
                 // Unread: these events' admit calls run and report for themselves.
