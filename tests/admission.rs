@@ -914,42 +914,20 @@ async fn a_first_pass_admits_with_one_admit_call_per_event() {
     );
 }
 
-/// The events whose line `lua/peek.lua` was run for, as Redis's slow log (every
-/// command logged) names them: the first key of each call is the event's queue.
+/// The events whose line `lua/peek.lua` was run for, as Redis's slow log names
+/// them: the first key of each call is the event's queue.
 async fn peeked(conn: &mut redis::aio::MultiplexedConnection, k: &Keys) -> HashSet<String> {
     let peek = Scripts::new().peek.sha().to_owned();
-    let log: Vec<redis::Value> = redis::cmd("SLOWLOG")
-        .arg("GET")
-        .arg(-1)
-        .query_async(conn)
+    let prefix = format!("{}:", k.prefix());
+    script_runs(conn, &peek)
         .await
-        .expect("SLOWLOG GET");
-    let text = |v: &redis::Value| match v {
-        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        _ => String::new(),
-    };
-    let mut events = HashSet::new();
-    for entry in &log {
-        let redis::Value::Array(fields) = entry else {
-            continue;
-        };
-        let Some(redis::Value::Array(args)) = fields.get(3) else {
-            continue;
-        };
-        if args.len() > 3
-            && text(&args[0]).eq_ignore_ascii_case("evalsha")
-            && text(&args[1]) == peek
-        {
-            let queue = text(&args[3]);
-            let event = queue
-                .strip_prefix(&format!("{}:", k.prefix()))
-                .and_then(|q| q.strip_suffix(":queue"))
-                .unwrap_or(&queue)
-                .to_owned();
-            events.insert(event);
-        }
-    }
-    events
+        .into_iter()
+        .filter_map(|args| {
+            let queue = args.first()?;
+            let event = queue.strip_prefix(&prefix)?.strip_suffix(":queue")?;
+            Some(event.to_owned())
+        })
+        .collect()
 }
 
 /// A replica's first pass asks whether anyone waits in the events it sees for the
@@ -994,31 +972,8 @@ async fn a_first_pass_peeks_only_at_events_someone_waits_in() {
         .await
         .expect("SADD active_events");
     let mut w = start_worker(settings(&redis.url(), &kafka.bootstrap)).await;
-    for (name, value) in [
-        ("slowlog-max-len", "100000"),
-        ("slowlog-log-slower-than", "0"),
-    ] {
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg(name)
-            .arg(value)
-            .query_async(&mut conn)
-            .await
-            .expect("CONFIG SET");
-    }
-    let _: () = redis::cmd("SLOWLOG")
-        .arg("RESET")
-        .query_async(&mut conn)
-        .await
-        .expect("SLOWLOG RESET");
+    log_every_command(&mut conn).await;
     assert!(w.cycle().await);
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("slowlog-log-slower-than")
-        .arg("-1")
-        .query_async(&mut conn)
-        .await
-        .expect("CONFIG SET");
     let peeked = peeked(&mut conn, &k).await;
     assert_eq!(
         peeked,

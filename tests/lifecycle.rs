@@ -569,39 +569,17 @@ async fn two_workers_release_and_reap_without_double_work() {
     assert_eq!(zcard(&mut conn, &k.deadlines(EVENT)).await, 0);
 }
 
-/// How many times Redis ran the release script for `session` (from SLOWLOG, which
-/// the test set to log every command).
+/// How many times Redis ran the release script for `session` (from the slow log,
+/// which the test set to log every command).
 async fn release_runs(conn: &mut redis::aio::MultiplexedConnection, session: &str) -> usize {
     let sha = waitroom_worker::scripts::Scripts::new()
         .release
         .sha()
         .to_owned();
-    let log: Vec<redis::Value> = redis::cmd("SLOWLOG")
-        .arg("GET")
-        .arg(-1)
-        .query_async(conn)
+    script_runs(conn, &sha)
         .await
-        .expect("SLOWLOG GET");
-    log.iter()
-        .filter(|entry| {
-            let redis::Value::Array(parts) = entry else {
-                return false;
-            };
-            let Some(redis::Value::Array(args)) = parts.get(3) else {
-                return false;
-            };
-            let args: Vec<String> = args
-                .iter()
-                .map(|a| match a {
-                    redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-                    _ => String::new(),
-                })
-                .collect();
-            args.first()
-                .is_some_and(|c| c.eq_ignore_ascii_case("evalsha"))
-                && args.get(1) == Some(&sha)
-                && args.iter().any(|a| a == session)
-        })
+        .iter()
+        .filter(|args| args.iter().any(|a| a == session))
         .count()
 }
 
@@ -641,18 +619,7 @@ async fn a_release_applied_after_its_timeout_is_counted_once() {
     .await;
 
     // Log every command, so the test can see the release run more than once.
-    for (name, value) in [
-        ("slowlog-log-slower-than", "0"),
-        ("slowlog-max-len", "100000"),
-    ] {
-        redis::cmd("CONFIG")
-            .arg("SET")
-            .arg(name)
-            .arg(value)
-            .query_async::<()>(&mut conn)
-            .await
-            .expect("CONFIG SET");
-    }
+    log_every_command(&mut conn).await;
     let hang = |conn: &redis::aio::MultiplexedConnection| {
         let mut c = conn.clone();
         async move {

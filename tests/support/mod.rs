@@ -823,3 +823,53 @@ impl TlsRedis {
             .expect("connect to the test redis")
     }
 }
+
+/// Have `conn`'s Redis log every command in its slow log (up to 100,000), from an
+/// empty log: [`script_runs`] then reads what ran.
+pub async fn log_every_command(conn: &mut MultiplexedConnection) {
+    for (name, value) in [
+        ("slowlog-log-slower-than", "0"),
+        ("slowlog-max-len", "100000"),
+    ] {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async::<()>(conn)
+            .await
+            .expect("CONFIG SET");
+    }
+    redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async::<()>(conn)
+        .await
+        .expect("SLOWLOG RESET");
+}
+
+/// The arguments (keys, then ARGV) of every `EVALSHA` of the script `sha` in the
+/// slow log of `conn`'s Redis (see [`log_every_command`]).
+pub async fn script_runs(conn: &mut MultiplexedConnection, sha: &str) -> Vec<Vec<String>> {
+    let log: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(-1)
+        .query_async(conn)
+        .await
+        .expect("SLOWLOG GET");
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        _ => String::new(),
+    };
+    log.iter()
+        .filter_map(|entry| {
+            let redis::Value::Array(fields) = entry else {
+                return None;
+            };
+            let Some(redis::Value::Array(args)) = fields.get(3) else {
+                return None;
+            };
+            let args: Vec<String> = args.iter().map(text).collect();
+            (args.len() > 2 && args[0].eq_ignore_ascii_case("evalsha") && args[1] == sha)
+                .then(|| args[3..].to_vec())
+        })
+        .collect()
+}
