@@ -455,7 +455,13 @@ async fn close(consumer: StreamConsumer<KafkaLogs>, bound: Duration) {
             tracing::warn!(error = %e, "no thread to close the completion consumer on; closed in place");
         }
         Ok(_) => match tokio::time::timeout(bound, wait).await {
-            Ok(_) => tracing::info!("completion consumer stopped"),
+            Ok(Ok(())) => tracing::info!("completion consumer stopped"),
+            // The thread ended without saying so: it panicked inside librdkafka.
+            Ok(Err(_)) => {
+                tracing::warn!(
+                    "the completion consumer's close failed; its uncommitted offsets are read again by the next owner"
+                )
+            }
             Err(_) => {
                 tracing::warn!(timeout = ?bound, "the completion consumer did not leave its group in time (Kafka unreachable?); left behind, its uncommitted offsets are read again by the next owner")
             }
