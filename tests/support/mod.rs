@@ -197,6 +197,8 @@ fn from_the_start(bootstrap: &str, topic: &str) -> BaseConsumer {
 pub struct TopicReader {
     consumer: BaseConsumer,
     pub messages: Vec<Published>,
+    /// The last error the consumer reported, for a timeout's message.
+    last_error: Option<String>,
 }
 
 impl TopicReader {
@@ -205,6 +207,7 @@ impl TopicReader {
         TopicReader {
             consumer,
             messages: Vec::new(),
+            last_error: None,
         }
     }
 
@@ -214,8 +217,9 @@ impl TopicReader {
         while self.messages.len() < n {
             assert!(
                 Instant::now() < deadline,
-                "timed out: {} of {n} messages after {timeout:?}",
-                self.messages.len()
+                "timed out: {} of {n} messages after {timeout:?} (last consumer error: {:?})",
+                self.messages.len(),
+                self.last_error
             );
             self.poll_once(Duration::from_millis(100));
         }
@@ -232,24 +236,29 @@ impl TopicReader {
     }
 
     fn poll_once(&mut self, d: Duration) {
-        if let Some(Ok(m)) = self.consumer.poll(d) {
-            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-            let value =
-                serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON payload");
-            let message_id = m
-                .headers()
-                .and_then(|h| h.iter().find(|h| h.key == "message-id"))
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default();
-            let produced_ms = m.timestamp().to_millis().unwrap_or(0);
-            self.messages.push(Published {
-                key,
-                value,
-                message_id,
-                produced_ms,
-            });
-        }
+        let m = match self.consumer.poll(d) {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                self.last_error = Some(e.to_string());
+                return;
+            }
+            None => return,
+        };
+        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+        let value = serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON payload");
+        let message_id = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "message-id"))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        let produced_ms = m.timestamp().to_millis().unwrap_or(0);
+        self.messages.push(Published {
+            key,
+            value,
+            message_id,
+            produced_ms,
+        });
     }
 
     /// Messages per session id.
