@@ -442,6 +442,30 @@ async fn a_gained_event_with_nothing_in_it_runs_no_script() {
     }
 }
 
+/// 100 idle events (`idle-000` ...) in `active_events`, one replica passing them
+/// every 100 ms, and its figures.
+async fn one_replica_over_idle_events(
+    redis: &RedisServer,
+    kafka: &MockKafka,
+    conn: &mut redis::aio::MultiplexedConnection,
+    k: &Keys,
+) -> (Vec<String>, Vec<Running>, Arc<Stats>) {
+    let idle: Vec<String> = (0..100).map(|i| format!("idle-{i:03}")).collect();
+    activate(conn, k, &idle).await;
+    let (_, running, stats) = replicas(redis, kafka, 1, Duration::from_millis(100), |b| b).await;
+    let s = stats[0].1.clone();
+    (idle, running, s)
+}
+
+/// Until the replica has made `n` passes since its last complete one (every 30th).
+async fn passes_past_a_complete_one(s: &Stats, n: u64) {
+    eventually(Duration::from_secs(30), "a few passes", || {
+        let c = Stats::get(&s.cycles);
+        async move { (c % 30 == n).then_some(()) }
+    })
+    .await;
+}
+
 /// A complete pass (every 30th) used to run the reaper, the outbox claim and the
 /// admit call for every event it owns: with 10,000 idle events a burst of about
 /// 200 ms of Redis CPU every 30 s (BENCHMARKS.md). Now an `EXISTS` says whether
@@ -456,18 +480,10 @@ async fn a_complete_pass_runs_no_script_for_an_event_with_nothing_in_it_and_asks
     let kafka = MockKafka::start();
     let mut conn = redis.conn().await;
     let k = keys();
-    let idle: Vec<String> = (0..100).map(|i| format!("idle-{i:03}")).collect();
-    activate(&mut conn, &k, &idle).await;
-    let interval = Duration::from_millis(100);
-    let (_, running, stats) = replicas(&redis, &kafka, 1, interval, |b| b).await;
-    let s = stats[0].1.clone();
+    let (idle, running, s) = one_replica_over_idle_events(&redis, &kafka, &mut conn, &k).await;
     let cycles = || Stats::get(&s.cycles);
     // Past the first pass (a complete one) and a few more.
-    eventually(Duration::from_secs(30), "a few passes", || {
-        let c = cycles();
-        async move { (c % 30 == 3).then_some(()) }
-    })
-    .await;
+    passes_past_a_complete_one(&s, 3).await;
     let (c0, calls0, exists0) = (
         cycles(),
         script_calls(&mut conn).await,
@@ -548,19 +564,11 @@ async fn idle_events_are_asked_in_groups_and_a_new_waiter_is_still_admitted() {
     let kafka = MockKafka::start();
     let mut conn = redis.conn().await;
     let k = keys();
-    let idle: Vec<String> = (0..100).map(|i| format!("idle-{i:03}")).collect();
-    activate(&mut conn, &k, &idle).await;
-    let interval = Duration::from_millis(100);
-    let (_, running, stats) = replicas(&redis, &kafka, 1, interval, |b| b).await;
-    let s = stats[0].1.clone();
+    let (idle, running, s) = one_replica_over_idle_events(&redis, &kafka, &mut conn, &k).await;
     let cycles = || Stats::get(&s.cycles);
     // Ten passes between complete passes (every 30th, which also checks the key
     // layout with EXISTS): one of them a refresh, asked in groups too.
-    eventually(Duration::from_secs(30), "a few passes", || {
-        let c = cycles();
-        async move { (c % 30 == 5).then_some(()) }
-    })
-    .await;
+    passes_past_a_complete_one(&s, 5).await;
     let (c0, exists0) = (cycles(), command_calls(&mut conn, "exists").await);
     eventually(Duration::from_secs(30), "ten more passes", || {
         let c = cycles();
@@ -643,18 +651,11 @@ async fn a_pass_over_idle_events_is_one_round_trip() {
     let kafka = MockKafka::start();
     let mut conn = redis.conn().await;
     let k = keys();
-    let idle: Vec<String> = (0..100).map(|i| format!("idle-{i:03}")).collect();
-    activate(&mut conn, &k, &idle).await;
-    let (_, running, stats) = replicas(&redis, &kafka, 1, Duration::from_millis(100), |b| b).await;
-    let s = stats[0].1.clone();
+    let (idle, running, s) = one_replica_over_idle_events(&redis, &kafka, &mut conn, &k).await;
     let cycles = || Stats::get(&s.cycles);
     // Past a complete pass (every 30th, which asks every event for more), and
     // ten plain passes (one of them a refresh) before the next.
-    eventually(Duration::from_secs(30), "a few passes", || {
-        let c = cycles();
-        async move { (c % 30 == 3).then_some(()) }
-    })
-    .await;
+    passes_past_a_complete_one(&s, 3).await;
     let (c0, reads0) = (cycles(), reads_processed(&mut conn).await);
     eventually(Duration::from_secs(30), "ten more passes", || {
         let c = cycles();
