@@ -1967,15 +1967,17 @@ impl Worker {
             .collect();
         for (group, &first) in fresh.chunks(fresh_group).zip(&first_sight) {
             let (mut work, mut config) = (redis::cmd("EXISTS"), redis::cmd("EXISTS"));
-            let mut lanes = redis::cmd("EXISTS");
+            let mut lanes = first.then(|| redis::cmd("EXISTS"));
             for &i in group {
                 work_keys(&mut work, &s.keys, &events[i].0);
                 config.arg(s.keys.config(&events[i].0));
-                idle_keys(&mut lanes, &s.keys, &events[i].0, false);
+                if let Some(lanes) = lanes.as_mut() {
+                    idle_keys(lanes, &s.keys, &events[i].0, false);
+                }
             }
             p.add_command(work);
             p.add_command(config);
-            if first {
+            if let Some(lanes) = lanes {
                 p.add_command(lanes);
             }
         }
