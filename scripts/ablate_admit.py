@@ -12,26 +12,13 @@ reference is the bench's (src/tools/bench/minimal.rs). Standard library only.
 
 usage: python3 scripts/ablate_admit.py [ROUNDS]     (default 3; ~1 min a round)
 """
-import os, re, socket, subprocess, sys, time, statistics, json, tempfile
+import os, re, socket, sys, time, statistics, json
+import private_redis
 repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 USERS, BATCH = 20000, 1000
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-port = free_port()
-workdir = tempfile.mkdtemp(prefix='ablate-')
-server = subprocess.Popen(['redis-server', '--port', str(port), '--bind', '127.0.0.1',
-                           '--save', '', '--appendonly', 'no', '--dir', workdir],
-                          stdout=subprocess.DEVNULL)
-for _ in range(100):
-    try:
-        socket.create_connection(('127.0.0.1', port)).close()
-        break
-    except OSError:
-        time.sleep(0.05)
+port, server = private_redis.start('ablate')
 
 class R:
     def __init__(s, port):
@@ -168,8 +155,7 @@ for _ in range(rounds):
         if name == 'v13 as shipped': res.setdefault('settle.lua (per admission)', []).append(s)
     n += 1; res.setdefault('minimal', []).append(run_min(False, n))
     n += 1; res.setdefault('minimal + token', []).append(run_min(True, n))
-server.terminate()
-server.wait()
+private_redis.stop(server)
 base = statistics.median(res['minimal'])
 for k, v in res.items():
     med = statistics.median(v)

@@ -11,24 +11,15 @@ costs about a microsecond. Standard library only.
 
 usage: python3 scripts/round_trip_cost.py [ROUNDS]     (default 3; ~80 s a round)
 """
-import os, socket, statistics, subprocess, sys, tempfile, time
+import socket, statistics, sys, time
+import private_redis
 
 rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 DURATION = 20.0
 CASES = [(1, 1), (16, 1), (16, 12), (1, 1)]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-port = free_port()
-workdir = tempfile.mkdtemp(prefix='round-trip-')
-server = subprocess.Popen(['redis-server', '--port', str(port), '--bind', '127.0.0.1',
-                           '--save', '', '--appendonly', 'no', '--dir', workdir],
-                          stdout=subprocess.DEVNULL)
+port, server = private_redis.start('round-trip')
 
 
 def connect():
@@ -90,5 +81,4 @@ try:
               f'11 more PINGs a round trip: {(rows[2][3] - rows[1][3]) * 1e3 / rows[2][2]:.1f} us')
     print(f'median of {rounds}: {statistics.median(per_trip):.0f} us of Redis CPU per round trip')
 finally:
-    server.terminate()
-    server.wait()
+    private_redis.stop(server)

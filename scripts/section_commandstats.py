@@ -13,13 +13,8 @@ usage: python3 scripts/section_commandstats.py BINARY OUT.json [bench args...]
          new.json --big-queue 20000 --events 1000 --samples 20 --replicas 2
 Commands a script runs are counted under their own names too (and in EVALSHA's).
 """
-import json, socket, subprocess, sys, tempfile, time
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+import json, socket, subprocess, sys, time
+import private_redis
 
 
 def command(port, *args):
@@ -58,19 +53,8 @@ def snapshot(port):
 
 def main():
     binary, out, bench_args = sys.argv[1], sys.argv[2], sys.argv[3:]
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="section-commandstats-")
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", workdir],
-        stdout=subprocess.DEVNULL)
+    port, server = private_redis.start('section-commandstats')
     try:
-        for _ in range(100):
-            try:
-                command(port, "PING")
-                break
-            except OSError:
-                time.sleep(0.05)
         bench = subprocess.Popen(
             [binary, "bench", "--redis-url", f"redis://127.0.0.1:{port}"] + bench_args,
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
@@ -98,8 +82,7 @@ def main():
             print(f"{name}: {s['cpu_ms']:.1f} ms Redis CPU; "
                   + ", ".join(f"{k} {v[0]} calls {v[1] / 1e3:.1f} ms" for k, v in top))
     finally:
-        server.terminate()
-        server.wait()
+        private_redis.stop(server)
 
 
 if __name__ == "__main__":
