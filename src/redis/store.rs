@@ -249,18 +249,8 @@ pub async fn wait_replicas(
         .await
 }
 
-/// The run id of the server this connection reaches (`INFO server`): it changes
-/// when another server becomes the master (a failover) or the server restarted.
-/// None for a cluster (many servers) or a reply without one.
-pub async fn run_id(conn: &mut RedisConn) -> RedisResult<Option<String>> {
-    if matches!(conn, RedisConn::Cluster(_)) {
-        return Ok(None);
-    }
-    let info: String = redis::cmd("INFO").arg("server").query_async(conn).await?;
-    Ok(run_id_of(&info))
-}
-
-/// The `run_id` in the text of an `INFO server` reply.
+/// The `run_id` in the text of an `INFO server` reply: it changes when another
+/// server becomes the master (a failover) or the server restarted.
 pub(crate) fn run_id_of(info: &str) -> Option<String> {
     info.lines()
         .find_map(|l| l.strip_prefix("run_id:"))
