@@ -17,9 +17,6 @@ use waitroom_worker::shutdown;
 use waitroom_worker::token::{Signer, Verifier};
 
 const EVENT: &str = "concert-2024";
-/// The untold mark's base (lua/include/untold.lua): a deadlines score at or above it
-/// marks an admission whose QUEUE_READY was not acknowledged yet.
-const UNTOLD: u64 = 1 << 50;
 
 async fn outbox_empty(conn: &mut redis::aio::MultiplexedConnection, k: &Keys, event: &str) {
     let key = k.outbox(event);
@@ -189,7 +186,7 @@ async fn capacity_holds_with_two_workers_and_no_session_is_admitted_twice() {
                 let told: Vec<String> = redis::cmd("ZRANGEBYSCORE")
                     .arg(&deadlines)
                     .arg("-inf")
-                    .arg(format!("({UNTOLD}"))
+                    .arg(format!("({}", admit::UNTOLD_MS))
                     .arg("LIMIT")
                     .arg(0)
                     .arg(3)

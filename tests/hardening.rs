@@ -27,7 +27,7 @@ use waitroom_worker::scripts::settle::{self, Acked};
 use waitroom_worker::scripts::{Call, ScriptError, Scripts};
 
 /// The untold offset of the deadlines set (2^50 ms), as the scripts define it.
-const UNTOLD: u64 = 1 << 50;
+const UNTOLD: u64 = waitroom_worker::scripts::admit::UNTOLD_MS;
 
 // ---------------------------------------------------------------------------------
 // Helpers: one call of each script through its Rust wrapper, Redis's clock, scores.

@@ -17,7 +17,7 @@ use waitroom_worker::token;
 
 const EVENT: &str = "outage";
 /// An untold mark's offset in the deadlines set (lua/admit.lua).
-const UNTOLD: f64 = 1_125_899_906_842_624.0;
+const UNTOLD: f64 = waitroom_worker::scripts::admit::UNTOLD_MS as f64;
 
 fn rfc3339_ms(s: &str) -> u64 {
     humantime::parse_rfc3339(s)
