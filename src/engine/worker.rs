@@ -1004,10 +1004,12 @@ impl Worker {
     ///
     /// Events go in chunks: one pipeline runs, for every event of the chunk, the
     /// reaper, the outbox claim and the admit script (3 calls per event, one round
-    /// trip per chunk), and one more round trip writes the tokens of the chunk; so
-    /// a pass over 10,000 events costs a few dozen round trips, not 50,000. A pass
-    /// in which nobody waits is one round trip: its idle events were asked with
-    /// the reads that opened it (`Worker::ask_ahead`).
+    /// trip per chunk); so a pass over 10,000 events costs a few dozen round trips,
+    /// not 50,000. The admit calls carry the tokens, signed before them; only an
+    /// unsigned admission (`--replica-acks`) or a claimed entry has its token
+    /// written in one more round trip, by the delivery. A pass in which nobody
+    /// waits is one round trip: its idle events were asked with the reads that
+    /// opened it (`Worker::ask_ahead`).
     ///
     /// Served events admit. Retired events (known, no longer served) are drained:
     /// their slots expire and their outbox publishes, nobody is admitted, and once
